@@ -1,0 +1,61 @@
+"""Fixtures in the real on-disk formats, tiny enough for a 2-core CI machine."""
+import os
+import struct
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def toy_images(n_per_class, num_classes, channel, size, seed=0, noise=40):
+    """uint8 images whose class is visible: class c lights a horizontal band at a class-specific height."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+    x = torch.randint(0, noise, (len(labels), channel, size, size), generator=g, dtype=torch.int64)
+    band = max(1, size // num_classes)
+    for c in range(num_classes):
+        rows = slice(c * band, c * band + band)
+        x[labels == c, :, rows, :] += 200
+    return x.clamp(0, 255).to(torch.uint8), labels
+
+
+def write_prepared(folder, name, n_train=10, n_test=4, num_classes=10, channel=3, size=32, seed=0):
+    """A prepared tensor file `<folder>/<name>.pt` in the layout of ../shared/data/README.md."""
+    xtr, ytr = toy_images(n_train, num_classes, channel, size, seed)
+    xte, yte = toy_images(n_test, num_classes, channel, size, seed + 1)
+    path = os.path.join(folder, f'{name}.pt')
+    torch.save(dict(classes=[f'c{i}' for i in range(num_classes)], images_train=xtr, labels_train=ytr,
+                    images_val=xte, labels_val=yte), path)
+    return path
+
+
+def write_idx(folder, prefix, images, labels):
+    """MNIST's idx files (uncompressed), as torchvision reads them from <root>/<Name>/raw/."""
+    os.makedirs(folder, exist_ok=True)
+    n, _, h, w = images.shape
+    with open(os.path.join(folder, f'{prefix}-images-idx3-ubyte'), 'wb') as f:
+        f.write(struct.pack('>IIII', 0x803, n, h, w) + images.numpy().tobytes())
+    with open(os.path.join(folder, f'{prefix}-labels-idx1-ubyte'), 'wb') as f:
+        f.write(struct.pack('>II', 0x801, n) + labels.to(torch.uint8).numpy().tobytes())
+
+
+@pytest.fixture
+def mnist_idx(tmp_path):
+    """A tiny MNIST in torchvision's raw layout: 6 train and 2 test images per class."""
+    raw = tmp_path / 'MNIST' / 'raw'
+    xtr, ytr = toy_images(6, 10, 1, 28, 0)
+    xte, yte = toy_images(2, 10, 1, 28, 1)
+    write_idx(str(raw), 'train', xtr, ytr)
+    write_idx(str(raw), 't10k', xte, yte)
+    return tmp_path, xtr, ytr
+
+
+@pytest.fixture
+def prepared_mnist(tmp_path):
+    """A prepared MNIST.pt with a learnable toy structure (10 train, 10 test images per class)."""
+    write_prepared(str(tmp_path), 'MNIST', n_train=10, n_test=10, channel=1, size=28)
+    return tmp_path

@@ -1,0 +1,178 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import main_DM
+import utils
+from augment import sample_dsa_params
+from conftest import ROOT, toy_images
+
+STRATEGY = 'color_crop_cutout_flip_scale_rotate'
+
+
+def _toy_data(n=12, channel=1, size=28, classes=4):
+    """A Data object with 4 learnable classes (the dataset constants of MNIST, 10 slots, 4 used)."""
+    x, y = toy_images(n, classes, channel, size, seed=0)
+    xt, yt = toy_images(5, classes, channel, size, seed=1)
+    data = utils.Data('MNIST', [str(i) for i in range(10)], x, y, xt, yt)
+    data.num_classes = classes
+    data.indices_class = data.indices_class[:classes]
+    return data
+
+
+def _fixed_loss(data, image_syn, syn_cls, model='ConvNetW32', nets=4):
+    """The DM objective averaged over a fixed set of random networks and fixed real batches (no augmentation)."""
+    total = 0.0
+    for k in range(nets):
+        net = utils.get_network(model, data.channel, data.num_classes, data.im_size,
+                                generator=torch.Generator().manual_seed(100 + k))
+        real, real_cls = main_DM.sample_real(data, 12, torch.Generator().manual_seed(k))
+        with torch.no_grad():
+            total += main_DM.dm_loss(net, real, real_cls, image_syn, syn_cls, data.num_classes).item()
+    return total / nets
+
+
+def _args(**kw):
+    args = main_DM.parse_args(['--dataset', 'MNIST', '--model', 'ConvNetW32', '--ipc', '2', '--device', 'cpu',
+                               '--batch_real', '8'])
+    vars(args).update(kw)
+    return args
+
+
+def test_dm_loss_decreases_on_a_toy_problem():
+    data = _toy_data()
+    args = _args(lr_img=5.0)
+    image_syn, syn_cls = utils.init_synset(data, 2, 'noise', torch.Generator().manual_seed(0))
+    before = _fixed_loss(data, image_syn, syn_cls)
+    image_syn.requires_grad_(True)
+    opt = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
+    for it in range(30):
+        main_DM.dm_iteration(args, data, image_syn, syn_cls, opt, 0, it)
+    after = _fixed_loss(data, image_syn.detach(), syn_cls)
+    assert after < 0.5 * before
+
+
+@pytest.mark.parametrize('model', ['ConvNetW32', 'ConvNetLN'])
+def test_batched_and_per_class_give_the_same_loss_and_gradient(model):
+    data = _toy_data()
+    g = torch.Generator().manual_seed(1)
+    net = utils.get_network(model, 1, data.num_classes, data.im_size, generator=g)
+    real, real_cls = main_DM.sample_real(data, 6, g)
+    syn0, syn_cls = utils.init_synset(data, 3, 'real', g)
+    param = utils.ParamDiffAug()
+    params = sample_dsa_params(STRATEGY, data.num_classes, g, param)
+
+    grads, losses = [], []
+    for per_class, chunk in ((False, None), (True, None), (False, 5)):
+        syn = syn0.clone().requires_grad_(True)
+        losses.append(main_DM.dm_backward(net, real, real_cls, syn, syn_cls, data.num_classes, params, param, chunk,
+                                          per_class))
+        grads.append(syn.grad)
+    # The per-class reference: one forward per class with its own Siamese parameters, as the original loops.
+    ref = 0.0
+    for c in range(data.num_classes):
+        sub = main_DM.select_params(params, torch.tensor([c]))
+        r, s = real[real_cls == c], syn0[syn_cls == c]
+        ref += main_DM.dm_loss(net, r, torch.zeros(len(r), dtype=torch.long), s, torch.zeros(len(s), dtype=torch.long),
+                               1, sub, param).item()
+    assert losses[0] == pytest.approx(ref, rel=1e-4)
+    for loss, grad in zip(losses[1:], grads[1:]):
+        assert loss == pytest.approx(losses[0], rel=1e-4)
+        assert torch.allclose(grad, grads[0], rtol=1e-3, atol=1e-6)
+    assert grads[0].abs().sum() > 0
+
+
+def test_bn_branch_uses_batch_statistics_over_all_classes():
+    data = _toy_data()
+    g = torch.Generator().manual_seed(2)
+    net = utils.get_network('ConvNetBN', 1, data.num_classes, data.im_size, generator=g).train()
+    real, real_cls = main_DM.sample_real(data, 6, g)
+    syn, syn_cls = utils.init_synset(data, 3, 'real', g)
+    joint = main_DM.dm_loss(net, real, real_cls, syn, syn_cls, data.num_classes).item()
+    per_class = sum(main_DM.dm_loss(net, real[real_cls == c], torch.zeros(6, dtype=torch.long), syn[syn_cls == c],
+                                    torch.zeros(3, dtype=torch.long), 1).item() for c in range(data.num_classes))
+    assert joint != pytest.approx(per_class, rel=1e-3)  # coupled through BN, as in the reference's BN branch
+
+
+def _run(tmp, *extra):
+    argv = ['--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'out'), '--model', 'ConvNetW32',
+            '--ipc', '2', '--Iteration', '6', '--batch_real', '4', '--num_exp', '1', '--num_eval', '1',
+            '--epoch_eval_train', '2', '--eval_every', '3', '--checkpoint_every', '2', '--device', 'cpu',
+            '--no_progress', '--seed', '7', *extra]
+    main_DM.main(argv)
+    return torch.load(tmp / 'out' / 'res_DM_MNIST_ConvNetW32_2ipc.pt', weights_only=False)
+
+
+def test_same_seed_same_set_and_outputs(prepared_mnist):
+    a = _run(prepared_mnist)
+    b = _run(prepared_mnist)
+    assert torch.equal(a['data'][0][0], b['data'][0][0])
+    assert a['accs_all_exps'] == b['accs_all_exps']
+    assert a['data'][0][1].tolist() == [c for c in range(10) for _ in range(2)]
+    assert a['meta']['args']['seed'] == 7 and a['meta']['normalised'] is True
+    out = prepared_mnist / 'out'
+    names = set(os.listdir(out))
+    assert {'DM_MNIST_ConvNetW32_2ipc.json', 'DM_MNIST_ConvNetW32_2ipc.log',
+            'vis_DM_MNIST_ConvNetW32_2ipc_exp0_iter0.png', 'vis_DM_MNIST_ConvNetW32_2ipc_exp0_iter6.png'} <= names
+    assert set(a['accs_iters']) == {'0/0', '0/3', '0/6'}
+    c = _run(prepared_mnist, '--seed', '8')
+    assert not torch.equal(a['data'][0][0], c['data'][0][0])
+
+
+def test_resume_after_interruption_gives_the_same_set(prepared_mnist, monkeypatch):
+    full = _run(prepared_mnist)
+    real_iteration = main_DM.dm_iteration
+
+    def interrupted(args, data, image_syn, syn_cls, optimizer, exp, it):
+        if it == 5:
+            raise KeyboardInterrupt
+        return real_iteration(args, data, image_syn, syn_cls, optimizer, exp, it)
+    monkeypatch.setattr(main_DM, 'dm_iteration', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(prepared_mnist)
+    monkeypatch.setattr(main_DM, 'dm_iteration', real_iteration)
+    resumed = _run(prepared_mnist, '--resume')
+    assert torch.equal(full['data'][0][0], resumed['data'][0][0])
+    assert full['accs_all_exps'] == resumed['accs_all_exps']
+
+
+def _cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'main_DM.py'), *args], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--ipc', '0'], '--ipc must be positive'),
+    (['--ipc', '11'], 'exceeds the smallest class'),
+    (['--dataset', 'ImageNet21k'], 'unknown dataset'),
+    (['--model', 'ConvNetXL'], 'unknown model'),
+    (['--dsa_strategy', 'color_warp'], 'warp'),
+    (['--lr_img', '-1'], '--lr_img must be positive'),
+    (['--resume'], 'no checkpoint'),
+])
+def test_bad_input_is_one_line_and_exit_2(prepared_mnist, extra, message):
+    out = prepared_mnist / 'out'
+    r = _cli('--dataset', 'MNIST', '--data_path', str(prepared_mnist), '--save_path', str(out), '--device', 'cpu',
+             '--ipc', '2', *extra)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert not out.exists() or not any(f.endswith(('.pt', '.json')) for f in os.listdir(out))
+
+
+def test_foreign_or_corrupt_checkpoint_is_rejected(prepared_mnist):
+    _run(prepared_mnist)
+    ckpt = prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_2ipc.ckpt.pt'
+    log = (prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_2ipc.log').read_text()
+    common = ['--dataset', 'MNIST', '--data_path', str(prepared_mnist), '--save_path', str(prepared_mnist / 'out'),
+              '--model', 'ConvNetW32', '--ipc', '2', '--Iteration', '6', '--batch_real', '4', '--device', 'cpu',
+              '--resume', '--seed', '7']
+    r = _cli(*common, '--lr_img', '3')
+    assert r.returncode == 2 and 'belongs to another run' in r.stderr and 'lr_img' in r.stderr
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    r = _cli(*common)
+    assert r.returncode == 2 and 'corrupt' in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_2ipc.log').read_text() == log  # nothing overwritten
