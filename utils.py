@@ -480,7 +480,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_cli(main):
-    """Run main(); UserError (and bad-input ValueErrors from the library) become one line + exit 2."""
+    """Run main(); a UserError becomes one line on stderr and exit code 2."""
     try:
         main()
     except UserError as e:
@@ -676,13 +676,13 @@ def init_synset(data, ipc, init, generator):
     return images, labels
 
 
-def synthesize(args, method, step, reference_every):
+def synthesize(args, method, step, reference_every, notes=()):
     """The experiment loop of main.py and main_DM.py: num_exp times, initialise a synthetic set and run
     `step(args, data, image_syn, syn_cls, optimizer, exp, it) -> loss` for it = 0 … Iteration − 1, evaluating
     the set at the evaluation points (SPEC §4.2); write results, pictures, log, summary and checkpoints.
 
     Every random draw of an iteration must come from generators named by (args.seed, exp, it): then a run
-    resumed from a checkpoint repeats the uninterrupted run exactly.
+    resumed from a checkpoint repeats the uninterrupted run exactly. notes: extra lines for the log's header.
     """
     import time
     from tqdm import tqdm
@@ -700,6 +700,8 @@ def synthesize(args, method, step, reference_every):
     run.log(f'{method} {run.name}: {data}; device {args.device}; seed {args.seed}; evaluation at iterations '
             f'{eval_its}')
     run.log(f'hyper-parameters: {run.fingerprint()}')
+    for line in notes:
+        run.log(line)
 
     state = state or dict(exp=0, it=0, data=[], accs_all_exps={}, accs_iters={}, times=[])
     while state['exp'] < args.num_exp:
@@ -761,14 +763,35 @@ def evaluate_pool(args, data, images, labels, exp, it, log):
     """num_eval fresh networks per pool architecture trained on (images, labels): {arch: [accuracies]}."""
     accs = {}
     for arch in get_eval_pool(args.eval_mode, args.model, args.model, args.s_mode_strict):
+        a = eval_args(args, arch)
         accs[arch] = []
         for i in range(args.num_eval):
             net = get_network(arch, data.channel, data.num_classes, data.im_size, device=args.device,
                               generator=make_generator(args.seed, 'eval_net', exp, it, arch, i))
-            _, _, acc = evaluate_synset(i, net, images, labels, data.testloader(), args,
+            _, _, acc = evaluate_synset(i, net, images, labels, data.testloader(), a,
                                         generator=make_generator(args.seed, 'eval', exp, it, arch, i))
             accs[arch].append(acc)
         m, s = mean_std(accs[arch])
-        log(f'exp {exp} iter {it}: {arch} trained {args.epoch_eval_train} epochs on {len(images)} images, '
+        log(f'exp {exp} iter {it}: {arch} trained {a.epoch_eval_train} epochs on {len(images)} images, '
             f'test acc {m:.2f} ± {s:.2f} over {args.num_eval} models')
     return accs
+
+
+def eval_args(args, arch):
+    """args with `args.eval_settings[arch]` laid over them: main.py's DC rule picks epochs and DC augmentation per
+    evaluation architecture (SPEC §4.1). Without eval_settings, args itself."""
+    over = (getattr(args, 'eval_settings', None) or {}).get(arch)
+    return argparse.Namespace(**{**vars(args), **over}) if over else args
+
+
+if __name__ == '__main__':
+    # python utils.py DATASET --data_path data: write <data_path>/<DATASET>.pt once (TinyImageNet: from the
+    # tiny-imagenet-200/ folder), so later loads skip torchvision and image decoding.
+    def _prepare():
+        p = ArgumentParser(description='write the prepared tensor file of a dataset')
+        p.add_argument('dataset')
+        p.add_argument('--data_path', default='data')
+        a = p.parse_args()
+        d = get_dataset(a.dataset, a.data_path)
+        print(f'{d}; prepared file: {_prepared_candidates(d.name, a.data_path)[0]}')
+    run_cli(_prepare)
