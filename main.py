@@ -12,16 +12,22 @@ networks); --method DC augments nothing during synthesis.
     python main.py --dataset CIFAR10 --model ConvNet --ipc 10 --method DSA --init real \
         --dsa_strategy color_crop_cutout_flip_scale_rotate
 """
-import argparse
-import sys
+import os
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+# PyTorch reads this at its first CPU allocation, so it must precede `import torch`: huge pages for large
+# activations remove most of the page-fault time of a CPU run (docs/benchmarks.md).
+os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 
-import utils
-from augment import DiffAugment, apply_dsa, get_daparam, sample_dsa_params
-from utils import UserError, make_generator
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import utils  # noqa: E402
+from augment import DiffAugment, apply_dsa, get_daparam, sample_dsa_params  # noqa: E402
+from utils import UserError, make_generator  # noqa: E402
 
 # SPEC §5.4: ipc -> (outer_loop, inner_loop); inner_loop counts epochs over the synthetic set.
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}

@@ -12,8 +12,8 @@ with one Siamese DSA transform A_c per class, shared by its real batch R_c and i
 """
 import os
 
-# Fresh 4 KiB pages for the large activation tensors cost about half of a CPU iteration; PyTorch's own
-# transparent-huge-page switch removes most of it (docs/benchmarks.md). Read when torch allocates.
+# PyTorch reads this at its first CPU allocation, so it must precede `import torch`: huge pages for large
+# activations remove most of the page-fault time of a CPU run (docs/benchmarks.md).
 os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 
 import torch  # noqa: E402

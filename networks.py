@@ -584,3 +584,103 @@ def resolve_stem(resnet_stem, dataset):
     if resnet_stem not in ('cifar', 'imagenet'):
         raise ValueError(f"--resnet_stem must be auto, cifar or imagenet, got {resnet_stem!r}")
     return resnet_stem
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DiM conditional GAN (§2.6): an AC-WGAN-GP generator and critic. The defaults (K 10, dim_noise 100, width 196,
+# 'overwrite' conditioning) give the reference's layers exactly; K, dim_noise, 64x64 and 'embed' are generalisations.
+
+GAN_SIZES = (28, 32, 64)
+
+
+def _gan_size(im_size):
+    h, w = _pair(im_size)
+    if h != w or h not in GAN_SIZES:
+        raise ValueError(f'the DiM GAN makes square 28, 32 or 64 pixel images, got {h}x{w}')
+    return h
+
+
+class DiMGenerator(nn.Module):
+    """(z, y) -> image in [-1, 1]: fc -> BN -> ReLU -> 4x4 map, upsampled by transposed convs with 3x3 convs in
+    between (BN + ReLU after each), then conv 3x3 -> tanh.
+
+    28 px: 4 -> 7 -> 14 -> 28 (first transposed conv has kernel 3); 32 px: 4 -> 8 -> 16 -> 32; 64 px adds one more
+    transposed conv + conv 3x3 stage. cond 'overwrite' replaces the first K noise entries by the one-hot label (the
+    reference, so dim_noise must exceed K); 'embed' multiplies the noise by a learned class embedding instead.
+    """
+
+    def __init__(self, channel, num_classes, im_size=(32, 32), dim_noise=100, cond='overwrite', width=196):
+        super().__init__()
+        size = _gan_size(im_size)
+        if cond not in ('overwrite', 'embed'):
+            raise ValueError(f"unknown conditioning {cond!r}; use 'overwrite' or 'embed'")
+        if cond == 'overwrite' and dim_noise <= num_classes:
+            raise ValueError(f"dim_noise {dim_noise} must exceed the class count {num_classes}: the one-hot label "
+                             f"overwrites the first {num_classes} noise entries; raise dim_noise or use cond='embed'")
+        self.num_classes, self.dim_noise, self.cond, self.width = num_classes, dim_noise, cond, width
+        self.embedding = nn.Embedding(num_classes, dim_noise) if cond == 'embed' else None
+        self.fc1 = nn.Linear(dim_noise, width * 4 * 4)
+        self.bn0 = nn.BatchNorm1d(width * 4 * 4)
+        up = ['up', 'same', 'same', 'same', 'up', 'same', 'up'] + (['up', 'same'] if size == 64 else [])
+        self.body = [f'conv{i}' for i in range(1, 8)] + (['conv_up64', 'conv_64'] if size == 64 else [])
+        for i, (name, kind) in enumerate(zip(self.body, up)):
+            if kind == 'same':
+                conv = nn.Conv2d(width, width, 3, stride=1, padding=1)
+            else:  # kernel 3 once at 28 px turns 4x4 into 7x7; kernel 4 doubles
+                conv = nn.ConvTranspose2d(width, width, 3 if (size == 28 and i == 0) else 4, stride=2, padding=1)
+            setattr(self, name, conv)
+            setattr(self, 'bn' + name[4:], nn.BatchNorm2d(width))
+        self.conv8 = nn.Conv2d(width, channel, 3, stride=1, padding=1)
+
+    def condition(self, z, y):
+        if self.cond == 'embed':
+            return z * self.embedding(y)
+        return torch.cat([F.one_hot(y, self.num_classes).to(z.dtype), z[:, self.num_classes:]], 1)
+
+    def forward(self, z, y=None):
+        """z: N x dim_noise Gaussian noise; y: N labels (None: z already carries them)."""
+        if y is not None:
+            z = self.condition(z, y)
+        x = F.relu(self.bn0(self.fc1(z))).view(-1, self.width, 4, 4)
+        for name in self.body:
+            x = F.relu(getattr(self, 'bn' + name[4:])(getattr(self, name)(x)))
+        return torch.tanh(self.conv8(x))
+
+
+class DiMDiscriminator(nn.Module):
+    """The critic: conv 3x3 -> LayerNorm(C, H, W) -> LeakyReLU(0.01) eight times (strides 1,2,1,2,1,1,1,2; one more
+    stride-2 conv at 64 px) down to 4x4, max-pool 4x4, then two heads: fc1 the critic score s(x) (N,), fc10 the
+    class logits c(x) (N x K; named after the reference's K = 10). No batch norm, so a per-sample gradient penalty
+    is well defined."""
+
+    def __init__(self, channel, num_classes, im_size=(32, 32), width=196):
+        super().__init__()
+        size = _gan_size(im_size)
+        strides = [1, 2, 1, 2, 1, 1, 1, 2] + ([2] if size == 64 else [])
+        self.depth = len(strides)
+        s, c = size, channel
+        for i, stride in enumerate(strides, 1):
+            setattr(self, f'conv{i}', nn.Conv2d(c, width, 3, stride=stride, padding=1))
+            s, c = _conv_out(s, 3, stride, 1), width
+            setattr(self, f'ln{i}', nn.LayerNorm([width, s, s]))
+        self.pool = nn.MaxPool2d(4, 4)
+        self.fc1 = nn.Linear(width, 1)
+        self.fc10 = nn.Linear(width, num_classes)
+
+    def embed(self, x):
+        for i in range(1, self.depth + 1):
+            x = F.leaky_relu(getattr(self, f'ln{i}')(getattr(self, f'conv{i}')(x)), 0.01)
+        return self.pool(x).flatten(1)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.fc1(h).squeeze(1), self.fc10(h)
+
+
+def define_gan(channel, num_classes, im_size=(32, 32), dim_noise=100, cond='overwrite', width=196, device='cpu',
+               generator=None):
+    """(generator, critic), freshly initialised (PyTorch's default distributions) from `generator`: G first, then D."""
+    G = _build(DiMGenerator, {}, channel, num_classes, im_size, device, generator,
+               dict(dim_noise=dim_noise, cond=cond, width=width))
+    D = _build(DiMDiscriminator, {}, channel, num_classes, im_size, device, generator, dict(width=width))
+    return G, D
