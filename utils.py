@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -222,6 +223,7 @@ def _load_torchvision(name, data_path, download):
     cls = {'MNIST': tvd.MNIST, 'FashionMNIST': tvd.FashionMNIST, 'SVHN': tvd.SVHN,
            'CIFAR10': tvd.CIFAR10, 'CIFAR100': tvd.CIFAR100}[name]
     splits = [dict(split='train'), dict(split='test')] if name == 'SVHN' else [dict(train=True), dict(train=False)]
+    existed = os.path.isdir(data_path)
     out = []
     for kw in splits:
         try:
@@ -232,6 +234,8 @@ def _load_torchvision(name, data_path, download):
                     raise
                 dst = cls(data_path, download=True, **kw)
         except Exception as e:
+            if not existed:
+                _remove_empty_tree(data_path)  # a failed download leaves no empty folders behind
             why = 'not found' if not download else f'not found, and the download failed ({type(e).__name__})'
             raise UserError(f'{name} {why} in {os.path.abspath(data_path)}: expected {name}.pt (prepared tensor '
                             f'file) or {_EXPECTED[name]}; pass --data_path to the folder holding them') from None
@@ -246,6 +250,13 @@ def _load_torchvision(name, data_path, download):
     classes = [str(i) for i in range(10)] if name in ('MNIST', 'SVHN') else list(dst.classes)
     return dict(classes=classes, images_train=out[0][0], labels_train=out[0][1],
                 images_val=out[1][0], labels_val=out[1][1])
+
+
+def _remove_empty_tree(path):
+    for root, dirs, files in os.walk(path, topdown=False):
+        if files:
+            return
+        os.rmdir(root)
 
 
 def _cache_prepared(raw, path):
@@ -684,7 +695,6 @@ def synthesize(args, method, step, reference_every, notes=()):
     Every random draw of an iteration must come from generators named by (args.seed, exp, it): then a run
     resumed from a checkpoint repeats the uninterrupted run exactly. notes: extra lines for the log's header.
     """
-    import time
     from tqdm import tqdm
     data = get_dataset(args.dataset, args.data_path, device=args.device)
     smallest = min(len(i) for i in data.indices_class)
@@ -768,9 +778,13 @@ def evaluate_pool(args, data, images, labels, exp, it, log):
         for i in range(args.num_eval):
             net = get_network(arch, data.channel, data.num_classes, data.im_size, device=args.device,
                               generator=make_generator(args.seed, 'eval_net', exp, it, arch, i))
-            _, _, acc = evaluate_synset(i, net, images, labels, data.testloader(), a,
-                                        generator=make_generator(args.seed, 'eval', exp, it, arch, i))
+            t0 = time.time()
+            _, acc_train, acc = evaluate_synset(i, net, images, labels, data.testloader(), a,
+                                                generator=make_generator(args.seed, 'eval', exp, it, arch, i))
             accs[arch].append(acc)
+            # A model takes minutes on a CPU: say so as each one finishes.
+            log(f'  {arch} #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% '
+                f'({time.time() - t0:.0f} s)')
         m, s = mean_std(accs[arch])
         log(f'exp {exp} iter {it}: {arch} trained {a.epoch_eval_train} epochs on {len(images)} images, '
             f'test acc {m:.2f} ± {s:.2f} over {args.num_eval} models')

@@ -2,6 +2,8 @@
 
     python bench/bench_dm.py                      # CPU, and CUDA when present
     python bench/bench_dm.py --devices cpu --ipc 10 --iters 5
+    THP_MEM_ALLOC_ENABLE=0 python bench/bench_dm.py --per_class   # the original's structure: one class at a time,
+                                                                 # 4 KiB pages
 
 Reports seconds per DM iteration, images embedded per second, achieved GFLOP/s (FLOPs of one iteration counted
 once with torch.utils.flop_counter) next to the device's measured float32 matmul GFLOP/s, and seconds per
@@ -53,15 +55,11 @@ def fake_cifar10(device, n_per_class=500):
     return utils.Data('CIFAR10', [str(i) for i in range(10)], x, labels, x[:1000], labels[:1000], device)
 
 
-def dm_args(device, ipc, batch_real, model):
-    args = main_DM.parse_args(['--dataset', 'CIFAR10', '--model', model, '--ipc', str(ipc), '--device', device,
-                               '--batch_real', str(batch_real), '--dsa_strategy', STRATEGY])
-    return args
-
-
-def bench_dm(device, ipc, batch_real, iters, model):
+def bench_dm(device, ipc, batch_real, iters, model, per_class=False):
     data = fake_cifar10(device)
-    args = dm_args(device, ipc, batch_real, model)
+    args = main_DM.parse_args(['--dataset', 'CIFAR10', '--model', model, '--ipc', str(ipc), '--device', device,
+                               '--batch_real', str(batch_real), '--dsa_strategy', STRATEGY]
+                              + (['--per_class'] if per_class else []))
     image_syn, syn_cls = utils.init_synset(data, ipc, 'real', torch.Generator().manual_seed(0))
     image_syn.requires_grad_(True)
     opt = torch.optim.SGD([image_syn], lr=1.0, momentum=0.5)
@@ -107,7 +105,12 @@ def main():
     p.add_argument('--model', default='ConvNet')
     p.add_argument('--eval_ipc', type=int, nargs='+', default=[10, 50])
     p.add_argument('--eval_epochs', type=int, default=10)
+    p.add_argument('--per_class', action='store_true', help="one class's forward at a time, as the original")
+    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f'THP_MEM_ALLOC_ENABLE={os.environ.get("THP_MEM_ALLOC_ENABLE")}, per_class={args.per_class}')
     for device in args.devices:
         name = torch.cuda.get_device_name() if device.startswith('cuda') else f'CPU, {torch.get_num_threads()} threads'
         peak = matmul_gflops(device)
@@ -116,7 +119,7 @@ def main():
               f'| achieved GFLOP/s | % of matmul |')
         print('|---|---|---|---|---|---|')
         for ipc in args.ipc:
-            r = bench_dm(device, ipc, args.batch_real, args.iters, args.model)
+            r = bench_dm(device, ipc, args.batch_real, args.iters, args.model, args.per_class)
             print(f'| CIFAR10 ipc {ipc} | {r["s_per_it"]:.3f} | {r["img_per_s"]:.0f} | {r["gflop_per_it"]:.1f} | '
                   f'{r["gflops"]:.0f} | {100 * r["gflops"] / peak:.0f} % |', flush=True)
         print('\n| evaluate_synset (ConvNet, DSA) | s/epoch | test pass, 10,000 images (s) |')

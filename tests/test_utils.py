@@ -71,6 +71,19 @@ def test_missing_dataset_names_dataset_folder_and_files(tmp_path, name):
     assert name in msg and str(tmp_path) in msg and '.pt' in msg and '\n' not in msg
 
 
+def test_failed_download_leaves_no_folder(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    def offline(self):
+        os.makedirs(os.path.join(self.root, 'partial'), exist_ok=True)
+        raise OSError('no network')
+    monkeypatch.setattr(tvd.CIFAR10, 'download', offline)
+    missing = tmp_path / 'nowhere'
+    with pytest.raises(UserError, match='download failed'):
+        utils.get_dataset('CIFAR10', str(missing), download=True)
+    assert not missing.exists()
+
+
 def test_unknown_dataset():
     with pytest.raises(UserError, match='unknown dataset'):
         utils.get_dataset('ImageNet21k', '.')

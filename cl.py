@@ -1,0 +1,753 @@
+"""Class-incremental continual learning with condensed and generative memories (SPEC §8), the library behind
+CL_DM.py.
+
+Protocol (DM paper, GDumb-style): for a class order drawn from a seed, step s introduces K/steps new classes; a
+memory of ipc images per new class is built from that step's training images alone and never revisited; a network
+is then trained on the union of all memories so far (evaluate_synset, DSA) and tested on every test image of the
+classes seen so far, with a K-way head and the original class ids.
+
+Memories: random (the reference's numpy stream), herding (§8.3), k-center (§8.4), DSA and DM condensation (the
+step functions of main.py and main_DM.py run on a view of the data holding only the step's classes), and DiM
+(a class-conditional GAN trained on the new classes plus replay of its own samples of the old ones; the network
+trains on ipc generated images per seen class). Memories are cached per (method, dataset, model, ipc, steps, seed)
+in the layout of §10.2 and extended step by step; the reference's released files are used when present.
+
+Randomness: the class orders come from a private numpy RandomState (as np.random.seed(s); np.random.permutation(K)
+would give, without touching numpy's global state), everything else from torch generators named by
+(seed, purpose, step, ...).
+"""
+import argparse
+import copy
+import csv
+import io
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import dim
+import main as dc_main
+import main_DM
+import utils
+from networks import define_gan
+from utils import UserError, make_generator
+
+METHODS = ('random', 'herding', 'kcenter', 'DSA', 'DM', 'DiM')
+# The file kind of §10.2 per method: the reference named its DSA memories 'res_DSA'.
+KIND = {'random': 'random', 'herding': 'herding', 'kcenter': 'kcenter', 'DSA': 'res_DSA', 'DM': 'DM', 'DiM': 'DiM'}
+# The arguments each builder's memories depend on: a cache written with other values is foreign.
+BUILDER_ARGS = {
+    'random': (),
+    'herding': ('feature_net', 'feature_epochs', 'lr_net', 'batch_train'),
+    'kcenter': ('feature_net', 'feature_epochs', 'lr_net', 'batch_train'),
+    'DSA': ('Iteration', 'lr_img', 'batch_real', 'batch_train', 'lr_net', 'outer_loop', 'inner_loop', 'dsa_strategy',
+            'align_corners', 'dis_metric', 'compat'),
+    'DM': ('Iteration', 'lr_img', 'batch_real', 'dsa_strategy', 'align_corners'),
+    'DiM': ('gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'dim_noise'),
+}
+# Arguments that may differ between a run and its resumption.
+RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
+             'per_class', 'real_chunk')
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Protocol (§8.1)
+
+def class_order(seed, num_classes):
+    """The reference's order, np.random.seed(seed); np.random.permutation(K), from a private RandomState."""
+    return np.random.RandomState(seed).permutation(num_classes).tolist()
+
+
+def step_classes(order, steps, step):
+    k = len(order) // steps
+    return order[step * k:(step + 1) * k]
+
+
+def seen_classes(order, steps, step):
+    return order[:(step + 1) * (len(order) // steps)]
+
+
+def test_subset(data, classes):
+    """The (uint8) test images whose label is among `classes`, and their labels: one boolean mask (§12 A13)."""
+    mask = torch.isin(data.labels_test, torch.as_tensor(list(classes), device=data.labels_test.device))
+    return data.x_test[mask], data.labels_test[mask]
+
+
+def test_loader(data, classes, batch_size=256):
+    x, y = test_subset(data, classes)
+    return utils.TensorLoader(x, y, batch_size, transform=data.standardise)
+
+
+def class_view(data, classes):
+    """`data` as a k-class dataset of `classes` (relabelled 0..k-1), for the condensation step functions, which
+    iterate over data.num_classes and data.indices_class. Tensors are shared, nothing is copied."""
+    view = copy.copy(data)
+    view.num_classes = len(classes)
+    view.indices_class = [data.indices_class[c] for c in classes]
+    view.class_names = [data.class_names[c] for c in classes]
+    return view
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Coreset selection (§8.3, §8.4)
+
+def herding(features, m):
+    """Indices of m rows of features (n×d), in selection order: each pick brings the running mean of the
+    selected rows closest to the mean of all rows (target i·μ − Σ selected, Euclidean)."""
+    n = len(features)
+    mu = features.mean(0)
+    total = torch.zeros_like(mu)
+    taken = torch.zeros(n, dtype=torch.bool, device=features.device)
+    picks = []
+    for i in range(1, min(m, n) + 1):
+        dist = ((features - (i * mu - total)) ** 2).sum(1)
+        dist[taken] = float('inf')
+        j = int(dist.argmin())
+        picks.append(j)
+        taken[j] = True
+        total = total + features[j]
+    return torch.tensor(picks, dtype=torch.long)
+
+
+def kcenter(features, m):
+    """Indices of m rows of features: first the row nearest the mean, then greedily the row farthest from its
+    nearest selected centre (Euclidean)."""
+    n = len(features)
+    if n == 0 or m <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    first = int(((features - features.mean(0)) ** 2).sum(1).argmin())
+    picks = [first]
+    nearest = ((features - features[first]) ** 2).sum(1)
+    nearest[first] = -1.0  # duplicates of a centre sit at distance 0; a selected row must never win again
+    for _ in range(min(m, n) - 1):
+        j = int(nearest.argmax())
+        picks.append(j)
+        nearest = torch.minimum(nearest, ((features - features[j]) ** 2).sum(1))
+        nearest[picks] = -1.0
+    return torch.tensor(picks, dtype=torch.long)
+
+
+@torch.no_grad()
+def embed(net, data, idx, chunk=1024):
+    """net.embed of the training images at idx, in eval mode, without gradients."""
+    was = net.training
+    net.eval()
+    out = torch.cat([net.embed(data.images(i)) for i in idx.split(chunk)])
+    net.train(was)
+    return out
+
+
+def load_feature_net(args, data):
+    """--feature_net: a state dict (or {'state_dict' | 'net' | 'model': state dict}) of an args.model network; a
+    classifier of another class count is dropped, since only embed() is used."""
+    try:
+        state = torch.load(args.feature_net, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise UserError(f'--feature_net {args.feature_net} is not a readable checkpoint ({type(e).__name__})') from None
+    for key in ('state_dict', 'net', 'model'):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    net = utils.get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device)
+    own = net.state_dict()
+    state = {k: v for k, v in state.items()
+             if not (k.startswith('classifier') and k in own and v.shape != own[k].shape)}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith('classifier') for k in missing):
+        raise UserError(f'--feature_net {args.feature_net} does not hold {args.model} weights for {data.name} '
+                        f'(missing {len(missing)}, unexpected {len(unexpected)} tensors); pass --model to match it')
+    return net.eval()
+
+
+def train_feature_net(args, data, classes, seed, step, log):
+    """The default feature extractor: an args.model network trained on the step's real images (k-way head), with
+    the evaluation recipe of §4.1 for feature_epochs (+1) passes without augmentation; 0 keeps it untrained."""
+    net = utils.get_network(args.model, data.channel, len(classes), data.im_size, device=args.device,
+                            generator=make_generator(seed, 'cl_feature_net', step))
+    if args.feature_epochs == 0:
+        return net
+    view = class_view(data, classes)
+    idx = torch.cat(view.indices_class)
+    labels = torch.cat([torch.full((len(i),), c) for c, i in enumerate(view.indices_class)])
+    remap = torch.full((data.num_classes,), -1, dtype=torch.long, device=data.device)
+    remap[torch.as_tensor(classes, device=data.device)] = torch.arange(len(classes), device=data.device)
+    x_test, y_test = test_subset(data, classes)
+    loader = utils.TensorLoader(x_test, remap[y_test], 256, transform=data.standardise)
+    fargs = argparse.Namespace(lr_net=args.lr_net, epoch_eval_train=args.feature_epochs, batch_train=args.batch_train,
+                               device=args.device, dsa=False)
+    t0 = time.time()
+    net, acc_train, acc = utils.evaluate_synset(0, net, data.images(idx), labels, loader, fargs,
+                                                generator=make_generator(seed, 'cl_feature_train', step))
+    log(f'  feature net: {args.feature_epochs} epochs on {len(idx)} real images of {len(classes)} classes, train acc '
+        f'{100 * acc_train:.1f}%, test acc {100 * acc:.1f}% on the step\'s classes ({time.time() - t0:.0f} s)')
+    return net
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Memory builders: each returns [images (standardised, CPU), labels (original ids)] for one step
+
+def random_memories(data, order, steps, ipc, seed):
+    """All steps at once, drawn as the reference draws them: after the class order, the same numpy stream gives
+    each new class (in step order) permutation(indices of the class)[:ipc]."""
+    rs = np.random.RandomState(seed)
+    if rs.permutation(data.num_classes).tolist() != list(order):
+        raise ValueError('random_memories: order is not the class order of this seed')
+    out = []
+    for step in range(steps):
+        picks = [torch.from_numpy(rs.permutation(data.indices_class[c].numpy())[:ipc]) for c in
+                 step_classes(order, steps, step)]
+        labels = torch.cat([torch.full((len(p),), c) for p, c in zip(picks, step_classes(order, steps, step))])
+        out.append([data.images(torch.cat(picks)).cpu(), labels])
+    return out
+
+
+def coreset_memory(args, data, classes, seed, step, log, net=None):
+    """herding or kcenter per class, on embed() features of `net` (default: trained on the step's classes)."""
+    net = net if net is not None else train_feature_net(args, data, classes, seed, step, log)
+    select = herding if args.method == 'herding' else kcenter
+    images, labels = [], []
+    for c in classes:
+        idx = data.indices_class[c]
+        chosen = idx[select(embed(net, data, idx), args.ipc).cpu()]
+        images.append(data.images(chosen).cpu())
+        labels.append(torch.full((len(chosen),), c))
+    return [torch.cat(images), torch.cat(labels)]
+
+
+def synthesis_args(args, seed):
+    """The namespace main.py's / main_DM.py's step functions read, for this seed's CL run."""
+    return argparse.Namespace(**{**vars(args), 'seed': utils.derive_seed(seed, 'cl', args.method)})
+
+
+def condense_memory(args, data, classes, seed, step, partial_path, log):
+    """DSA or DM condensation of the step's classes into ipc images each (init real), with the step functions of
+    main.py / main_DM.py on a k-class view of the data (so the matching networks have k-way heads). A partial
+    result is checkpointed every checkpoint_every iterations; since every draw is named by (seed, step, it), the
+    resumed synthesis equals an uninterrupted one."""
+    view = class_view(data, classes)
+    a = synthesis_args(args, seed)
+    iteration = main_DM.dm_iteration if args.method == 'DM' else dc_main.dc_iteration
+    image_syn, syn_cls = utils.init_synset(view, args.ipc, 'real', make_generator(a.seed, 'init', step))
+    image_syn.requires_grad_(True)
+    optimizer = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
+    start = 0
+    fingerprint = builder_fingerprint(args)
+    if os.path.isfile(partial_path):
+        try:
+            part = torch.load(partial_path, map_location='cpu', weights_only=True)
+            ok = part['step'] == step and part['builder'] == fingerprint
+        except Exception:
+            ok = False
+        if ok:
+            with torch.no_grad():
+                image_syn.copy_(part['image_syn'].to(image_syn.device))
+            optimizer.load_state_dict(part['optimizer'])
+            start = part['it']
+            log(f'  resuming the synthesis of step {step} at iteration {start} from {partial_path}')
+    bar = tqdm(range(start, args.Iteration), desc=f'{args.method} seed {seed} step {step}', initial=start,
+               total=args.Iteration, disable=args.no_progress, leave=False, dynamic_ncols=True)
+    for it in bar:
+        loss = iteration(a, view, image_syn, syn_cls, optimizer, step, it)
+        bar.set_postfix(loss=f'{loss / len(classes):.4f}')
+        if it % 100 == 0:
+            log(f'  step {step} iter {it:05d}: loss {loss:.4f} (per class {loss / len(classes):.4f})', echo=False)
+        if (it + 1) % args.checkpoint_every == 0 and it + 1 < args.Iteration:
+            utils.atomic_save(dict(step=step, it=it + 1, builder=fingerprint, image_syn=image_syn.detach().cpu(),
+                                   optimizer=optimizer.state_dict()), partial_path)
+    bar.close()
+    return [image_syn.detach().cpu(), torch.as_tensor(classes)[syn_cls]]
+
+
+def dim_noise(args, num_classes):
+    """The generator's input width: --dim_noise, else 100 (DiM's) while it exceeds K, else K + 28 (the one-hot label
+    overwrites the first K entries)."""
+    return args.dim_noise or (100 if num_classes < 100 else num_classes + 28)
+
+
+def gan_bytes(G):
+    return sum(t.numel() * t.element_size() for t in list(G.parameters()) + list(G.buffers()))
+
+
+@torch.no_grad()
+def sample_memory(G, data, order, n_seen, ipc, generator, chunk=500):
+    """ipc images of each of the first n_seen classes of `order` from G in eval mode, standardised as a real set."""
+    was = G.training
+    G.eval()
+    pos = torch.arange(n_seen).repeat_interleave(ipc)
+    x = torch.cat([dim.generate(G, p.to(data.device), generator) for p in pos.split(chunk)])
+    G.train(was)
+    images = utils.standardise((x + 1) / 2, data.mean, data.std, x.device).cpu()
+    return images, torch.as_tensor(order)[pos]
+
+
+def build_gan(args, data):
+    try:
+        G, D = define_gan(data.channel, data.num_classes, data.im_size, dim_noise(args, data.num_classes),
+                          'overwrite', args.gan_width, device=args.device, generator=make_generator(args.gan_seed,
+                                                                                                    'cl_gan_init'))
+    except ValueError as e:
+        raise UserError(f'GAN for {data.name}: {e} (flag --dim_noise)') from None
+    return G, D, dim.adam(G, args.gan_lr), dim.adam(D, args.gan_lr)
+
+
+def dim_memory(args, data, order, step, seed, gan, log):
+    """One CL step of the generative memory. The GAN (K-way conditioning on class-order positions, so labels are
+    0..seen−1 at every step and the critic's random labels stay among the seen classes) continues from the previous
+    step; each batch mixes real images of the new classes with samples of the old classes from a frozen copy of the
+    previous generator, in proportion to their class counts. Returns (memory, gan state)."""
+    a = argparse.Namespace(**{**vars(args), 'gan_seed': utils.derive_seed(seed, 'cl', 'DiM')})
+    G, D, opt_g, opt_d = build_gan(a, data)
+    if gan is not None:
+        G.load_state_dict(gan['generator'])
+        D.load_state_dict(gan['discriminator'])
+        opt_g.load_state_dict(gan['optim_g'])
+        opt_d.load_state_dict(gan['optim_d'])
+    k = data.num_classes // args.steps
+    n_old, n_seen = step * k, (step + 1) * k
+    pos_of = torch.empty(data.num_classes, dtype=torch.long)
+    pos_of[torch.as_tensor(order)] = torch.arange(data.num_classes)
+    pos_of = pos_of.to(data.device)
+    new_idx = torch.cat([data.indices_class[c] for c in step_classes(order, args.steps, step)])
+    replay = round(args.gan_batch * n_old / n_seen)
+    G_old = None
+    if replay:
+        G_old = copy.deepcopy(G).eval()
+        G_old.requires_grad_(False)
+    g = make_generator(seed, 'cl_gan', step)
+    bar = tqdm(range(args.gan_iters), desc=f'DiM seed {seed} step {step}', disable=args.no_progress, leave=False,
+               dynamic_ncols=True)
+    for it in bar:
+        pick = new_idx[torch.randperm(len(new_idx), generator=g)[:args.gan_batch - replay]].to(data.device)
+        x = data.x_train[pick].float().div_(127.5).sub_(1)
+        y = pos_of[data.labels_train[pick]]
+        if replay:
+            y_old = torch.randint(n_old, (replay,), generator=g).to(data.device)
+            with torch.no_grad():
+                x = torch.cat([x, dim.generate(G_old, y_old, g)])
+            y = torch.cat([y, y_old])
+        parts = dim.generator_step(G, D, opt_g, y, g)
+        parts.update(dim.critic_step(G, D, opt_d, x, y, n_seen, g))
+        if it % 100 == 0:
+            bar.set_postfix(g=f'{parts["g"]:.3f}', d=f'{parts["d"]:.3f}')
+            log(f'  step {step} GAN iter {it:05d}: ' + ', '.join(f'{n} {v:.4f}' for n, v in parts.items()), echo=False)
+    bar.close()
+    memory = list(sample_memory(G, data, order, n_seen, args.ipc, make_generator(seed, 'cl_gan_sample', step)))
+    state = dict(generator=_cpu(G.state_dict()), discriminator=_cpu(D.state_dict()), optim_g=opt_g.state_dict(),
+                 optim_d=opt_d.state_dict(), step=step, generator_bytes=gan_bytes(G))
+    return memory, state
+
+
+def _cpu(state):
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Memory files (§10.2): `data` = list over steps of [images, labels]
+
+def memory_name(args, seed):
+    return f'cl_{KIND[args.method]}_{args.dataset}_{args.model}_{args.ipc}ipc_{args.steps}steps_seed{seed}.pt'
+
+
+def builder_fingerprint(args):
+    return {k: getattr(args, k) for k in ('method', 'model') + BUILDER_ARGS[args.method]}
+
+
+def check_memory(memory, data, order, steps, path, cumulative=False):
+    """Every step's entry is [images like the dataset's, labels of exactly that step's classes (DiM: all seen)]."""
+    for step, entry in enumerate(memory):
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            raise UserError(f'{path}: step {step} is not an [images, labels] pair')
+        images, labels = entry
+        if images.dim() != 4 or tuple(images.shape[1:]) != (data.channel, *data.im_size) or len(images) != len(labels):
+            raise UserError(f'{path}: step {step} holds images {tuple(images.shape)} with {len(labels)} labels; '
+                            f'expected N×{data.channel}×{data.im_size[0]}×{data.im_size[1]} for {data.name}')
+        want = (seen_classes if cumulative else step_classes)(order, steps, step)
+        if set(labels.tolist()) != set(want):
+            raise UserError(f'{path}: step {step} holds other classes than the class order of its seed gives; it was '
+                            f'built for another class order or dataset')
+
+
+class Memories:
+    """The memories of one (method, seed), step by step: from the reference's released file in
+    <data_path>/metasets/cl_data when present, else from the project's cache in <save_path>/cl_data (written after
+    every step, so an interrupted run keeps its finished steps), else built."""
+
+    def __init__(self, args, data, seed, order, log):
+        self.args, self.data, self.seed, self.order, self.log = args, data, seed, order, log
+        name = memory_name(args, seed)
+        self.released = os.path.join(args.data_path, 'metasets', 'cl_data', name)
+        self.path = os.path.join(args.save_path, 'cl_data', name)
+        self.partial_path = self.path[:-3] + '.partial.pt'
+        self.cumulative = args.method == 'DiM'  # a generator's memory at step s covers every seen class
+        self.memory, self.gan, self.source, self.times, self.feature_net = [], None, 'built', [], None
+        if args.method != 'DiM' and os.path.isfile(self.released):
+            raw = self._load(self.released)
+            if len(raw['data']) != args.steps:
+                raise UserError(f'{self.released} holds {len(raw["data"])} steps, --steps is {args.steps}')
+            self.memory, self.source = raw['data'], 'released'
+        elif os.path.isfile(self.path):
+            raw = self._load(self.path)
+            meta = raw.get('meta', {})
+            if meta.get('builder') != builder_fingerprint(args) or meta.get('class_order') != list(order):
+                theirs, ours = meta.get('builder', {}), builder_fingerprint(args)
+                diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k)) or ['class order']
+                raise UserError(f'{self.path} was built with other settings ({", ".join(diff)}); delete it or pass '
+                                f'another --save_path')
+            self.memory, self.gan, self.times, self.source = raw['data'], raw.get('gan'), meta.get('times', []), 'cache'
+        self.memory = [[x.detach().float().cpu(), y.long().cpu()] for x, y in self.memory]
+        check_memory(self.memory, data, order, args.steps, self.released if self.source == 'released' else self.path,
+                     self.cumulative)
+        if self.memory:
+            log(f'seed {seed}: {len(self.memory)} of {args.steps} steps of {args.method} memories from {self.source} '
+                f'file {self.released if self.source == "released" else self.path}')
+
+    def _load(self, path):
+        try:
+            raw = torch.load(path, map_location='cpu', weights_only=True)
+            raw['data']
+        except Exception as e:
+            raise UserError(f'{path} is not a readable CL memory file with the key "data" ({type(e).__name__}); '
+                            f'delete it to rebuild it') from None
+        return raw
+
+    def step(self, s):
+        """The memory added at step s (DiM: the generated set of all classes seen at step s), built if missing."""
+        while len(self.memory) <= s:
+            self._build(len(self.memory))
+        return self.memory[s]
+
+    def training_set(self, s):
+        """The union of the memories of steps 0..s (DiM: step s's generated set)."""
+        if self.cumulative:
+            return self.step(s)
+        parts = [self.step(i) for i in range(s + 1)]
+        return [torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])]
+
+    def _build(self, s):
+        args, data = self.args, self.data
+        t0 = time.time()
+        classes = step_classes(self.order, args.steps, s)
+        self.log(f'seed {self.seed} step {s}: building the {args.method} memory of classes {classes}')
+        if args.method == 'random':
+            self.memory = random_memories(data, self.order, args.steps, args.ipc, self.seed)
+        elif args.method in ('herding', 'kcenter'):
+            if args.feature_net and self.feature_net is None:
+                self.feature_net = load_feature_net(args, data)
+            self.memory.append(coreset_memory(args, data, classes, self.seed, s, self.log, self.feature_net))
+        elif args.method in ('DSA', 'DM'):
+            self.memory.append(condense_memory(args, data, classes, self.seed, s, self.partial_path, self.log))
+        else:
+            memory, self.gan = dim_memory(args, data, self.order, s, self.seed, self.gan, self.log)
+            self.memory.append(memory)
+        self.times = self.times[:s] + [time.time() - t0] * (len(self.memory) - s)
+        self.log(f'seed {self.seed} step {s}: memory built in {time.time() - t0:.1f} s -> {self.path}')
+        self.source = 'built'
+        meta = dict(kind=KIND[args.method], dataset=data.name, model=args.model, ipc=args.ipc, steps=args.steps,
+                    seed=self.seed, class_order=list(self.order), builder=builder_fingerprint(args),
+                    normalised=True, mean=data.mean, std=data.std, cumulative=self.cumulative, times=self.times)
+        out = dict(data=self.memory, meta=meta)
+        if self.gan is not None:
+            out['gan'] = self.gan
+        utils.atomic_save(out, self.path)
+        if os.path.exists(self.partial_path):
+            os.unlink(self.partial_path)
+
+    def budget(self, s):
+        """(images, bytes) the memory holds after step s: images stored as uint8, or the generator's float32."""
+        images, _ = self.training_set(s)
+        if self.cumulative:
+            return len(images), int(self.gan['generator_bytes']) if self.gan else None
+        return len(images), int(images[0].numel()) * len(images)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation (§8.1)
+
+def eval_args(args):
+    return argparse.Namespace(lr_net=args.lr_net, epoch_eval_train=args.epoch_eval_train, batch_train=args.batch_train,
+                              device=args.device, dsa=args.dsa, dsa_strategy=args.dsa_strategy,
+                              dsa_param=args.dsa_param)
+
+
+def evaluate_step(args, data, images, labels, seen, seed, step, nets, log):
+    """num_eval networks (K-way heads) trained on the memory and tested on the seen classes' test images. nets: the
+    previous step's networks, continued in finetune mode. Returns (accuracies, networks)."""
+    loader = test_loader(data, seen)
+    accs, out = [], []
+    for i in range(args.num_eval):
+        if args.train_mode == 'finetune' and nets:
+            net = nets[i]
+        else:
+            net = utils.get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device,
+                                    generator=make_generator(seed, 'cl_eval_net', step, i))
+        t0 = time.time()
+        net, acc_train, acc = utils.evaluate_synset(i, net, images, labels, loader, eval_args(args),
+                                                    generator=make_generator(seed, 'cl_eval', step, i))
+        log(f'  net #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% on {len(loader.images)} test '
+            f'images ({time.time() - t0:.0f} s)')
+        accs.append(acc)
+        out.append(net)
+    return accs, out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run: seeds × steps, resumable
+
+class Log:
+    def __init__(self, path, append):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.f = open(path, 'a' if append else 'w')
+
+    def __call__(self, msg, echo=True):
+        if echo:
+            tqdm.write(msg)
+        self.f.write(msg + '\n')
+        self.f.flush()
+
+    def close(self):
+        self.f.close()
+
+
+def run_name(args):
+    mode = '' if args.train_mode == 'scratch' else '_finetune'
+    return f'{args.method}{mode}_{args.dataset}_{args.model}_{args.ipc}ipc_{args.steps}steps'
+
+
+def fingerprint(args):
+    return {k: v for k, v in sorted(vars(args).items()) if k not in RESUMABLE}
+
+
+def run(args):
+    """The whole experiment; returns the summary written to cl_<run>.json."""
+    data = utils.get_dataset(args.dataset, args.data_path, device=args.device)
+    smallest = min(len(i) for i in data.indices_class)
+    if args.method != 'DiM' and args.ipc > smallest:
+        raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); lower --ipc')
+    name = run_name(args)
+    paths = {ext: os.path.join(args.save_path, f'cl_{name}.{ext}') for ext in ('json', 'csv', 'log')}
+    ckpt_path = os.path.join(args.save_path, f'cl_{name}.ckpt.pt')
+    state = None
+    if args.resume and os.path.isfile(ckpt_path):
+        try:
+            state = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+            theirs = state['fingerprint']
+        except Exception as e:
+            raise UserError(f'cannot resume: {ckpt_path} is corrupt ({type(e).__name__}); delete it to start afresh') \
+                from None
+        if theirs != fingerprint(args):
+            diff = sorted(k for k in set(theirs) | set(fingerprint(args)) if theirs.get(k) != fingerprint(args).get(k))
+            raise UserError(f'cannot resume: {ckpt_path} belongs to another run (differs in {", ".join(diff)}); rerun '
+                            f'with the same flags or delete it')
+    state = state or dict(accs={}, budget={}, times={}, sources={}, nets=None, nets_seed=None)
+    log = Log(paths['log'], append=args.resume)
+    k = data.num_classes // args.steps
+    log(f'CL {name}: {data}; {args.steps} steps of {k} classes, ipc {args.ipc}, seeds {args.seeds}, train mode '
+        f'{args.train_mode}, device {args.device}')
+    log(f'evaluation: {args.num_eval} x {args.model} ({data.num_classes}-way), {args.epoch_eval_train} epochs, lr '
+        f'{args.lr_net}, batch {args.batch_train}, DSA {args.dsa_strategy}')
+    log(f'hyper-parameters: {fingerprint(args)}')
+    if args.resume and not os.path.isfile(ckpt_path):
+        log(f'--resume: no finished step recorded in {ckpt_path}; starting from step 0 (cached memories are reused)')
+
+    bar = tqdm(total=len(args.seeds) * args.steps, desc=f'CL {args.method}', disable=args.no_progress,
+               dynamic_ncols=True)
+    try:
+        for seed in args.seeds:
+            order = class_order(seed, data.num_classes)
+            log(f'seed {seed}: class order {order}')
+            done = state['accs'].setdefault(str(seed), [])
+            memories = None
+            nets = None
+            for step in range(args.steps):
+                if step < len(done):
+                    bar.update(1)
+                    continue
+                memories = memories or Memories(args, data, seed, order, log)
+                seen = seen_classes(order, args.steps, step)
+                t0 = time.time()
+                images, labels = memories.training_set(step)
+                t_mem = time.time() - t0
+                if args.train_mode == 'finetune' and step > 0 and nets is None:
+                    nets = restore_nets(args, data, state, seed)
+                log(f'seed {seed} step {step}: {len(seen)} classes seen, training on {len(images)} memory images')
+                t0 = time.time()
+                accs, nets = evaluate_step(args, data, images, labels, seen, seed, step, nets, log)
+                m, s = utils.mean_std(accs)
+                log(f'seed {seed} step {step}: test acc {m:.2f} ± {s:.2f} over {len(accs)} networks '
+                    f'({len(seen)} classes)')
+                done.append(accs)
+                state['budget'][f'{step}'] = list(memories.budget(step))
+                state['times'].setdefault(str(seed), []).append(dict(memory_s=t_mem, evaluation_s=time.time() - t0))
+                state['sources'][str(seed)] = memories.source
+                if args.train_mode == 'finetune':
+                    state['nets'], state['nets_seed'] = [_cpu(n.state_dict()) for n in nets], seed
+                state['fingerprint'] = fingerprint(args)
+                utils.atomic_save(state, ckpt_path)
+                write_outputs(args, state, data, paths)
+                bar.update(1)
+        summary = write_outputs(args, state, data, paths)
+        for line in table_lines(summary):
+            log(line)
+        log(f'LaTeX row ({args.method}): {summary["latex"]}')
+        log(f'results: {paths["json"]}, {paths["csv"]}, {summary["plot"]}')
+    finally:
+        bar.close()
+        log.close()
+    return summary
+
+
+def restore_nets(args, data, state, seed):
+    """The previous step's networks of this seed from the checkpoint (finetune mode after an interruption)."""
+    if state.get('nets_seed') != seed or not state.get('nets'):
+        raise UserError('cannot resume a finetune run: the checkpoint lacks the networks of the last finished step; '
+                        'delete it to start afresh')
+    nets = []
+    for sd in state['nets']:
+        net = utils.get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device)
+        net.load_state_dict(sd)
+        nets.append(net)
+    return nets
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs: JSON, CSV, table, LaTeX row, plot
+
+def summarise(args, state, data):
+    rows = []
+    for step in range(args.steps):
+        accs = []
+        for seed in args.seeds:
+            per_step = state['accs'].get(str(seed), [])
+            accs += per_step[step] if step < len(per_step) else []
+        if not accs:
+            continue
+        m, s = utils.mean_std(accs)
+        images, nbytes = state['budget'].get(str(step), [None, None])
+        rows.append(dict(step=step, classes=(step + 1) * data.num_classes // args.steps, mean=m, std=s,
+                         std_ddof1=float(np.std(np.asarray(accs) * 100, ddof=1)) if len(accs) > 1 else float('nan'),
+                         n=len(accs), memory_images=images, memory_bytes=nbytes))
+    latex = ' '.join(f'& {r["mean"]:.1f}±{r["std"]:.1f}' for r in rows)
+    label = args.method + ('' if args.train_mode == 'scratch' else '-finetune')
+    return dict(method=label, dataset=data.name, model=args.model, ipc=args.ipc, steps=args.steps,
+                classes_per_step=data.num_classes // args.steps, train_mode=args.train_mode,
+                memory_unit='generator float32 bytes' if args.method == 'DiM' else 'uint8 image bytes',
+                table=rows, latex=latex, seeds=[s for s in args.seeds if str(s) in state['accs']],
+                class_orders={str(s): class_order(s, data.num_classes) for s in args.seeds},
+                accs=state['accs'], memory_source=state['sources'], times=state['times'],
+                protocol=dict(epoch_eval_train=args.epoch_eval_train, lr_net=args.lr_net,
+                              batch_train=args.batch_train, dsa_strategy=args.dsa_strategy, num_eval=args.num_eval,
+                              head=f'{data.num_classes}-way'),
+                args=fingerprint(args), versions=utils.versions())
+
+
+def table_lines(summary):
+    lines = [f'{summary["method"]} on {summary["dataset"]} ({summary["model"]}, {summary["ipc"]} ipc, '
+             f'{summary["steps"]} steps): mean ± std over seeds × networks',
+             f'{"step":>4} {"classes":>7} {"memory":>34} {"accuracy (%)":>16} {"n":>3}']
+    for r in summary['table']:
+        mem = '' if r['memory_images'] is None else f'{r["memory_images"]} images'
+        if r['memory_bytes'] is not None:
+            unit = 'generator' if summary['memory_unit'].startswith('generator') else 'as uint8'
+            mem += f', {human_bytes(r["memory_bytes"])} {unit}'
+        lines.append(f'{r["step"]:>4} {r["classes"]:>7} {mem:>34} {r["mean"]:>8.2f} ± {r["std"]:5.2f} {r["n"]:>3}')
+    return lines
+
+
+def human_bytes(n):
+    for unit, size in (('MiB', 2 ** 20), ('KiB', 2 ** 10)):
+        if n >= size:
+            return f'{n / size:.1f} {unit}'
+    return f'{n} B'
+
+
+def write_outputs(args, state, data, paths):
+    summary = summarise(args, state, data)
+    plot = os.path.join(args.save_path, f'cl_{data.name}_{args.model}_{args.ipc}ipc_{args.steps}steps.png')
+    summary['plot'] = plot
+    utils.write_json(paths['json'], summary)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    cols = ['step', 'classes', 'mean', 'std', 'std_ddof1', 'n', 'memory_images', 'memory_bytes']
+    w.writerow(['method', 'dataset', 'model', 'ipc', 'steps'] + cols)
+    for r in summary['table']:
+        w.writerow([summary['method'], data.name, args.model, args.ipc, args.steps] + [r[c] for c in cols])
+    utils.atomic_write_text(paths['csv'], buf.getvalue())
+    curves = collect_curves(args.save_path, data.name, args.model, args.ipc, args.steps)
+    plot_curves(plot, curves, f'{data.name}, {args.model}, {args.ipc} ipc, {args.steps} steps')
+    return summary
+
+
+def collect_curves(folder, dataset, model, ipc, steps):
+    """Every CL result in folder for this setting: [(method, [classes], [mean], [std])], sorted by method."""
+    curves = []
+    for f in sorted(os.listdir(folder)):
+        if not (f.startswith('cl_') and f.endswith('.json')):
+            continue
+        try:
+            with open(os.path.join(folder, f)) as fh:
+                s = json.load(fh)
+            if (s['dataset'], s['model'], s['ipc'], s['steps']) != (dataset, model, ipc, steps) or not s['table']:
+                continue
+            t = s['table']
+            curves.append((s['method'], [r['classes'] for r in t], [r['mean'] for r in t], [r['std'] for r in t]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(curves)
+
+
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def plot_curves(path, curves, title, size=(760, 460)):
+    """Accuracy vs number of classes seen, one line (with ±std bars) per method, drawn with PIL."""
+    from PIL import Image, ImageDraw
+    W, H = size
+    left, right, top, bottom = 60, 170, 36, 50
+    img = Image.new('RGB', (W, H), 'white')
+    d = ImageDraw.Draw(img)
+
+    def text(xy, s, anchor=None):
+        try:
+            d.text(xy, s, fill='black', anchor=anchor)
+        except ValueError:  # a Pillow without FreeType has only a bitmap font, which takes no anchor
+            d.text(xy, s, fill='black')
+    xs = sorted({x for c in curves for x in c[1]}) or [0, 1]
+    lo = min([m - s for c in curves for m, s in zip(c[2], c[3])] or [0])
+    hi = max([m + s for c in curves for m, s in zip(c[2], c[3])] or [100])
+    y0, y1 = max(0, 10 * math.floor(lo / 10)), min(100, 10 * math.ceil(hi / 10))
+    y1 = y1 if y1 > y0 else y0 + 10
+    x0, x1 = (xs[0], xs[-1]) if xs[-1] > xs[0] else (xs[0] - 1, xs[0] + 1)
+
+    def px(x, y):
+        return (left + (x - x0) / (x1 - x0) * (W - left - right),
+                H - bottom - (y - y0) / (y1 - y0) * (H - top - bottom))
+
+    for y in range(int(y0), int(y1) + 1, 10):
+        d.line([px(x0, y), px(x1, y)], fill=(225, 225, 225))
+        text((left - 8, px(x0, y)[1]), f'{y}', 'rm')
+    for x in xs:
+        text((px(x, y0)[0], H - bottom + 8), f'{x}', 'mt')
+    d.rectangle([px(x0, y1), px(x1, y0)], outline='black')
+    text(((left + W - right) / 2, H - 14), 'number of classes', 'mm')
+    text((8, top - 22), 'test accuracy (%)')
+    text(((left + W - right) / 2, 12), title, 'mm')
+    for i, (method, cx, cm, cs) in enumerate(curves):
+        colour = COLOURS[i % len(COLOURS)]
+        points = [px(x, m) for x, m in zip(cx, cm)]
+        for (x, m, s) in zip(cx, cm, cs):
+            d.line([px(x, max(y0, m - s)), px(x, min(y1, m + s))], fill=colour)
+        if len(points) > 1:
+            d.line(points, fill=colour, width=2)
+        for p in points:
+            d.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=colour)
+        ly = top + 10 + 18 * i
+        d.line([(W - right + 12, ly), (W - right + 36, ly)], fill=colour, width=3)
+        text((W - right + 42, ly), f'{method} ({cm[-1]:.1f})', 'lm')
+    buf = io.BytesIO()
+    img.save(buf, format='png')
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    utils._atomic(path, lambda f: f.write(buf.getvalue()))

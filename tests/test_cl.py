@@ -1,0 +1,245 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import CL_DM
+import cl
+import utils
+from conftest import ROOT, toy_images, write_prepared
+
+FAST = ['--model', 'ConvNetW32', '--ipc', '2', '--steps', '5', '--num_eval', '1', '--epoch_eval_train', '1',
+        '--device', 'cpu', '--no_progress', '--batch_real', '4', '--feature_epochs', '1', '--Iteration', '2',
+        '--gan_iters', '2', '--gan_batch', '8', '--gan_width', '8']
+
+
+def _data(n=6, classes=10):
+    """A 10-class MNIST-shaped Data with n training and 3 test images per class."""
+    x, y = toy_images(n, classes, 1, 28, seed=0)
+    xt, yt = toy_images(3, classes, 1, 28, seed=1)
+    return utils.Data('MNIST', [str(i) for i in range(classes)], x, y, xt, yt)
+
+
+def _args(tmp, *extra):
+    return CL_DM.parse_args(['--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'out'), *FAST,
+                             *extra])
+
+
+def _quiet(*a, **k):
+    pass
+
+
+def test_class_order_is_numpys_permutation_and_leaves_the_global_rng_alone():
+    np.random.seed(123)
+    before = np.random.get_state()
+    orders = [cl.class_order(s, 100) for s in range(5)]
+    after = np.random.get_state()
+    assert all(np.array_equal(a, b) for a, b in zip(before[1:], after[1:])) and before[0] == after[0]
+    for s, order in enumerate(orders):
+        np.random.seed(s)
+        assert order == np.random.permutation(100).tolist()
+    assert orders[0] != orders[1] and sorted(orders[0]) == list(range(100))
+    assert cl.step_classes(orders[0], 5, 1) == orders[0][20:40]
+    assert cl.seen_classes(orders[0], 5, 1) == orders[0][:40]
+
+
+def test_random_memories_follow_the_reference_numpy_stream():
+    data = _data()
+    order = cl.class_order(3, 10)
+    mem = cl.random_memories(data, order, 5, 2, 3)
+    np.random.seed(3)  # the reference: seed, class order, then get_images per new class in step order
+    assert np.random.permutation(10).tolist() == order
+    for step in range(5):
+        for j, c in enumerate(cl.step_classes(order, 5, step)):
+            idx = torch.from_numpy(np.random.permutation(data.indices_class[c].numpy())[:2])
+            assert torch.equal(mem[step][0][2 * j:2 * j + 2], data.images(idx))
+            assert mem[step][1][2 * j:2 * j + 2].tolist() == [c, c]
+
+
+@pytest.mark.parametrize('method, extra', [('random', []), ('herding', []), ('kcenter', []), ('DM', []),
+                                           ('DSA', ['--outer_loop', '1', '--inner_loop', '1']), ('DiM', [])])
+def test_each_steps_memory_holds_only_its_classes_with_ipc_images_each(tmp_path, method, extra):
+    data = _data()
+    args = _args(tmp_path, '--method', method, *extra)
+    order = cl.class_order(0, 10)
+    mem = cl.Memories(args, data, 0, order, _quiet)
+    for step in range(5):
+        images, labels = mem.step(step)
+        classes = cl.seen_classes(order, 5, step) if method == 'DiM' else cl.step_classes(order, 5, step)
+        assert sorted(labels.tolist()) == sorted(c for c in classes for _ in range(2))
+        assert images.shape == (len(labels), 1, 28, 28)
+        if method in ('random', 'herding', 'kcenter'):  # coresets are real images of their own class
+            for x, c in zip(images, labels.tolist()):
+                assert any(torch.equal(x, r) for r in data.images(data.indices_class[c]))
+    union, union_labels = mem.training_set(4)
+    assert len(union) == 20 and set(union_labels.tolist()) == set(range(10))  # DiM: step 4's set of all 10
+    if method == 'DiM':  # the budget of a generative memory is the generator
+        assert mem.budget(4) == (20, sum(v.numel() * v.element_size() for v in mem.gan['generator'].values()))
+    else:
+        assert mem.budget(4) == (20, 20 * 28 * 28)
+    # The cache in the layout of SPEC §10.2, reloaded instead of rebuilt.
+    raw = torch.load(mem.path, weights_only=True)
+    assert len(raw['data']) == 5 and raw['meta']['class_order'] == order
+    again = cl.Memories(args, data, 0, order, _quiet)
+    assert again.source == 'cache' and torch.equal(again.step(2)[0], mem.step(2)[0])
+
+
+def test_herding_picks_the_greedy_running_mean_solution():
+    f = torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0]])  # mean 3.2
+    # i=1: target 3.2 -> 3; i=2: 6.4-3=3.4 -> 2; i=3: 9.6-5=4.6 -> 1; i=4: 12.8-6=6.8 -> 10; then 0.
+    # (Nearest-to-the-mean order would take 0 before 10.)
+    assert cl.herding(f, 5).tolist() == [3, 2, 1, 4, 0]
+    assert cl.herding(f, 2).tolist() == [3, 2]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 2, generator=g)
+    picks = cl.herding(x, 10).tolist()
+    chosen = []
+    for i in range(10):  # brute force: the unselected row whose addition puts the running mean closest to μ
+        rest = [j for j in range(40) if j not in chosen]
+        chosen.append(min(rest, key=lambda j: float((x[chosen + [j]].mean(0) - x.mean(0)).norm())))
+    assert picks == chosen
+
+
+def test_kcenter_starts_nearest_the_mean_then_takes_farthest_points():
+    f = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.5], [9.0, 0.0], [0.0, 7.0], [1.0, 1.0]])
+    # mean (1.83, 1.92): nearest is (1, 1); then (9, 0) at 65, (0, 7) at 37, (0, 2.5) at 3.25, (0, 0) at 2, (1, 0)
+    assert cl.kcenter(f, 6).tolist() == [5, 3, 4, 2, 0, 1]
+    assert cl.kcenter(f, 3).tolist() == [5, 3, 4]
+    dup = torch.zeros(4, 3)  # all equal: still distinct picks
+    assert sorted(cl.kcenter(dup, 4).tolist()) == [0, 1, 2, 3]
+
+
+def test_test_subset_holds_exactly_the_seen_classes():
+    data = _data()
+    order = cl.class_order(1, 10)
+    for step in range(5):
+        seen = cl.seen_classes(order, 5, step)
+        x, y = cl.test_subset(data, seen)
+        assert set(y.tolist()) == set(seen) and len(y) == 3 * len(seen)
+        ref = torch.cat([data.x_test[data.labels_test == c] for c in sorted(seen)])
+        assert torch.equal(torch.sort(x.flatten(1), 0).values, torch.sort(ref.flatten(1), 0).values)
+        loader = cl.test_loader(data, seen)
+        assert sum(len(b[1]) for b in loader) == len(y)
+
+
+def _run(tmp, *extra):
+    return CL_DM.main(['--dataset', 'MNIST', '--data_path', str(tmp), *FAST, '--seeds', '0', '1', *extra])
+
+
+def test_end_to_end_outputs(tmp_path):
+    write_prepared(str(tmp_path), 'MNIST', n_train=6, n_test=3, channel=1, size=28)
+    out = tmp_path / 'out'
+    s = _run(tmp_path, '--save_path', str(out), '--method', 'random')
+    assert [r['classes'] for r in s['table']] == [2, 4, 6, 8, 10] and all(r['n'] == 2 for r in s['table'])
+    assert s['latex'].count('& ') == 5 and s['class_orders']['1'] == cl.class_order(1, 10)
+    assert [r['memory_images'] for r in s['table']] == [4, 8, 12, 16, 20]
+    acc = np.asarray([s['accs'][k][4] for k in ('0', '1')]).ravel() * 100
+    assert s['table'][4]['mean'] == pytest.approx(acc.mean()) and s['table'][4]['std'] == pytest.approx(acc.std())
+    with open(out / 'cl_random_MNIST_ConvNetW32_2ipc_5steps.json') as f:
+        assert json.load(f)['table'] == s['table']
+    assert len((out / 'cl_random_MNIST_ConvNetW32_2ipc_5steps.csv').read_text().strip().splitlines()) == 6
+    s2 = _run(tmp_path, '--save_path', str(out), '--method', 'kcenter', '--train_mode', 'finetune')
+    assert s2['method'] == 'kcenter-finetune'
+    curves = cl.collect_curves(str(out), 'MNIST', 'ConvNetW32', 2, 5)
+    assert [c[0] for c in curves] == ['kcenter-finetune', 'random']  # one line per method in the plot
+    from PIL import Image
+    assert Image.open(out / 'cl_MNIST_ConvNetW32_2ipc_5steps.png').size == (760, 460)
+
+
+@pytest.mark.parametrize('mode', ['scratch', 'finetune'])
+def test_resume_skips_finished_steps_and_gives_the_same_results(tmp_path, monkeypatch, mode):
+    write_prepared(str(tmp_path), 'MNIST', n_train=6, n_test=3, channel=1, size=28)
+    full = _run(tmp_path, '--save_path', str(tmp_path / 'full'), '--method', 'herding', '--train_mode', mode)
+    real, calls = cl.evaluate_step, []
+
+    def interrupted(args, data, images, labels, seen, seed, step, nets, log):
+        calls.append((seed, step))
+        if (seed, step) == (1, 2) and not args.resume:
+            raise KeyboardInterrupt
+        return real(args, data, images, labels, seen, seed, step, nets, log)
+    monkeypatch.setattr(cl, 'evaluate_step', interrupted)
+    part = tmp_path / 'part'
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, '--save_path', str(part), '--method', 'herding', '--train_mode', mode)
+    calls.clear()
+    resumed = _run(tmp_path, '--save_path', str(part), '--method', 'herding', '--train_mode', mode, '--resume')
+    assert calls == [(1, 2), (1, 3), (1, 4)]
+    assert resumed['accs'] == full['accs'] and resumed['table'] == full['table']
+
+
+def test_interrupted_synthesis_resumes_to_the_same_memory(tmp_path, monkeypatch):
+    data = _data()
+    order = cl.class_order(0, 10)
+    args = _args(tmp_path, '--method', 'DM', '--Iteration', '5', '--checkpoint_every', '2')
+    full = cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'a.partial.pt'), _quiet)
+    real = cl.main_DM.dm_iteration
+
+    def interrupted(a, view, image_syn, syn_cls, optimizer, exp, it):
+        if it == 3:
+            raise KeyboardInterrupt
+        return real(a, view, image_syn, syn_cls, optimizer, exp, it)
+    monkeypatch.setattr(cl.main_DM, 'dm_iteration', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'b.partial.pt'), _quiet)
+    assert torch.load(tmp_path / 'b.partial.pt', weights_only=True)['it'] == 2
+    monkeypatch.setattr(cl.main_DM, 'dm_iteration', real)
+    resumed = cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'b.partial.pt'), _quiet)
+    assert torch.equal(full[0], resumed[0]) and torch.equal(full[1], resumed[1])
+    assert not torch.equal(full[0][:2], data.images(data.indices_class[order[0]][:2]))
+
+
+def test_released_memories_are_used_and_checked(tmp_path):
+    write_prepared(str(tmp_path), 'MNIST', n_train=6, n_test=3, channel=1, size=28)
+    data = _data()
+    folder = tmp_path / 'metasets' / 'cl_data'
+    folder.mkdir(parents=True)
+    order = cl.class_order(0, 10)
+    released = [[torch.randn(4, 1, 28, 28), torch.tensor([c for c in cl.step_classes(order, 5, s) for _ in range(2)])]
+                for s in range(5)]
+    torch.save({'data': released}, folder / 'cl_DM_MNIST_ConvNetW32_2ipc_5steps_seed0.pt')
+    args = _args(tmp_path, '--method', 'DM')
+    mem = cl.Memories(args, data, 0, order, _quiet)
+    assert mem.source == 'released' and torch.equal(mem.training_set(1)[0], torch.cat([released[0][0], released[1][0]]))
+    torch.save({'data': released}, folder / 'cl_DM_MNIST_ConvNetW32_2ipc_5steps_seed1.pt')  # seed 1's order differs
+    with pytest.raises(utils.UserError, match='another class order'):
+        cl.Memories(args, data, 1, cl.class_order(1, 10), _quiet)
+
+
+def test_a_cache_built_with_other_settings_is_refused(tmp_path):
+    data = _data()
+    order = cl.class_order(0, 10)
+    cl.Memories(_args(tmp_path, '--method', 'DM'), data, 0, order, _quiet).step(0)
+    with pytest.raises(utils.UserError, match='lr_img'):
+        cl.Memories(_args(tmp_path, '--method', 'DM', '--lr_img', '3'), data, 0, order, _quiet)
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--steps', '3'], 'does not divide the 10 classes'),
+    (['--method', 'gdumb'], "unknown method 'gdumb'"),
+    (['--ipc', '0'], '--ipc must be positive'),
+    (['--ipc', '7'], 'exceeds the smallest class'),
+    (['--seeds', '0', '0'], 'distinct'),
+    (['--feature_net', 'nowhere.pt', '--method', 'herding'], 'no such file'),
+    (['--dataset', 'ImageNet21k'], 'unknown dataset'),
+    (['--train_mode', 'replay'], 'invalid choice'),
+    (['--method', 'DSA', '--ipc', '3'], 'pass --outer_loop and --inner_loop'),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    write_prepared(str(tmp_path), 'MNIST', n_train=6, n_test=3, channel=1, size=28)
+    argv = ['--dataset', 'MNIST', '--data_path', str(tmp_path), '--save_path', str(tmp_path / 'out'), *FAST, *extra]
+    with pytest.raises(SystemExit) as e:
+        utils.run_cli(lambda: CL_DM.main(argv))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_command_line_reports_errors_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'CL_DM.py'), '--dataset', 'CIFAR100', '--steps', '7'],
+                       capture_output=True, text=True, cwd=str(tmp_path))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and 'does not divide' in r.stderr
