@@ -496,21 +496,6 @@ def evaluate_step(args, data, images, labels, seen, seed, step, nets, log):
 # ----------------------------------------------------------------------------------------------------------------
 # The run: seeds × steps, resumable
 
-class Log:
-    def __init__(self, path, append):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.f = open(path, 'a' if append else 'w')
-
-    def __call__(self, msg, echo=True):
-        if echo:
-            tqdm.write(msg)
-        self.f.write(msg + '\n')
-        self.f.flush()
-
-    def close(self):
-        self.f.close()
-
-
 def run_name(args):
     mode = '' if args.train_mode == 'scratch' else '_finetune'
     return f'{args.method}{mode}_{args.dataset}_{args.model}_{args.ipc}ipc_{args.steps}steps'
@@ -542,7 +527,7 @@ def run(args):
             raise UserError(f'cannot resume: {ckpt_path} belongs to another run (differs in {", ".join(diff)}); rerun '
                             f'with the same flags or delete it')
     state = state or dict(accs={}, budget={}, times={}, sources={}, nets=None, nets_seed=None)
-    log = Log(paths['log'], append=args.resume)
+    log = utils.Log(paths['log'], append=args.resume)
     k = data.num_classes // args.steps
     log(f'CL {name}: {data}; {args.steps} steps of {k} classes, ipc {args.ipc}, seeds {args.seeds}, train mode '
         f'{args.train_mode}, device {args.device}')
@@ -627,7 +612,7 @@ def summarise(args, state, data):
         m, s = utils.mean_std(accs)
         images, nbytes = state['budget'].get(str(step), [None, None])
         rows.append(dict(step=step, classes=(step + 1) * data.num_classes // args.steps, mean=m, std=s,
-                         std_ddof1=float(np.std(np.asarray(accs) * 100, ddof=1)) if len(accs) > 1 else float('nan'),
+                         std_ddof1=utils.sample_std(accs),
                          n=len(accs), memory_images=images, memory_bytes=nbytes))
     latex = ' '.join(f'& {r["mean"]:.1f}±{r["std"]:.1f}' for r in rows)
     label = args.method + ('' if args.train_mode == 'scratch' else '-finetune')
@@ -749,5 +734,4 @@ def plot_curves(path, curves, title, size=(760, 460)):
         text((W - right + 42, ly), f'{method} ({cm[-1]:.1f})', 'lm')
     buf = io.BytesIO()
     img.save(buf, format='png')
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    utils._atomic(path, lambda f: f.write(buf.getvalue()))
+    utils.atomic_write_bytes(path, buf.getvalue())

@@ -725,7 +725,7 @@ class Run:
         self.args = args
         self.dir = os.path.join(args.output_dir, args.tag)
         self.log_dir = os.path.join(args.logs_dir, args.tag)
-        self._log = None
+        self.log = utils.Log()
 
     def path(self, name):
         return os.path.join(self.dir, name)
@@ -733,22 +733,14 @@ class Run:
     def open(self, append=False):
         os.makedirs(self.dir, exist_ok=True)
         os.makedirs(self.log_dir, exist_ok=True)
-        self._log = open(os.path.join(self.log_dir, 'logs.txt'), 'a' if append else 'w')
+        self.log.open(os.path.join(self.log_dir, 'logs.txt'), append)
         utils.write_json(self.path('config.json'), dict(args=config(self.args), protocol=protocol_label(self.args),
                                                         versions=utils.versions()))
         for line in self.args.notes:
             self.log(f'warning: {line}')
 
-    def log(self, msg):
-        tqdm.write(msg)
-        if self._log is not None:
-            self._log.write(msg + '\n')
-            self._log.flush()
-
     def close(self):
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self.log.close()
 
 
 def save_checkpoint(path, G, D, opt_g, opt_d, epoch, args, **extra):

@@ -23,6 +23,10 @@ from augment import apply_dsa, sample_dsa_params, select_params  # noqa: E402
 from utils import UserError, make_generator  # noqa: E402
 
 
+def on_cpu(args):
+    return torch.device(args.device).type == 'cpu'
+
+
 def parse_args(argv=None):
     p = utils.condense_parser(__doc__.split('\n')[0], ipc=50, eval_mode='SS', epoch_eval_train=1000,
                               Iteration=20000, lr_img=1.0, init='real',
@@ -44,7 +48,7 @@ def parse_args(argv=None):
                         f'model without BN')
     if args.real_chunk is not None:
         utils.check_positive('real_chunk', args.real_chunk)
-    elif not args.bn and str(args.device) == 'cpu':
+    elif not args.bn and on_cpu(args):
         # One forward of K·batch_real images makes activations of gigabytes that spill every cache; 256 at a
         # time is 1.5x faster on CPU (docs/benchmarks.md) and exact, every row being independent without BN.
         args.real_chunk = 256
@@ -108,10 +112,6 @@ def dm_backward(net, real, real_cls, image_syn, syn_cls, num_classes, params=Non
     return total
 
 
-def net_device_is_cpu(args):
-    return torch.device(args.device).type == 'cpu'
-
-
 def dm_iteration(args, data, image_syn, syn_cls, optimizer, exp, it):
     """One DM step: fresh frozen network, real batch, per-class Siamese augmentation, one SGD step on the images.
     All randomness comes from generators named by (seed, exp, it), so a resumed run repeats it exactly."""
@@ -120,7 +120,7 @@ def dm_iteration(args, data, image_syn, syn_cls, optimizer, exp, it):
     net.train()
     for p in net.parameters():
         p.requires_grad_(False)
-    if net_device_is_cpu(args):
+    if on_cpu(args):
         # oneDNN's convolutions run faster on channels-last weights (the inputs follow); same math, float rounding.
         net = net.to(memory_format=torch.channels_last)
     g = make_generator(args.seed, 'dm_batch', exp, it)

@@ -425,6 +425,11 @@ def mean_std(accs):
     return (float(a.mean()), float(a.std())) if len(a) else (float('nan'), float('nan'))
 
 
+def sample_std(accs):
+    """The sample std (ddof 1) in percent, logged next to the papers' population std (SPEC §12 A20)."""
+    return float(np.std(np.asarray(accs, dtype=np.float64) * 100, ddof=1)) if len(accs) > 1 else float('nan')
+
+
 # ----------------------------------------------------------------------------------------------
 # Saving: every file is written to a temporary name and renamed, so a crash never leaves half a file
 
@@ -449,8 +454,12 @@ def atomic_save(obj, path):
     _atomic(path, lambda f: torch.save(obj, f))
 
 
+def atomic_write_bytes(path, data):
+    _atomic(path, lambda f: f.write(data))
+
+
 def atomic_write_text(path, text):
-    _atomic(path, lambda f: f.write(text.encode()))
+    atomic_write_bytes(path, text.encode())
 
 
 def write_json(path, obj):
@@ -482,6 +491,32 @@ def versions():
 
 # ----------------------------------------------------------------------------------------------
 # Command line
+
+class Log:
+    """Messages to the console (above any progress bar) and, once opened, to a log file."""
+
+    def __init__(self, path=None, append=False):
+        self._file = None
+        if path is not None:
+            self.open(path, append)
+
+    def open(self, path, append=False):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._file = open(path, 'a' if append else 'w')
+
+    def __call__(self, msg, echo=True):
+        if echo:
+            from tqdm import tqdm
+            tqdm.write(msg)
+        if self._file is not None:
+            self._file.write(msg + '\n')
+            self._file.flush()
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr and exit code 2 (no usage dump)."""
@@ -618,18 +653,11 @@ class Run:
         self.summary_path = os.path.join(args.save_path, f'{self.name}.json')
         self.log_path = os.path.join(args.save_path, f'{self.name}.log')
         self.ckpt_path = os.path.join(args.save_path, f'{self.name}.ckpt.pt')
-        self._log = None
+        self.log = Log()
 
     def open_log(self):
         """Called once the inputs are checked, so a rejected command leaves an earlier run's log alone."""
-        self._log = open(self.log_path, 'a' if self.args.resume else 'w')
-
-    def log(self, msg):
-        from tqdm import tqdm
-        tqdm.write(msg)
-        if self._log is not None:
-            self._log.write(msg + '\n')
-            self._log.flush()
+        self.log.open(self.log_path, append=self.args.resume)
 
     def vis_path(self, exp, it):
         return os.path.join(self.args.save_path, f'vis_{self.name}_exp{exp}_iter{it}.png')
@@ -661,8 +689,8 @@ class Run:
 
     def write_summary(self, data, state):
         """The JSON summary: final accuracies per architecture, intermediate ones, timings, arguments."""
-        acc = {arch: dict(zip(('mean', 'std'), mean_std(a)), std_ddof1=float(np.std(np.asarray(a) * 100, ddof=1))
-                          if len(a) > 1 else float('nan'), all=a) for arch, a in state['accs_all_exps'].items()}
+        acc = {arch: dict(zip(('mean', 'std'), mean_std(a)), std_ddof1=sample_std(a), all=a)
+               for arch, a in state['accs_all_exps'].items()}
         summary = dict(run=self.name, dataset=data.name, accuracy=acc, accs_iters=state['accs_iters'],
                        times=state['times'], args=self.fingerprint(), versions=versions())
         write_json(self.summary_path, summary)
