@@ -86,6 +86,9 @@ def parse_args(argv=None):
     g.add_argument('--gan_width', type=int, default=196, help='GAN width (DiM: 196)')
     g.add_argument('--dim_noise', type=int, default=None,
                    help='generator input width (default 100, or K + 28 if K >= 100)')
+    g.add_argument('--gan_cond', choices=['overwrite', 'embed'], default='overwrite',
+                   help="label conditioning: DiM's one-hot overwrite of the first K noise entries, or a learned "
+                        "class embedding (learns the classes in fewer iterations)")
     return check_args(p.parse_args(argv))
 
 
@@ -143,7 +146,7 @@ def check_args(args):
                             f'--no-per_class or a model without BN')
         if args.real_chunk is not None:
             utils.check_positive('real_chunk', args.real_chunk)
-    if args.method == 'DiM':
+    if args.method == 'DiM' and args.gan_cond == 'overwrite':
         k = num_classes
         noise = cl.dim_noise(args, k)
         if noise <= k:

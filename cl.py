@@ -47,7 +47,7 @@ BUILDER_ARGS = {
     'DSA': ('Iteration', 'lr_img', 'batch_real', 'batch_train', 'lr_net', 'outer_loop', 'inner_loop', 'dsa_strategy',
             'align_corners', 'dis_metric', 'compat'),
     'DM': ('Iteration', 'lr_img', 'batch_real', 'dsa_strategy', 'align_corners'),
-    'DiM': ('gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'dim_noise'),
+    'DiM': ('gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'dim_noise', 'gan_cond'),
 }
 # Arguments that may differ between a run and its resumption.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
@@ -286,10 +286,10 @@ def sample_memory(G, data, order, n_seen, ipc, generator, chunk=500):
 def build_gan(args, data):
     try:
         G, D = define_gan(data.channel, data.num_classes, data.im_size, dim_noise(args, data.num_classes),
-                          'overwrite', args.gan_width, device=args.device, generator=make_generator(args.gan_seed,
+                          args.gan_cond, args.gan_width, device=args.device, generator=make_generator(args.gan_seed,
                                                                                                     'cl_gan_init'))
     except ValueError as e:
-        raise UserError(f'GAN for {data.name}: {e} (flag --dim_noise)') from None
+        raise UserError(f'GAN for {data.name}: {e} (flags --dim_noise, --gan_cond)') from None
     return G, D, dim.adam(G, args.gan_lr), dim.adam(D, args.gan_lr)
 
 

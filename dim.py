@@ -472,10 +472,7 @@ def critic_step(G, D, opt_d, x, y, num_classes, generator):
 
 def class_means(v, y, num_classes):
     """Mean row of v per class present in y (K' x D, classes in increasing order)."""
-    present = torch.unique(y)
-    sums = torch.zeros(num_classes, v.shape[1], device=v.device, dtype=v.dtype).index_add(0, y, v)
-    counts = torch.bincount(y, minlength=num_classes).to(v.dtype)
-    return (sums / counts.clamp_min(1)[:, None])[present]
+    return utils.class_means(v, y, num_classes)[torch.unique(y)]
 
 
 def _two_passes(f, real, fake, joint_bn):
@@ -606,22 +603,6 @@ class PoolMatcher:
 # Evaluation networks trained on generator samples (§7.6)
 
 @torch.no_grad()
-def accuracy(net, loader, train_mode=False):
-    """(top-1, top-5) over loader without gradients; eval mode unless train_mode (the reference's §12 B2)."""
-    was = net.training
-    net.train(train_mode)
-    top1 = top5 = total = 0
-    for x, y in loader:
-        out = net(x)
-        k = min(5, out.shape[1])
-        hit = out.topk(k, 1).indices == y[:, None]
-        top1 += hit[:, 0].sum().item()
-        top5 += hit.any(1).sum().item()
-        total += len(y)
-    net.train(was)
-    return top1 / max(total, 1), top5 / max(total, 1)
-
-
 def mix(x, y, args, generator):
     """CutMix ('cut') or mixup ('vanilla') with probability --mix-p: (x, y_b, lam), y_b None when unmixed."""
     if args.mix_p <= 0 or torch.rand(1, generator=generator).item() >= args.mix_p:
@@ -673,7 +654,7 @@ def train_onthefly(G, net, args, data, n_it, generator, loader, test_every=None,
             loss.backward()
             opt.step()
         if ep + 1 == args.epochs_eval or (test_every and (ep + 1) % test_every == 0):
-            history.append((ep, *accuracy(net, loader, train_mode_test)))
+            history.append((ep, *utils.test_accuracy(net, loader, device, top5=True, train_mode=train_mode_test)))
     best = max(history, key=lambda h: h[1])
     return dict(final=history[-1][1:], best=best[1:], history=history)
 

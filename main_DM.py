@@ -62,15 +62,6 @@ def sample_real(data, batch_real, generator):
     return data.images(torch.cat(picks)), cls
 
 
-def class_means(features, cls, num_classes):
-    """Mean feature of each class from the actual counts (a class may have fewer than batch_real images)."""
-    cls = cls.to(features.device)
-    sums = torch.zeros(num_classes, features.shape[1], device=features.device, dtype=features.dtype)
-    sums = sums.index_add(0, cls, features)
-    counts = torch.bincount(cls, minlength=num_classes).clamp_min(1).to(features.dtype)
-    return sums / counts[:, None]
-
-
 def embed_real(net, images, chunk=None):
     """Real features are constants of the loss: no graph, optionally in chunks (exact: each row is independent)."""
     with torch.no_grad():
@@ -88,8 +79,8 @@ def dm_loss(net, real, real_cls, syn, syn_cls, num_classes, params=None, param=N
     if params is not None:
         real = apply_dsa(real, select_params(params, real_cls), param)
         syn = apply_dsa(syn, select_params(params, syn_cls), param)
-    mean_real = class_means(embed_real(net, real, real_chunk), real_cls, num_classes)
-    mean_syn = class_means(net.embed(syn), syn_cls, num_classes)
+    mean_real = utils.class_means(embed_real(net, real, real_chunk), real_cls, num_classes)
+    mean_syn = utils.class_means(net.embed(syn), syn_cls, num_classes)
     return ((mean_real - mean_syn) ** 2).sum()
 
 

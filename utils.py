@@ -406,17 +406,32 @@ def evaluate_synset(it_eval, net, images_train, labels_train, testloader, args, 
 
 
 @torch.no_grad()
-def test_accuracy(net, testloader, device):
-    """Accuracy of `net` in eval mode over (images, labels) batches, without gradients."""
+def test_accuracy(net, testloader, device, top5=False, train_mode=False):
+    """Accuracy of `net` over (images, labels) batches without gradients, in eval mode (train_mode: the DiM
+    reference's BN-in-train-mode test, SPEC §12 B2). top5: (top-1, top-5) instead of top-1."""
     was_training = net.training
-    net.eval()
-    correct, total = 0, 0
+    net.train(train_mode)
+    correct, correct5, total = 0, 0, 0
     for x, y in testloader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        correct += (net(x).argmax(1) == y).sum().item()
+        out = net(x)
+        if top5:
+            hit = out.topk(min(5, out.shape[1]), 1).indices == y[:, None]
+            correct += hit[:, 0].sum().item()
+            correct5 += hit.any(1).sum().item()
+        else:
+            correct += (out.argmax(1) == y).sum().item()
         total += len(y)
     net.train(was_training)
-    return correct / max(total, 1)
+    total = max(total, 1)
+    return (correct / total, correct5 / total) if top5 else correct / total
+
+
+def class_means(rows, cls, num_classes):
+    """K x D: the mean row of each class from the actual counts (zeros for an absent class)."""
+    cls = cls.to(rows.device)
+    sums = torch.zeros(num_classes, rows.shape[1], device=rows.device, dtype=rows.dtype).index_add(0, cls, rows)
+    return sums / torch.bincount(cls, minlength=num_classes).clamp_min(1).to(rows.dtype)[:, None]
 
 
 def mean_std(accs):

@@ -61,7 +61,8 @@ def test_random_memories_follow_the_reference_numpy_stream():
 
 
 @pytest.mark.parametrize('method, extra', [('random', []), ('herding', []), ('kcenter', []), ('DM', []),
-                                           ('DSA', ['--outer_loop', '1', '--inner_loop', '1']), ('DiM', [])])
+                                           ('DSA', ['--outer_loop', '1', '--inner_loop', '1']), ('DiM', []),
+                                           ('DiM', ['--gan_cond', 'embed', '--dim_noise', '8'])])
 def test_each_steps_memory_holds_only_its_classes_with_ipc_images_each(tmp_path, method, extra):
     data = _data()
     args = _args(tmp_path, '--method', method, *extra)
@@ -78,6 +79,7 @@ def test_each_steps_memory_holds_only_its_classes_with_ipc_images_each(tmp_path,
     union, union_labels = mem.training_set(4)
     assert len(union) == 20 and set(union_labels.tolist()) == set(range(10))  # DiM: step 4's set of all 10
     if method == 'DiM':  # the budget of a generative memory is the generator
+        assert ('embedding.weight' in mem.gan['generator']) == ('embed' in extra)
         assert mem.budget(4) == (20, sum(v.numel() * v.element_size() for v in mem.gan['generator'].values()))
     else:
         assert mem.budget(4) == (20, 20 * 28 * 28)
@@ -227,6 +229,7 @@ def test_a_cache_built_with_other_settings_is_refused(tmp_path):
     (['--dataset', 'ImageNet21k'], 'unknown dataset'),
     (['--train_mode', 'replay'], 'invalid choice'),
     (['--method', 'DSA', '--ipc', '3'], 'pass --outer_loop and --inner_loop'),
+    (['--method', 'DiM', '--dim_noise', '8'], 'must exceed the 10 classes'),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
     write_prepared(str(tmp_path), 'MNIST', n_train=6, n_test=3, channel=1, size=28)
