@@ -151,7 +151,7 @@ def check_args(args):
         noise = cl.dim_noise(args, k)
         if noise <= k:
             raise UserError(f'--dim_noise {noise} must exceed the {k} classes of {args.dataset} (the one-hot label '
-                            f'overwrites the first K noise entries)')
+                            f'overwrites the first K noise entries); raise it or pass --gan_cond embed')
     return args
 
 
