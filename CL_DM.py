@@ -1,4 +1,4 @@
-"""Class-incremental continual learning with condensed and generative memories (DM paper's CL protocol, SPEC §8).
+"""Class-incremental continual learning with condensed and generative memories (the DM paper's CL protocol).
 
 For each seed (a class order), step s adds K/steps new classes; a memory of --ipc images per new class is built
 from that step's training images only (random, herding, kcenter, DSA, DM) or, for DiM, a conditional GAN learns the
@@ -17,13 +17,12 @@ os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 
 import argparse  # noqa: E402
 
-import torch  # noqa: E402
-
 import cl  # noqa: E402
-import main as dc_main  # noqa: E402
-import utils  # noqa: E402
-from augment import ParamDiffAug, parse_strategy  # noqa: E402
-from utils import UserError  # noqa: E402
+from cli import add_flags, check_args  # noqa: E402
+from data import DATASETS  # noqa: E402
+from dc import get_loops  # noqa: E402
+from networks import get_network  # noqa: E402
+from utils import ArgumentParser, UserError, check_positive, run_cli  # noqa: E402
 
 
 def method_name(value):
@@ -35,31 +34,20 @@ def method_name(value):
 
 
 def parse_args(argv=None):
-    p = utils.ArgumentParser(description=__doc__.split('\n')[0])
+    p = ArgumentParser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group('original flags')
     g.add_argument('--method', type=method_name, default='random', help=', '.join(cl.METHODS))
-    g.add_argument('--dataset', default='CIFAR100', help='any project dataset; K must be divisible by --steps')
-    g.add_argument('--model', default='ConvNet', help='evaluation network (and matching / feature network)')
-    g.add_argument('--ipc', type=int, default=20, help='memory images per class')
-    g.add_argument('--steps', type=int, default=5, help='number of steps; each adds K/steps classes')
-    g.add_argument('--num_eval', type=int, default=3, help='networks trained per step and seed')
-    g.add_argument('--epoch_eval_train', type=int, default=1000, help='epochs to train each evaluation network')
-    g.add_argument('--lr_net', type=float, default=0.01, help='learning rate of the evaluation networks')
-    g.add_argument('--batch_train', type=int, default=256, help='batch size of the evaluation networks')
-    g.add_argument('--data_path', default='./../data', help='dataset folder; released memories in metasets/cl_data')
+    add_flags(g, ('dataset', 'model', 'ipc'), dataset='CIFAR100', ipc=20)
+    g.add_argument('--steps', type=int, default=5, help='number of steps; each adds K/steps classes (K divisible)')
+    add_flags(g, ('num_eval', 'epoch_eval_train', 'lr_net', 'batch_train', 'data_path'), num_eval=3,
+              epoch_eval_train=1000, data_path='./../data')
     g = p.add_argument_group('project additions')
     g.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4], help='class-order seeds')
-    g.add_argument('--save_path', default='result', help='results, log, plot, checkpoint and memory cache (cl_data/)')
+    add_flags(g, ('save_path',))
     g.add_argument('--train_mode', choices=['scratch', 'finetune'], default='scratch',
                    help="scratch: a fresh network per step (the protocol); finetune: continue the previous step's")
-    g.add_argument('--device', default=None, help='cuda, cuda:1, cpu ... (default: cuda when available)')
-    g.add_argument('--resume', action='store_true', help='skip the steps an interrupted run finished')
-    g.add_argument('--no_progress', action='store_true', help='no progress bars')
-    g.add_argument('--dsa_strategy', default='color_crop_cutout_flip_scale_rotate',
-                   help='DSA of the evaluation networks and of DSA/DM synthesis (the original hard-codes this one)')
-    g.add_argument('--align_corners', choices=['false', 'true'], default='false',
-                   help='grid convention of DSA scale/rotate (SPEC §12 A10)')
-    g.add_argument('--checkpoint_every', type=int, default=200, help='synthesis iterations between partial saves')
+    add_flags(g, ('device', 'resume', 'no_progress', 'dsa_strategy', 'align_corners', 'checkpoint_every'),
+              dsa_strategy='color_crop_cutout_flip_scale_rotate', checkpoint_every=200)
     g = p.add_argument_group('herding / kcenter')
     g.add_argument('--feature_net', default=None,
                    help="checkpoint of a fixed --model network for the features (default: one trained per step on the "
@@ -67,18 +55,9 @@ def parse_args(argv=None):
     g.add_argument('--feature_epochs', type=int, default=20,
                    help='epochs (+1, as evaluate_synset) of the per-step feature network, no augmentation; '
                         '0 = untrained')
-    g = p.add_argument_group('DSA / DM condensation (defaults: SPEC §8.2)')
-    g.add_argument('--Iteration', type=int, default=None, help='synthesis iterations per step (DSA 1000, DM 20000)')
-    g.add_argument('--lr_img', type=float, default=None, help='learning rate of the images (DSA 0.1, DM 1)')
-    g.add_argument('--batch_real', type=int, default=256, help='real images per class per iteration')
-    g.add_argument('--outer_loop', type=int, default=None, help='DSA: image steps per network (default: SPEC §5.4)')
-    g.add_argument('--inner_loop', type=int, default=None, help='DSA: network epochs between image steps')
-    g.add_argument('--dis_metric', default='ours', choices=['ours', 'mse', 'cos'], help='DSA: gradient distance')
-    g.add_argument('--compat', choices=['reference', 'clean'], default='reference',
-                   help="DSA: 'clean' uses exact BN statistics and matches 1-D parameters (SPEC §12 A6, A7)")
-    g.add_argument('--per_class', action=argparse.BooleanOptionalAction, default=None,
-                   help='DM: one class at a time (default: on for models without BN; same result)')
-    g.add_argument('--real_chunk', type=int, default=None, help='DM: embed real images this many at a time')
+    g = p.add_argument_group('DSA / DM condensation (default Iteration and lr_img: DSA 1000 and 0.1, DM 20000 and 1)')
+    add_flags(g, ('Iteration', 'lr_img', 'batch_real', 'outer_loop', 'inner_loop', 'dis_metric', 'compat',
+                  'per_class', 'real_chunk'), Iteration=None, lr_img=None)
     g = p.add_argument_group('DiM (generative memory)')
     g.add_argument('--gan_iters', type=int, default=5000, help='GAN iterations (one G and one D step) per CL step')
     g.add_argument('--gan_batch', type=int, default=128, help='GAN batch: new-class real images plus old-class replay')
@@ -89,16 +68,15 @@ def parse_args(argv=None):
     g.add_argument('--gan_cond', choices=['overwrite', 'embed'], default='overwrite',
                    help="label conditioning: DiM's one-hot overwrite of the first K noise entries, or a learned "
                         "class embedding (learns the classes in fewer iterations)")
-    return check_args(p.parse_args(argv))
+    return validate(p.parse_args(argv))
 
 
-def check_args(args):
-    args.dataset = utils.canonical_dataset(args.dataset)
-    utils.check_network(args.model)
-    num_classes = utils.DATASETS[args.dataset][2]
-    for name in ('ipc', 'steps', 'num_eval', 'epoch_eval_train', 'lr_net', 'batch_train', 'checkpoint_every',
-                 'batch_real', 'gan_iters', 'gan_batch', 'gan_lr', 'gan_width'):
-        utils.check_positive(name, getattr(args, name))
+def validate(args):
+    """check_args for the shared flags; then the CL protocol's own rules and per-method defaults."""
+    check_args(args)
+    num_classes = DATASETS[args.dataset][2]
+    for name in ('steps', 'gan_iters', 'gan_batch', 'gan_lr', 'gan_width'):
+        check_positive(name, getattr(args, name))
     if num_classes % args.steps:
         divisors = [d for d in range(2, num_classes + 1) if num_classes % d == 0][:6]
         raise UserError(f'--steps {args.steps} does not divide the {num_classes} classes of {args.dataset}; choose '
@@ -114,38 +92,24 @@ def check_args(args):
             raise UserError(f'--feature_net {args.feature_net}: no such file')
         args.feature_net = os.path.abspath(args.feature_net)
     if args.method in ('herding', 'kcenter', 'DM') and not hasattr(
-            utils.get_network(args.model, 1, 2, (32, 32), device='meta'), 'embed'):
+            get_network(args.model, 1, 2, (32, 32), device='meta'), 'embed'):
         raise UserError(f'--method {args.method} needs a model with embed(); {args.model} has none')
-    args.device = args.device or utils.default_device()
-    if str(args.device).startswith('cuda') and not torch.cuda.is_available():
-        raise UserError(f'--device {args.device} asked for, but no CUDA device is available; use --device cpu')
-    try:
-        parse_strategy(args.dsa_strategy)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    args.dsa = str(args.dsa_strategy).strip().lower() not in ('none', '')
-    args.dsa_param = ParamDiffAug(align_corners=args.align_corners == 'true')
 
     # Condensation settings only where they matter, so that they never make another method's run look foreign.
     if args.method in ('DSA', 'DM'):
         args.Iteration = args.Iteration if args.Iteration is not None else (1000 if args.method == 'DSA' else 20000)
         args.lr_img = args.lr_img if args.lr_img is not None else (0.1 if args.method == 'DSA' else 1.0)
-        if args.Iteration < 0:
-            raise UserError(f'--Iteration must be >= 0, got {args.Iteration}')
-        utils.check_positive('lr_img', args.lr_img)
     if args.method == 'DSA':
-        args.outer_loop, args.inner_loop = dc_main.get_loops(args.ipc, args.outer_loop, args.inner_loop)
+        args.outer_loop, args.inner_loop = get_loops(args.ipc, args.outer_loop, args.inner_loop)
         args.bn_stats = 'exact' if args.compat == 'clean' else 'momentum'
         args.match_1d = args.compat == 'clean'
     bn = 'BN' in args.model
     if args.method == 'DM':
         if args.per_class is None:
-            args.per_class = not bn
+            args.per_class = not bn  # one class's graph at a time: less memory, the same gradient
         if bn and (args.per_class or args.real_chunk):
             raise UserError(f'--per_class and --real_chunk change the batch statistics of {args.model}; use '
                             f'--no-per_class or a model without BN')
-        if args.real_chunk is not None:
-            utils.check_positive('real_chunk', args.real_chunk)
     if args.method == 'DiM' and args.gan_cond == 'overwrite':
         k = num_classes
         noise = cl.dim_noise(args, k)
@@ -161,4 +125,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    utils.run_cli(main)
+    run_cli(main)

@@ -1,10 +1,10 @@
 """
-Augmentation for dataset condensation (SPEC section 3).
+Augmentation for dataset condensation (ranges and semantics: docs/design.md, Augmentation).
 
 Three families live here:
-- DSA, differentiable Siamese augmentation (section 3.1): sample_dsa_params / apply_dsa / DiffAugment.
-- DC augmentation (section 3.2), not differentiable, used only when evaluating DC: get_daparam / augment_dc.
-- DiM's DiffAug variant (section 3.3): DiMDiffAug, built from the same op functions as DSA.
+- DSA, differentiable Siamese augmentation: sample_dsa_params / apply_dsa / DiffAugment.
+- DC augmentation, not differentiable, used only when evaluating DC: get_daparam / augment_dc.
+- DiM's DiffAug variant: DiMDiffAug, built from the same op functions as DSA.
 
 Sampling is separate from application. A parameter dict holds n independent parameter sets as small CPU
 tensors; apply_dsa applies them to a batch with n == N (one set per image) or n == 1 (one set shared by every
@@ -29,7 +29,8 @@ DC_ROTATE_MODES = ('spline', 'bilinear')
 
 
 class ParamDiffAug:
-    """DSA hyper-parameters (SPEC 3.1 defaults). align_corners is passed explicitly to every grid call (12 A10)."""
+    """DSA hyper-parameters (defaults: the original DSA code's ranges). align_corners is passed explicitly to every
+    grid call, because the original ran on torch 1.2, whose default differs from today's (docs/design.md, D-A10)."""
 
     def __init__(self, aug_mode='S', prob_flip=0.5, ratio_scale=1.2, ratio_rotate=15.0, ratio_crop_pad=0.125,
                  ratio_cutout=0.5, brightness=1.0, saturation=2.0, contrast=0.5, align_corners=False):
@@ -319,7 +320,7 @@ def DiffAugment(x, strategy='color_crop_cutout_flip_scale_rotate', param=None, g
 
 
 # ---------------------------------------------------------------------------------------------------------
-# DiM DiffAug (SPEC 3.3)
+# DiM DiffAug: DSA's ops, DiM's composition (several families per call)
 
 class DiMDiffAug:
     """DiM's DiffAug: [normalise] -> flip -> colour -> ONE of crop/scale/rotate/translate -> cutout.
@@ -368,9 +369,9 @@ class DiMDiffAug:
 
 
 def make_dim_augs(aug_type='color_crop_cutout', mixup_net='cut', mean=None, std=None, param=None):
-    """DiM's two instances (SPEC 3.3): aug_batch (shared transform, for match-aug) and aug_rand (per image, for
+    """DiM's two instances: aug_batch (shared transform, for match-aug) and aug_rand (per image, for
     pool-model training and evaluation). With mixup_net == 'cut' the reference drops cutout from aug_rand even
-    though CutMix itself is off (12 B14, kept); neither instance adds a flip (12 B15, kept)."""
+    though CutMix itself is off (kept: docs/design.md, D-B14); neither instance adds a flip (kept: D-B15)."""
     tokens = parse_strategy(aug_type, valid=DIM_TOKENS)
     rand_tokens = [t for t in tokens if t != 'cutout'] if mixup_net == 'cut' else tokens
     aug_batch = DiMDiffAug(aug_type, batch=True, param=param, mean=mean, std=std)
@@ -379,7 +380,7 @@ def make_dim_augs(aug_type='color_crop_cutout', mixup_net='cut', mean=None, std=
 
 
 # ---------------------------------------------------------------------------------------------------------
-# DC augmentation (SPEC 3.2): not differentiable, evaluation of DC only
+# DC augmentation: not differentiable, evaluation of DC only
 
 def get_daparam(dataset, model, model_eval, ipc):
     """DC evaluation augmentation. model and ipc are ignored, as in the reference."""
@@ -408,7 +409,7 @@ def _dc_scale(x, u, scale):
     """Exact per-image emulation of: nearest resize to (h, w), paste centred on a zero canvas of side
     max(h, w, H, W), centre-crop H x W. Done as one gather over the batch."""
     N, C, H, W = x.shape
-    # h, w = floor(U(1 - scale, 1 + scale) * H); the reference uses H for both sides (12 A15; moot for squares)
+    # h, w = floor(U(1 - scale, 1 + scale) * H); the reference uses H for both sides (moot for square images)
     hw = ((1.0 - scale + 2.0 * scale * u.double()) * H).floor().long()
     h, w = hw[:, 0], hw[:, 1]
     m = torch.maximum(torch.maximum(h, w), torch.tensor(max(H, W)))
@@ -473,7 +474,7 @@ def _dc_rotate(x, angle_deg, fill, mode='spline'):
     cval=fill) (order 3, mode 'constant', reshape=True) followed by a centre crop back to H x W.
 
     mode 'spline': exact cubic B-spline interpolation (prefilter + 4 x 4 taps), matching scipy to float32
-    rounding. mode 'bilinear': grid_sample approximation (the spec's fast `--dc_rotate gpu` option)."""
+    rounding. mode 'bilinear': grid_sample approximation (main.py's fast `--dc_rotate gpu` option)."""
     N, C, H, W = x.shape
     dev = x.device
     iy, ix = _rotate_coords(angle_deg, H, W)
@@ -506,7 +507,7 @@ def augment_dc(images, dc_aug_param, generator=None):
 
     Each image gets ONE op drawn uniformly from dc_aug_param['strategy'] (tokens crop, scale, rotate, noise).
     Optional key 'rotate_mode': 'spline' (default; matches scipy.ndimage.rotate) or 'bilinear' (fast
-    approximation, SPEC's --dc_rotate gpu).
+    approximation, main.py's --dc_rotate gpu).
     """
     if not dc_aug_param:
         return images

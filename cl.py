@@ -16,12 +16,10 @@ Randomness: the class orders come from a private numpy RandomState (as np.random
 would give, without touching numpy's global state), everything else from torch generators named by
 (seed, purpose, step, ...).
 """
-import argparse
 import copy
 import csv
 import io
 import json
-import math
 import os
 import time
 
@@ -30,11 +28,15 @@ import torch
 from tqdm import tqdm
 
 import dim
-import main as dc_main
-import main_DM
-import utils
-from networks import define_gan
-from utils import UserError, make_generator
+from data import TensorLoader, get_dataset, standardise
+from dc import dc_step
+from dm import dm_step
+from evaluation import EvalRecipe, evaluate_synset
+from networks import define_gan, get_network
+from plots import plot_curves
+from runner import check_same_run, fingerprint, init_synset, load_state
+from utils import Log, UserError, atomic_save, atomic_write_text, derive_seed, make_generator, mean_std, \
+    sample_std, versions, write_json
 
 METHODS = ('random', 'herding', 'kcenter', 'DSA', 'DM', 'DiM')
 # The file kind of §10.2 per method: the reference named its DSA memories 'res_DSA'.
@@ -79,7 +81,7 @@ def test_subset(data, classes):
 
 def test_loader(data, classes, batch_size=256):
     x, y = test_subset(data, classes)
-    return utils.TensorLoader(x, y, batch_size, transform=data.standardise)
+    return TensorLoader(x, y, batch_size, transform=data.standardise)
 
 
 def class_view(data, classes):
@@ -151,7 +153,7 @@ def load_feature_net(args, data):
     for key in ('state_dict', 'net', 'model'):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    net = utils.get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device)
+    net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device)
     own = net.state_dict()
     state = {k: v for k, v in state.items()
              if not (k.startswith('classifier') and k in own and v.shape != own[k].shape)}
@@ -165,7 +167,7 @@ def load_feature_net(args, data):
 def train_feature_net(args, data, classes, seed, step, log):
     """The default feature extractor: an args.model network trained on the step's real images (k-way head), with
     the evaluation recipe of §4.1 for feature_epochs (+1) passes without augmentation; 0 keeps it untrained."""
-    net = utils.get_network(args.model, data.channel, len(classes), data.im_size, device=args.device,
+    net = get_network(args.model, data.channel, len(classes), data.im_size, device=args.device,
                             generator=make_generator(seed, 'cl_feature_net', step))
     if args.feature_epochs == 0:
         return net
@@ -175,12 +177,12 @@ def train_feature_net(args, data, classes, seed, step, log):
     remap = torch.full((data.num_classes,), -1, dtype=torch.long, device=data.device)
     remap[torch.as_tensor(classes, device=data.device)] = torch.arange(len(classes), device=data.device)
     x_test, y_test = test_subset(data, classes)
-    loader = utils.TensorLoader(x_test, remap[y_test], 256, transform=data.standardise)
-    fargs = argparse.Namespace(lr_net=args.lr_net, epoch_eval_train=args.feature_epochs, batch_train=args.batch_train,
-                               device=args.device, dsa=False)
+    loader = TensorLoader(x_test, remap[y_test], 256, transform=data.standardise)
+    recipe = EvalRecipe(epoch_eval_train=args.feature_epochs, lr_net=args.lr_net, batch_train=args.batch_train,
+                        device=args.device)
     t0 = time.time()
-    net, acc_train, acc = utils.evaluate_synset(0, net, data.images(idx), labels, loader, fargs,
-                                                generator=make_generator(seed, 'cl_feature_train', step))
+    net, acc_train, acc = evaluate_synset(0, net, data.images(idx), labels, loader, recipe,
+                                          generator=make_generator(seed, 'cl_feature_train', step))
     log(f'  feature net: {args.feature_epochs} epochs on {len(idx)} real images of {len(classes)} classes, train acc '
         f'{100 * acc_train:.1f}%, test acc {100 * acc:.1f}% on the step\'s classes ({time.time() - t0:.0f} s)')
     return net
@@ -217,20 +219,15 @@ def coreset_memory(args, data, classes, seed, step, log, net=None):
     return [torch.cat(images), torch.cat(labels)]
 
 
-def synthesis_args(args, seed):
-    """The namespace main.py's / main_DM.py's step functions read, for this seed's CL run."""
-    return argparse.Namespace(**{**vars(args), 'seed': utils.derive_seed(seed, 'cl', args.method)})
-
-
 def condense_memory(args, data, classes, seed, step, partial_path, log):
     """DSA or DM condensation of the step's classes into ipc images each (init real), with the step functions of
     main.py / main_DM.py on a k-class view of the data (so the matching networks have k-way heads). A partial
     result is checkpointed every checkpoint_every iterations; since every draw is named by (seed, step, it), the
     resumed synthesis equals an uninterrupted one."""
     view = class_view(data, classes)
-    a = synthesis_args(args, seed)
-    iteration = main_DM.dm_iteration if args.method == 'DM' else dc_main.dc_iteration
-    image_syn, syn_cls = utils.init_synset(view, args.ipc, 'real', make_generator(a.seed, 'init', step))
+    synthesis_seed = derive_seed(seed, 'cl', args.method)
+    step_fn = dm_step if args.method == 'DM' else dc_step
+    image_syn, syn_cls = init_synset(view, args.ipc, 'real', make_generator(synthesis_seed, 'init', step))
     image_syn.requires_grad_(True)
     optimizer = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
     start = 0
@@ -250,12 +247,12 @@ def condense_memory(args, data, classes, seed, step, partial_path, log):
     bar = tqdm(range(start, args.Iteration), desc=f'{args.method} seed {seed} step {step}', initial=start,
                total=args.Iteration, disable=args.no_progress, leave=False, dynamic_ncols=True)
     for it in bar:
-        loss = iteration(a, view, image_syn, syn_cls, optimizer, step, it)
+        loss = step_fn(args, view, image_syn, syn_cls, optimizer, synthesis_seed, (step, it))
         bar.set_postfix(loss=f'{loss / len(classes):.4f}')
         if it % 100 == 0:
             log(f'  step {step} iter {it:05d}: loss {loss:.4f} (per class {loss / len(classes):.4f})', echo=False)
         if (it + 1) % args.checkpoint_every == 0 and it + 1 < args.Iteration:
-            utils.atomic_save(dict(step=step, it=it + 1, builder=fingerprint, image_syn=image_syn.detach().cpu(),
+            atomic_save(dict(step=step, it=it + 1, builder=fingerprint, image_syn=image_syn.detach().cpu(),
                                    optimizer=optimizer.state_dict()), partial_path)
     bar.close()
     return [image_syn.detach().cpu(), torch.as_tensor(classes)[syn_cls]]
@@ -279,15 +276,15 @@ def sample_memory(G, data, order, n_seen, ipc, generator, chunk=500):
     pos = torch.arange(n_seen).repeat_interleave(ipc)
     x = torch.cat([dim.generate(G, p.to(data.device), generator) for p in pos.split(chunk)])
     G.train(was)
-    images = utils.standardise((x + 1) / 2, data.mean, data.std, x.device).cpu()
+    images = standardise((x + 1) / 2, data.mean, data.std, x.device).cpu()
     return images, torch.as_tensor(order)[pos]
 
 
-def build_gan(args, data):
+def build_gan(args, data, seed):
     try:
         G, D = define_gan(data.channel, data.num_classes, data.im_size, dim_noise(args, data.num_classes),
-                          args.gan_cond, args.gan_width, device=args.device, generator=make_generator(args.gan_seed,
-                                                                                                    'cl_gan_init'))
+                          args.gan_cond, args.gan_width, device=args.device,
+                          generator=make_generator(seed, 'cl_gan_init'))
     except ValueError as e:
         raise UserError(f'GAN for {data.name}: {e} (flags --dim_noise, --gan_cond)') from None
     return G, D, dim.adam(G, args.gan_lr), dim.adam(D, args.gan_lr)
@@ -298,8 +295,7 @@ def dim_memory(args, data, order, step, seed, gan, log):
     0..seen−1 at every step and the critic's random labels stay among the seen classes) continues from the previous
     step; each batch mixes real images of the new classes with samples of the old classes from a frozen copy of the
     previous generator, in proportion to their class counts. Returns (memory, gan state)."""
-    a = argparse.Namespace(**{**vars(args), 'gan_seed': utils.derive_seed(seed, 'cl', 'DiM')})
-    G, D, opt_g, opt_d = build_gan(a, data)
+    G, D, opt_g, opt_d = build_gan(args, data, derive_seed(seed, 'cl', 'DiM'))
     if gan is not None:
         G.load_state_dict(gan['generator'])
         D.load_state_dict(gan['discriminator'])
@@ -451,7 +447,7 @@ class Memories:
         out = dict(data=self.memory, meta=meta)
         if self.gan is not None:
             out['gan'] = self.gan
-        utils.atomic_save(out, self.path)
+        atomic_save(out, self.path)
         if os.path.exists(self.partial_path):
             os.unlink(self.partial_path)
 
@@ -466,12 +462,6 @@ class Memories:
 # ----------------------------------------------------------------------------------------------------------------
 # Evaluation (§8.1)
 
-def eval_args(args):
-    return argparse.Namespace(lr_net=args.lr_net, epoch_eval_train=args.epoch_eval_train, batch_train=args.batch_train,
-                              device=args.device, dsa=args.dsa, dsa_strategy=args.dsa_strategy,
-                              dsa_param=args.dsa_param)
-
-
 def evaluate_step(args, data, images, labels, seen, seed, step, nets, log):
     """num_eval networks (K-way heads) trained on the memory and tested on the seen classes' test images. nets: the
     previous step's networks, continued in finetune mode. Returns (accuracies, networks)."""
@@ -481,11 +471,11 @@ def evaluate_step(args, data, images, labels, seen, seed, step, nets, log):
         if args.train_mode == 'finetune' and nets:
             net = nets[i]
         else:
-            net = utils.get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device,
+            net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device,
                                     generator=make_generator(seed, 'cl_eval_net', step, i))
         t0 = time.time()
-        net, acc_train, acc = utils.evaluate_synset(i, net, images, labels, loader, eval_args(args),
-                                                    generator=make_generator(seed, 'cl_eval', step, i))
+        net, acc_train, acc = evaluate_synset(i, net, images, labels, loader, EvalRecipe.from_args(args),
+                                              generator=make_generator(seed, 'cl_eval', step, i))
         log(f'  net #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% on {len(loader.images)} test '
             f'images ({time.time() - t0:.0f} s)')
         accs.append(acc)
@@ -501,13 +491,9 @@ def run_name(args):
     return f'{args.method}{mode}_{args.dataset}_{args.model}_{args.ipc}ipc_{args.steps}steps'
 
 
-def fingerprint(args):
-    return {k: v for k, v in sorted(vars(args).items()) if k not in RESUMABLE}
-
-
 def run(args):
     """The whole experiment; returns the summary written to cl_<run>.json."""
-    data = utils.get_dataset(args.dataset, args.data_path, device=args.device)
+    data = get_dataset(args.dataset, args.data_path, device=args.device)
     smallest = min(len(i) for i in data.indices_class)
     if args.method != 'DiM' and args.ipc > smallest:
         raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); lower --ipc')
@@ -516,24 +502,16 @@ def run(args):
     ckpt_path = os.path.join(args.save_path, f'cl_{name}.ckpt.pt')
     state = None
     if args.resume and os.path.isfile(ckpt_path):
-        try:
-            state = torch.load(ckpt_path, map_location='cpu', weights_only=True)
-            theirs = state['fingerprint']
-        except Exception as e:
-            raise UserError(f'cannot resume: {ckpt_path} is corrupt ({type(e).__name__}); delete it to start afresh') \
-                from None
-        if theirs != fingerprint(args):
-            diff = sorted(k for k in set(theirs) | set(fingerprint(args)) if theirs.get(k) != fingerprint(args).get(k))
-            raise UserError(f'cannot resume: {ckpt_path} belongs to another run (differs in {", ".join(diff)}); rerun '
-                            f'with the same flags or delete it')
+        state = load_state(ckpt_path)
+        check_same_run(ckpt_path, state.get('fingerprint', {}), fingerprint(args, RESUMABLE))
     state = state or dict(accs={}, budget={}, times={}, sources={}, nets=None, nets_seed=None)
-    log = utils.Log(paths['log'], append=args.resume)
+    log = Log(paths['log'], append=args.resume)
     k = data.num_classes // args.steps
     log(f'CL {name}: {data}; {args.steps} steps of {k} classes, ipc {args.ipc}, seeds {args.seeds}, train mode '
         f'{args.train_mode}, device {args.device}')
     log(f'evaluation: {args.num_eval} x {args.model} ({data.num_classes}-way), {args.epoch_eval_train} epochs, lr '
         f'{args.lr_net}, batch {args.batch_train}, DSA {args.dsa_strategy}')
-    log(f'hyper-parameters: {fingerprint(args)}')
+    log(f'hyper-parameters: {fingerprint(args, RESUMABLE)}')
     if args.resume and not os.path.isfile(ckpt_path):
         log(f'--resume: no finished step recorded in {ckpt_path}; starting from step 0 (cached memories are reused)')
 
@@ -560,7 +538,7 @@ def run(args):
                 log(f'seed {seed} step {step}: {len(seen)} classes seen, training on {len(images)} memory images')
                 t0 = time.time()
                 accs, nets = evaluate_step(args, data, images, labels, seen, seed, step, nets, log)
-                m, s = utils.mean_std(accs)
+                m, s = mean_std(accs)
                 log(f'seed {seed} step {step}: test acc {m:.2f} ± {s:.2f} over {len(accs)} networks '
                     f'({len(seen)} classes)')
                 done.append(accs)
@@ -569,8 +547,8 @@ def run(args):
                 state['sources'][str(seed)] = memories.source
                 if args.train_mode == 'finetune':
                     state['nets'], state['nets_seed'] = [_cpu(n.state_dict()) for n in nets], seed
-                state['fingerprint'] = fingerprint(args)
-                utils.atomic_save(state, ckpt_path)
+                state['fingerprint'] = fingerprint(args, RESUMABLE)
+                atomic_save(state, ckpt_path)
                 write_outputs(args, state, data, paths)
                 bar.update(1)
         summary = write_outputs(args, state, data, paths)
@@ -591,7 +569,7 @@ def restore_nets(args, data, state, seed):
                         'delete it to start afresh')
     nets = []
     for sd in state['nets']:
-        net = utils.get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device)
+        net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device)
         net.load_state_dict(sd)
         nets.append(net)
     return nets
@@ -609,10 +587,10 @@ def summarise(args, state, data):
             accs += per_step[step] if step < len(per_step) else []
         if not accs:
             continue
-        m, s = utils.mean_std(accs)
+        m, s = mean_std(accs)
         images, nbytes = state['budget'].get(str(step), [None, None])
         rows.append(dict(step=step, classes=(step + 1) * data.num_classes // args.steps, mean=m, std=s,
-                         std_ddof1=utils.sample_std(accs),
+                         std_ddof1=sample_std(accs),
                          n=len(accs), memory_images=images, memory_bytes=nbytes))
     latex = ' '.join(f'& {r["mean"]:.1f}±{r["std"]:.1f}' for r in rows)
     label = args.method + ('' if args.train_mode == 'scratch' else '-finetune')
@@ -625,7 +603,7 @@ def summarise(args, state, data):
                 protocol=dict(epoch_eval_train=args.epoch_eval_train, lr_net=args.lr_net,
                               batch_train=args.batch_train, dsa_strategy=args.dsa_strategy, num_eval=args.num_eval,
                               head=f'{data.num_classes}-way'),
-                args=fingerprint(args), versions=utils.versions())
+                args=fingerprint(args, RESUMABLE), versions=versions())
 
 
 def table_lines(summary):
@@ -652,14 +630,14 @@ def write_outputs(args, state, data, paths):
     summary = summarise(args, state, data)
     plot = os.path.join(args.save_path, f'cl_{data.name}_{args.model}_{args.ipc}ipc_{args.steps}steps.png')
     summary['plot'] = plot
-    utils.write_json(paths['json'], summary)
+    write_json(paths['json'], summary)
     buf = io.StringIO()
     w = csv.writer(buf)
     cols = ['step', 'classes', 'mean', 'std', 'std_ddof1', 'n', 'memory_images', 'memory_bytes']
     w.writerow(['method', 'dataset', 'model', 'ipc', 'steps'] + cols)
     for r in summary['table']:
         w.writerow([summary['method'], data.name, args.model, args.ipc, args.steps] + [r[c] for c in cols])
-    utils.atomic_write_text(paths['csv'], buf.getvalue())
+    atomic_write_text(paths['csv'], buf.getvalue())
     curves = collect_curves(args.save_path, data.name, args.model, args.ipc, args.steps)
     plot_curves(plot, curves, f'{data.name}, {args.model}, {args.ipc} ipc, {args.steps} steps')
     return summary
@@ -681,57 +659,3 @@ def collect_curves(folder, dataset, model, ipc, steps):
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return sorted(curves)
-
-
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-
-
-def plot_curves(path, curves, title, size=(760, 460)):
-    """Accuracy vs number of classes seen, one line (with ±std bars) per method, drawn with PIL."""
-    from PIL import Image, ImageDraw
-    W, H = size
-    left, right, top, bottom = 60, 170, 36, 50
-    img = Image.new('RGB', (W, H), 'white')
-    d = ImageDraw.Draw(img)
-
-    def text(xy, s, anchor=None):
-        try:
-            d.text(xy, s, fill='black', anchor=anchor)
-        except ValueError:  # a Pillow without FreeType has only a bitmap font, which takes no anchor
-            d.text(xy, s, fill='black')
-    xs = sorted({x for c in curves for x in c[1]}) or [0, 1]
-    lo = min([m - s for c in curves for m, s in zip(c[2], c[3])] or [0])
-    hi = max([m + s for c in curves for m, s in zip(c[2], c[3])] or [100])
-    y0, y1 = max(0, 10 * math.floor(lo / 10)), min(100, 10 * math.ceil(hi / 10))
-    y1 = y1 if y1 > y0 else y0 + 10
-    x0, x1 = (xs[0], xs[-1]) if xs[-1] > xs[0] else (xs[0] - 1, xs[0] + 1)
-
-    def px(x, y):
-        return (left + (x - x0) / (x1 - x0) * (W - left - right),
-                H - bottom - (y - y0) / (y1 - y0) * (H - top - bottom))
-
-    for y in range(int(y0), int(y1) + 1, 10):
-        d.line([px(x0, y), px(x1, y)], fill=(225, 225, 225))
-        text((left - 8, px(x0, y)[1]), f'{y}', 'rm')
-    for x in xs:
-        text((px(x, y0)[0], H - bottom + 8), f'{x}', 'mt')
-    d.rectangle([px(x0, y1), px(x1, y0)], outline='black')
-    text(((left + W - right) / 2, H - 14), 'number of classes', 'mm')
-    text((8, top - 22), 'test accuracy (%)')
-    text(((left + W - right) / 2, 12), title, 'mm')
-    for i, (method, cx, cm, cs) in enumerate(curves):
-        colour = COLOURS[i % len(COLOURS)]
-        points = [px(x, m) for x, m in zip(cx, cm)]
-        for (x, m, s) in zip(cx, cm, cs):
-            d.line([px(x, max(y0, m - s)), px(x, min(y1, m + s))], fill=colour)
-        if len(points) > 1:
-            d.line(points, fill=colour, width=2)
-        for p in points:
-            d.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=colour)
-        ly = top + 10 + 18 * i
-        d.line([(W - right + 12, ly), (W - right + 36, ly)], fill=colour, width=3)
-        text((W - right + 42, ly), f'{method} ({cm[-1]:.1f})', 'lm')
-    buf = io.BytesIO()
-    img.save(buf, format='png')
-    utils.atomic_write_bytes(path, buf.getvalue())

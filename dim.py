@@ -28,6 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import data as data_mod
+import evaluation
+import runner
 import utils
 from augment import ParamDiffAug, make_dim_augs, parse_strategy, DIM_TOKENS
 from networks import DIM_NETWORKS, NETWORKS, define_gan, define_model, get_network, resolve_stem
@@ -174,7 +177,7 @@ def _note(args, msg):
 def check_args(args, stage):
     """Validate the flags (UserError: one line) and derive dataset name, device, protocol, defaults."""
     args.stage, args.notes = stage, []
-    args.dataset = utils.canonical_dataset(args.data)
+    args.dataset = data_mod.canonical_dataset(args.data)
     positive = ['ipc', 'batch_size', 'epochs_eval', 'eval_lr', 'dim_noise', 'print_freq', 'eval_interval',
                 'test_interval', 'gan_width']
     positive += {1: ['epochs', 'lr', 'n_critic'], 2: ['epochs', 'lr', 'n_critic', 'epochs_match_train'],
@@ -340,22 +343,22 @@ class DiMData:
 
     def standardise(self, x01):
         """[0, 1] images -> standardised with DiM's constants."""
-        return utils.standardise(x01, self.mean, self.std, x01.device)
+        return data_mod.standardise(x01, self.mean, self.std, x01.device)
 
     def val_loader(self, batch_size):
         x, y = self.data.x_train[self.val_idx.to(self.device)], self.data.labels_train[self.val_idx.to(self.device)]
-        return utils.TensorLoader(x, y, batch_size, transform=lambda b: utils.standardise(b, self.mean, self.std,
+        return data_mod.TensorLoader(x, y, batch_size, transform=lambda b: data_mod.standardise(b, self.mean, self.std,
                                                                                             self.device))
 
     def test_loader(self, batch_size, reference_norm=False):
         """The test set, standardised with DiM's constants; reference_norm: 0.5/0.5 for 1-channel data (§12 B5)."""
         mean, std = ([0.5], [0.5]) if reference_norm and self.channel == 1 else (self.mean, self.std)
-        return utils.TensorLoader(self.data.x_test, self.data.labels_test, batch_size,
-                                  transform=lambda b: utils.standardise(b, mean, std, self.device))
+        return data_mod.TensorLoader(self.data.x_test, self.data.labels_test, batch_size,
+                                  transform=lambda b: data_mod.standardise(b, mean, std, self.device))
 
 
 def load_data(args, val_split=True):
-    data = utils.get_dataset(args.dataset, args.data_dir, device=args.device)
+    data = data_mod.get_dataset(args.dataset, args.data_dir, device=args.device)
     if args.num_classes is not None and args.num_classes != data.num_classes:
         raise UserError(f'--num-classes {args.num_classes} does not match {data.name} ({data.num_classes} classes); '
                         f'drop the flag')
@@ -654,7 +657,7 @@ def train_onthefly(G, net, args, data, n_it, generator, loader, test_every=None,
             loss.backward()
             opt.step()
         if ep + 1 == args.epochs_eval or (test_every and (ep + 1) % test_every == 0):
-            history.append((ep, *utils.test_accuracy(net, loader, device, top5=True, train_mode=train_mode_test)))
+            history.append((ep, *evaluation.test_accuracy(net, loader, device, top5=True, train_mode=train_mode_test)))
     best = max(history, key=lambda h: h[1])
     return dict(final=history[-1][1:], best=best[1:], history=history)
 
@@ -692,7 +695,7 @@ def fixed_set(G, data, ipc, generator, chunk=500):
     parts = [generate(G, y.to(data.device), generator) for y in labels.split(chunk)]
     G.train(was)
     x01 = (torch.cat(parts) + 1) / 2
-    return utils.standardise(x01, data.data.mean, data.data.std, x01.device).cpu(), labels
+    return data_mod.standardise(x01, data.data.mean, data.data.std, x01.device).cpu(), labels
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -792,7 +795,7 @@ def save_preview(G, path, num_classes, channel, seed):
     y = torch.arange(num_classes).repeat(rows).to(next(G.parameters()).device)
     x = generate(G, y, make_generator(seed, 'preview'))
     G.train(was)
-    utils.save_image_grid(path, x, [0.5] * channel, [0.5] * channel, nrow=num_classes)
+    runner.save_image_grid(path, x, [0.5] * channel, [0.5] * channel, nrow=num_classes)
 
 
 def fingerprint(args):
@@ -980,11 +983,11 @@ def evaluate_fixed(G, args, data, run):
             for i in tqdm(range(args.num_eval), desc=f'fixed set {exp}: {name}', leave=False, disable=args.no_progress):
                 g = make_generator(args.seed, 'fixed_net', exp, name, i)
                 net = build_model(name, data, args.stem, args.device, g)
-                _, _, acc = utils.evaluate_synset(i, net, images, labels, testloader, ev,
+                _, _, acc = evaluation.evaluate_synset(i, net, images, labels, testloader, ev,
                                                   generator=make_generator(args.seed, 'fixed_eval', exp, name, i))
                 accs.setdefault(name, []).append(acc)
         keep = (torch.arange(len(labels)) % args.ipc < 50).nonzero()[:, 0]  # at most 50 per class in a picture
-        utils.save_image_grid(run.path(f'vis_DiM_{data.name}_{args.ipc}ipc_exp{exp}.png'), images[keep],
+        runner.save_image_grid(run.path(f'vis_DiM_{data.name}_{args.ipc}ipc_exp{exp}.png'), images[keep],
                               data.data.mean, data.data.std, nrow=min(args.ipc, 50))
     path = run.path(f'res_DiM_{data.name}_GAN_{args.ipc}ipc.pt')
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.data.mean,
@@ -992,7 +995,7 @@ def evaluate_fixed(G, args, data, run):
                 seed=args.seed, versions=utils.versions(),
                 protocol=dict(mode='fixed', label=label, epoch_eval_train=args.epochs_eval, dsa=True,
                               dsa_strategy=strategy, generator=args.pretrain_weight))
-    utils.save_results(path, sets, accs, meta)
+    runner.save_results(path, sets, accs, meta)
     out = dict(mode='fixed', label=label, results_file=path, models={})
     for name, a in accs.items():
         m, s = utils.mean_std(a)

@@ -19,65 +19,22 @@ import os
 os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 
 import argparse  # noqa: E402
-import sys  # noqa: E402
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import utils  # noqa: E402
-from augment import DiffAugment, apply_dsa, get_daparam, sample_dsa_params  # noqa: E402
-from utils import UserError, make_generator  # noqa: E402
-
-# SPEC §5.4: ipc -> (outer_loop, inner_loop); inner_loop counts epochs over the synthetic set.
-LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
-BN_IMAGES_PER_CLASS = 16  # real images per class in the BN refresh (SPEC §5.6)
-
-
-def recommended_dsa_strategy(dataset):
-    """SPEC §4.1: no flipping for digits."""
-    return 'color_crop_cutout_scale_rotate' if dataset in ('MNIST', 'SVHN') else 'color_crop_cutout_flip_scale_rotate'
-
-
-def _warn(msg, notes):
-    print(f'warning: {msg}', file=sys.stderr)
-    notes.append(f'warning: {msg}')
-
-
-def get_loops(ipc, outer_loop=None, inner_loop=None, notes=None):
-    """(outer_loop, inner_loop) for ipc: the table of SPEC §5.4; --outer_loop / --inner_loop always win.
-
-    The reference exits for any other ipc. Here ipc > 50 falls back to (50, 10) with a warning, and any other ipc
-    needs both flags.
-    """
-    notes = [] if notes is None else notes
-    if outer_loop is not None and outer_loop < 1:
-        raise UserError(f'--outer_loop must be >= 1, got {outer_loop}')
-    if inner_loop is not None and inner_loop < 0:
-        raise UserError(f'--inner_loop must be >= 0, got {inner_loop}')
-    if ipc in LOOPS:
-        default = LOOPS[ipc]
-    elif ipc > 50:
-        default = (50, 10)
-        if outer_loop is None or inner_loop is None:
-            # The authors pick the better of (50, 10) and (20, 25) for large sets (reference issue #2).
-            _warn(f'--ipc {ipc} is outside the loop table of the original (1, 10, ..., 50); using outer_loop '
-                  f'{outer_loop or 50}, inner_loop {10 if inner_loop is None else inner_loop}; also try '
-                  f'--outer_loop 20 --inner_loop 25', notes)
-    elif outer_loop is None or inner_loop is None:
-        raise UserError(f'--ipc {ipc} has no loop setting in the original (1, 10, 20, 30, 40, 50 or > 50); pass '
-                        f'--outer_loop and --inner_loop')
-    else:
-        default = (outer_loop, inner_loop)
-    return (default[0] if outer_loop is None else outer_loop, default[1] if inner_loop is None else inner_loop)
+from augment import get_daparam  # noqa: E402
+from cli import add_flags, check_condense_args, condense_parser  # noqa: E402
+from data import canonical_dataset, get_dataset  # noqa: E402
+from dc import dc_step, get_loops, recommended_dsa_strategy, warn  # noqa: E402
+from evaluation import EvalRecipe, get_eval_pool  # noqa: E402
+from runner import CondensationRun  # noqa: E402
+from utils import UserError, run_cli  # noqa: E402
 
 
 def eval_settings(args, explicit_epochs):
-    """Per evaluation architecture: epochs and DC augmentation (SPEC §4.1). The reference overwrites
-    epoch_eval_train for every architecture: DSA 1000; DC 300 when get_daparam gives no augmentation, else 1000.
-    An explicitly passed --epoch_eval_train is honoured (SPEC §12 A8)."""
+    """Per evaluation architecture: epochs and DC augmentation. The original overwrites epoch_eval_train for every
+    architecture: DSA 1000; DC 300 when get_daparam gives no augmentation, else 1000. An explicitly passed
+    --epoch_eval_train is honoured (the original ignores it)."""
     out = {}
-    for arch in utils.get_eval_pool(args.eval_mode, args.model, args.model, args.s_mode_strict):
+    for arch in get_eval_pool(args.eval_mode, args.model, strict=args.s_mode_strict):
         if args.dsa:
             dc, epochs = None, 1000
         else:
@@ -91,14 +48,12 @@ def eval_settings(args, explicit_epochs):
 def parse_args(argv=None, notes=None):
     """The original main.py's flags and defaults plus the project's; notes collects lines for the run log."""
     notes = [] if notes is None else notes
-    p = utils.condense_parser(__doc__.split('\n')[0], ipc=1, eval_mode='S', epoch_eval_train=None, Iteration=1000,
-                              lr_img=0.1, init='noise', dsa_strategy=None)
+    p = condense_parser(__doc__.split('\n')[0], ipc=1, eval_mode='S', epoch_eval_train=None, Iteration=1000,
+                        lr_img=0.1, init='noise', dsa_strategy=None)
     g = p.add_argument_group('DC/DSA')
     g.add_argument('--method', default='DC', type=str.upper, choices=['DC', 'DSA'],
                    help='DC: gradient matching; DSA: with differentiable Siamese augmentation')
-    g.add_argument('--outer_loop', type=int, default=None, help='image steps per network, T (default: SPEC §5.4)')
-    g.add_argument('--inner_loop', type=int, default=None,
-                   help='network epochs on the synthetic set between image steps (default: SPEC §5.4)')
+    add_flags(g, ('outer_loop', 'inner_loop'))
     g.add_argument('--bn_stats', choices=['momentum', 'exact'], default=None,
                    help="BN refresh before matching: 'momentum' = one train-mode pass (the reference's 10%% move), "
                         "'exact' = running stats set to the real batch's (default: momentum; clean: exact)")
@@ -110,7 +65,7 @@ def parse_args(argv=None, notes=None):
     explicit_epochs = args.epoch_eval_train is not None
     if not explicit_epochs:
         args.epoch_eval_train = 1000  # a placeholder for the checks; set per evaluation architecture below
-    args.dataset = utils.canonical_dataset(args.dataset)
+    args.dataset = canonical_dataset(args.dataset)
     gave_strategy = args.dsa_strategy is not None
     strategy_on = gave_strategy and str(args.dsa_strategy).strip().lower() not in ('none', '')
     if args.method == 'DSA':
@@ -123,10 +78,10 @@ def parse_args(argv=None, notes=None):
                          f'strategy for {args.dataset}')
     else:
         if strategy_on:
-            _warn(f'--method DC ignores --dsa_strategy {args.dsa_strategy} (DC augments only at evaluation, '
+            warn(f'--method DC ignores --dsa_strategy {args.dsa_strategy} (DC augments only at evaluation, '
                   f'with get_daparam); use --method DSA for DSA', notes)
         args.dsa_strategy = 'None'
-    args = utils.check_condense_args(args)
+    args = check_condense_args(args)
     assert args.dsa == (args.method == 'DSA')
     args.outer_loop, args.inner_loop = get_loops(args.ipc, args.outer_loop, args.inner_loop, notes)
     if args.bn_stats is None:
@@ -154,136 +109,22 @@ def describe(args):
     return lines
 
 
-# ----------------------------------------------------------------------------------------------
-# Gradient matching (SPEC §5.5)
-
-def layer_distance(gw_syn, gw_real, match_1d=False):
-    """Σ over output rows of the cosine distance 1 − ⟨a, b⟩ / (‖a‖‖b‖ + 1e-6). A conv weight (out × in × h × w)
-    is out × (in·h·w), a LayerNorm weight (C × h × w) is C × (h·w); 1-D tensors count 0 unless match_1d."""
-    if gw_real.dim() == 1:
-        if not match_1d:
-            return gw_real.new_zeros(())
-        gw_syn, gw_real = gw_syn.reshape(1, -1), gw_real.reshape(1, -1)
-    else:
-        gw_syn, gw_real = gw_syn.reshape(len(gw_syn), -1), gw_real.reshape(len(gw_real), -1)
-    dot = (gw_syn * gw_real).sum(dim=-1)
-    return (1 - dot / (gw_syn.norm(dim=-1) * gw_real.norm(dim=-1) + 1e-6)).sum()
-
-
-def match_loss(gw_syn, gw_real, dis_metric='ours', match_1d=False):
-    """Distance between two lists of parameter gradients: 'ours' (per-layer, per-row cosine), 'mse' or 'cos'
-    (on the concatenation of all gradients, 1-D included)."""
-    if dis_metric == 'ours':
-        return sum((layer_distance(s, r, match_1d) for s, r in zip(gw_syn, gw_real)), gw_real[0].new_zeros(()))
-    if dis_metric not in ('mse', 'cos'):
-        raise ValueError(f"unknown dis_metric {dis_metric!r}; choose 'ours', 'mse' or 'cos'")
-    s = torch.cat([g.reshape(-1) for g in gw_syn])
-    r = torch.cat([g.reshape(-1) for g in gw_real])
-    if dis_metric == 'mse':
-        return ((s - r) ** 2).sum()
-    return 1 - (s * r).sum() / (s.norm() * r.norm() + 1e-6)
-
-
-def class_match_loss(net, real, syn, c, dis_metric='ours', match_1d=False, params=None, param=None):
-    """D(g_S, g_R) for class c. g_R is a constant; g_S keeps its graph (create_graph), so the loss is
-    differentiable w.r.t. syn through the second-order terms. params: one DSA parameter set shared by the real
-    and the synthetic batch (Siamese), or None."""
-    if params is not None:
-        real, syn = apply_dsa(real, params, param), apply_dsa(syn, params, param)
-    weights = [w for w in net.parameters() if w.requires_grad]
-    lab_real = torch.full((len(real),), c, dtype=torch.long, device=real.device)
-    lab_syn = torch.full((len(syn),), c, dtype=torch.long, device=syn.device)
-    gw_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(real), lab_real), weights)]
-    gw_syn = torch.autograd.grad(F.cross_entropy(net(syn), lab_syn), weights, create_graph=True)
-    return match_loss(gw_syn, gw_real, dis_metric, match_1d)
-
-
-# ----------------------------------------------------------------------------------------------
-# Networks inside an iteration
-
-def batchnorms(net):
-    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def refresh_bn(net, real, mode='momentum'):
-    """SPEC §5.6: one train-mode forward of real images, then every BN module to eval mode for the matching passes.
-    'momentum' (reference): the running stats move 10 % (the BN momentum) towards the batch's. 'exact': they become
-    the batch's statistics (PyTorch's running convention: mean and unbiased variance)."""
-    bns = batchnorms(net)
-    momenta = [m.momentum for m in bns]
-    if mode == 'exact':
-        for m in bns:
-            m.momentum = 1.0  # running = 0·running + 1·batch
-    elif mode != 'momentum':
-        raise ValueError(f"bn_stats must be 'momentum' or 'exact', got {mode!r}")
-    net.train()
-    with torch.no_grad():
-        net(real)
-    for m, momentum in zip(bns, momenta):
-        m.momentum = momentum
-        m.eval()
-
-
-def train_epochs(net, optimizer, images, labels, epochs, batch, generator, dsa_strategy=None, param=None):
-    """epochs passes of SGD over (images, labels), reshuffled each pass, last partial batch kept; per-image DSA
-    (one token per batch) when dsa_strategy is given. Train mode, so BN running stats follow the synthetic data."""
-    net.train()
-    n = len(images)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator).to(images.device)
-        for i in range(0, n, batch):
-            idx = order[i:i + batch]
-            x = images[idx]
-            if dsa_strategy is not None:
-                x = DiffAugment(x, dsa_strategy, param=param, generator=generator)
-            loss = F.cross_entropy(net(x), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-
-def dc_iteration(args, data, image_syn, syn_cls, optimizer, exp, it):
-    """One outer iteration (SPEC §5.3): a fresh network; outer_loop times [BN refresh; per-class gradient matching;
-    one image step; inner_loop network epochs on the synthetic set]. Returns ΣL / outer_loop.
-
-    All randomness comes from generators named by (seed, exp, it), so a resumed run repeats it exactly.
-    """
-    net = utils.get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device,
-                            generator=make_generator(args.seed, 'dc_net', exp, it))
-    net.train()
-    opt_net = torch.optim.SGD(net.parameters(), lr=args.lr_net)  # no momentum, no weight decay
-    g = make_generator(args.seed, 'dc_batch', exp, it)
-    has_bn = bool(batchnorms(net))
-    labels = syn_cls.to(image_syn.device)
-    strategy = args.dsa_strategy if args.dsa else None
-    ipc, total = args.ipc, 0.0
-    for ol in range(args.outer_loop):
-        if has_bn:
-            real = torch.cat([data.get_images(c, BN_IMAGES_PER_CLASS, g) for c in range(data.num_classes)])
-            refresh_bn(net, real, args.bn_stats)
-        optimizer.zero_grad(set_to_none=True)
-        for c in range(data.num_classes):
-            real = data.get_images(c, args.batch_real, g)
-            params = sample_dsa_params(strategy, 1, g, args.dsa_param) if args.dsa else None
-            loss = class_match_loss(net, real, image_syn[c * ipc:(c + 1) * ipc], c, args.dis_metric, args.match_1d,
-                                    params, args.dsa_param)
-            # L is a sum of per-class terms on disjoint slices of image_syn: backward class by class gives the
-            # joint gradient while only one class's second-order graph is alive.
-            loss.backward(inputs=[image_syn])
-            total += loss.item()
-        optimizer.step()
-        if ol == args.outer_loop - 1:
-            break
-        train_epochs(net, opt_net, image_syn.detach().clone(), labels, args.inner_loop, args.batch_train, g,
-                     strategy, args.dsa_param)
-    return total / args.outer_loop
-
-
 def main(argv=None):
     notes = []
     args = parse_args(argv, notes)
-    utils.synthesize(args, args.method, dc_iteration, reference_every=500, notes=notes + describe(args))
+    data = get_dataset(args.dataset, args.data_path, device=args.device)
+    recipes = {arch: EvalRecipe.from_args(args, **s) for arch, s in args.eval_settings.items()}
+    run = CondensationRun(args, args.method, data, reference_every=500, recipes=recipes, notes=notes + describe(args))
+    for exp in run.experiments():
+        image_syn, syn_cls, optimizer = run.synthetic_set(exp)  # Gaussian noise (--init noise) or random real images
+        # Each iteration: a fresh network, outer_loop x (match gradients class by class, one image step, train the
+        # network inner_loop epochs on the set); evaluations every 500 iterations (S/SS modes) and at the end.
+        for it in run.iterations(exp, image_syn, syn_cls):
+            loss = dc_step(args, data, image_syn, syn_cls, optimizer, args.seed, (exp, it))
+            run.step_done(exp, it, loss, image_syn, optimizer)
+        run.experiment_done(exp, image_syn, syn_cls)
+    return run.finish()
 
 
 if __name__ == '__main__':
-    utils.run_cli(main)
+    run_cli(main)

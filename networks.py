@@ -1,12 +1,13 @@
-"""All classifier architectures (SPEC §2.1-§2.5) and the model factory.
+"""All classifier architectures and the model factories (conventions: docs/design.md, Networks).
 
 DC family (DC / DSA / DM / CL): `get_network(name, ...)` with the names in NETWORKS.
-DiM family (§2.5): `define_model(name, ...)` with DiM's lower-case names in DIM_NETWORKS; the DiM ResNet-10s and
+DiM family: `define_model(name, ...)` with DiM's lower-case names in DIM_NETWORKS; the DiM ResNet-10s and
 DenseNet are also reachable from get_network as ResNet10, ResNet10_AP and DenseNet.
 
 Every model has forward(x) -> logits and embed(x) -> the flattened input of its final linear layer (what DM
 matches). Models are built on the meta device and initialised by init_weights from an explicit torch.Generator,
-so building a network never touches the global RNG (§12 A1) and a seed fixes every initial weight.
+so building a network never touches the global RNG (unlike the original factory, which reseeded it from
+the clock) and a seed fixes every initial weight.
 """
 import math
 
@@ -68,7 +69,7 @@ def _act(kind):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# DC family (§2.2, §2.3). Attribute names follow the reference so its checkpoints load.
+# DC family. Attribute names follow the reference so its checkpoints load.
 
 class ConvNet(nn.Module):
     """depth x [conv 3x3 -> norm -> act -> pool] -> linear. Also the DiM `convnet`."""
@@ -283,7 +284,7 @@ class ResNet18(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# DiM family (§2.5)
+# DiM family
 
 class DiMResNet(nn.Module):
     """DiM's resnet10 / resnet18 and (ap=True) resnet10_ap / resnet18_ap.
@@ -329,7 +330,7 @@ class DiMResNet(nn.Module):
                 blocks.append(BasicBlock(in_planes, planes, s, kind, ap, bias))
                 in_planes = planes
                 h, w = _block_out(h, s, ap), _block_out(w, s, ap)
-                if h < 1 or w < 1:  # the _ap imagenet stem collapses 28x28 to 0x0 (§2.5)
+                if h < 1 or w < 1:  # the _ap imagenet stem collapses 28x28 to 0x0
                     raise ValueError(f'DiM resnet{depth}{"_ap" if ap else ""} with the {stem} stem shrinks '
                                      f'{im_size[0]}x{im_size[1]} input to an empty map; use stem="cifar"')
             stages.append(nn.Sequential(*blocks))
@@ -389,7 +390,7 @@ class Transition(nn.Module):
 class DenseNet(nn.Module):
     """DiM's `densenet` (CIFAR DenseNet, growth 12, blocks 6/12/24/16, reduction 0.5, ~1.0 M parameters).
 
-    Changes from the reference (§2.5): input channels from the argument, and global average pooling at the end
+    Changes from the reference: input channels from the argument, and global average pooling at the end
     (identical to its 4x4 pool at 32x32), so it runs at 28x28x1 and 64x64x3 too.
     """
 
@@ -534,7 +535,7 @@ _REGISTRY.update({
 })
 NETWORKS = list(_REGISTRY)
 
-# DiM's define_model names (§2.5). 'resnet18' here is DiM's (widths 32..256 with the cifar stem), not DC's ResNet18.
+# DiM's define_model names. 'resnet18' here is DiM's (widths 32..256 with the cifar stem), not DC's ResNet18.
 DIM_NETWORKS = {
     'convnet': (ConvNet, {}),
     'resnet10': (DiMResNet, dict(depth=10)),
@@ -577,7 +578,7 @@ def define_model(name, channel, num_classes, im_size=(32, 32), device='cpu', gen
 
 
 def resolve_stem(resnet_stem, dataset):
-    """--resnet_stem {auto,cifar,imagenet} -> 'cifar' | 'imagenet'. 'auto' is the reference rule (§2.5, §12 B7):
+    """--resnet_stem {auto,cifar,imagenet} -> 'cifar' | 'imagenet'. 'auto' is the reference rule (docs/design.md, D-B7):
     the CIFAR stem iff the dataset name starts with 'cifar' (so TinyImageNet, SVHN and MNIST get 'imagenet')."""
     if resnet_stem == 'auto':
         return 'cifar' if dataset.lower().startswith('cifar') else 'imagenet'
@@ -587,7 +588,7 @@ def resolve_stem(resnet_stem, dataset):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# DiM conditional GAN (§2.6): an AC-WGAN-GP generator and critic. The defaults (K 10, dim_noise 100, width 196,
+# DiM conditional GAN: an AC-WGAN-GP generator and critic. The defaults (K 10, dim_noise 100, width 196,
 # 'overwrite' conditioning) give the reference's layers exactly; K, dim_noise, 64x64 and 'embed' are generalisations.
 
 GAN_SIZES = (28, 32, 64)

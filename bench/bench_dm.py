@@ -24,7 +24,13 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import main_DM  # noqa: E402
+from dm import dm_step  # noqa: E402
 import utils  # noqa: E402
+from augment import ParamDiffAug  # noqa: E402
+from data import Data, TensorLoader  # noqa: E402
+from evaluation import evaluate_synset, test_accuracy  # noqa: E402
+from networks import get_network  # noqa: E402
+from runner import init_synset  # noqa: E402
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
 
@@ -52,7 +58,7 @@ def fake_cifar10(device, n_per_class=500):
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(10).repeat_interleave(n_per_class)
     x = torch.randint(0, 256, (len(labels), 3, 32, 32), generator=g, dtype=torch.uint8)
-    return utils.Data('CIFAR10', [str(i) for i in range(10)], x, labels, x[:1000], labels[:1000], device)
+    return Data('CIFAR10', [str(i) for i in range(10)], x, labels, x[:1000], labels[:1000], device)
 
 
 def bench_dm(device, ipc, batch_real, iters, model, per_class=False):
@@ -60,18 +66,18 @@ def bench_dm(device, ipc, batch_real, iters, model, per_class=False):
     args = main_DM.parse_args(['--dataset', 'CIFAR10', '--model', model, '--ipc', str(ipc), '--device', device,
                                '--batch_real', str(batch_real), '--dsa_strategy', STRATEGY]
                               + (['--per_class'] if per_class else []))
-    image_syn, syn_cls = utils.init_synset(data, ipc, 'real', torch.Generator().manual_seed(0))
+    image_syn, syn_cls = init_synset(data, ipc, 'real', torch.Generator().manual_seed(0))
     image_syn.requires_grad_(True)
     opt = torch.optim.SGD([image_syn], lr=1.0, momentum=0.5)
     with FlopCounterMode(display=False) as counter:
-        main_DM.dm_iteration(args, data, image_syn, syn_cls, opt, 0, 0)
+        dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 0))
     flops = counter.get_total_flops()
-    main_DM.dm_iteration(args, data, image_syn, syn_cls, opt, 0, 1)  # warm-up
+    dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 1))  # warm-up
     times = []
     for it in range(iters):
         sync(device)
         t = time.perf_counter()
-        main_DM.dm_iteration(args, data, image_syn, syn_cls, opt, 0, 2 + it)
+        dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 2 + it))
         sync(device)
         times.append(time.perf_counter() - t)
     s = statistics.median(times)
@@ -80,18 +86,18 @@ def bench_dm(device, ipc, batch_real, iters, model, per_class=False):
 
 def bench_eval(device, ipc, epochs):
     data = fake_cifar10(device)
-    images, labels = utils.init_synset(data, ipc, 'real', torch.Generator().manual_seed(0))
+    images, labels = init_synset(data, ipc, 'real', torch.Generator().manual_seed(0))
     args = types.SimpleNamespace(lr_net=0.01, epoch_eval_train=epochs, batch_train=256, device=device, dsa=True,
-                                 dsa_strategy=STRATEGY, dsa_param=utils.ParamDiffAug(), dc_aug_param=None)
-    net = utils.get_network('ConvNet', 3, 10, (32, 32), device=device, generator=torch.Generator().manual_seed(0))
-    empty = utils.TensorLoader(data.x_test[:0], data.labels_test[:0])
+                                 dsa_strategy=STRATEGY, dsa_param=ParamDiffAug(), dc_aug_param=None)
+    net = get_network('ConvNet', 3, 10, (32, 32), device=device, generator=torch.Generator().manual_seed(0))
+    empty = TensorLoader(data.x_test[:0], data.labels_test[:0])
     sync(device)
     t = time.perf_counter()
-    utils.evaluate_synset(0, net, images, labels, empty, args, generator=torch.Generator().manual_seed(0))
+    evaluate_synset(0, net, images, labels, empty, args, generator=torch.Generator().manual_seed(0))
     sync(device)
     train_s = (time.perf_counter() - t) / (epochs + 1)
     t = time.perf_counter()
-    utils.test_accuracy(net, fake_cifar10(device, 1000).testloader(), device)  # 10,000 test images
+    test_accuracy(net, fake_cifar10(device, 1000).testloader(), device)  # 10,000 test images
     sync(device)
     return train_s, time.perf_counter() - t
 

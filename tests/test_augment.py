@@ -480,7 +480,8 @@ def test_dim_normalisation_and_identity():
 def test_make_dim_augs_reference_rules():
     aug_batch, aug_rand = A.make_dim_augs('color_crop_cutout', 'cut', mean=[0.5] * 3, std=[0.5] * 3)
     assert aug_batch.batch and aug_batch.cutout and aug_batch.color and aug_batch.choices == ['crop']
-    # B14: cutout removed from aug_rand under --mixup-net cut; B15: no flip by default
+    # as the reference: cutout removed from aug_rand under --mixup-net cut, and no flip by default (docs/design.md,
+    # D-B14, D-B15)
     assert not aug_rand.batch and not aug_rand.cutout and not aug_rand.flip and aug_rand.color
     assert aug_rand.choices == ['crop']
     _, aug_rand = A.make_dim_augs('color_crop_cutout', 'vanilla')

@@ -10,6 +10,7 @@ import torch
 import CL_DM
 import cl
 import utils
+from data import Data
 from conftest import ROOT, toy_images, write_prepared
 
 FAST = ['--model', 'ConvNetW32', '--ipc', '2', '--steps', '5', '--num_eval', '1', '--epoch_eval_train', '1',
@@ -21,7 +22,7 @@ def _data(n=6, classes=10):
     """A 10-class MNIST-shaped Data with n training and 3 test images per class."""
     x, y = toy_images(n, classes, 1, 28, seed=0)
     xt, yt = toy_images(3, classes, 1, 28, seed=1)
-    return utils.Data('MNIST', [str(i) for i in range(classes)], x, y, xt, yt)
+    return Data('MNIST', [str(i) for i in range(classes)], x, y, xt, yt)
 
 
 def _args(tmp, *extra):
@@ -178,17 +179,17 @@ def test_interrupted_synthesis_resumes_to_the_same_memory(tmp_path, monkeypatch)
     order = cl.class_order(0, 10)
     args = _args(tmp_path, '--method', 'DM', '--Iteration', '5', '--checkpoint_every', '2')
     full = cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'a.partial.pt'), _quiet)
-    real = cl.main_DM.dm_iteration
+    real = cl.dm_step
 
-    def interrupted(a, view, image_syn, syn_cls, optimizer, exp, it):
-        if it == 3:
+    def interrupted(a, view, image_syn, syn_cls, optimizer, seed, keys):
+        if keys[1] == 3:
             raise KeyboardInterrupt
-        return real(a, view, image_syn, syn_cls, optimizer, exp, it)
-    monkeypatch.setattr(cl.main_DM, 'dm_iteration', interrupted)
+        return real(a, view, image_syn, syn_cls, optimizer, seed, keys)
+    monkeypatch.setattr(cl, 'dm_step', interrupted)
     with pytest.raises(KeyboardInterrupt):
         cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'b.partial.pt'), _quiet)
     assert torch.load(tmp_path / 'b.partial.pt', weights_only=True)['it'] == 2
-    monkeypatch.setattr(cl.main_DM, 'dm_iteration', real)
+    monkeypatch.setattr(cl, 'dm_step', real)
     resumed = cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'b.partial.pt'), _quiet)
     assert torch.equal(full[0], resumed[0]) and torch.equal(full[1], resumed[1])
     assert not torch.equal(full[0][:2], data.images(data.indices_class[order[0]][:2]))

@@ -6,8 +6,13 @@ import sys
 import pytest
 import torch
 
+import dc
 import main
 import utils
+from data import Data
+from evaluation import EvalRecipe
+from networks import get_network
+from runner import init_synset
 from augment import sample_dsa_params
 from conftest import ROOT, toy_images
 from utils import UserError
@@ -19,7 +24,7 @@ def _toy_data(n=12, classes=4):
     """A Data object with 4 learnable classes (MNIST's constants and 10 class slots, 4 used)."""
     x, y = toy_images(n, classes, 1, 28, seed=0)
     xt, yt = toy_images(5, classes, 1, 28, seed=1)
-    data = utils.Data('MNIST', [str(i) for i in range(10)], x, y, xt, yt)
+    data = Data('MNIST', [str(i) for i in range(10)], x, y, xt, yt)
     data.num_classes = classes
     data.indices_class = data.indices_class[:classes]
     return data
@@ -52,12 +57,12 @@ def test_match_loss_ours_is_a_sum_of_per_row_cosine_distances():
             ([1, 2], [2, 1]), ([3, 0], [0, 1]),        # 3-D (LayerNorm weight): C × (h·w)
             ([2, 0], [0, 3]), ([1, 1], [1, 1])]        # linear, as is
     expected = sum(_cosdist(a, b) for a, b in rows)
-    assert main.match_loss(syn, real, 'ours').item() == pytest.approx(expected, rel=1e-6)
+    assert dc.match_loss(syn, real, 'ours').item() == pytest.approx(expected, rel=1e-6)
     # The bias counts 0 (the reference's 'ours'), or one cosine distance over the whole vector with match_1d.
     with_bias = expected + _cosdist([1, 0], [0, 2])
-    assert main.match_loss(syn, real, 'ours', match_1d=True).item() == pytest.approx(with_bias, rel=1e-6)
+    assert dc.match_loss(syn, real, 'ours', match_1d=True).item() == pytest.approx(with_bias, rel=1e-6)
     # Only 1-D parameters: 0 without match_1d.
-    assert main.match_loss(syn[3:], real[3:], 'ours').item() == 0.0
+    assert dc.match_loss(syn[3:], real[3:], 'ours').item() == 0.0
 
 
 def test_match_loss_mse_and_cos_use_every_parameter():
@@ -65,25 +70,25 @@ def test_match_loss_mse_and_cos_use_every_parameter():
     s = [v for g in syn for v in g.reshape(-1).tolist()]
     r = [v for g in real for v in g.reshape(-1).tolist()]
     mse = sum((a - b) ** 2 for a, b in zip(s, r))
-    assert main.match_loss(syn, real, 'mse').item() == pytest.approx(mse, rel=1e-6)
-    assert main.match_loss(syn, real, 'cos').item() == pytest.approx(_cosdist(s, r), rel=1e-6)
+    assert dc.match_loss(syn, real, 'mse').item() == pytest.approx(mse, rel=1e-6)
+    assert dc.match_loss(syn, real, 'cos').item() == pytest.approx(_cosdist(s, r), rel=1e-6)
     for metric in ('mse', 'cos'):  # match_1d changes only 'ours'
-        assert main.match_loss(syn, real, metric, True).item() == main.match_loss(syn, real, metric).item()
+        assert dc.match_loss(syn, real, metric, True).item() == dc.match_loss(syn, real, metric).item()
     with pytest.raises(ValueError, match="'ours', 'mse' or 'cos'"):
-        main.match_loss(syn, real, 'l1')
+        dc.match_loss(syn, real, 'l1')
 
 
 @pytest.mark.parametrize('metric, strategy', [('ours', None), ('mse', None), ('cos', 'color_crop_scale')])
 def test_gradient_reaches_the_images_through_second_order_terms(metric, strategy):
     """d/dS D(∇θ CE(S), g_R) by autograd equals a central finite difference (double precision, tiny net)."""
     g = torch.Generator().manual_seed(0)
-    net = utils.get_network('ConvNetW32', 2, 3, (16, 16), generator=g).double()
+    net = get_network('ConvNetW32', 2, 3, (16, 16), generator=g).double()
     real = torch.randn(6, 2, 16, 16, generator=g, dtype=torch.float64)
     syn = torch.randn(2, 2, 16, 16, generator=g, dtype=torch.float64, requires_grad=True)
     params = sample_dsa_params(strategy, 1, g) if strategy else None
 
     def loss(s):
-        return main.class_match_loss(net, real, s, 1, metric, True, params)
+        return dc.class_match_loss(net, real, s, 1, metric, True, params)
 
     grad, = torch.autograd.grad(loss(syn), syn)
     assert grad.abs().sum() > 0
@@ -98,10 +103,10 @@ def test_gradient_reaches_the_images_through_second_order_terms(metric, strategy
 
 def test_class_match_loss_treats_the_real_gradient_as_a_constant():
     g = torch.Generator().manual_seed(1)
-    net = utils.get_network('ConvNetW32', 1, 3, (16, 16), generator=g)
+    net = get_network('ConvNetW32', 1, 3, (16, 16), generator=g)
     real = torch.randn(4, 1, 16, 16, generator=g, requires_grad=True)
     syn = torch.randn(2, 1, 16, 16, generator=g, requires_grad=True)
-    main.class_match_loss(net, real, syn, 0).backward()
+    dc.class_match_loss(net, real, syn, 0).backward()
     assert real.grad is None and syn.grad.abs().sum() > 0
 
 
@@ -110,22 +115,22 @@ def test_class_match_loss_treats_the_real_gradient_as_a_constant():
 def test_loops_table_and_out_of_table_rules(capsys):
     table = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
     for ipc, loops in table.items():
-        assert main.get_loops(ipc) == loops
-    assert main.get_loops(10, outer_loop=3) == (3, 50)  # flags win
-    assert main.get_loops(10, 3, 0) == (3, 0)
+        assert dc.get_loops(ipc) == loops
+    assert dc.get_loops(10, outer_loop=3) == (3, 50)  # flags win
+    assert dc.get_loops(10, 3, 0) == (3, 0)
     assert capsys.readouterr().err == ''
     notes = []
-    assert main.get_loops(100, notes=notes) == (50, 10)
+    assert dc.get_loops(100, notes=notes) == (50, 10)
     err = capsys.readouterr().err
     assert 'warning' in err and '--outer_loop 20 --inner_loop 25' in err and notes
-    assert main.get_loops(100, 100, 2) == (100, 2)  # the authors' (100, 2) at ipc 100: no warning
+    assert dc.get_loops(100, 100, 2) == (100, 2)  # the authors' (100, 2) at ipc 100: no warning
     assert capsys.readouterr().err == ''
     for bad in (dict(), dict(outer_loop=5)):
         with pytest.raises(UserError, match='pass --outer_loop and --inner_loop'):
-            main.get_loops(5, **bad)
-    assert main.get_loops(5, 5, 10) == (5, 10)
+            dc.get_loops(5, **bad)
+    assert dc.get_loops(5, 5, 10) == (5, 10)
     with pytest.raises(UserError, match='--outer_loop must be >= 1'):
-        main.get_loops(10, 0)
+        dc.get_loops(10, 0)
 
 
 # ---------------------------------------------------------------------------------------------- BN refresh
@@ -133,7 +138,7 @@ def test_loops_table_and_out_of_table_rules(capsys):
 def _bn_inputs(net, x):
     """The input each BN layer sees in one train-mode forward of x."""
     seen = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(i[0].detach())) for m in main.batchnorms(net)]
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(i[0].detach())) for m in dc.batchnorms(net)]
     net.train()
     with torch.no_grad():
         net(x)
@@ -145,9 +150,9 @@ def _bn_inputs(net, x):
 @pytest.mark.parametrize('mode', ['momentum', 'exact'])
 def test_bn_refresh(mode):
     g = torch.Generator().manual_seed(3)
-    net = utils.get_network('ConvNetBN', 1, 4, (16, 16), generator=g, net_width=8)
+    net = get_network('ConvNetBN', 1, 4, (16, 16), generator=g, net_width=8)
     x = torch.randn(12, 1, 16, 16, generator=g) * 2 + 1
-    bns = main.batchnorms(net)
+    bns = dc.batchnorms(net)
     for m in bns:  # not the fresh 0 / 1, so that the momentum rule is visible
         m.running_mean.fill_(0.5)
         m.running_var.fill_(3.0)
@@ -155,7 +160,7 @@ def test_bn_refresh(mode):
     for m in bns:  # ... whose side effect on the stats is undone
         m.running_mean.fill_(0.5)
         m.running_var.fill_(3.0)
-    main.refresh_bn(net, x, mode)
+    dc.refresh_bn(net, x, mode)
     for m, inp in zip(bns, inputs):
         mean, var = inp.mean(dim=(0, 2, 3)), inp.var(dim=(0, 2, 3), unbiased=True)
         w = 1.0 if mode == 'exact' else 0.1
@@ -169,14 +174,14 @@ def test_bn_model_refreshes_once_per_outer_loop_step(monkeypatch):
     data = _toy_data()
     args = _args('--model', 'ConvNetBN', '--outer_loop', '3')
     calls = []
-    real_refresh, real_get_network = main.refresh_bn, utils.get_network
-    monkeypatch.setattr(main, 'refresh_bn', lambda net, x, mode: calls.append((len(x), mode)) or
+    real_refresh, real_get_network = dc.refresh_bn, get_network
+    monkeypatch.setattr(dc, 'refresh_bn', lambda net, x, mode: calls.append((len(x), mode)) or
                         real_refresh(net, x, mode))
-    monkeypatch.setattr(utils, 'get_network', lambda *a, **k: real_get_network(*a, net_width=8, **k))
-    image_syn, syn_cls = utils.init_synset(data, 2, 'noise', torch.Generator().manual_seed(0))
+    monkeypatch.setattr(dc, 'get_network', lambda *a, **k: real_get_network(*a, net_width=8, **k))
+    image_syn, syn_cls = init_synset(data, 2, 'noise', torch.Generator().manual_seed(0))
     image_syn.requires_grad_(True)
     opt = torch.optim.SGD([image_syn], lr=0.1, momentum=0.5)
-    loss = main.dc_iteration(args, data, image_syn, syn_cls, opt, 0, 0)
+    loss = dc.dc_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 0))
     # 16 real images per class, all 12 here (a class gives what it has)
     assert calls == [(12 * data.num_classes, 'momentum')] * 3 and math.isfinite(loss) and loss > 0
 
@@ -187,11 +192,11 @@ def _fixed_loss(data, image_syn, syn_cls, nets=4):
     """The DC objective over a fixed set of random networks and fixed real batches."""
     total = 0.0
     for k in range(nets):
-        net = utils.get_network('ConvNetW32', 1, data.num_classes, data.im_size,
+        net = get_network('ConvNetW32', 1, data.num_classes, data.im_size,
                                 generator=torch.Generator().manual_seed(100 + k))
         g = torch.Generator().manual_seed(k)
         for c in range(data.num_classes):
-            total += main.class_match_loss(net, data.get_images(c, 12, g), image_syn[syn_cls == c], c).item()
+            total += dc.class_match_loss(net, data.get_images(c, 12, g), image_syn[syn_cls == c], c).item()
     return total / nets
 
 
@@ -199,12 +204,12 @@ def _fixed_loss(data, image_syn, syn_cls, nets=4):
 def test_matching_loss_decreases_on_a_toy_problem(method):
     data = _toy_data()
     args = _args('--method', method, '--lr_img', '1')
-    image_syn, syn_cls = utils.init_synset(data, 2, 'noise', torch.Generator().manual_seed(0))
+    image_syn, syn_cls = init_synset(data, 2, 'noise', torch.Generator().manual_seed(0))
     before = _fixed_loss(data, image_syn, syn_cls)
     image_syn.requires_grad_(True)
     opt = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
     for it in range(8):
-        main.dc_iteration(args, data, image_syn, syn_cls, opt, 0, it)
+        dc.dc_step(args, data, image_syn, syn_cls, opt, args.seed, (0, it))
     assert _fixed_loss(data, image_syn.detach(), syn_cls) < 0.75 * before
 
 
@@ -262,10 +267,9 @@ def test_evaluation_epochs_and_dc_augmentation_per_architecture():
     # An explicit value is honoured everywhere (SPEC §12 A8).
     a = main.parse_args(['--eval_mode', 'N', '--epoch_eval_train', '7', '--device', 'cpu'])
     assert {v['epoch_eval_train'] for v in a.eval_settings.values()} == {7}
-    # utils.evaluate_pool lays them over args per architecture.
-    over = utils.eval_args(a, 'ConvNetBN')
-    assert over.dc_aug_param['strategy'] == 'crop_noise' and over.epoch_eval_train == 7 and over.ipc == a.ipc
-    assert utils.eval_args(a, 'not in the pool') is a
+    # main.py turns them into one EvalRecipe per architecture; the other fields come from the flags.
+    over = EvalRecipe.from_args(a, **a.eval_settings['ConvNetBN'])
+    assert over.dc_aug_param['strategy'] == 'crop_noise' and over.epoch_eval_train == 7 and over.lr_net == a.lr_net
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -297,16 +301,16 @@ def test_same_seed_same_set(prepared_mnist, method):
 
 def test_resume_after_interruption_gives_the_same_set(prepared_mnist, monkeypatch):
     full = _run(prepared_mnist, '--method', 'DSA')
-    real_iteration = main.dc_iteration
+    real_step = main.dc_step
 
-    def interrupted(args, data, image_syn, syn_cls, optimizer, exp, it):
-        if it == 2:  # after the checkpoint of iteration 2
+    def interrupted(args, data, image_syn, syn_cls, optimizer, seed, keys):
+        if keys[1] == 2:  # after the checkpoint of iteration 2
             raise KeyboardInterrupt
-        return real_iteration(args, data, image_syn, syn_cls, optimizer, exp, it)
-    monkeypatch.setattr(main, 'dc_iteration', interrupted)
+        return real_step(args, data, image_syn, syn_cls, optimizer, seed, keys)
+    monkeypatch.setattr(main, 'dc_step', interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(prepared_mnist, '--method', 'DSA')
-    monkeypatch.setattr(main, 'dc_iteration', real_iteration)
+    monkeypatch.setattr(main, 'dc_step', real_step)
     resumed = _run(prepared_mnist, '--method', 'DSA', '--resume')
     assert torch.equal(full['data'][0][0], resumed['data'][0][0])
     assert full['accs_all_exps'] == resumed['accs_all_exps']

@@ -14,6 +14,8 @@ import gen_condense
 import networks
 import pool_match
 import utils
+from data import Data, get_dataset
+from evaluation import evaluate_synset
 import validate
 from conftest import ROOT, toy_images
 
@@ -48,7 +50,7 @@ def _args(stage, *extra):
 def _toy_data(n=12, classes=10):
     x, y = toy_images(n, classes, 1, 28, seed=0)
     xt, yt = toy_images(4, classes, 1, 28, seed=1)
-    return utils.Data('MNIST', [str(i) for i in range(10)], x, y, xt, yt)
+    return Data('MNIST', [str(i) for i in range(10)], x, y, xt, yt)
 
 
 def _flags(tmp, stage, *extra):
@@ -257,7 +259,7 @@ def test_fixed_set_is_class_balanced_and_standardised():
     assert images.shape == (30, 1, 28, 28)
     assert torch.equal(torch.bincount(labels, minlength=10), torch.full((10,), 3))
     assert torch.equal(labels, torch.arange(10).repeat_interleave(3))  # class-major, as DC/DM sets
-    x01 = images * 0.3081 + 0.1307  # the project's MNIST constants, as utils.evaluate_synset's test loader
+    x01 = images * 0.3081 + 0.1307  # the project's MNIST constants, as evaluate_synset's test loader
     assert x01.min() >= -1e-5 and x01.max() <= 1 + 1e-5
     again, _ = dim.fixed_set(G, data, 3, _gen(5), chunk=7)
     assert torch.equal(images, again)
@@ -292,13 +294,13 @@ def test_validation_split_is_balanced_disjoint_and_from_train():
 
 def _no_test_split(monkeypatch):
     """Load datasets without their test split: any use of it during selection raises."""
-    real = utils.get_dataset
+    real = get_dataset
 
     def load(*a, **k):
         data = real(*a, **k)
         del data.x_test, data.labels_test
         return data
-    monkeypatch.setattr(utils, 'get_dataset', load)
+    monkeypatch.setattr(dim.data_mod, 'get_dataset', load)
 
 
 def test_stage1_selects_without_the_test_set_and_resumes_exactly(prepared_mnist, monkeypatch):

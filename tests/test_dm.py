@@ -5,9 +5,13 @@ import sys
 import pytest
 import torch
 
+import dm
 import main_DM
-import utils
-from augment import sample_dsa_params
+from augment import ParamDiffAug
+from data import Data
+from networks import get_network
+from runner import init_synset
+from augment import sample_dsa_params, select_params
 from conftest import ROOT, toy_images
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
@@ -17,7 +21,7 @@ def _toy_data(n=12, channel=1, size=28, classes=4):
     """A Data object with 4 learnable classes (the dataset constants of MNIST, 10 slots, 4 used)."""
     x, y = toy_images(n, classes, channel, size, seed=0)
     xt, yt = toy_images(5, classes, channel, size, seed=1)
-    data = utils.Data('MNIST', [str(i) for i in range(10)], x, y, xt, yt)
+    data = Data('MNIST', [str(i) for i in range(10)], x, y, xt, yt)
     data.num_classes = classes
     data.indices_class = data.indices_class[:classes]
     return data
@@ -27,11 +31,11 @@ def _fixed_loss(data, image_syn, syn_cls, model='ConvNetW32', nets=4):
     """The DM objective averaged over a fixed set of random networks and fixed real batches (no augmentation)."""
     total = 0.0
     for k in range(nets):
-        net = utils.get_network(model, data.channel, data.num_classes, data.im_size,
+        net = get_network(model, data.channel, data.num_classes, data.im_size,
                                 generator=torch.Generator().manual_seed(100 + k))
-        real, real_cls = main_DM.sample_real(data, 12, torch.Generator().manual_seed(k))
+        real, real_cls = dm.sample_real(data, 12, torch.Generator().manual_seed(k))
         with torch.no_grad():
-            total += main_DM.dm_loss(net, real, real_cls, image_syn, syn_cls, data.num_classes).item()
+            total += dm.dm_loss(net, real, real_cls, image_syn, syn_cls, data.num_classes).item()
     return total / nets
 
 
@@ -45,12 +49,12 @@ def _args(**kw):
 def test_dm_loss_decreases_on_a_toy_problem():
     data = _toy_data()
     args = _args(lr_img=5.0)
-    image_syn, syn_cls = utils.init_synset(data, 2, 'noise', torch.Generator().manual_seed(0))
+    image_syn, syn_cls = init_synset(data, 2, 'noise', torch.Generator().manual_seed(0))
     before = _fixed_loss(data, image_syn, syn_cls)
     image_syn.requires_grad_(True)
     opt = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
     for it in range(30):
-        main_DM.dm_iteration(args, data, image_syn, syn_cls, opt, 0, it)
+        dm.dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, it))
     after = _fixed_loss(data, image_syn.detach(), syn_cls)
     assert after < 0.5 * before
 
@@ -59,24 +63,24 @@ def test_dm_loss_decreases_on_a_toy_problem():
 def test_batched_and_per_class_give_the_same_loss_and_gradient(model):
     data = _toy_data()
     g = torch.Generator().manual_seed(1)
-    net = utils.get_network(model, 1, data.num_classes, data.im_size, generator=g)
-    real, real_cls = main_DM.sample_real(data, 6, g)
-    syn0, syn_cls = utils.init_synset(data, 3, 'real', g)
-    param = utils.ParamDiffAug()
+    net = get_network(model, 1, data.num_classes, data.im_size, generator=g)
+    real, real_cls = dm.sample_real(data, 6, g)
+    syn0, syn_cls = init_synset(data, 3, 'real', g)
+    param = ParamDiffAug()
     params = sample_dsa_params(STRATEGY, data.num_classes, g, param)
 
     grads, losses = [], []
     for per_class, chunk in ((False, None), (True, None), (False, 5)):
         syn = syn0.clone().requires_grad_(True)
-        losses.append(main_DM.dm_backward(net, real, real_cls, syn, syn_cls, data.num_classes, params, param, chunk,
+        losses.append(dm.dm_backward(net, real, real_cls, syn, syn_cls, data.num_classes, params, param, chunk,
                                           per_class))
         grads.append(syn.grad)
     # The per-class reference: one forward per class with its own Siamese parameters, as the original loops.
     ref = 0.0
     for c in range(data.num_classes):
-        sub = main_DM.select_params(params, torch.tensor([c]))
+        sub = select_params(params, torch.tensor([c]))
         r, s = real[real_cls == c], syn0[syn_cls == c]
-        ref += main_DM.dm_loss(net, r, torch.zeros(len(r), dtype=torch.long), s, torch.zeros(len(s), dtype=torch.long),
+        ref += dm.dm_loss(net, r, torch.zeros(len(r), dtype=torch.long), s, torch.zeros(len(s), dtype=torch.long),
                                1, sub, param).item()
     assert losses[0] == pytest.approx(ref, rel=1e-4)
     for loss, grad in zip(losses[1:], grads[1:]):
@@ -88,11 +92,11 @@ def test_batched_and_per_class_give_the_same_loss_and_gradient(model):
 def test_bn_branch_uses_batch_statistics_over_all_classes():
     data = _toy_data()
     g = torch.Generator().manual_seed(2)
-    net = utils.get_network('ConvNetBN', 1, data.num_classes, data.im_size, generator=g).train()
-    real, real_cls = main_DM.sample_real(data, 6, g)
-    syn, syn_cls = utils.init_synset(data, 3, 'real', g)
-    joint = main_DM.dm_loss(net, real, real_cls, syn, syn_cls, data.num_classes).item()
-    per_class = sum(main_DM.dm_loss(net, real[real_cls == c], torch.zeros(6, dtype=torch.long), syn[syn_cls == c],
+    net = get_network('ConvNetBN', 1, data.num_classes, data.im_size, generator=g).train()
+    real, real_cls = dm.sample_real(data, 6, g)
+    syn, syn_cls = init_synset(data, 3, 'real', g)
+    joint = dm.dm_loss(net, real, real_cls, syn, syn_cls, data.num_classes).item()
+    per_class = sum(dm.dm_loss(net, real[real_cls == c], torch.zeros(6, dtype=torch.long), syn[syn_cls == c],
                                     torch.zeros(3, dtype=torch.long), 1).item() for c in range(data.num_classes))
     assert joint != pytest.approx(per_class, rel=1e-3)  # coupled through BN, as in the reference's BN branch
 
@@ -124,16 +128,16 @@ def test_same_seed_same_set_and_outputs(prepared_mnist):
 
 def test_resume_after_interruption_gives_the_same_set(prepared_mnist, monkeypatch):
     full = _run(prepared_mnist)
-    real_iteration = main_DM.dm_iteration
+    real_step = main_DM.dm_step
 
-    def interrupted(args, data, image_syn, syn_cls, optimizer, exp, it):
-        if it == 5:
+    def interrupted(args, data, image_syn, syn_cls, optimizer, seed, keys):
+        if keys[1] == 5:
             raise KeyboardInterrupt
-        return real_iteration(args, data, image_syn, syn_cls, optimizer, exp, it)
-    monkeypatch.setattr(main_DM, 'dm_iteration', interrupted)
+        return real_step(args, data, image_syn, syn_cls, optimizer, seed, keys)
+    monkeypatch.setattr(main_DM, 'dm_step', interrupted)
     with pytest.raises(KeyboardInterrupt):
         _run(prepared_mnist)
-    monkeypatch.setattr(main_DM, 'dm_iteration', real_iteration)
+    monkeypatch.setattr(main_DM, 'dm_step', real_step)
     resumed = _run(prepared_mnist, '--resume')
     assert torch.equal(full['data'][0][0], resumed['data'][0][0])
     assert full['accs_all_exps'] == resumed['accs_all_exps']

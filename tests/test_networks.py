@@ -1,4 +1,4 @@
-"""networks.py: shapes at 28x28x1 / 32x32x3 / 64x64x3, spec parameter counts and embed dims, seeded init that
+"""networks.py: shapes at 28x28x1 / 32x32x3 / 64x64x3, the reference's parameter counts and embed dims, seeded init that
 never touches the global RNG, PyTorch-default init distributions, DiM stems, BN really being BN."""
 import math
 
@@ -75,7 +75,7 @@ def test_convnet_parameter_counts():
 
 def test_dim_parameter_counts():
     millions = lambda name, **kw: round(n_params(define_model(name, 3, K, 32, device='meta', **kw)) / 1e6, 2)
-    for ap in ('', '_ap'):  # the _ap nets have the same counts (§2.5)
+    for ap in ('', '_ap'):  # the _ap nets have the same counts (pooling replaces strides)
         assert millions('resnet10' + ap, stem='cifar') == 1.23
         assert millions('resnet18' + ap, stem='cifar') == 2.80
         assert millions('resnet10' + ap, stem='imagenet') == 4.91
@@ -86,7 +86,7 @@ def test_dim_parameter_counts():
     assert 'resnet18' not in NETWORKS and 'ResNet18' not in DIM_NETWORKS
 
 
-# embed dims from the §2.2 table: (28/32, 64)
+# embed dims (flattened last ConvNet block) at (28/32, 64) pixels; 28 px is padded to 32
 CONVNET_EMBED = {
     'ConvNet': (2048, 8192), 'ConvNetD1': (32768, 131072), 'ConvNetD2': (8192, 32768), 'ConvNetD3': (2048, 8192),
     'ConvNetD4': (512, 2048), 'ConvNetW32': (512, 2048), 'ConvNetW64': (1024, 4096), 'ConvNetW128': (2048, 8192),
@@ -95,7 +95,7 @@ CONVNET_EMBED = {
     'ConvNetBN': (2048, 8192), 'ConvNetLN': (2048, 8192), 'ConvNetIN': (2048, 8192), 'ConvNetGN': (2048, 8192),
     'ConvNetNP': (131072, 524288), 'ConvNetMP': (2048, 8192), 'ConvNetAP': (2048, 8192),
 }
-# head input sizes from the §2.4 table: (28x28x1, 32x32x3, 64x64x3)
+# head input sizes (28x28x1, 32x32x3, 64x64x3), computed from im_size, never hard-coded
 OTHER_HEAD = {
     'AlexNet': (3072, 3072, 12288), 'AlexNetBN': (3072, 3072, 12288),
     'VGG11': (512, 512, 2048), 'VGG11BN': (512, 512, 2048), 'ResNet18': (512, 512, 512),

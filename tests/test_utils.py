@@ -5,6 +5,12 @@ import pytest
 import torch
 
 import utils
+from augment import ParamDiffAug
+from data import TensorLoader, build_tinyimagenet, get_dataset, standardise
+import evaluation
+from evaluation import evaluate_synset, get_eval_pool
+from networks import NETWORKS, get_network
+from runner import save_image_grid, save_results
 from conftest import toy_images, write_idx, write_prepared
 from utils import UserError
 
@@ -13,7 +19,7 @@ from utils import UserError
 
 def test_mnist_idx_through_torchvision_then_prepared_cache(mnist_idx):
     root, xtr, ytr = mnist_idx
-    data = utils.get_dataset('MNIST', str(root), download=False)
+    data = get_dataset('MNIST', str(root), download=False)
     assert data.images_train.shape == (60, 1, 28, 28) and data.images_test.shape == (20, 1, 28, 28)
     assert data.class_names == [str(i) for i in range(10)]
     expected = (xtr.float() / 255 - 0.1307) / 0.3081
@@ -23,7 +29,7 @@ def test_mnist_idx_through_torchvision_then_prepared_cache(mnist_idx):
     assert os.path.isfile(root / 'MNIST.pt')
     for f in os.listdir(root / 'MNIST' / 'raw'):
         os.unlink(root / 'MNIST' / 'raw' / f)
-    again = utils.get_dataset('mnist', str(root), download=False)
+    again = get_dataset('mnist', str(root), download=False)
     assert torch.equal(again.images_train, data.images_train)
 
 
@@ -31,14 +37,14 @@ def test_fashion_mnist_idx(tmp_path):
     x, y = toy_images(3, 10, 1, 28)
     write_idx(str(tmp_path / 'FashionMNIST' / 'raw'), 'train', x, y)
     write_idx(str(tmp_path / 'FashionMNIST' / 'raw'), 't10k', x, y)
-    data = utils.get_dataset('fashion', str(tmp_path), download=False)
+    data = get_dataset('fashion', str(tmp_path), download=False)
     assert data.name == 'FashionMNIST' and len(data.images_train) == 30
     assert abs(data.mean[0] - 0.2861) < 1e-9 and data.class_names[0].startswith('T-shirt')
 
 
 def test_prepared_file_for_any_dataset(tmp_path):
     write_prepared(str(tmp_path), 'CIFAR10', n_train=5, n_test=2)
-    data = utils.get_dataset('CIFAR10', str(tmp_path), download=False)
+    data = get_dataset('CIFAR10', str(tmp_path), download=False)
     assert data.images_train.dtype == torch.float32 and data.images_train.shape == (50, 3, 32, 32)
     assert [len(i) for i in data.indices_class] == [5] * 10
     x = data.get_images(3, 4, torch.Generator().manual_seed(0))
@@ -56,17 +62,17 @@ def test_prepared_file_for_any_dataset(tmp_path):
 def test_corrupt_or_wrong_prepared_file_is_a_one_line_error(tmp_path):
     (tmp_path / 'CIFAR10.pt').write_bytes(b'not a tensor file')
     with pytest.raises(UserError, match='CIFAR10.pt is not a readable tensor file'):
-        utils.get_dataset('CIFAR10', str(tmp_path), download=False)
+        get_dataset('CIFAR10', str(tmp_path), download=False)
     write_prepared(str(tmp_path), 'CIFAR10', channel=1, size=28)
     with pytest.raises(UserError, match=r'images_train must be uint8 N×3×32×32') as e:
-        utils.get_dataset('CIFAR10', str(tmp_path), download=False)
+        get_dataset('CIFAR10', str(tmp_path), download=False)
     assert '\n' not in str(e.value)
 
 
 @pytest.mark.parametrize('name', ['MNIST', 'SVHN', 'CIFAR10', 'CIFAR100', 'TinyImageNet'])
 def test_missing_dataset_names_dataset_folder_and_files(tmp_path, name):
     with pytest.raises(UserError) as e:
-        utils.get_dataset(name, str(tmp_path), download=False)
+        get_dataset(name, str(tmp_path), download=False)
     msg = str(e.value)
     assert name in msg and str(tmp_path) in msg and '.pt' in msg and '\n' not in msg
 
@@ -80,13 +86,13 @@ def test_failed_download_leaves_no_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(tvd.CIFAR10, 'download', offline)
     missing = tmp_path / 'nowhere'
     with pytest.raises(UserError, match='download failed'):
-        utils.get_dataset('CIFAR10', str(missing), download=True)
+        get_dataset('CIFAR10', str(missing), download=True)
     assert not missing.exists()
 
 
 def test_unknown_dataset():
     with pytest.raises(UserError, match='unknown dataset'):
-        utils.get_dataset('ImageNet21k', '.')
+        get_dataset('ImageNet21k', '.')
 
 
 def _write_tiny_imagenet(root, wnids, n_train, val_per_class, gray_first=True):
@@ -112,7 +118,7 @@ def _write_tiny_imagenet(root, wnids, n_train, val_per_class, gray_first=True):
 
 def test_tinyimagenet_builder_from_folder_layout(tmp_path):
     folder = _write_tiny_imagenet(tmp_path, ['n02', 'n01'], n_train=3, val_per_class=2)
-    raw = utils.build_tinyimagenet(str(folder), train_per_class=3, val_per_class=2)
+    raw = build_tinyimagenet(str(folder), train_per_class=3, val_per_class=2)
     assert raw['classes'] == ['n02', 'n01']  # wnids.txt order, not sorted
     assert raw['images_train'].shape == (6, 3, 64, 64) and raw['images_train'].dtype == torch.uint8
     assert raw['labels_train'].tolist() == [0, 0, 0, 1, 1, 1]
@@ -128,7 +134,7 @@ def test_tinyimagenet_builder_from_folder_layout(tmp_path):
 def test_tinyimagenet_folder_with_wrong_counts_is_rejected(tmp_path):
     _write_tiny_imagenet(tmp_path, ['n01'], n_train=2, val_per_class=1)
     with pytest.raises(UserError, match='expected 500'):
-        utils.get_dataset('TinyImageNet', str(tmp_path), download=False)
+        get_dataset('TinyImageNet', str(tmp_path), download=False)
 
 
 # ---------------------------------------------------------------------------------------------- seeds
@@ -145,22 +151,22 @@ def test_derived_seeds_are_stable_and_distinct():
 # ---------------------------------------------------------------------------------------------- evaluation
 
 def test_eval_pools():
-    assert utils.get_eval_pool('S', 'ConvNetBN', 'ConvNetBN') == ['ConvNet']
-    assert utils.get_eval_pool('S', 'ResNet18BN_AP', 'x') == ['ResNet18']
-    assert utils.get_eval_pool('S', 'ResNet18BN_AP', 'x', strict=True) == ['ResNet18_AP']
-    assert utils.get_eval_pool('S', 'ConvNetASwishBN', 'x') == ['ConvNetASwish']
-    assert utils.get_eval_pool('SS', 'ConvNetBN', 'x') == ['ConvNetBN']
-    assert utils.get_eval_pool('M', 'ConvNet', 'x') == ['MLP', 'ConvNet', 'LeNet', 'AlexNet', 'VGG11', 'ResNet18']
-    assert utils.get_eval_pool('B', 'ConvNet', 'x')[0] == 'ConvNetBN'
-    assert utils.get_eval_pool('N', 'ConvNet', 'x') == ['ConvNetNN', 'ConvNetBN', 'ConvNetLN', 'ConvNetIN', 'ConvNetGN']
-    assert utils.get_eval_pool('other', 'ConvNet', 'VGG11') == ['VGG11']
+    assert get_eval_pool('S', 'ConvNetBN', 'ConvNetBN') == ['ConvNet']
+    assert get_eval_pool('S', 'ResNet18BN_AP', 'x') == ['ResNet18']
+    assert get_eval_pool('S', 'ResNet18BN_AP', 'x', strict=True) == ['ResNet18_AP']
+    assert get_eval_pool('S', 'ConvNetASwishBN', 'x') == ['ConvNetASwish']
+    assert get_eval_pool('SS', 'ConvNetBN', 'x') == ['ConvNetBN']
+    assert get_eval_pool('M', 'ConvNet', 'x') == ['MLP', 'ConvNet', 'LeNet', 'AlexNet', 'VGG11', 'ResNet18']
+    assert get_eval_pool('B', 'ConvNet', 'x')[0] == 'ConvNetBN'
+    assert get_eval_pool('N', 'ConvNet', 'x') == ['ConvNetNN', 'ConvNetBN', 'ConvNetLN', 'ConvNetIN', 'ConvNetGN']
+    assert get_eval_pool('other', 'ConvNet', 'VGG11') == ['VGG11']
     for mode in 'MBWDAPN':
-        assert all(a in utils.NETWORKS for a in utils.get_eval_pool(mode, 'ConvNet', 'ConvNet'))
+        assert all(a in NETWORKS for a in get_eval_pool(mode, 'ConvNet', 'ConvNet'))
 
 
 def _eval_args(**kw):
     args = types.SimpleNamespace(lr_net=0.01, epoch_eval_train=20, batch_train=256, device='cpu', dsa=True,
-                                 dsa_strategy='color_crop_cutout_flip_scale_rotate', dsa_param=utils.ParamDiffAug(),
+                                 dsa_strategy='color_crop_cutout_flip_scale_rotate', dsa_param=ParamDiffAug(),
                                  dc_aug_param=None)
     vars(args).update(kw)
     return args
@@ -170,10 +176,10 @@ def _toy_eval(seed, **kw):
     write = toy_images(5, 10, 1, 28, seed=3)
     test = toy_images(10, 10, 1, 28, seed=4)
     mean, std = [0.1307], [0.3081]
-    x = utils.standardise(write[0], mean, std)
-    xt = utils.standardise(test[0], mean, std)
-    net = utils.get_network('ConvNetW32', 1, 10, (28, 28), generator=torch.Generator().manual_seed(seed))
-    return utils.evaluate_synset(0, net, x, write[1], utils.TensorLoader(xt, test[1]), _eval_args(**kw),
+    x = standardise(write[0], mean, std)
+    xt = standardise(test[0], mean, std)
+    net = get_network('ConvNetW32', 1, 10, (28, 28), generator=torch.Generator().manual_seed(seed))
+    return evaluate_synset(0, net, x, write[1], TensorLoader(xt, test[1]), _eval_args(**kw),
                                  generator=torch.Generator().manual_seed(seed))
 
 
@@ -194,7 +200,7 @@ def test_evaluate_synset_schedule_and_eval_mode(monkeypatch):
         return real_sgd(params, lr=lr, **kw)
     monkeypatch.setattr(torch.optim, 'SGD', spy)
     seen = {}
-    real_test = utils.test_accuracy
+    real_test = evaluation.test_accuracy
 
     def spy_test(net, loader, device):
         def batches():
@@ -202,7 +208,7 @@ def test_evaluate_synset_schedule_and_eval_mode(monkeypatch):
                 seen.update(grad=torch.is_grad_enabled(), training=net.training)
                 yield b
         return real_test(net, batches(), device)
-    monkeypatch.setattr(utils, 'test_accuracy', spy_test)
+    monkeypatch.setattr(evaluation, 'test_accuracy', spy_test)
     _toy_eval(0, epoch_eval_train=4, dsa=False)
     assert [round(m[0], 6) for m in made] == [0.01, 0.001]
     assert made[0][1] == dict(momentum=0.9, weight_decay=5e-4)
@@ -219,7 +225,7 @@ def test_mean_std_is_population_std_in_percent():
 def test_results_file_layout_and_atomic_write(tmp_path):
     path = str(tmp_path / 'res_DM_X_ConvNet_1ipc.pt')
     data = [[torch.randn(10, 3, 32, 32), torch.arange(10)]]
-    utils.save_results(path, data, {'ConvNet': [0.5, 0.7]}, meta={'args': {'ipc': 1}})
+    save_results(path, data, {'ConvNet': [0.5, 0.7]}, meta={'args': {'ipc': 1}})
     res = torch.load(path)
     assert set(res) >= {'data', 'accs_all_exps', 'meta', 'summary'}
     assert torch.equal(res['data'][0][0], data[0][0])
@@ -229,7 +235,7 @@ def test_results_file_layout_and_atomic_write(tmp_path):
         def __reduce__(self):
             raise RuntimeError('disk full')
     with pytest.raises(RuntimeError):
-        utils.save_results(path, data, {'ConvNet': [0.1]}, meta={'broken': Boom()})
+        save_results(path, data, {'ConvNet': [0.1]}, meta={'broken': Boom()})
     assert torch.load(path)['accs_all_exps'] == {'ConvNet': [0.5, 0.7]}  # the old file is intact
     assert os.listdir(tmp_path) == ['res_DM_X_ConvNet_1ipc.pt']  # and no temporary file is left
 
@@ -238,7 +244,7 @@ def test_png_grid_is_denormalised(tmp_path):
     from PIL import Image
     mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
     x = torch.zeros(6, 3, 8, 8)  # standardised 0 is the mean: grey 0.5 after de-normalising
-    utils.save_image_grid(str(tmp_path / 'g.png'), x, mean, std, nrow=3)
+    save_image_grid(str(tmp_path / 'g.png'), x, mean, std, nrow=3)
     im = Image.open(tmp_path / 'g.png')
     assert im.size == (3 * 8 + 4 * 2, 2 * 8 + 3 * 2)  # save_image's 2-pixel padding
     assert abs(im.getpixel((5, 5))[0] - 128) <= 1

@@ -1,0 +1,140 @@
+"""Command-line flags shared by main.py, main_DM.py and CL_DM.py, declared once, and one validation function.
+
+Each flag is declared once in FLAGS with its help text; a script adds the flags it takes with `add_flags`, giving
+its own defaults (the original scripts differ: main.py ipc 1, main_DM.py ipc 50, CL_DM.py ipc 20, ...).
+`check_args` validates whichever of them a script has and derives the settings they imply (canonical dataset
+name, device, DSA parameters), so no script repeats a check.
+"""
+import argparse
+import sys
+
+import torch
+
+from augment import ParamDiffAug, parse_strategy
+from data import canonical_dataset
+from evaluation import get_eval_pool
+from networks import NETWORKS
+from utils import ArgumentParser, UserError, check_positive, default_device
+
+FLAGS = {
+    'dataset': dict(default='CIFAR10', help='MNIST, FashionMNIST, SVHN, CIFAR10, CIFAR100, TinyImageNet'),
+    'model': dict(default='ConvNet', help='network used for matching (see networks.NETWORKS)'),
+    'ipc': dict(type=int, default=1, help='images per class'),
+    'eval_mode': dict(default='S', choices=['S', 'SS', 'M', 'B', 'W', 'D', 'A', 'P', 'N'],
+                      help='evaluation pool: S = the matching model without BN, SS = the matching model, M/B/W/D/A/P/N '
+                           '= the named pools of evaluation.get_eval_pool'),
+    'num_exp': dict(type=int, default=5, help='independent synthesis runs'),
+    'num_eval': dict(type=int, default=20, help='networks trained per evaluation'),
+    'epoch_eval_train': dict(type=int, default=300, help='epochs to train each evaluation network'),
+    'Iteration': dict(type=int, default=1000, help='synthesis iterations'),
+    'lr_img': dict(type=float, default=0.1, help='learning rate of the images'),
+    'lr_net': dict(type=float, default=0.01, help='learning rate of the networks'),
+    'batch_real': dict(type=int, default=256, help='real images per class per step'),
+    'batch_train': dict(type=int, default=256, help='batch size for training networks'),
+    'init': dict(default='noise', choices=['noise', 'real'],
+                 help='initialise the synthetic set from noise or from random real images'),
+    'dsa_strategy': dict(default='None',
+                         help="DSA ops joined by '_' (color, crop, cutout, flip, scale, rotate); None disables DSA"),
+    'data_path': dict(default='data', help='dataset folder'),
+    'save_path': dict(default='result', help='where results, images, logs and checkpoints go'),
+    'dis_metric': dict(default='ours', choices=['ours', 'mse', 'cos'], help='gradient distance (DC/DSA)'),
+    'seed': dict(type=int, default=0, help='one seed makes the whole run repeatable'),
+    'device': dict(default=None, help='cuda, cuda:1, cpu ... (default: cuda when available)'),
+    'resume': dict(action='store_true', help="continue from this run's checkpoint"),
+    'checkpoint_every': dict(type=int, default=100, help='iterations between checkpoints'),
+    'align_corners': dict(choices=['false', 'true'], default='false',
+                          help='grid convention of DSA scale/rotate (the original, on torch 1.2, behaves as true)'),
+    'no_progress': dict(action='store_true', help='no progress bar'),
+    'compat': dict(choices=['reference', 'clean'], default='reference',
+                   help="'reference' keeps the original's number-moving quirks; 'clean' fixes them all "
+                        "(docs/design.md lists them)"),
+    'outer_loop': dict(type=int, default=None,
+                       help="DC/DSA: image steps per network, T (default: the original's table by ipc)"),
+    'inner_loop': dict(type=int, default=None, help='DC/DSA: network epochs on the synthetic set between image steps '
+                                                    "(default: the original's table by ipc)"),
+    'per_class': dict(action=argparse.BooleanOptionalAction, default=None,
+                      help="DM: one class's graph at a time (the original README's out-of-memory trick; the same "
+                           "gradient for models without BN)"),
+    'real_chunk': dict(type=int, default=None,
+                       help='DM: embed the real images in chunks of this many (exact for models without BN; saves '
+                            'memory; default: 256 on CPU, where it is also faster, all at once on CUDA)'),
+}
+
+# Flags that must be positive where a script has them (None means "the script's default" and passes).
+POSITIVE = ('ipc', 'num_exp', 'num_eval', 'epoch_eval_train', 'lr_img', 'lr_net', 'batch_real', 'batch_train',
+            'checkpoint_every', 'eval_every', 'real_chunk')
+
+
+def add_flags(group, names, **defaults):
+    """Add the FLAGS `names` to an argparse group, with per-script defaults."""
+    for name in names:
+        kw = dict(FLAGS[name])
+        if name in defaults:
+            kw['default'] = defaults[name]
+        group.add_argument(f'--{name}', **kw)
+
+
+def check_network(name):
+    if name not in NETWORKS:
+        raise UserError(f"unknown model '{name}'; choose one of {', '.join(NETWORKS)}")
+
+
+def check_args(args):
+    """Validate the shared flags a script has; derive the dataset's canonical name, the device, `dsa` (is DSA on)
+    and `dsa_param`. UserError (one line) for bad input."""
+    has = vars(args)
+    if 'dataset' in has:
+        args.dataset = canonical_dataset(args.dataset)
+    if 'model' in has:
+        check_network(args.model)
+    for name in POSITIVE:
+        if has.get(name) is not None:
+            check_positive(name, has[name])
+    if has.get('Iteration') is not None and args.Iteration < 0:
+        raise UserError(f'--Iteration must be >= 0, got {args.Iteration}')
+    args.device = args.device or default_device()
+    if str(args.device).startswith('cuda') and not torch.cuda.is_available():
+        raise UserError(f'--device {args.device} asked for, but no CUDA device is available; use --device cpu')
+    if 'dsa_strategy' in has:
+        try:
+            parse_strategy(args.dsa_strategy)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        args.dsa = str(args.dsa_strategy).strip().lower() not in ('none', '')
+        args.dsa_param = ParamDiffAug(align_corners=args.align_corners == 'true')
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# main.py and main_DM.py
+
+CONDENSE_ORIGINAL = ('dataset', 'model', 'ipc', 'eval_mode', 'num_exp', 'num_eval', 'epoch_eval_train', 'Iteration',
+                     'lr_img', 'lr_net', 'batch_real', 'batch_train', 'init', 'dsa_strategy', 'data_path',
+                     'save_path', 'dis_metric')
+
+
+def condense_parser(description, **defaults):
+    """The flags of the original main.py / main_DM.py, with per-script defaults, plus the project's additions."""
+    p = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_flags(p.add_argument_group('original flags'), CONDENSE_ORIGINAL, **defaults)
+    g = p.add_argument_group('project additions')
+    add_flags(g, ('seed',))
+    g.add_argument('--eval_every', type=int, default=defaults.get('eval_every'),
+                   help='iterations between evaluations (default: the original schedule)')
+    g.add_argument('--eval_final_only', action='store_true', help='evaluate only at the last iteration')
+    add_flags(g, ('device', 'resume', 'checkpoint_every', 'align_corners', 'no_progress', 'compat'))
+    g.add_argument('--s_mode_strict', action='store_true',
+                   help='eval mode S maps ResNet18BN_AP to ResNet18_AP instead of the strided ResNet18')
+    return p
+
+
+def check_condense_args(args):
+    """check_args, plus the evaluation pool of main.py / main_DM.py."""
+    check_args(args)
+    args.s_mode_strict = args.s_mode_strict or args.compat == 'clean'
+    if args.eval_mode == 'S' and args.model == 'ResNet18BN_AP' and not args.s_mode_strict:
+        print('warning: eval mode S evaluates ResNet18BN_AP sets on the strided ResNet18, as the reference does; '
+              '--s_mode_strict evaluates them on ResNet18_AP', file=sys.stderr)
+    for arch in get_eval_pool(args.eval_mode, args.model, strict=args.s_mode_strict):
+        check_network(arch)
+    return args

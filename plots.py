@@ -1,0 +1,58 @@
+"""Plots drawn with PIL alone (no matplotlib dependency): the continual-learning accuracy curves."""
+import io
+import math
+
+from utils import atomic_write_bytes
+
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def plot_curves(path, curves, title, size=(760, 460)):
+    """Accuracy vs number of classes seen, one line (with ±std bars) per method, drawn with PIL."""
+    from PIL import Image, ImageDraw
+    W, H = size
+    left, right, top, bottom = 60, 170, 36, 50
+    img = Image.new('RGB', (W, H), 'white')
+    d = ImageDraw.Draw(img)
+
+    def text(xy, s, anchor=None):
+        try:
+            d.text(xy, s, fill='black', anchor=anchor)
+        except ValueError:  # a Pillow without FreeType has only a bitmap font, which takes no anchor
+            d.text(xy, s, fill='black')
+    xs = sorted({x for c in curves for x in c[1]}) or [0, 1]
+    lo = min([m - s for c in curves for m, s in zip(c[2], c[3])] or [0])
+    hi = max([m + s for c in curves for m, s in zip(c[2], c[3])] or [100])
+    y0, y1 = max(0, 10 * math.floor(lo / 10)), min(100, 10 * math.ceil(hi / 10))
+    y1 = y1 if y1 > y0 else y0 + 10
+    x0, x1 = (xs[0], xs[-1]) if xs[-1] > xs[0] else (xs[0] - 1, xs[0] + 1)
+
+    def px(x, y):
+        return (left + (x - x0) / (x1 - x0) * (W - left - right),
+                H - bottom - (y - y0) / (y1 - y0) * (H - top - bottom))
+
+    for y in range(int(y0), int(y1) + 1, 10):
+        d.line([px(x0, y), px(x1, y)], fill=(225, 225, 225))
+        text((left - 8, px(x0, y)[1]), f'{y}', 'rm')
+    for x in xs:
+        text((px(x, y0)[0], H - bottom + 8), f'{x}', 'mt')
+    d.rectangle([px(x0, y1), px(x1, y0)], outline='black')
+    text(((left + W - right) / 2, H - 14), 'number of classes', 'mm')
+    text((8, top - 22), 'test accuracy (%)')
+    text(((left + W - right) / 2, 12), title, 'mm')
+    for i, (method, cx, cm, cs) in enumerate(curves):
+        colour = COLOURS[i % len(COLOURS)]
+        points = [px(x, m) for x, m in zip(cx, cm)]
+        for (x, m, s) in zip(cx, cm, cs):
+            d.line([px(x, max(y0, m - s)), px(x, min(y1, m + s))], fill=colour)
+        if len(points) > 1:
+            d.line(points, fill=colour, width=2)
+        for p in points:
+            d.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=colour)
+        ly = top + 10 + 18 * i
+        d.line([(W - right + 12, ly), (W - right + 36, ly)], fill=colour, width=3)
+        text((W - right + 42, ly), f'{method} ({cm[-1]:.1f})', 'lm')
+    buf = io.BytesIO()
+    img.save(buf, format='png')
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,242 @@
+"""Runs: the files one run writes, its checkpoint and resume check, and the condensation experiment of DC/DSA/DM.
+
+Every script (main.py, main_DM.py, CL_DM.py, the DiM stages) writes its outputs atomically and resumes the same
+way: a checkpoint stores the *fingerprint* of the arguments that determine the result, and `--resume` refuses a
+checkpoint whose fingerprint differs, naming the flags that differ. The helpers for that are the first section.
+
+The second section serves main.py and main_DM.py, whose loops read (see either script):
+
+    run = CondensationRun(args, 'DM', data, reference_every=2000, recipes=...)
+    for exp in run.experiments():
+        image_syn, syn_cls, optimizer = run.synthetic_set(exp)
+        for it in run.iterations(exp, image_syn, syn_cls):     # evaluates the set at the evaluation points
+            loss = <one step of the method on image_syn>
+            run.step_done(exp, it, loss, image_syn, optimizer)
+        run.experiment_done(exp, image_syn, syn_cls)
+    run.finish()
+"""
+import os
+import time
+
+import torch
+from tqdm import tqdm
+
+from data import denormalise
+from evaluation import evaluate_pool
+from utils import Log, UserError, atomic_save, atomic_write, make_generator, mean_std, sample_std, versions, \
+    write_json
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fingerprints and checkpoints, for every script
+
+_PLAIN = (str, int, float, bool, type(None), list, tuple, dict)
+
+
+def fingerprint(args, skip=()):
+    """The arguments that determine a run's result, as a plain dict: a checkpoint made with another is foreign."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(vars(args).items())
+            if k not in skip and isinstance(v, _PLAIN)}
+
+
+def check_same_run(path, theirs, ours):
+    """UserError naming the differing flags when a checkpoint's fingerprint is not this run's."""
+    diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if diff:
+        raise UserError(f'cannot resume: {path} belongs to another run (differs in {", ".join(diff)}); rerun with '
+                        f'the same flags or delete it')
+
+
+def load_state(path):
+    """A run's own checkpoint (a dict of tensors and plain values); UserError when it is unreadable."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError('not a dict')
+    except Exception as e:
+        raise UserError(f'cannot resume: {path} is corrupt ({type(e).__name__}); delete it to start afresh') from None
+    return state
+
+
+def save_results(path, data, accs_all_exps, meta=None, accs_iters=None):
+    """The original results layout, `data` = [[images, labels]] per experiment and `accs_all_exps` =
+    {arch: [accuracies]}, plus `meta` (arguments, seed, versions, protocol), per-architecture mean/std and the
+    accuracies at intermediate evaluation points."""
+    summary = {arch: dict(zip(('mean', 'std'), mean_std(a))) for arch, a in accs_all_exps.items()}
+    res = {'data': data, 'accs_all_exps': accs_all_exps, 'summary': summary, 'meta': meta or {}}
+    if accs_iters is not None:
+        res['accs_iters'] = accs_iters
+    atomic_save(res, path)
+
+
+def save_image_grid(path, images, mean, std, nrow):
+    """De-normalise standardised images and write them as a PNG grid, nrow images per row."""
+    from torchvision.utils import save_image
+    grid = denormalise(images.detach().float().cpu(), mean, std)
+    atomic_write(path, lambda f: save_image(grid, f, nrow=nrow, format='png'))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Condensation experiments (main.py, main_DM.py)
+
+# Flags that may change between a run and its --resume.
+RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp')
+
+
+def init_synset(data, ipc, init, generator):
+    """K·ipc images with class-major labels: N(0, 1) noise; for init real each class block is then overwritten by
+    ipc distinct random real images of the class."""
+    images = torch.randn(data.num_classes * ipc, data.channel, *data.im_size, generator=generator).to(data.device)
+    if init == 'real':
+        for c in range(data.num_classes):
+            images[c * ipc:(c + 1) * ipc] = data.get_images(c, ipc, generator)
+    labels = torch.arange(data.num_classes).repeat_interleave(ipc)
+    return images, labels
+
+
+def eval_iterations(args, reference_every):
+    """Iterations at which the set is evaluated: every `eval_every` (default: the original's `reference_every`)
+    for eval modes S and SS, otherwise only the last one; always the last one."""
+    last = args.Iteration
+    if args.eval_final_only or args.eval_mode not in ('S', 'SS'):
+        return [last]
+    every = args.eval_every or reference_every
+    return sorted(set(range(0, last + 1, every)) | {last})
+
+
+class CondensationRun:
+    """num_exp experiments of one method. Every file shares a prefix under --save_path: results, pictures,
+    summary, log and checkpoint. Every random draw of an iteration must come from generators named by
+    (args.seed, exp, it): then a run resumed from its checkpoint repeats the uninterrupted run exactly.
+
+    recipes: {architecture: EvalRecipe}, the evaluation pool; notes: extra lines for the log's header."""
+
+    def __init__(self, args, method, data, reference_every, recipes, notes=()):
+        smallest = min(len(i) for i in data.indices_class)
+        if args.init == 'real' and args.ipc > smallest:
+            raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {args.dataset} ({smallest} images); '
+                            f'lower --ipc or use --init noise')
+        self.args, self.method, self.data, self.recipes = args, method, data, recipes
+        self.name = f'{method}_{args.dataset}_{args.model}_{args.ipc}ipc'
+        self.results_path, self.summary_path, self.log_path, self.ckpt_path = (
+            os.path.join(args.save_path, f) for f in (f'res_{self.name}.pt', f'{self.name}.json', f'{self.name}.log',
+                                                      f'{self.name}.ckpt.pt'))
+        self.fingerprint = dict(fingerprint(args, RESUMABLE), method=method)
+        self.state = self._resumed() if args.resume else None
+        # The log opens only now that the inputs are checked, so a rejected command leaves an earlier log alone.
+        self.log = Log(self.log_path, append=args.resume)
+        self.eval_its = eval_iterations(args, reference_every)
+        self.log(f'{method} {self.name}: {data}; device {args.device}; seed {args.seed}; evaluation at iterations '
+                 f'{self.eval_its}')
+        self.log(f'hyper-parameters: {self.fingerprint}')
+        for line in notes:
+            self.log(line)
+        self.state = self.state or dict(exp=0, it=0, data=[], accs_all_exps={}, accs_iters={}, times=[])
+
+    def _resumed(self):
+        if not os.path.exists(self.ckpt_path):
+            raise UserError(f'--resume: no checkpoint at {self.ckpt_path}; run without --resume to start')
+        state = load_state(self.ckpt_path)
+        check_same_run(self.ckpt_path, state.get('fingerprint', {}), self.fingerprint)
+        return state
+
+    def experiments(self):
+        """The experiments still to run (all of them, or from the checkpoint's on)."""
+        while self.state['exp'] < self.args.num_exp:
+            yield self.state['exp']
+
+    def synthetic_set(self, exp):
+        """(image_syn, syn_cls, optimizer): initialised from the stream (seed, 'init', exp), or as checkpointed.
+        The images' optimiser is SGD with momentum 0.5 in every method."""
+        state = self.state
+        if 'image_syn' in state:
+            image_syn, syn_cls = state['image_syn'].to(self.args.device), state['syn_cls']
+        else:
+            image_syn, syn_cls = init_synset(self.data, self.args.ipc, self.args.init,
+                                             make_generator(self.args.seed, 'init', exp))
+            state.update(t_syn=0.0, t_eval=0.0, syn_cls=syn_cls)
+        image_syn.requires_grad_(True)
+        optimizer = torch.optim.SGD([image_syn], lr=self.args.lr_img, momentum=0.5)
+        if 'optimizer' in state:
+            optimizer.load_state_dict(state['optimizer'])
+        return image_syn, syn_cls, optimizer
+
+    def iterations(self, exp, image_syn, syn_cls):
+        """The iterations still to run. Before iteration `it` (and after the last one) the set is evaluated when
+        `it` is an evaluation point; the set saved at the end is the one evaluated last."""
+        args = self.args
+        self._bar = tqdm(range(self.state['it'], args.Iteration + 1), desc=f'{self.method} exp {exp}',
+                         initial=self.state['it'], total=args.Iteration + 1, disable=args.no_progress,
+                         dynamic_ncols=True)
+        self._t0 = None
+        for it in self._bar:
+            if it in self.eval_its and f'{exp}/{it}' not in self.state['accs_iters']:
+                self.evaluate(exp, it, image_syn.detach(), syn_cls)
+            if it == args.Iteration:
+                break
+            self._t0 = time.time()
+            yield it
+        self._bar.close()
+
+    def evaluate(self, exp, it, images, labels):
+        t0 = time.time()
+        args, data, state = self.args, self.data, self.state
+        accs = evaluate_pool(self.recipes, args.num_eval, data, images, labels, args.seed, (exp, it), self.log,
+                             label=f'exp {exp} iter {it}')
+        keep = (torch.arange(len(labels)) % args.ipc < 50).nonzero()[:, 0]  # ≤ 50 per class in a picture
+        save_image_grid(os.path.join(args.save_path, f'vis_{self.name}_exp{exp}_iter{it}.png'), images[keep],
+                        data.mean, data.std, nrow=min(args.ipc, 50))
+        state['accs_iters'][f'{exp}/{it}'] = accs
+        state['t_eval'] += time.time() - t0
+        if it == args.Iteration:
+            for arch, a in accs.items():
+                state['accs_all_exps'].setdefault(arch, []).extend(a)
+
+    def step_done(self, exp, it, loss, image_syn, optimizer):
+        """Progress, a log line every 10 iterations, a checkpoint every --checkpoint_every and before evaluations."""
+        args, num_classes = self.args, self.data.num_classes
+        self.state['t_syn'] += time.time() - self._t0
+        self._bar.set_postfix(loss=f'{loss / num_classes:.4f}')
+        if it % 10 == 0:
+            # Logged per class as the original does; the optimised loss is the sum over classes.
+            self.log(f'exp {exp} iter {it:05d}: loss {loss:.4f} (per class {loss / num_classes:.4f})')
+        if (it + 1) % args.checkpoint_every == 0 or it + 1 in self.eval_its:
+            self._save_checkpoint(dict(self.state, it=it + 1, image_syn=image_syn.detach().cpu(),
+                                       optimizer=optimizer.state_dict()))
+
+    def experiment_done(self, exp, image_syn, syn_cls):
+        """Append the experiment's set to the results file, which is rewritten after every experiment."""
+        state = self.state
+        state['data'].append([image_syn.detach().cpu(), syn_cls.clone()])
+        state['times'].append(dict(synthesis_s=state['t_syn'], evaluation_s=state['t_eval']))
+        self.log(f'exp {exp} done: synthesis {state["t_syn"]:.1f} s, evaluation {state["t_eval"]:.1f} s')
+        save_results(self.results_path, state['data'], state['accs_all_exps'], self.meta(dict(times=state['times'])),
+                     state['accs_iters'])
+        self.state = {k: v for k, v in state.items() if k not in ('image_syn', 'syn_cls', 'optimizer')}
+        self.state.update(exp=exp + 1, it=0)
+        self._save_checkpoint(self.state)
+
+    def finish(self):
+        """The JSON summary and the closing lines of the log, in the original's words."""
+        args, state = self.args, self.state
+        acc = {arch: dict(zip(('mean', 'std'), mean_std(a)), std_ddof1=sample_std(a), all=a)
+               for arch, a in state['accs_all_exps'].items()}
+        summary = dict(run=self.name, dataset=self.data.name, accuracy=acc, accs_iters=state['accs_iters'],
+                       times=state['times'], args=self.fingerprint, versions=versions())
+        write_json(self.summary_path, summary)
+        for arch, s in acc.items():
+            self.log(f'Run {args.num_exp} experiments, train on {args.model}, evaluate {len(s["all"])} random '
+                     f'{arch}, mean = {s["mean"]:.2f}%  std = {s["std"]:.2f}%')
+        self.log.close()
+        return summary
+
+    def meta(self, extra=None):
+        args, data = self.args, self.data
+        return dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean,
+                    std=data.std, normalised=True, method=self.method, model=args.model, ipc=args.ipc,
+                    args=self.fingerprint, seed=args.seed, versions=versions(),
+                    protocol=dict(epoch_eval_train=args.epoch_eval_train, eval_mode=args.eval_mode, dsa=args.dsa,
+                                  dsa_strategy=args.dsa_strategy), **(extra or {}))
+
+    def _save_checkpoint(self, state):
+        atomic_save(dict(state, fingerprint=self.fingerprint), self.ckpt_path)
