@@ -1,16 +1,15 @@
-"""Class-incremental continual learning with condensed and generative memories (SPEC §8), the library behind
-CL_DM.py.
+"""Class-incremental continual learning with condensed and generative memories, the library behind CL_DM.py.
 
 Protocol (DM paper, GDumb-style): for a class order drawn from a seed, step s introduces K/steps new classes; a
 memory of ipc images per new class is built from that step's training images alone and never revisited; a network
 is then trained on the union of all memories so far (evaluate_synset, DSA) and tested on every test image of the
 classes seen so far, with a K-way head and the original class ids.
 
-Memories: random (the reference's numpy stream), herding (§8.3), k-center (§8.4), DSA and DM condensation (the
-step functions of main.py and main_DM.py run on a view of the data holding only the step's classes), and DiM
+Memories: random (the reference's numpy stream), herding (per class, on embed() features; DatasetCondensation
+issue #15), k-center (issue #21), DSA and DM condensation (the steps of dc.py and dm.py run on a view of the data holding only the step's classes), and DiM
 (a class-conditional GAN trained on the new classes plus replay of its own samples of the old ones; the network
 trains on ipc generated images per seen class). Memories are cached per (method, dataset, model, ipc, steps, seed)
-in the layout of §10.2 and extended step by step; the reference's released files are used when present.
+in the original's memory-file layout (`data` = [[images, labels]] per step, plus `meta`) and extended step by step; the reference's released files are used when present.
 
 Randomness: the class orders come from a private numpy RandomState (as np.random.seed(s); np.random.permutation(K)
 would give, without touching numpy's global state), everything else from torch generators named by
@@ -39,7 +38,7 @@ from utils import Log, UserError, atomic_save, atomic_write_text, derive_seed, m
     sample_std, versions, write_json
 
 METHODS = ('random', 'herding', 'kcenter', 'DSA', 'DM', 'DiM')
-# The file kind of §10.2 per method: the reference named its DSA memories 'res_DSA'.
+# The file kind in a memory's name, per method: the reference named its DSA memories 'res_DSA'.
 KIND = {'random': 'random', 'herding': 'herding', 'kcenter': 'kcenter', 'DSA': 'res_DSA', 'DM': 'DM', 'DiM': 'DiM'}
 # The arguments each builder's memories depend on: a cache written with other values is foreign.
 BUILDER_ARGS = {
@@ -57,7 +56,7 @@ RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Protocol (§8.1)
+# Protocol: class orders and steps
 
 def class_order(seed, num_classes):
     """The reference's order, np.random.seed(seed); np.random.permutation(K), from a private RandomState."""
@@ -74,7 +73,7 @@ def seen_classes(order, steps, step):
 
 
 def test_subset(data, classes):
-    """The (uint8) test images whose label is among `classes`, and their labels: one boolean mask (§12 A13)."""
+    """The (uint8) test images whose label is among `classes`, and their labels: one boolean mask (the original looped over images)."""
     mask = torch.isin(data.labels_test, torch.as_tensor(list(classes), device=data.labels_test.device))
     return data.x_test[mask], data.labels_test[mask]
 
@@ -95,7 +94,7 @@ def class_view(data, classes):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Coreset selection (§8.3, §8.4)
+# Coreset selection
 
 def herding(features, m):
     """Indices of m rows of features (n×d), in selection order: each pick brings the running mean of the
@@ -166,7 +165,7 @@ def load_feature_net(args, data):
 
 def train_feature_net(args, data, classes, seed, step, log):
     """The default feature extractor: an args.model network trained on the step's real images (k-way head), with
-    the evaluation recipe of §4.1 for feature_epochs (+1) passes without augmentation; 0 keeps it untrained."""
+    the evaluation recipe (evaluate_synset) for feature_epochs (+1) passes without augmentation; 0 keeps it untrained."""
     net = get_network(args.model, data.channel, len(classes), data.im_size, device=args.device,
                             generator=make_generator(seed, 'cl_feature_net', step))
     if args.feature_epochs == 0:
@@ -341,7 +340,7 @@ def _cpu(state):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Memory files (§10.2): `data` = list over steps of [images, labels]
+# Memory files: `data` = list over steps of [images, labels]
 
 def memory_name(args, seed):
     return f'cl_{KIND[args.method]}_{args.dataset}_{args.model}_{args.ipc}ipc_{args.steps}steps_seed{seed}.pt'
@@ -460,7 +459,7 @@ class Memories:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Evaluation (§8.1)
+# Evaluation: networks trained on the memories so far, tested on the seen classes
 
 def evaluate_step(args, data, images, labels, seen, seed, step, nets, log):
     """num_eval networks (K-way heads) trained on the memory and tested on the seen classes' test images. nets: the

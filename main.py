@@ -115,14 +115,13 @@ def main(argv=None):
     data = get_dataset(args.dataset, args.data_path, device=args.device)
     recipes = {arch: EvalRecipe.from_args(args, **s) for arch, s in args.eval_settings.items()}
     run = CondensationRun(args, args.method, data, reference_every=500, recipes=recipes, notes=notes + describe(args))
-    for exp in run.experiments():
-        image_syn, syn_cls, optimizer = run.synthetic_set(exp)  # Gaussian noise (--init noise) or random real images
+    # Each experiment starts from Gaussian noise (--init noise) or random real images; its final set is saved.
+    for exp, image_syn, syn_cls, optimizer in run.experiments():
         # Each iteration: a fresh network, outer_loop x (match gradients class by class, one image step, train the
         # network inner_loop epochs on the set); evaluations every 500 iterations (S/SS modes) and at the end.
         for it in run.iterations(exp, image_syn, syn_cls):
-            loss = dc_step(args, data, image_syn, syn_cls, optimizer, args.seed, (exp, it))
-            run.step_done(exp, it, loss, image_syn, optimizer)
-        run.experiment_done(exp, image_syn, syn_cls)
+            run.step_done(exp, it, dc_step(args, data, image_syn, syn_cls, optimizer, args.seed, (exp, it)), image_syn,
+                          optimizer)
     return run.finish()
 
 

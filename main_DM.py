@@ -54,12 +54,11 @@ def main(argv=None):
     recipes = {arch: EvalRecipe.from_args(args) for arch in get_eval_pool(args.eval_mode, args.model,
                                                                          strict=args.s_mode_strict)}
     run = CondensationRun(args, 'DM', data, reference_every=2000, recipes=recipes)
-    for exp in run.experiments():
-        image_syn, syn_cls, optimizer = run.synthetic_set(exp)  # random real images (--init real) or noise
+    # Each experiment starts from random real images (--init real) or noise; its final set is saved.
+    for exp, image_syn, syn_cls, optimizer in run.experiments():
         for it in run.iterations(exp, image_syn, syn_cls):  # evaluates the set every 2000 iterations and at the end
             loss = dm_step(args, data, image_syn, syn_cls, optimizer, args.seed, (exp, it))
             run.step_done(exp, it, loss, image_syn, optimizer)
-        run.experiment_done(exp, image_syn, syn_cls)
     return run.finish()
 
 

@@ -7,12 +7,10 @@ checkpoint whose fingerprint differs, naming the flags that differ. The helpers 
 The second section serves main.py and main_DM.py, whose loops read (see either script):
 
     run = CondensationRun(args, 'DM', data, reference_every=2000, recipes=...)
-    for exp in run.experiments():
-        image_syn, syn_cls, optimizer = run.synthetic_set(exp)
-        for it in run.iterations(exp, image_syn, syn_cls):     # evaluates the set at the evaluation points
+    for exp, image_syn, syn_cls, optimizer in run.experiments():    # saves each finished experiment's set
+        for it in run.iterations(exp, image_syn, syn_cls):          # evaluates the set at the evaluation points
             loss = <one step of the method on image_syn>
-            run.step_done(exp, it, loss, image_syn, optimizer)
-        run.experiment_done(exp, image_syn, syn_cls)
+            run.step_done(exp, it, loss, image_syn, optimizer)      # log, progress, checkpoint
     run.finish()
 """
 import os
@@ -141,13 +139,17 @@ class CondensationRun:
         return state
 
     def experiments(self):
-        """The experiments still to run (all of them, or from the checkpoint's on)."""
+        """(exp, image_syn, syn_cls, optimizer) for each experiment still to run, the set initialised or as
+        checkpointed; once the caller's body is done with it, the experiment's set is saved."""
         while self.state['exp'] < self.args.num_exp:
-            yield self.state['exp']
+            exp = self.state['exp']
+            image_syn, syn_cls, optimizer = self._synthetic_set(exp)
+            yield exp, image_syn, syn_cls, optimizer
+            self._experiment_done(exp, image_syn, syn_cls)
 
-    def synthetic_set(self, exp):
-        """(image_syn, syn_cls, optimizer): initialised from the stream (seed, 'init', exp), or as checkpointed.
-        The images' optimiser is SGD with momentum 0.5 in every method."""
+    def _synthetic_set(self, exp):
+        """Initialised from the stream (seed, 'init', exp) as noise or random real images (--init), or as
+        checkpointed. The images' optimiser is SGD with momentum 0.5 in every method."""
         state = self.state
         if 'image_syn' in state:
             image_syn, syn_cls = state['image_syn'].to(self.args.device), state['syn_cls']
@@ -204,7 +206,7 @@ class CondensationRun:
             self._save_checkpoint(dict(self.state, it=it + 1, image_syn=image_syn.detach().cpu(),
                                        optimizer=optimizer.state_dict()))
 
-    def experiment_done(self, exp, image_syn, syn_cls):
+    def _experiment_done(self, exp, image_syn, syn_cls):
         """Append the experiment's set to the results file, which is rewritten after every experiment."""
         state = self.state
         state['data'].append([image_syn.detach().cpu(), syn_cls.clone()])

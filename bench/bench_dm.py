@@ -25,7 +25,6 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import main_DM  # noqa: E402
 from dm import dm_step  # noqa: E402
-import utils  # noqa: E402
 from augment import ParamDiffAug  # noqa: E402
 from data import Data, TensorLoader  # noqa: E402
 from evaluation import evaluate_synset, test_accuracy  # noqa: E402

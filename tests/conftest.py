@@ -60,3 +60,37 @@ def prepared_mnist(tmp_path):
     """A prepared MNIST.pt with a learnable toy structure (10 train, 10 test images per class)."""
     write_prepared(str(tmp_path), 'MNIST', n_train=10, n_test=10, channel=1, size=28)
     return tmp_path
+
+
+def toy_data(n=12, classes=4, channel=1, size=28, n_test=5):
+    """A `Data` with `classes` learnable classes, n training and n_test test images each (MNIST's constants and ten
+    class slots, the first `classes` used)."""
+    from data import Data
+    x, y = toy_images(n, classes, channel, size, seed=0)
+    xt, yt = toy_images(n_test, classes, channel, size, seed=1)
+    data = Data('MNIST', [str(i) for i in range(10)], x, y, xt, yt)
+    data.num_classes = classes
+    data.indices_class = data.indices_class[:classes]
+    return data
+
+
+def condense_toy(step, args, data, iterations, ipc=2):
+    """A noise-initialised synthetic set of `data` before and after `iterations` of `step` (dm.dm_step or
+    dc.dc_step) with SGD at args.lr_img: (initial images, final images, labels)."""
+    from runner import init_synset
+    image_syn, syn_cls = init_synset(data, ipc, 'noise', torch.Generator().manual_seed(0))
+    initial = image_syn.clone()
+    image_syn.requires_grad_(True)
+    opt = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
+    for it in range(iterations):
+        step(args, data, image_syn, syn_cls, opt, args.seed, (0, it))
+    return initial, image_syn.detach(), syn_cls
+
+
+def interrupt_at(step, at):
+    """`step` (a dm_step/dc_step-like function) that raises KeyboardInterrupt at iteration `at`, as Ctrl-C would."""
+    def interrupted(args, data, image_syn, syn_cls, optimizer, seed, keys):
+        if keys[-1] == at:
+            raise KeyboardInterrupt
+        return step(args, data, image_syn, syn_cls, optimizer, seed, keys)
+    return interrupted

@@ -10,8 +10,7 @@ import torch
 import CL_DM
 import cl
 import utils
-from data import Data
-from conftest import ROOT, toy_images, write_prepared
+from conftest import ROOT, interrupt_at, toy_data, write_prepared
 
 FAST = ['--model', 'ConvNetW32', '--ipc', '2', '--steps', '5', '--num_eval', '1', '--epoch_eval_train', '1',
         '--device', 'cpu', '--no_progress', '--batch_real', '4', '--feature_epochs', '1', '--Iteration', '2',
@@ -20,9 +19,7 @@ FAST = ['--model', 'ConvNetW32', '--ipc', '2', '--steps', '5', '--num_eval', '1'
 
 def _data(n=6, classes=10):
     """A 10-class MNIST-shaped Data with n training and 3 test images per class."""
-    x, y = toy_images(n, classes, 1, 28, seed=0)
-    xt, yt = toy_images(3, classes, 1, 28, seed=1)
-    return Data('MNIST', [str(i) for i in range(classes)], x, y, xt, yt)
+    return toy_data(n, classes, n_test=3)
 
 
 def _args(tmp, *extra):
@@ -84,7 +81,7 @@ def test_each_steps_memory_holds_only_its_classes_with_ipc_images_each(tmp_path,
         assert mem.budget(4) == (20, sum(v.numel() * v.element_size() for v in mem.gan['generator'].values()))
     else:
         assert mem.budget(4) == (20, 20 * 28 * 28)
-    # The cache in the layout of SPEC §10.2, reloaded instead of rebuilt.
+    # The cache in the original's memory-file layout, reloaded instead of rebuilt.
     raw = torch.load(mem.path, weights_only=True)
     assert len(raw['data']) == 5 and raw['meta']['class_order'] == order
     again = cl.Memories(args, data, 0, order, _quiet)
@@ -180,12 +177,7 @@ def test_interrupted_synthesis_resumes_to_the_same_memory(tmp_path, monkeypatch)
     args = _args(tmp_path, '--method', 'DM', '--Iteration', '5', '--checkpoint_every', '2')
     full = cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'a.partial.pt'), _quiet)
     real = cl.dm_step
-
-    def interrupted(a, view, image_syn, syn_cls, optimizer, seed, keys):
-        if keys[1] == 3:
-            raise KeyboardInterrupt
-        return real(a, view, image_syn, syn_cls, optimizer, seed, keys)
-    monkeypatch.setattr(cl, 'dm_step', interrupted)
+    monkeypatch.setattr(cl, 'dm_step', interrupt_at(real, 3))
     with pytest.raises(KeyboardInterrupt):
         cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'b.partial.pt'), _quiet)
     assert torch.load(tmp_path / 'b.partial.pt', weights_only=True)['it'] == 2

@@ -9,25 +9,14 @@ import torch
 import dc
 import main
 import utils
-from data import Data
 from evaluation import EvalRecipe
 from networks import get_network
 from runner import init_synset
 from augment import sample_dsa_params
-from conftest import ROOT, toy_images
+from conftest import ROOT, condense_toy, interrupt_at, toy_data
 from utils import UserError
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
-
-
-def _toy_data(n=12, classes=4):
-    """A Data object with 4 learnable classes (MNIST's constants and 10 class slots, 4 used)."""
-    x, y = toy_images(n, classes, 1, 28, seed=0)
-    xt, yt = toy_images(5, classes, 1, 28, seed=1)
-    data = Data('MNIST', [str(i) for i in range(10)], x, y, xt, yt)
-    data.num_classes = classes
-    data.indices_class = data.indices_class[:classes]
-    return data
 
 
 def _args(*extra):
@@ -171,7 +160,7 @@ def test_bn_refresh(mode):
 
 
 def test_bn_model_refreshes_once_per_outer_loop_step(monkeypatch):
-    data = _toy_data()
+    data = toy_data()
     args = _args('--model', 'ConvNetBN', '--outer_loop', '3')
     calls = []
     real_refresh, real_get_network = dc.refresh_bn, get_network
@@ -202,15 +191,10 @@ def _fixed_loss(data, image_syn, syn_cls, nets=4):
 
 @pytest.mark.parametrize('method', ['DC', 'DSA'])
 def test_matching_loss_decreases_on_a_toy_problem(method):
-    data = _toy_data()
+    data = toy_data()
     args = _args('--method', method, '--lr_img', '1')
-    image_syn, syn_cls = init_synset(data, 2, 'noise', torch.Generator().manual_seed(0))
-    before = _fixed_loss(data, image_syn, syn_cls)
-    image_syn.requires_grad_(True)
-    opt = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
-    for it in range(8):
-        dc.dc_step(args, data, image_syn, syn_cls, opt, args.seed, (0, it))
-    assert _fixed_loss(data, image_syn.detach(), syn_cls) < 0.75 * before
+    initial, final, syn_cls = condense_toy(dc.dc_step, args, data, 8)
+    assert _fixed_loss(data, final, syn_cls) < 0.75 * _fixed_loss(data, initial, syn_cls)
 
 
 # ---------------------------------------------------------------------------------------------- flags
@@ -264,7 +248,7 @@ def test_evaluation_epochs_and_dc_augmentation_per_architecture():
     a = main.parse_args(['--dataset', 'MNIST', '--device', 'cpu', '--dc_rotate', 'gpu'])
     assert a.epoch_eval_train == 1000 and a.dc_aug_param['strategy'] == 'crop_scale_rotate'
     assert a.dc_aug_param['rotate_mode'] == 'bilinear'
-    # An explicit value is honoured everywhere (SPEC §12 A8).
+    # An explicit value is honoured everywhere (docs/design.md, D-A8).
     a = main.parse_args(['--eval_mode', 'N', '--epoch_eval_train', '7', '--device', 'cpu'])
     assert {v['epoch_eval_train'] for v in a.eval_settings.values()} == {7}
     # main.py turns them into one EvalRecipe per architecture; the other fields come from the flags.
@@ -302,12 +286,7 @@ def test_same_seed_same_set(prepared_mnist, method):
 def test_resume_after_interruption_gives_the_same_set(prepared_mnist, monkeypatch):
     full = _run(prepared_mnist, '--method', 'DSA')
     real_step = main.dc_step
-
-    def interrupted(args, data, image_syn, syn_cls, optimizer, seed, keys):
-        if keys[1] == 2:  # after the checkpoint of iteration 2
-            raise KeyboardInterrupt
-        return real_step(args, data, image_syn, syn_cls, optimizer, seed, keys)
-    monkeypatch.setattr(main, 'dc_step', interrupted)
+    monkeypatch.setattr(main, 'dc_step', interrupt_at(real_step, 2))  # after the checkpoint of iteration 2
     with pytest.raises(KeyboardInterrupt):
         _run(prepared_mnist, '--method', 'DSA')
     monkeypatch.setattr(main, 'dc_step', real_step)

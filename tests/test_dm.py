@@ -8,23 +8,12 @@ import torch
 import dm
 import main_DM
 from augment import ParamDiffAug
-from data import Data
 from networks import get_network
 from runner import init_synset
 from augment import sample_dsa_params, select_params
-from conftest import ROOT, toy_images
+from conftest import ROOT, condense_toy, interrupt_at, toy_data
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
-
-
-def _toy_data(n=12, channel=1, size=28, classes=4):
-    """A Data object with 4 learnable classes (the dataset constants of MNIST, 10 slots, 4 used)."""
-    x, y = toy_images(n, classes, channel, size, seed=0)
-    xt, yt = toy_images(5, classes, channel, size, seed=1)
-    data = Data('MNIST', [str(i) for i in range(10)], x, y, xt, yt)
-    data.num_classes = classes
-    data.indices_class = data.indices_class[:classes]
-    return data
 
 
 def _fixed_loss(data, image_syn, syn_cls, model='ConvNetW32', nets=4):
@@ -47,21 +36,17 @@ def _args(**kw):
 
 
 def test_dm_loss_decreases_on_a_toy_problem():
-    data = _toy_data()
+    data = toy_data()
     args = _args(lr_img=5.0)
-    image_syn, syn_cls = init_synset(data, 2, 'noise', torch.Generator().manual_seed(0))
-    before = _fixed_loss(data, image_syn, syn_cls)
-    image_syn.requires_grad_(True)
-    opt = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
-    for it in range(30):
-        dm.dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, it))
-    after = _fixed_loss(data, image_syn.detach(), syn_cls)
+    initial, final, syn_cls = condense_toy(dm.dm_step, args, data, 30)
+    before = _fixed_loss(data, initial, syn_cls)
+    after = _fixed_loss(data, final, syn_cls)
     assert after < 0.5 * before
 
 
 @pytest.mark.parametrize('model', ['ConvNetW32', 'ConvNetLN'])
 def test_batched_and_per_class_give_the_same_loss_and_gradient(model):
-    data = _toy_data()
+    data = toy_data()
     g = torch.Generator().manual_seed(1)
     net = get_network(model, 1, data.num_classes, data.im_size, generator=g)
     real, real_cls = dm.sample_real(data, 6, g)
@@ -90,7 +75,7 @@ def test_batched_and_per_class_give_the_same_loss_and_gradient(model):
 
 
 def test_bn_branch_uses_batch_statistics_over_all_classes():
-    data = _toy_data()
+    data = toy_data()
     g = torch.Generator().manual_seed(2)
     net = get_network('ConvNetBN', 1, data.num_classes, data.im_size, generator=g).train()
     real, real_cls = dm.sample_real(data, 6, g)
@@ -129,12 +114,7 @@ def test_same_seed_same_set_and_outputs(prepared_mnist):
 def test_resume_after_interruption_gives_the_same_set(prepared_mnist, monkeypatch):
     full = _run(prepared_mnist)
     real_step = main_DM.dm_step
-
-    def interrupted(args, data, image_syn, syn_cls, optimizer, seed, keys):
-        if keys[1] == 5:
-            raise KeyboardInterrupt
-        return real_step(args, data, image_syn, syn_cls, optimizer, seed, keys)
-    monkeypatch.setattr(main_DM, 'dm_step', interrupted)
+    monkeypatch.setattr(main_DM, 'dm_step', interrupt_at(real_step, 5))
     with pytest.raises(KeyboardInterrupt):
         _run(prepared_mnist)
     monkeypatch.setattr(main_DM, 'dm_step', real_step)

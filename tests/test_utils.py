@@ -50,7 +50,7 @@ def test_prepared_file_for_any_dataset(tmp_path):
     x = data.get_images(3, 4, torch.Generator().manual_seed(0))
     assert x.shape == (4, 3, 32, 32)
     assert len(data.get_images(3, 100)) == 5  # a small class gives all it has
-    # Standardised with the SPEC §1.1 constants.
+    # Standardised with the original's normalisation constants.
     raw = torch.load(tmp_path / 'CIFAR10.pt')
     m = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
     s = torch.tensor([0.2023, 0.1994, 0.2010]).view(1, 3, 1, 1)
