@@ -19,6 +19,7 @@ import copy
 import csv
 import io
 import json
+import math
 import os
 import time
 
@@ -247,6 +248,9 @@ def condense_memory(args, data, classes, seed, step, partial_path, log):
                total=args.Iteration, disable=args.no_progress, leave=False, dynamic_ncols=True)
     for it in bar:
         loss = step_fn(args, view, image_syn, syn_cls, optimizer, synthesis_seed, (step, it))
+        if not math.isfinite(loss):
+            raise UserError(f'seed {seed} step {step} iteration {it}: the {args.method} loss is {loss}, the memory '
+                            f'diverged; lower --lr_img (now {args.lr_img})')
         bar.set_postfix(loss=f'{loss / len(classes):.4f}')
         if it % 100 == 0:
             log(f'  step {step} iter {it:05d}: loss {loss:.4f} (per class {loss / len(classes):.4f})', echo=False)

@@ -13,6 +13,7 @@ The second section serves main.py and main_DM.py, whose loops read (see either s
             run.step_done(exp, it, loss, image_syn, optimizer)      # log, progress, checkpoint
     run.finish()
 """
+import math
 import os
 import time
 
@@ -197,6 +198,10 @@ class CondensationRun:
     def step_done(self, exp, it, loss, image_syn, optimizer):
         """Progress, a log line every 10 iterations, a checkpoint every --checkpoint_every and before evaluations."""
         args, num_classes = self.args, self.data.num_classes
+        if not math.isfinite(loss):
+            # Stop before a diverged set reaches a checkpoint or the results.
+            raise UserError(f'exp {exp} iteration {it}: the loss is {loss}, the synthetic images diverged; lower '
+                            f'--lr_img (now {args.lr_img})')
         self.state['t_syn'] += time.time() - self._t0
         self._bar.set_postfix(loss=f'{loss / num_classes:.4f}')
         if it % 10 == 0:

@@ -6,6 +6,7 @@ made by `make_generator(seed, *keys)`, one stream per purpose.
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -38,8 +39,9 @@ def run_cli(main):
 
 
 def check_positive(name, value):
-    if value is None or value <= 0:
-        raise UserError(f'--{name} must be positive, got {value}')
+    """A flag that must be a positive, finite number (nan and inf pass a plain `<= 0` test)."""
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise UserError(f'--{name} must be positive and finite, got {value}')
 
 
 def default_device():

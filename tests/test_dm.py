@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import dm
+from utils import UserError
 import main_DM
 from augment import ParamDiffAug
 from networks import get_network
@@ -160,3 +161,21 @@ def test_foreign_or_corrupt_checkpoint_is_rejected(prepared_mnist):
     r = _cli(*common)
     assert r.returncode == 2 and 'corrupt' in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert (prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_2ipc.log').read_text() == log  # nothing overwritten
+
+
+@pytest.mark.parametrize('value', ['nan', 'inf'])
+def test_non_finite_learning_rate_is_refused(value):
+    r = _cli('--lr_img', value, '--device', 'cpu')
+    assert r.returncode == 2 and '--lr_img must be positive and finite' in r.stderr and 'Traceback' not in r.stderr
+
+
+def test_a_diverging_run_stops_before_writing_results(prepared_mnist):
+    with pytest.raises(UserError, match='the synthetic images diverged; lower --lr_img'):
+        _run(prepared_mnist, '--lr_img', '1e30')
+    assert not (prepared_mnist / 'out' / 'res_DM_MNIST_ConvNetW32_2ipc.pt').exists()
+
+
+def test_results_open_with_a_plain_torch_load(prepared_mnist):
+    _run(prepared_mnist)
+    res = torch.load(prepared_mnist / 'out' / 'res_DM_MNIST_ConvNetW32_2ipc.pt')  # weights_only=True by default
+    assert isinstance(res['meta']['versions']['torch'], str) and len(res['data'][0][0]) == 20
