@@ -508,7 +508,8 @@ def run(args):
         state = load_state(ckpt_path)
         check_same_run(ckpt_path, state.get('fingerprint', {}), fingerprint(args, RESUMABLE))
     state = state or dict(accs={}, budget={}, times={}, sources={}, nets=None, nets_seed=None)
-    log = Log(paths['log'], append=args.resume)
+    # Appending: a rerun that is rejected later (a foreign memory cache, a bad --feature_net) keeps the earlier log.
+    log = Log(paths['log'], append=True)
     k = data.num_classes // args.steps
     log(f'CL {name}: {data}; {args.steps} steps of {k} classes, ipc {args.ipc}, seeds {args.seeds}, train mode '
         f'{args.train_mode}, device {args.device}')

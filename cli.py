@@ -92,6 +92,8 @@ def check_args(args):
             check_positive(name, has[name])
     if has.get('Iteration') is not None and args.Iteration < 0:
         raise UserError(f'--Iteration must be >= 0, got {args.Iteration}')
+    if 'no_progress' in has and not sys.stderr.isatty():
+        args.no_progress = True  # carriage-return bar updates would fill a redirected log
     args.device = args.device or default_device()
     if str(args.device).startswith('cuda') and not torch.cuda.is_available():
         raise UserError(f'--device {args.device} asked for, but no CUDA device is available; use --device cpu')

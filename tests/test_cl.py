@@ -212,6 +212,18 @@ def test_a_cache_built_with_other_settings_is_refused(tmp_path):
         cl.Memories(_args(tmp_path, '--method', 'DM', '--lr_img', '3'), data, 0, order, _quiet)
 
 
+def test_a_rejected_rerun_keeps_the_earlier_log(tmp_path):
+    write_prepared(str(tmp_path), 'MNIST', n_train=6, n_test=3, channel=1, size=28)
+    out = tmp_path / 'out'
+    argv = ['--save_path', str(out), '--method', 'DM', '--Iteration', '2', '--seeds', '0']
+    _run(tmp_path, *argv)
+    log = out / 'cl_DM_MNIST_ConvNetW32_2ipc_5steps.log'
+    before = log.read_text()
+    with pytest.raises(utils.UserError, match='built with other settings'):
+        _run(tmp_path, *argv, '--lr_img', '3')  # its memory cache is the first run's: refused
+    assert log.read_text().startswith(before)
+
+
 @pytest.mark.parametrize('extra, message', [
     (['--steps', '3'], 'does not divide the 10 classes'),
     (['--method', 'gdumb'], "unknown method 'gdumb'"),
