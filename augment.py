@@ -344,7 +344,6 @@ class DiMDiffAug:
         self.choices = [t for t in tokens if t in DIM_SINGLE_TOKENS]  # repeats weight the choice, as in the reference
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.ratio_noise = 0.05  # present (and unused) in the reference
 
     def __call__(self, x, generator=None):
         if self.mean is not None:

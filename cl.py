@@ -28,11 +28,11 @@ import torch
 from tqdm import tqdm
 
 import dim
-from data import TensorLoader, get_dataset, standardise
+from data import TensorLoader, get_dataset
 from dc import dc_step
 from dm import dm_step
 from evaluation import EvalRecipe, evaluate_synset
-from networks import define_gan, get_network
+from networks import get_network
 from plots import plot_curves
 from runner import check_same_run, fingerprint, init_synset, load_state
 from utils import Log, UserError, atomic_save, atomic_write_text, derive_seed, make_generator, mean_std, \
@@ -267,29 +267,18 @@ def dim_noise(args, num_classes):
     return args.dim_noise or (100 if num_classes < 100 else num_classes + 28)
 
 
-def gan_bytes(G):
-    return sum(t.numel() * t.element_size() for t in list(G.parameters()) + list(G.buffers()))
-
-
 @torch.no_grad()
 def sample_memory(G, data, order, n_seen, ipc, generator, chunk=500):
-    """ipc images of each of the first n_seen classes of `order` from G in eval mode, standardised as a real set."""
-    was = G.training
-    G.eval()
-    pos = torch.arange(n_seen).repeat_interleave(ipc)
-    x = torch.cat([dim.generate(G, p.to(data.device), generator) for p in pos.split(chunk)])
-    G.train(was)
-    images = standardise((x + 1) / 2, data.mean, data.std, x.device).cpu()
+    """ipc images of each of the first n_seen classes of `order` from G (labelled by class-order position), as a
+    real set would be standardised; the labels are the original class ids."""
+    images, pos = dim.sample_standardised(G, n_seen, ipc, data.mean, data.std, data.device, generator, chunk)
     return images, torch.as_tensor(order)[pos]
 
 
 def build_gan(args, data, seed):
-    try:
-        G, D = define_gan(data.channel, data.num_classes, data.im_size, dim_noise(args, data.num_classes),
-                          args.gan_cond, args.gan_width, device=args.device,
-                          generator=make_generator(seed, 'cl_gan_init'))
-    except ValueError as e:
-        raise UserError(f'GAN for {data.name}: {e} (flags --dim_noise, --gan_cond)') from None
+    """(G, D, opt_g, opt_d): the CL GAN, K-way over all classes, initialised from (seed, 'cl_gan_init')."""
+    G, D = dim.build_gan(data, dim_noise(args, data.num_classes), args.gan_cond, args.gan_width, args.device,
+                         make_generator(seed, 'cl_gan_init'), flags='--dim_noise, --gan_cond')
     return G, D, dim.adam(G, args.gan_lr), dim.adam(D, args.gan_lr)
 
 
@@ -335,7 +324,7 @@ def dim_memory(args, data, order, step, seed, gan, log):
     bar.close()
     memory = list(sample_memory(G, data, order, n_seen, args.ipc, make_generator(seed, 'cl_gan_sample', step)))
     state = dict(generator=_cpu(G.state_dict()), discriminator=_cpu(D.state_dict()), optim_g=opt_g.state_dict(),
-                 optim_d=opt_d.state_dict(), step=step, generator_bytes=gan_bytes(G))
+                 optim_d=opt_d.state_dict(), step=step, generator_bytes=dim.generator_bytes(G))
     return memory, state
 
 

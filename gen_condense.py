@@ -1,4 +1,4 @@
-"""DiM stage 1: train a class-conditional AC-WGAN-GP on the real training set (SPEC §7.3).
+"""DiM stage 1: train a class-conditional AC-WGAN-GP on the real training set.
 
 Each iteration: one Adam step on G with L_G = −mean s(G(z(y))) + CE(c(G(z(y))), y), then one on the critic with
 L_D = mean s(x̃) − mean s(x) + CE(c(x̃), ỹ) + CE(c(x), y) + 10·mean(‖∇s(x̂)‖ − 1)². Every --eval-interval epochs the
@@ -15,19 +15,19 @@ import os
 # (docs/benchmarks.md, as main_DM.py). Read when torch allocates, so set before the first import of torch.
 os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 
-import dim  # noqa: E402
+import dim_run  # noqa: E402
 import utils  # noqa: E402
 
 
 def main(argv=None):
-    args = dim.parse_args(1, __doc__.split('\n')[0], argv)
-    data, run, G, D, opt_g, opt_d = dim.start(args)
-    state = dim.resume_state(args, run, G, D, opt_g, opt_d) if args.resume else None
+    args = dim_run.parse_args(1, __doc__.split('\n')[0], argv)
+    data, run, G, D, opt_g, opt_d = dim_run.prepare_gan_run(args)
+    state = dim_run.resume_state(args, run, G, D, opt_g, opt_d) if args.resume else None
     run.open(append=args.resume)
-    dim.header(args, run, data, G, 1)
+    dim_run.log_header(args, run, data, G)
     if state:
         run.log(f'resumed from {run.path("last.pth")} at epoch {state["epoch"]}')
-    state = dim.train_gan(args, run, data, G, D, opt_g, opt_d, state)
+    state = dim_run.train_gan(args, run, data, G, D, opt_g, opt_d, state)
     for name, best in state['best'].items():
         run.log(f'best {name}: epoch {best["epoch"]}, accuracy {100 * best["score"]:.2f}% -> '
                 f'{run.path(f"best_{name}.pth")}')

@@ -1,4 +1,4 @@
-"""DiM stage 3: train classifiers from scratch on a generator's samples and report test accuracy (SPEC §7.6).
+"""DiM stage 3: train classifiers from scratch on a generator's samples and report test accuracy.
 
 Two labelled modes (--dim_eval): 'onthefly' (the reference: fresh samples at every step, ipc a per-epoch budget
 of ⌊K·ipc/bs⌋ steps) and 'fixed' (exactly ipc images per class generated once and evaluated like a DC/DSA/DM set,
@@ -15,31 +15,31 @@ import os
 os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 
 import dim  # noqa: E402
+import dim_run  # noqa: E402
 import utils  # noqa: E402
 
 
 def main(argv=None):
-    args = dim.parse_args(3, __doc__.split('\n')[0], argv)
-    data = dim.load_data(args, val_split=False)
-    dim.check_budget(args, data)
+    args = dim_run.parse_args(3, __doc__.split('\n')[0], argv)  # also fits --batch-size to K*ipc (--auto_bs)
+    data = dim_run.load_data(args, val_split=False)
     for name in args.eval_model:
         dim.build_model(name, data, args.stem, device='meta')
-    run = dim.Run(args)
-    G, ck = dim.load_generator(args.pretrain_weight, args, data)
+    run = dim_run.Run(args)
+    G, ck = dim_run.load_generator(args.pretrain_weight, args, data)
     run.open()
-    size = dim.storage(G, data, args.ipc)
+    size = dim_run.storage(G, data, args.ipc)
     run.log(f'DiM validation {args.tag}: generator {args.pretrain_weight} (epoch {ck.get("epoch")}), {data.name}, '
             f'device {args.device}, seed {args.seed}')
-    run.log(f'protocol: {dim.protocol_label(args)}')
-    run.log(dim.storage_line(size))
+    run.log(f'protocol: {dim_run.protocol_label(args)}')
+    run.log(dim_run.storage_line(size))
     modes = ['onthefly', 'fixed'] if args.dim_eval == 'both' else [args.dim_eval]
     results = dict(generator=args.pretrain_weight, dataset=data.name, ipc=args.ipc, protocol=args.protocol,
-                   storage=size, args=dim.config(args), versions=utils.versions())
+                   storage=size, args=dim_run.config(args), versions=utils.versions())
     for mode in modes:
         if mode == 'onthefly':
-            results['onthefly'] = dim.evaluate_onthefly(G, args, data, run.log)
+            results['onthefly'] = dim_run.evaluate_onthefly(G, args, data, run.log)
         else:
-            results['fixed'] = dim.evaluate_fixed(G, args, data, run)
+            results['fixed'] = dim_run.evaluate_fixed(G, args, data, run)
     utils.write_json(run.path('results.json'), results)
     run.log(f'results: {run.path("results.json")}')
     run.close()

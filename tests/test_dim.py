@@ -1,4 +1,5 @@
-"""DiM (SPEC §7): the GAN, its losses, matching, the evaluation modes, selection, resume and the three scripts.
+"""DiM (dim.py, dim_run.py): the GAN, its losses, matching, the evaluation modes, selection, resume and the three
+scripts.
 
 GANs here are 8 channels wide (--gan_width 8) so that a whole pipeline runs in seconds on a CPU."""
 import os
@@ -9,13 +10,14 @@ import pytest
 import torch
 import torch.nn as nn
 
+import cl
 import dim
+import dim_run
 import gen_condense
 import networks
 import pool_match
 import utils
 from data import Data, get_dataset
-from evaluation import evaluate_synset
 import validate
 from conftest import ROOT, toy_images
 
@@ -42,7 +44,7 @@ def _count(m):
 def _args(stage, *extra):
     base = ['--data', 'mnist', '--device', 'cpu', '--no_progress', '--gan_width', str(W)]
     base += {1: [], 2: ['--weight', 'unused.pth'], 3: ['--pretrain-weight', 'unused.pth']}[stage]
-    args = dim.parse_args(stage, 'test', base + list(extra))
+    args = dim_run.parse_args(stage, 'test', base + list(extra))
     args.stem = 'cifar'
     return args
 
@@ -63,7 +65,7 @@ def _flags(tmp, stage, *extra):
     return common + list(extra)
 
 
-# ------------------------------------------------------------------------------------------------ the GAN (§2.6)
+# ------------------------------------------------------------------------------------------------ the GAN
 
 def test_gan_has_the_reference_layers_and_the_generalisations():
     for c, s, n_g, n_d in ((3, 32, 3_559_363, 3_137_971), (1, 28, 3_286_921, 2_969_803)):
@@ -108,7 +110,7 @@ def test_label_overwrites_the_first_k_noise_entries():
         assert not torch.allclose(G(z, y), G(z3, y))
 
 
-# ------------------------------------------------------------------------------------------------ losses (§7.3)
+# ------------------------------------------------------------------------------------------------ losses
 
 class LinearCritic(nn.Module):
     """s(x) = w·x: its input gradient is w for every sample, so GP = 10 (‖w‖ − 1)²."""
@@ -176,7 +178,7 @@ def test_a_few_critic_and_generator_steps_reduce_their_losses():
         assert torch.equal(w, p) and torch.equal(grad, p.grad) and p.requires_grad
 
 
-# ------------------------------------------------------------------------------------------------ matching (§7.4)
+# ------------------------------------------------------------------------------------------------ matching
 
 @pytest.mark.parametrize('reduce,joint', [('pair', False), ('classmean', False), ('pair', True)])
 def test_logit_matching_is_zero_for_identical_inputs_and_positive_otherwise(reduce, joint):
@@ -250,7 +252,7 @@ def test_pool_members_follow_the_stem_rule():
         dim.pool_members(args, data)
 
 
-# ------------------------------------------------------------------------------------------------ evaluation (§7.6)
+# ------------------------------------------------------------------------------------------------ evaluation
 
 def test_fixed_set_is_class_balanced_and_standardised():
     data = dim.DiMData(_toy_data(), _args(3))
@@ -267,13 +269,24 @@ def test_fixed_set_is_class_balanced_and_standardised():
     assert G.training  # restored
 
 
+def test_cl_and_dim_share_the_gan_helpers():
+    """One sampler and one GAN builder serve validate.py's fixed sets and cl.py's generative memories."""
+    data = dim.DiMData(_toy_data(), _args(3))
+    G, _ = dim.build_gan(data, 100, 'overwrite', W, 'cpu', _gen(0))
+    images, labels = dim.fixed_set(G, data, 2, _gen(5))
+    order = list(range(10))[::-1]
+    cl_images, cl_labels = cl.sample_memory(G, data.real, order, 10, 2, _gen(5))
+    assert torch.equal(images, cl_images) and torch.equal(cl_labels, torch.as_tensor(order)[labels])
+    assert dim.generator_bytes(G) > 4 * _count(G)  # float32 parameters, plus the buffers
+    with pytest.raises(utils.UserError, match=r'\(flags --dim_noise, --gan_cond\)'):
+        dim.build_gan(data, 8, 'overwrite', W, 'cpu', _gen(0), flags='--dim_noise, --gan_cond')
+
+
 def test_steps_per_epoch_never_zero_in_validate():
     assert dim.iterations_per_epoch(10, 1, 10, 3) == 1 and dim.iterations_per_epoch(10, 1, 10, 1) == 2
-    args, data = _args(3, '--ipc', '1'), _toy_data()
     with pytest.raises(utils.UserError, match='0 steps'):
-        dim.check_budget(args, data)
-    args.auto_bs = True
-    dim.check_budget(args, data)
+        _args(3, '--ipc', '1')
+    args = _args(3, '--ipc', '1', '--auto_bs')  # the budget comes from the dataset's class count (MNIST: 10)
     assert args.batch_size == 10 and dim.iterations_per_epoch(10, 1, args.batch_size, 3) == 1
 
 
@@ -300,7 +313,7 @@ def _no_test_split(monkeypatch):
         data = real(*a, **k)
         del data.x_test, data.labels_test
         return data
-    monkeypatch.setattr(dim.data_mod, 'get_dataset', load)
+    monkeypatch.setattr(dim_run.data_mod, 'get_dataset', load)
 
 
 def test_stage1_selects_without_the_test_set_and_resumes_exactly(prepared_mnist, monkeypatch):
@@ -314,7 +327,7 @@ def test_stage1_selects_without_the_test_set_and_resumes_exactly(prepared_mnist,
         assert (run / f).is_file(), f
     assert (tmp / 'logs' / 'full' / 'logs.txt').read_text().count('convnet validation accuracy') == 2
     best = torch.load(run / 'best.pth', weights_only=True)
-    assert set(dim.GAN_KEYS) <= set(best) and best['selection']['split'] == 'validation'
+    assert set(dim_run.GAN_KEYS) <= set(best) and best['selection']['split'] == 'validation'
 
     gen_condense.main(_flags(tmp, 1, '--tag', 'cut', '--epochs', '1'))
     gen_condense.main(_flags(tmp, 1, '--tag', 'cut', '--epochs', '2', '--resume'))
