@@ -40,7 +40,7 @@ def parse_args(argv=None):
     add_flags(g, ('dataset', 'model', 'ipc'), dataset='CIFAR100', ipc=20)
     g.add_argument('--steps', type=int, default=5, help='number of steps; each adds K/steps classes (K divisible)')
     add_flags(g, ('num_eval', 'epoch_eval_train', 'lr_net', 'batch_train', 'data_path'), num_eval=3,
-              epoch_eval_train=1000, data_path='./../data')
+              epoch_eval_train=1000)
     g = p.add_argument_group('project additions')
     g.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4], help='class-order seeds')
     add_flags(g, ('save_path',))

@@ -36,7 +36,7 @@ from networks import get_network
 from plots import plot_curves
 from runner import check_same_run, fingerprint, init_synset, load_state
 from utils import Log, UserError, atomic_save, atomic_write_text, derive_seed, make_generator, mean_std, \
-    sample_std, versions, write_json
+    remove_stale_temps, sample_std, versions, write_json
 
 METHODS = ('random', 'herding', 'kcenter', 'DSA', 'DM', 'DiM')
 # The file kind in a memory's name, per method: the reference named its DSA memories 'res_DSA'.
@@ -492,6 +492,8 @@ def run(args):
     name = run_name(args)
     paths = {ext: os.path.join(args.save_path, f'cl_{name}.{ext}') for ext in ('json', 'csv', 'log')}
     ckpt_path = os.path.join(args.save_path, f'cl_{name}.ckpt.pt')
+    remove_stale_temps(args.save_path, f'cl_{name}.', f'cl_{data.name}_')
+    remove_stale_temps(os.path.join(args.save_path, 'cl_data'), f'cl_{KIND[args.method]}_{data.name}_')
     state = None
     if args.resume and os.path.isfile(ckpt_path):
         state = load_state(ckpt_path)
@@ -500,6 +502,10 @@ def run(args):
     # Appending: a rerun that is rejected later (a foreign memory cache, a bad --feature_net) keeps the earlier log.
     log = Log(paths['log'], append=True)
     k = data.num_classes // args.steps
+    builder = {'DSA': f', {args.Iteration} DSA iterations', 'DM': f', {args.Iteration} DM iterations',
+               'DiM': f', {args.gan_iters} GAN iterations'}.get(args.method, '')
+    log(f'plan: {len(args.seeds)} seed(s) x {args.steps} steps on {args.device}; per step a memory{builder}, then '
+        f'{args.num_eval} network(s) trained {args.epoch_eval_train} epochs')
     log(f'CL {name}: {data}; {args.steps} steps of {k} classes, ipc {args.ipc}, seeds {args.seeds}, train mode '
         f'{args.train_mode}, device {args.device}')
     log(f'evaluation: {args.num_eval} x {args.model} ({data.num_classes}-way), {args.epoch_eval_train} epochs, lr '

@@ -14,10 +14,11 @@ from augment import ParamDiffAug, parse_strategy
 from data import canonical_dataset
 from evaluation import get_eval_pool
 from networks import NETWORKS
-from utils import ArgumentParser, UserError, check_positive, default_device
+from utils import ArgumentParser, UserError, check_finite, check_output_folder, check_positive, default_device
 
 FLAGS = {
-    'dataset': dict(default='CIFAR10', help='MNIST, FashionMNIST, SVHN, CIFAR10, CIFAR100, TinyImageNet'),
+    'dataset': dict(default='CIFAR10', aliases=('--data',),
+                    help='MNIST, FashionMNIST, SVHN, CIFAR10, CIFAR100, TinyImageNet'),
     'model': dict(default='ConvNet', help='network used for matching (see networks.NETWORKS)'),
     'ipc': dict(type=int, default=1, help='images per class'),
     'eval_mode': dict(default='S', choices=['S', 'SS', 'M', 'B', 'W', 'D', 'A', 'P', 'N'],
@@ -35,8 +36,9 @@ FLAGS = {
                  help='initialise the synthetic set from noise or from random real images'),
     'dsa_strategy': dict(default='None',
                          help="DSA ops joined by '_' (color, crop, cutout, flip, scale, rotate); None disables DSA"),
-    'data_path': dict(default='data', help='dataset folder'),
-    'save_path': dict(default='result', help='where results, images, logs and checkpoints go'),
+    'data_path': dict(default='data', aliases=('--data-dir', '--data_dir'), help='dataset folder'),
+    'save_path': dict(default='result', aliases=('--output-dir', '--output_dir'),
+                      help='where results, images, logs and checkpoints go'),
     'dis_metric': dict(default='ours', choices=['ours', 'mse', 'cos'], help='gradient distance (DC/DSA)'),
     'seed': dict(type=int, default=0, help='one seed makes the whole run repeatable'),
     'device': dict(default=None, help='cuda, cuda:1, cpu ... (default: cuda when available)'),
@@ -71,7 +73,7 @@ def add_flags(group, names, **defaults):
         kw = dict(FLAGS[name])
         if name in defaults:
             kw['default'] = defaults[name]
-        group.add_argument(f'--{name}', **kw)
+        group.add_argument(f'--{name}', *kw.pop('aliases', ()), dest=name, **kw)
 
 
 def check_network(name):
@@ -83,8 +85,11 @@ def check_args(args):
     """Validate the shared flags a script has; derive the dataset's canonical name, the device, `dsa` (is DSA on)
     and `dsa_param`. UserError (one line) for bad input."""
     has = vars(args)
+    check_finite(args)
     if 'dataset' in has:
         args.dataset = canonical_dataset(args.dataset)
+    if 'save_path' in has:
+        check_output_folder(args.save_path, '--save_path')
     if 'model' in has:
         check_network(args.model)
     for name in POSITIVE:

@@ -149,8 +149,8 @@ def _load_prepared(name, data_path):
             try:
                 raw = torch.load(path, map_location='cpu', weights_only=True)
             except Exception as e:  # a truncated or foreign file: say which and how to recover
-                raise UserError(f'{path} is not a readable tensor file ({type(e).__name__}); delete it to rebuild it '
-                                f'from the original files') from None
+                raise UserError(f'{path} is not a readable tensor file ({type(e).__name__}); '
+                                f'{_recovery(name, data_path)}') from None
             _check_prepared(name, raw, path)
             return raw
     return None
@@ -172,12 +172,25 @@ def _check_prepared(name, raw, path):
         raise UserError(f'{path}: expected {num_classes} class names, found {len(raw["classes"])}')
 
 
+def _recovery(name, data_path):
+    """How to get a readable prepared file back: rebuild it from the original files when they are there."""
+    originals = os.path.join(data_path, _EXPECTED[name].split('/')[0].split('{')[0])
+    if name != 'TinyImageNet' and os.path.exists(originals):
+        return f'delete it to rebuild it from the original files in {originals}'
+    return (f'it is the only copy here, so restore it from where it came from, or put the original files '
+            f'({_EXPECTED[name]}) in {os.path.abspath(data_path)} and delete it')
+
+
 def _read_idx(path):
-    """An uncompressed idx file (MNIST's format) as a uint8 tensor."""
+    """An uncompressed idx file (MNIST's format) as a uint8 tensor; UserError when it is truncated or foreign."""
     with open(path, 'rb') as f:
         buf = f.read()
-    ndim = buf[3]
+    ndim = buf[3] if len(buf) >= 4 and buf[:3] == b'\x00\x00\x08' else 0
     shape = [int.from_bytes(buf[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(np.prod(shape)) if ndim else None
+    if expected is None or len(buf) != expected:
+        raise UserError(f'{path} is truncated or not an idx file ({len(buf)} bytes'
+                        f'{f", expected {expected}" if expected else ""}); delete it to download it again')
     return torch.frombuffer(bytearray(buf[4 + 4 * ndim:]), dtype=torch.uint8).view(shape)
 
 
@@ -207,7 +220,7 @@ def _load_torchvision(name, data_path, download):
     cls = {'MNIST': tvd.MNIST, 'FashionMNIST': tvd.FashionMNIST, 'SVHN': tvd.SVHN,
            'CIFAR10': tvd.CIFAR10, 'CIFAR100': tvd.CIFAR100}[name]
     splits = [dict(split='train'), dict(split='test')] if name == 'SVHN' else [dict(train=True), dict(train=False)]
-    existed = os.path.isdir(data_path)
+    folders_before = _folders(data_path)
     out = []
     for kw in splits:
         try:
@@ -218,8 +231,7 @@ def _load_torchvision(name, data_path, download):
                     raise
                 dst = cls(data_path, download=True, **kw)
         except Exception as e:
-            if not existed:
-                _remove_empty_tree(data_path)  # a failed download leaves no empty folders behind
+            _remove_new_empty_folders(data_path, folders_before)  # a failed download leaves no empty folders
             why = 'not found' if not download else f'not found, and the download failed ({type(e).__name__})'
             raise UserError(f'{name} {why} in {os.path.abspath(data_path)}: expected {name}.pt (prepared tensor '
                             f'file) or {_EXPECTED[name]}; pass --data_path to the folder holding them') from None
@@ -236,11 +248,15 @@ def _load_torchvision(name, data_path, download):
                 images_val=out[1][0], labels_val=out[1][1])
 
 
-def _remove_empty_tree(path):
-    for root, dirs, files in os.walk(path, topdown=False):
-        if files:
-            return
-        os.rmdir(root)
+def _folders(path):
+    return {root for root, _, _ in os.walk(path)}
+
+
+def _remove_new_empty_folders(path, before):
+    """Remove the empty folders under path (path included) that were not there before."""
+    for root, _, _ in os.walk(path, topdown=False):
+        if root not in before and not os.listdir(root):
+            os.rmdir(root)
 
 
 def _cache_prepared(raw, path):

@@ -18,6 +18,7 @@ so a resumed run repeats an uninterrupted one.
 """
 import argparse
 import os
+import sys
 import shutil
 
 import numpy as np
@@ -67,11 +68,12 @@ def parser(stage, description):
     """The flags of stage 1 (gen_condense), 2 (pool_match) or 3 (validate)."""
     p = utils.ArgumentParser(description=description)
     ref = p.add_argument_group('DiM flags (the reference names and defaults)')
-    ref.add_argument('--data', default='cifar10',
+    ref.add_argument('--data', '--dataset', dest='data', default='cifar10',
                      help="cifar10, svhn, mnist, fashion (DiM's names) or any project dataset name")
     ref.add_argument('--num-classes', type=int, default=None, help="class count (default: the dataset's)")
-    ref.add_argument('--data-dir', default='./data', help='dataset folder')
-    ref.add_argument('--output-dir', default='./results/', help='checkpoints and pictures go to <output-dir><tag>')
+    ref.add_argument('--data-dir', '--data_path', dest='data_dir', default='data', help='dataset folder')
+    ref.add_argument('--output-dir', '--save_path', dest='output_dir', default='./results/',
+                     help='checkpoints and pictures go to <output-dir>/<tag>')
     ref.add_argument('--logs-dir', default='./logs/', help='logs.txt goes to <logs-dir><tag>')
     ref.add_argument('--tag', default='test', help='run name')
     ref.add_argument('--seed', type=int, default=3407, help='one seed makes the whole run repeatable')
@@ -182,6 +184,11 @@ def check_args(args, stage):
                 'test_interval', 'gan_width']
     positive += {1: ['epochs', 'lr', 'n_critic'], 2: ['epochs', 'lr', 'n_critic', 'epochs_match_train'],
                  3: ['num_eval', 'num_exp', 'batch_train']}[stage]
+    utils.check_finite(args)
+    utils.check_output_folder(args.output_dir, '--output-dir')
+    utils.check_output_folder(args.logs_dir, '--logs-dir')
+    if not sys.stderr.isatty():
+        args.no_progress = True  # carriage-return bar updates would fill a redirected log
     for name in positive:
         utils.check_positive(name.replace('_', '-'), getattr(args, name))
     for name in ('val_split', 'iters_per_epoch', 'num_classes'):
@@ -304,6 +311,7 @@ class Run:
 
     def open(self, append=False):
         os.makedirs(self.dir, exist_ok=True)
+        utils.remove_stale_temps(self.dir)
         os.makedirs(self.log_dir, exist_ok=True)
         self.log.open(os.path.join(self.log_dir, 'logs.txt'), append)
         utils.write_json(self.path('config.json'), dict(args=config(self.args), protocol=protocol_label(self.args),
@@ -340,8 +348,9 @@ def load_checkpoint(path, flag, keys=('generator',)):
     try:
         ck = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise UserError(f'{flag} {path} is not a readable checkpoint ({type(e).__name__}); pass a .pth written by '
-                        f'gen_condense.py or pool_match.py') from None
+        advice = ('delete or move it to start afresh' if flag == '--resume' else
+                  'pass a .pth written by gen_condense.py or pool_match.py')
+        raise UserError(f'{flag}: {utils.unreadable(path, e)}; {advice}') from None
     if not isinstance(ck, dict) or any(k not in ck for k in keys):
         raise UserError(f'{flag} {path} is not a DiM checkpoint (it needs the keys {", ".join(keys)})')
     return ck

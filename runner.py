@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from data import denormalise
 from evaluation import evaluate_pool
-from utils import Log, UserError, atomic_save, atomic_write, make_generator, mean_std, sample_std, versions, \
-    write_json
+from utils import Log, UserError, atomic_save, atomic_write, make_generator, mean_std, remove_stale_temps, \
+    sample_std, unreadable, versions, write_json
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -50,10 +50,11 @@ def load_state(path):
     """A run's own checkpoint (a dict of tensors and plain values); UserError when it is unreadable."""
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
-        if not isinstance(state, dict):
-            raise TypeError('not a dict')
     except Exception as e:
-        raise UserError(f'cannot resume: {path} is corrupt ({type(e).__name__}); delete it to start afresh') from None
+        raise UserError(f'cannot resume: {unreadable(path, e)}; delete or move it to start afresh') from None
+    if not isinstance(state, dict) or 'fingerprint' not in state:
+        raise UserError(f'cannot resume: {path} is not a checkpoint of this project (no fingerprint); move it away '
+                        f'or pass another --save_path')
     return state
 
 
@@ -122,9 +123,14 @@ class CondensationRun:
                                                       f'{self.name}.ckpt.pt'))
         self.fingerprint = dict(fingerprint(args, RESUMABLE), method=method)
         self.state = self._resumed() if args.resume else None
+        remove_stale_temps(args.save_path, f'res_{self.name}.', f'{self.name}.', f'vis_{self.name}_')
         # The log opens only now that the inputs are checked, so a rejected command leaves an earlier log alone.
         self.log = Log(self.log_path, append=args.resume)
         self.eval_its = eval_iterations(args, reference_every)
+        epochs = sorted({r.epoch_eval_train for r in recipes.values()})
+        self.log(f'plan: {args.num_exp} experiment(s) x {args.Iteration} iterations on {args.device}; at each of '
+                 f'{len(self.eval_its)} evaluation point(s), {args.num_eval} network(s) x {len(recipes)} '
+                 f'architecture(s) trained {"/".join(map(str, epochs))} epochs')
         self.log(f'{method} {self.name}: {data}; device {args.device}; seed {args.seed}; evaluation at iterations '
                  f'{self.eval_its}')
         self.log(f'hyper-parameters: {self.fingerprint}')

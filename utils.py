@@ -4,10 +4,13 @@ Nothing here reseeds a global RNG or reads the clock for randomness: randomness 
 made by `make_generator(seed, *keys)`, one stream per purpose.
 """
 import argparse
+import errno
+import glob
 import hashlib
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 
@@ -20,28 +23,57 @@ class UserError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr and exit code 2 (no usage dump)."""
+    """argparse, but a bad flag is one line on stderr and exit code 2 (no usage dump), defaults shown in --help,
+    and values such as -1e-4 parse as numbers (argparse takes them for flags), so that the flag's own check can
+    say what is wrong with them."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*a, **kw)
+        self._negative_number_matcher = re.compile(r'^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$', re.I)
 
     def error(self, message):
         self.exit(2, f'{self.prog}: error: {message}\n')
 
 
 def run_cli(main):
-    """Run main(); a UserError becomes one line on stderr and exit code 2."""
+    """Run main(); bad input becomes one line on stderr and exit code 2, never a traceback: a UserError, a file
+    system error on reading or writing (the path and the reason), or running out of memory."""
+    prog = os.path.basename(sys.argv[0])
     try:
         main()
     except UserError as e:
-        print(f'{os.path.basename(sys.argv[0])}: error: {e}', file=sys.stderr)
-        sys.exit(2)
+        _fail(prog, e)
+    except OSError as e:
+        where = f'{e.filename}: ' if e.filename else ''
+        hint = {errno.ENOSPC: '; free some space or pass another output folder',
+                errno.EACCES: '; pass a folder you can write to', errno.EROFS: '; pass a writable folder'}
+        _fail(prog, f'{where}{e.strerror or e}{hint.get(e.errno, "")}')
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and 'out of memory' not in str(e) and "can't allocate" not in str(e):
+            raise
+        _fail(prog, 'out of memory; lower --ipc, the batch sizes (--batch_real, --batch_train) or use a smaller model')
     except KeyboardInterrupt:
-        print(f'\n{os.path.basename(sys.argv[0])}: interrupted; rerun with --resume to continue', file=sys.stderr)
+        print(f'\n{prog}: interrupted; rerun with --resume to continue', file=sys.stderr)
         sys.exit(130)
+
+
+def _fail(prog, message):
+    print(f'{prog}: error: {message}', file=sys.stderr)
+    sys.exit(2)
 
 
 def check_positive(name, value):
     """A flag that must be a positive, finite number (nan and inf pass a plain `<= 0` test)."""
     if value is None or not math.isfinite(value) or value <= 0:
         raise UserError(f'--{name} must be positive and finite, got {value}')
+
+
+def check_finite(args):
+    """Every float flag must be a finite number: nan slips through any comparison, inf through most."""
+    for name, value in sorted(vars(args).items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f'--{name} must be a finite number, got {value}')
 
 
 def default_device():
@@ -87,7 +119,15 @@ def sample_std(accs):
 # ----------------------------------------------------------------------------------------------
 # Saving: every file is written to a temporary name and renamed, so a crash never leaves half a file
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write):
+    """write(f) into a temporary file beside `path`, then rename it over `path`: readers see the old file or the
+    new one, never half of one. The file gets the permissions of an ordinary open() (mkstemp's are 0600)."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
@@ -96,11 +136,51 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temps(folder, *stems):
+    """Delete the temporary files that atomic_write left in `folder` for files named stem* when a process was
+    killed mid-write (no stems: every one in the folder). Call it when a run starts, for the run's own files."""
+    for stem in stems or ('',):
+        for tmp in glob.glob(os.path.join(glob.escape(folder), f'.{glob.escape(stem)}*.tmp')):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def unreadable(path, error):
+    """Why torch.load failed on path, in words: a damaged checkpoint (it starts like one: a zip archive or a pickle)
+    or a file that is no PyTorch checkpoint at all."""
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if not head or head.startswith(b'PK') or head.startswith(b'\x80'):
+        return f'{path} is not a readable checkpoint: it is corrupt (truncated or partly written; {type(error).__name__})'
+    return f'{path} is not a readable checkpoint: it is not a PyTorch file ({type(error).__name__})'
+
+
+def check_output_folder(path, flag):
+    """An output folder must be a folder, or not exist yet under one this process can write to. Probed with a
+    temporary file (permission bits say nothing to root), so that a bad path fails before any work is done."""
+    existing = path
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing.rstrip(os.sep))
+    existing = existing or '.'
+    if not os.path.isdir(existing):
+        raise UserError(f'{flag} {path}: {existing} is a file, not a folder; pass a folder for the outputs')
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix='.write-test-')
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f'{flag} {path}: {os.path.abspath(existing)} is not writable ({e.strerror}); pass a folder '
+                        f'you can write to') from None
 
 
 def atomic_save(obj, path):

@@ -17,9 +17,9 @@ import gen_condense
 import networks
 import pool_match
 import utils
-from data import Data, get_dataset
+from data import get_dataset
 import validate
-from conftest import ROOT, toy_images
+from conftest import ROOT, toy_data
 
 W = 8  # GAN width in tests
 
@@ -50,9 +50,7 @@ def _args(stage, *extra):
 
 
 def _toy_data(n=12, classes=10):
-    x, y = toy_images(n, classes, 1, 28, seed=0)
-    xt, yt = toy_images(4, classes, 1, 28, seed=1)
-    return Data('MNIST', [str(i) for i in range(10)], x, y, xt, yt)
+    return toy_data(n, classes, n_test=4)
 
 
 def _flags(tmp, stage, *extra):
@@ -435,4 +433,4 @@ def test_cli_exit_code_and_flag_spellings(prepared_mnist):
     assert (b.match_coeff, b.match_aug, b.lr, b.batch_size, b.epochs) == (0.001, True, 5e-6, 64, 100)
     assert _args(2).match_coeff == 0.01 and not _args(2, '--no-match-aug').match_aug
     c = _args(1)
-    assert (c.lr, c.batch_size, c.epochs, c.seed, c.data_dir, c.protocol) == (1e-4, 128, 150, 3407, './data', 'sound')
+    assert (c.lr, c.batch_size, c.epochs, c.seed, c.data_dir, c.protocol) == (1e-4, 128, 150, 3407, 'data', 'sound')
