@@ -607,7 +607,14 @@ class DiMGenerator(nn.Module):
 
     28 px: 4 -> 7 -> 14 -> 28 (first transposed conv has kernel 3); 32 px: 4 -> 8 -> 16 -> 32; 64 px adds one more
     transposed conv + conv 3x3 stage. cond 'overwrite' replaces the first K noise entries by the one-hot label (the
-    reference, so dim_noise must exceed K); 'embed' multiplies the noise by a learned class embedding instead.
+    reference, so dim_noise must exceed K); 'embed' adds a learned class embedding (N(0, 1) at init, as large as the
+    noise) to the noise instead.
+
+    Why added, not multiplied: z * e(y) is zero-mean for every class, so the linear fc1 sees the class only through
+    the variance pattern of its inputs and G barely learns the label (MNIST, width 32: 12-17% of its samples are
+    recognised as their class after 400-800 iterations, against 85% at 450 with z + e(y); docs/results.md). The
+    embedding is stored as `label_embedding`, so a checkpoint of the old multiplicative form is refused, not
+    silently reinterpreted.
     """
 
     def __init__(self, channel, num_classes, im_size=(32, 32), dim_noise=100, cond='overwrite', width=196):
@@ -619,7 +626,7 @@ class DiMGenerator(nn.Module):
             raise ValueError(f"dim_noise {dim_noise} must exceed the class count {num_classes}: the one-hot label "
                              f"overwrites the first {num_classes} noise entries; raise dim_noise or use cond='embed'")
         self.num_classes, self.dim_noise, self.cond, self.width = num_classes, dim_noise, cond, width
-        self.embedding = nn.Embedding(num_classes, dim_noise) if cond == 'embed' else None
+        self.label_embedding = nn.Embedding(num_classes, dim_noise) if cond == 'embed' else None
         self.fc1 = nn.Linear(dim_noise, width * 4 * 4)
         self.bn0 = nn.BatchNorm1d(width * 4 * 4)
         up = ['up', 'same', 'same', 'same', 'up', 'same', 'up'] + (['up', 'same'] if size == 64 else [])
@@ -635,7 +642,7 @@ class DiMGenerator(nn.Module):
 
     def condition(self, z, y):
         if self.cond == 'embed':
-            return z * self.embedding(y)
+            return z + self.label_embedding(y)
         return torch.cat([F.one_hot(y, self.num_classes).to(z.dtype), z[:, self.num_classes:]], 1)
 
     def forward(self, z, y=None):

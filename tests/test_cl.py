@@ -77,7 +77,7 @@ def test_each_steps_memory_holds_only_its_classes_with_ipc_images_each(tmp_path,
     union, union_labels = mem.training_set(4)
     assert len(union) == 20 and set(union_labels.tolist()) == set(range(10))  # DiM: step 4's set of all 10
     if method == 'DiM':  # the budget of a generative memory is the generator
-        assert ('embedding.weight' in mem.gan['generator']) == ('embed' in extra)
+        assert ('label_embedding.weight' in mem.gan['generator']) == ('embed' in extra)
         assert mem.budget(4) == (20, sum(v.numel() * v.element_size() for v in mem.gan['generator'].values()))
     else:
         assert mem.budget(4) == (20, 20 * 28 * 28)
