@@ -18,7 +18,7 @@ os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 import argparse  # noqa: E402
 
 import cl  # noqa: E402
-from cli import add_flags, check_args  # noqa: E402
+from cli import add_flags, check_args, check_network  # noqa: E402
 from data import dataset_info  # noqa: E402
 from dc import get_loops  # noqa: E402
 from networks import get_network  # noqa: E402
@@ -75,6 +75,7 @@ def validate(args):
     """check_args for the shared flags; then the CL protocol's own rules and per-method defaults."""
     check_args(args)
     info = dataset_info(args.dataset, args.data_path, args.im_size)
+    check_network(args.model, info)
     num_classes = info.num_classes
     for name in ('steps', 'gan_iters', 'gan_batch', 'gan_lr', 'gan_width'):
         check_positive(name, getattr(args, name))

@@ -227,3 +227,20 @@ def test_cl_and_dim_read_the_class_count_and_shape_of_own_data(tmp_path):
         dim_run.parse_args(3, 'validate', ['--data', f'file:{path}', '--pretrain-weight', 'g.pth', '--ipc', '2',
                                             '--batch-size', '13', '--device', 'cpu'])
     assert args.dataset == f'file:{path}'
+
+
+def test_dim_stages_run_on_a_folder(tmp_path):
+    import gen_condense
+    import validate
+    root = write_folder(tmp_path / 'fruit', channel=1, n_train=8)
+    common = ['--data', f'folder:{root}', '--im_size', '28', '--output-dir', f'{tmp_path}/results/', '--logs-dir',
+              f'{tmp_path}/logs/', '--device', 'cpu', '--no_progress', '--gan_width', '8', '--batch-size', '6',
+              '--epochs-eval', '1', '--ipc', '2']
+    gen_condense.main(common + ['--tag', 'gan', '--epochs', '1', '--iters-per-epoch', '2', '--eval-interval', '1',
+                                '--val_split', '2'])
+    res = validate.main(common + ['--tag', 'test', '--pretrain-weight', str(tmp_path / 'results/gan/best.pth'),
+                                  '--dim_eval', 'fixed', '--num_eval', '1', '--batch_train', '6'])
+    saved = torch.load(res['fixed']['results_file'])
+    assert saved['data'][0][0].shape == (6, 1, 28, 28) and res['classes'] == ['apple', 'bird', 'cat']
+    assert saved['meta']['classes'] == ['apple', 'bird', 'cat'] and saved['meta']['dataset'] == 'fruit'
+    assert saved['meta']['mean'] == get_dataset(f'folder:{root}', 'unused', im_size=28).mean
