@@ -431,7 +431,7 @@ def _load_file(path, im_size, mmap):
     return raw
 
 
-# ImageFolder's extensions; other files (a README, .DS_Store) are skipped.
+# ImageFolder's extensions; other files (a README) and hidden ones (.DS_Store, ._x.png) are skipped.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp', '.gif')
 GREY_MODES = ('1', 'L', 'LA')  # PIL modes read as one channel; the other 8-bit modes are read as RGB
 _UNCACHED = {}  # the last folder built where its prepared file could not be written: (root, im_size, source) -> raw
@@ -482,8 +482,8 @@ def _scan_folder(root):
                             f'same classes')
         splits[split] = []
         for c in classes:
-            files = sorted(e.path for e in os.scandir(os.path.join(d, c))
-                           if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+            files = sorted(e.path for e in os.scandir(os.path.join(d, c)) if e.is_file() and not e.name.startswith('.')
+                           and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)  # '._x.png': macOS metadata
             if not files:
                 raise UserError(f'{os.path.join(d, c)}: class {c} holds no images ({" ".join(IMAGE_EXTENSIONS)})')
             splits[split].append((c, files))

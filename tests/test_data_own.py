@@ -244,3 +244,16 @@ def test_dim_stages_run_on_a_folder(tmp_path):
     assert saved['data'][0][0].shape == (6, 1, 28, 28) and res['classes'] == ['apple', 'bird', 'cat']
     assert saved['meta']['classes'] == ['apple', 'bird', 'cat'] and saved['meta']['dataset'] == 'fruit'
     assert saved['meta']['mean'] == get_dataset(f'folder:{root}', 'unused', im_size=28).mean
+
+
+def test_a_read_only_folder_is_decoded_once_per_process(tmp_path, monkeypatch):
+    root = write_folder(tmp_path / 'ro', sizes=[(20, 20)])
+    (root / 'train' / 'cat' / '._000.png').write_bytes(b'macOS metadata, not an image')  # hidden: skipped
+    builds = []
+    real_build = data_mod._build_folder
+    monkeypatch.setattr(data_mod, '_cache_prepared', lambda *a, **k: False)
+    monkeypatch.setattr(data_mod, '_build_folder', lambda *a: builds.append(1) or real_build(*a))
+    info = dataset_info(f'folder:{root}', 'unused')
+    d = get_dataset(f'folder:{root}', 'unused')
+    assert len(builds) == 1 and info.num_classes == d.num_classes == 3 and len(d.x_train) == 12
+    assert not os.path.exists(root / 'prepared.pt')
