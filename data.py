@@ -63,7 +63,7 @@ def canonical_dataset(name):
         kind, path = user
         what, exists = USER_KINDS[kind]
         if not path or not exists(path):
-            raise UserError(f"--dataset {name}: no such {what} '{path}'")
+            raise UserError(f"dataset {name}: no such {what} '{path}'")
         return f'{kind}:{os.path.abspath(path)}'
     key = str(name).lower()
     if key not in _ALIASES:
