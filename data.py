@@ -492,13 +492,13 @@ def _scan_folder(root):
 
 def _folder_source(root, splits, im_size):
     """What the prepared file was built from: every image's path, size and time, and the requested size."""
-    h = hashlib.sha1(f'im_size {im_size}\n'.encode())
-    for split, entries in splits.items():
+    lines = [f'im_size {im_size}']
+    for entries in splits.values():
         for _, files in entries:
             for f in files:
                 st = os.stat(f)
-                h.update(f'{split} {os.path.relpath(f, root)} {st.st_size} {st.st_mtime_ns}\n'.encode())
-    return h.hexdigest()
+                lines.append(f'{f[len(root):]} {st.st_size} {st.st_mtime_ns}')  # relative: the folder may move
+    return hashlib.sha1('\n'.join(lines).encode()).hexdigest()
 
 
 def _build_folder(root, splits, im_size):
