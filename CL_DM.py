@@ -18,8 +18,8 @@ os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 import argparse  # noqa: E402
 
 import cl  # noqa: E402
-from cli import add_flags, check_args  # noqa: E402
-from data import DATASETS  # noqa: E402
+from cli import add_flags, check_args, check_network  # noqa: E402
+from data import dataset_info  # noqa: E402
 from dc import get_loops  # noqa: E402
 from networks import get_network  # noqa: E402
 from utils import ArgumentParser, UserError, check_positive, run_cli  # noqa: E402
@@ -43,7 +43,7 @@ def parse_args(argv=None):
               epoch_eval_train=1000)
     g = p.add_argument_group('project additions')
     g.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4], help='class-order seeds')
-    add_flags(g, ('save_path',))
+    add_flags(g, ('save_path', 'im_size'))
     g.add_argument('--train_mode', choices=['scratch', 'finetune'], default='scratch',
                    help="scratch: a fresh network per step (the protocol); finetune: continue the previous step's")
     add_flags(g, ('device', 'resume', 'no_progress', 'dsa_strategy', 'align_corners', 'checkpoint_every'),
@@ -74,12 +74,14 @@ def parse_args(argv=None):
 def validate(args):
     """check_args for the shared flags; then the CL protocol's own rules and per-method defaults."""
     check_args(args)
-    num_classes = DATASETS[args.dataset][2]
+    info = dataset_info(args.dataset, args.data_path, args.im_size)
+    check_network(args.model, info)
+    num_classes = info.num_classes
     for name in ('steps', 'gan_iters', 'gan_batch', 'gan_lr', 'gan_width'):
         check_positive(name, getattr(args, name))
     if num_classes % args.steps:
         divisors = [d for d in range(2, num_classes + 1) if num_classes % d == 0][:6]
-        raise UserError(f'--steps {args.steps} does not divide the {num_classes} classes of {args.dataset}; choose '
+        raise UserError(f'--steps {args.steps} does not divide the {num_classes} classes of {info.name}; choose '
                         f'one of {", ".join(map(str, divisors))}, ...')
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         raise UserError(f'--seeds must be distinct non-negative integers, got {" ".join(map(str, args.seeds))}')
@@ -114,7 +116,7 @@ def validate(args):
         k = num_classes
         noise = cl.dim_noise(args, k)
         if noise <= k:
-            raise UserError(f'--dim_noise {noise} must exceed the {k} classes of {args.dataset} (the one-hot label '
+            raise UserError(f'--dim_noise {noise} must exceed the {k} classes of {info.name} (the one-hot label '
                             f'overwrites the first K noise entries); raise it or pass --gan_cond embed')
     return args
 

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 import dim
-from data import TensorLoader, get_dataset
+from data import TensorLoader, dataset_label, get_dataset
 from dc import dc_step
 from dm import dm_step
 from evaluation import EvalRecipe, evaluate_synset
@@ -336,7 +336,8 @@ def _cpu(state):
 # Memory files: `data` = list over steps of [images, labels]
 
 def memory_name(args, seed):
-    return f'cl_{KIND[args.method]}_{args.dataset}_{args.model}_{args.ipc}ipc_{args.steps}steps_seed{seed}.pt'
+    return (f'cl_{KIND[args.method]}_{dataset_label(args.dataset)}_{args.model}_{args.ipc}ipc_{args.steps}steps_'
+            f'seed{seed}.pt')
 
 
 def builder_fingerprint(args):
@@ -435,7 +436,8 @@ class Memories:
         self.source = 'built'
         meta = dict(kind=KIND[args.method], dataset=data.name, model=args.model, ipc=args.ipc, steps=args.steps,
                     seed=self.seed, class_order=list(self.order), builder=builder_fingerprint(args),
-                    normalised=True, mean=data.mean, std=data.std, cumulative=self.cumulative, times=self.times)
+                    normalised=True, mean=data.mean, std=data.std, classes=data.class_names,
+                    cumulative=self.cumulative, times=self.times)
         out = dict(data=self.memory, meta=meta)
         if self.gan is not None:
             out['gan'] = self.gan
@@ -480,12 +482,12 @@ def evaluate_step(args, data, images, labels, seen, seed, step, nets, log):
 
 def run_name(args):
     mode = '' if args.train_mode == 'scratch' else '_finetune'
-    return f'{args.method}{mode}_{args.dataset}_{args.model}_{args.ipc}ipc_{args.steps}steps'
+    return f'{args.method}{mode}_{dataset_label(args.dataset)}_{args.model}_{args.ipc}ipc_{args.steps}steps'
 
 
 def run(args):
     """The whole experiment; returns the summary written to cl_<run>.json."""
-    data = get_dataset(args.dataset, args.data_path, device=args.device)
+    data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     smallest = min(len(i) for i in data.indices_class)
     if args.method != 'DiM' and args.ipc > smallest:
         raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); lower --ipc')
@@ -593,7 +595,8 @@ def summarise(args, state, data):
                          n=len(accs), memory_images=images, memory_bytes=nbytes))
     latex = ' '.join(f'& {r["mean"]:.1f}±{r["std"]:.1f}' for r in rows)
     label = args.method + ('' if args.train_mode == 'scratch' else '-finetune')
-    return dict(method=label, dataset=data.name, model=args.model, ipc=args.ipc, steps=args.steps,
+    return dict(method=label, dataset=data.name, classes=data.class_names, mean=data.mean, std=data.std,
+                model=args.model, ipc=args.ipc, steps=args.steps,
                 classes_per_step=data.num_classes // args.steps, train_mode=args.train_mode,
                 memory_unit='generator float32 bytes' if args.method == 'DiM' else 'uint8 image bytes',
                 table=rows, latex=latex, seeds=[s for s in args.seeds if str(s) in state['accs']],

@@ -11,14 +11,19 @@ import sys
 import torch
 
 from augment import ParamDiffAug, parse_strategy
-from data import canonical_dataset
+from data import canonical_dataset, dataset_info
 from evaluation import get_eval_pool
-from networks import NETWORKS
+from networks import NETWORKS, get_network
 from utils import ArgumentParser, UserError, check_finite, check_output_folder, check_positive, default_device
 
 FLAGS = {
     'dataset': dict(default='CIFAR10', aliases=('--data',),
-                    help='MNIST, FashionMNIST, SVHN, CIFAR10, CIFAR100, TinyImageNet'),
+                    help='MNIST, FashionMNIST, SVHN, CIFAR10, CIFAR100, TinyImageNet; your own data: folder:PATH '
+                         '(PATH/train/<class>/*.png and PATH/test/<class>/) or file:PATH.pt (a prepared tensor file; '
+                         'README.md, "Your own data")'),
+    'im_size': dict(type=int, default=None,
+                    help="folder: datasets: resize every image to this square size (28, 32, 64 suit every network; "
+                         "default: the images' own size, which must then be one size)"),
     'model': dict(default='ConvNet', help='network used for matching (see networks.NETWORKS)'),
     'ipc': dict(type=int, default=1, help='images per class'),
     'eval_mode': dict(default='S', choices=['S', 'SS', 'M', 'B', 'W', 'D', 'A', 'P', 'N'],
@@ -63,7 +68,7 @@ FLAGS = {
 }
 
 # Flags that must be positive where a script has them (None means "the script's default" and passes).
-POSITIVE = ('ipc', 'num_exp', 'num_eval', 'epoch_eval_train', 'lr_img', 'lr_net', 'batch_real', 'batch_train',
+POSITIVE = ('im_size', 'ipc', 'num_exp', 'num_eval', 'epoch_eval_train', 'lr_img', 'lr_net', 'batch_real', 'batch_train',
             'checkpoint_every', 'eval_every', 'real_chunk')
 
 
@@ -76,9 +81,16 @@ def add_flags(group, names, **defaults):
         group.add_argument(f'--{name}', *kw.pop('aliases', ()), dest=name, **kw)
 
 
-def check_network(name):
+def check_network(name, info=None):
+    """A known network name; with a data.DatasetInfo, one that takes the dataset's channels, size and classes
+    (built on the meta device: no memory, no random draws)."""
     if name not in NETWORKS:
         raise UserError(f"unknown model '{name}'; choose one of {', '.join(NETWORKS)}")
+    if info is not None:
+        try:
+            get_network(name, info.channel, info.num_classes, info.im_size, device='meta')
+        except ValueError as e:
+            raise UserError(f'{name} on {info.name} ({info.im_size[0]}x{info.im_size[1]}): {e}') from None
 
 
 def check_args(args):
@@ -125,7 +137,7 @@ def condense_parser(description, **defaults):
     p = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_flags(p.add_argument_group('original flags'), CONDENSE_ORIGINAL, **defaults)
     g = p.add_argument_group('project additions')
-    add_flags(g, ('seed',))
+    add_flags(g, ('seed', 'im_size'))
     g.add_argument('--eval_every', type=int, default=defaults.get('eval_every'),
                    help='iterations between evaluations (default: the original schedule)')
     g.add_argument('--eval_final_only', action='store_true', help='evaluate only at the last iteration')
@@ -142,6 +154,7 @@ def check_condense_args(args):
     if args.eval_mode == 'S' and args.model == 'ResNet18BN_AP' and not args.s_mode_strict:
         print('warning: eval mode S evaluates ResNet18BN_AP sets on the strided ResNet18, as the reference does; '
               '--s_mode_strict evaluates them on ResNet18_AP', file=sys.stderr)
-    for arch in get_eval_pool(args.eval_mode, args.model, strict=args.s_mode_strict):
-        check_network(arch)
+    info = dataset_info(args.dataset, args.data_path, args.im_size)
+    for arch in [args.model] + get_eval_pool(args.eval_mode, args.model, strict=args.s_mode_strict):
+        check_network(arch, info)
     return args

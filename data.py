@@ -1,11 +1,18 @@
-"""Datasets: loading MNIST, FashionMNIST, SVHN, CIFAR-10/100 and TinyImageNet as uint8 tensors on one device.
+"""Datasets: MNIST, FashionMNIST, SVHN, CIFAR-10/100, TinyImageNet and the user's own, as uint8 tensors on one device.
 
 `get_dataset(name, data_path)` returns a `Data`: training and test images stay uint8 where they were loaded
 (CPU or GPU) and are standardised batch by batch. A prepared tensor file `<data_path>/<NAME>.pt` is read first
 (the layout is in docs/design.md); after a torchvision or folder load it is written once, so later runs skip
 decoding. `python data.py DATASET --data_path DIR` writes it on purpose.
+
+The user's own data is named by a spec instead of a name: `folder:PATH` (an image folder, `PATH/train/<class>/`
+and `PATH/test/<class>/` or `PATH/val/<class>/`) or `file:PATH.pt` (a prepared tensor file with any classes,
+channels and size). Its channels, size and classes come from the data, its mean and std from the training split
+unless the file gives them. `dataset_info` tells a dataset's shape and classes without loading its images.
 """
+import hashlib
 import os
+from collections import namedtuple
 
 import numpy as np
 import torch
@@ -36,22 +43,79 @@ _EXPECTED = {
 }
 
 
+# The user's own data: spec prefix -> (what PATH must be, the check).
+USER_KINDS = {'folder': ('folder', os.path.isdir), 'file': ('file', os.path.isfile)}
+# What a dataset holds, known without loading its images (dataset_info).
+DatasetInfo = namedtuple('DatasetInfo', 'name channel im_size num_classes classes')
+
+
+def user_spec(name):
+    """('folder' | 'file', path) for a spec 'folder:PATH' or 'file:PATH', None for a dataset name."""
+    kind, sep, path = str(name).partition(':')
+    return (kind.lower(), path) if sep and kind.lower() in USER_KINDS else None
+
+
 def canonical_dataset(name):
-    """'cifar10', 'fashion', 'CIFAR10' ... -> the project's dataset name; UserError if unknown."""
+    """'cifar10', 'fashion', 'CIFAR10' ... -> the project's dataset name; 'folder:PATH' / 'file:PATH' -> the same
+    spec with an absolute path (so a resumed run finds it from any directory); UserError if unknown or missing."""
+    user = user_spec(name)
+    if user:
+        kind, path = user
+        what, exists = USER_KINDS[kind]
+        if not path or not exists(path):
+            raise UserError(f"dataset {name}: no such {what} '{path}'")
+        return f'{kind}:{os.path.abspath(path)}'
     key = str(name).lower()
     if key not in _ALIASES:
-        raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}, or folder:PATH (an image "
+                        f"folder) or file:PATH.pt (a prepared tensor file) for your own data")
     return _ALIASES[key]
+
+
+def dataset_label(name):
+    """The short name results, logs and file names use: the dataset's name, a folder's or file's base name."""
+    user = user_spec(name)
+    if user is None:
+        return canonical_dataset(name)
+    return os.path.splitext(os.path.basename(os.path.normpath(user[1])))[0]
+
+
+def dataset_info(dataset, data_path, im_size=None):
+    """Channels, (H, W), class count and class names (None for the built-in datasets) without loading the images:
+    the table for the built-in datasets, the memory-mapped tensors of a file, a folder's prepared tensor file
+    (built here on first use). UserError for an unknown, broken or wrongly sized dataset."""
+    name = canonical_dataset(dataset)
+    if name in DATASETS:
+        channel, size, num_classes = DATASETS[name][:3]
+        _check_im_size(name, size, im_size)
+        return DatasetInfo(name, channel, size, num_classes, None)
+    raw = _load_user(name, im_size, mmap=True)
+    x = raw['images_train']
+    return DatasetInfo(dataset_label(name), int(x.shape[1]), tuple(x.shape[2:]), len(raw['classes']),
+                       list(raw['classes']))
+
+
+def _check_im_size(name, size, im_size):
+    if im_size is not None and tuple(size) != (im_size, im_size):
+        raise UserError(f'--im_size {im_size}: {name} is {size[0]}x{size[1]}; resizing is for folder: datasets '
+                        f'(drop the flag)')
 
 
 class Data:
     """A dataset on one device: images stay uint8 and are standardised batch by batch, which gives the
     same floats as standardising everything up front at a quarter of the memory and none of the start-up time."""
 
-    def __init__(self, name, class_names, images_train, labels_train, images_test, labels_test, device='cpu'):
+    def __init__(self, name, class_names, images_train, labels_train, images_test, labels_test, device='cpu',
+                 stats=None):
+        """stats: (mean, std) per channel; default: the table's constants for a built-in dataset, otherwise the
+        training images' own."""
         self.name = name
-        self.channel, self.im_size, self.num_classes, self.mean, self.std = DATASETS[name]
-        self.class_names = list(class_names)
+        self.class_names = [str(c) for c in class_names]
+        self.channel, self.im_size, self.num_classes = (int(images_train.shape[1]), tuple(images_train.shape[2:]),
+                                                        len(self.class_names))
+        if stats is None:
+            stats = DATASETS[name][3:] if name in DATASETS else channel_stats(images_train)
+        self.mean, self.std = ([float(v) for v in s] for s in stats)
         self.device = torch.device(device)
         self.x_train, self.x_test = images_train.to(self.device), images_test.to(self.device)
         self.labels_train = labels_train.long().to(self.device)
@@ -115,6 +179,21 @@ def standardise(images, mean, std, device='cpu'):
     return x.sub_(torch.tensor(mean, device=x.device).view(shape)).div_(torch.tensor(std, device=x.device).view(shape))
 
 
+def channel_stats(images, chunk=4096):
+    """(mean, std) per channel of uint8 N×C×H×W images scaled to [0, 1], in float64 over every pixel (the
+    population std, as the published constants are computed), a chunk of images at a time."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk].to('cpu', torch.float64).div_(255)
+        total += x.sum((0, 2, 3))
+        squares += x.square().sum((0, 2, 3))
+    n = images.numel() // images.shape[1]
+    mean = total / n
+    std = (squares / n - mean ** 2).clamp_min(0).sqrt()
+    return mean.tolist(), std.tolist()
+
+
 def denormalise(images, mean, std):
     """Standardised images -> [0, 1] for viewing."""
     shape = (1, -1, 1, 1)
@@ -122,15 +201,22 @@ def denormalise(images, mean, std):
     s = torch.tensor(std, device=images.device).view(shape)
     return (images * s + m).clamp(0, 1)
 
-def get_dataset(dataset, data_path, device='cpu', download=True):
+def get_dataset(dataset, data_path, device='cpu', download=True, im_size=None):
     """Load a dataset as a `Data` on `device`.
 
     Looked up in this order: a prepared tensor file `<data_path>/<DATASET>.pt` (layout in docs/design.md,
     any dataset); for TinyImageNet also `tinyimagenet.pt` and the `tiny-imagenet-200/` folder; otherwise
     torchvision's files, downloaded if missing and `download` is set. After a torchvision or folder load the
     prepared file is written next to the data (when the folder is writable), so later runs skip the decoding.
+    The user's own data ('folder:PATH', 'file:PATH') is read from PATH; im_size resizes a folder's images.
     """
     name = canonical_dataset(dataset)
+    if name not in DATASETS:
+        raw = _load_user(name, im_size)
+        stats = (raw['mean'], raw['std']) if 'mean' in raw else channel_stats(raw['images_train'])
+        return Data(dataset_label(name), raw['classes'], raw['images_train'], raw['labels_train'],
+                    raw['images_val'], raw['labels_val'], device, stats)
+    _check_im_size(name, DATASETS[name][1], im_size)
     raw = _load_prepared(name, data_path)
     if raw is None:
         raw = _load_tinyimagenet_folder(data_path) if name == 'TinyImageNet' else _load_torchvision(name, data_path, download)
@@ -146,30 +232,55 @@ def _prepared_candidates(name, data_path):
 def _load_prepared(name, data_path):
     for path in _prepared_candidates(name, data_path):
         if os.path.isfile(path):
-            try:
-                raw = torch.load(path, map_location='cpu', weights_only=True)
-            except Exception as e:  # a truncated or foreign file: say which and how to recover
-                raise UserError(f'{path} is not a readable tensor file ({type(e).__name__}); '
-                                f'{_recovery(name, data_path)}') from None
-            _check_prepared(name, raw, path)
+            raw = _read_tensor_file(path, _recovery(name, data_path))
+            _check_prepared(raw, path, *DATASETS[name][:3])
             return raw
     return None
 
 
-def _check_prepared(name, raw, path):
-    channel, im_size, num_classes = DATASETS[name][:3]
+def _read_tensor_file(path, remedy, mmap=False):
+    try:
+        try:
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            return torch.load(path, map_location='cpu', weights_only=True)  # an old-format file cannot be mapped
+    except Exception as e:  # a truncated or foreign file: say which and how to recover
+        raise UserError(f'{path} is not a readable tensor file ({type(e).__name__}); {remedy}') from None
+
+
+def _check_prepared(raw, path, channel=None, im_size=None, num_classes=None):
+    """The prepared layout; channel, im_size and num_classes default to what the file itself holds (own data),
+    which must then be consistent: both splits one shape, at least 2 classes, each with training images."""
     keys = ('classes', 'images_train', 'labels_train', 'images_val', 'labels_val')
     if not isinstance(raw, dict) or any(k not in raw for k in keys):
         raise UserError(f'{path} lacks the keys {", ".join(keys)}; see the data layout in README.md')
+    if not all(isinstance(raw[k], torch.Tensor) for k in keys[1:]):
+        raise UserError(f'{path}: {", ".join(keys[1:])} must be tensors')
+    x = raw['images_train']
+    channel = channel or (int(x.shape[1]) if x.dim() == 4 else 0)
+    im_size = im_size or tuple(x.shape[2:])
+    num_classes = num_classes or len(raw['classes'])
     for split in ('train', 'val'):
         x, y = raw[f'images_{split}'], raw[f'labels_{split}']
-        if x.dtype != torch.uint8 or tuple(x.shape[1:]) != (channel, *im_size) or len(x) != len(y):
+        if (x.dtype != torch.uint8 or x.dim() != 4 or tuple(x.shape[1:]) != (channel, *im_size) or len(x) != len(y)
+                or not len(x)):
             raise UserError(f'{path}: images_{split} must be uint8 N×{channel}×{im_size[0]}×{im_size[1]} with one '
                             f'label each, got {x.dtype} {tuple(x.shape)} and {len(y)} labels')
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        if int(y.min()) < 0 or int(y.max()) >= num_classes:
             raise UserError(f'{path}: labels_{split} must lie in 0..{num_classes - 1}')
     if len(raw['classes']) != num_classes:
         raise UserError(f'{path}: expected {num_classes} class names, found {len(raw["classes"])}')
+    if num_classes < 2:
+        raise UserError(f'{path}: a dataset needs at least 2 classes, found {num_classes}')
+    empty = (torch.bincount(raw['labels_train'].long(), minlength=num_classes) == 0).nonzero()[:, 0].tolist()
+    if empty:
+        raise UserError(f'{path}: class {raw["classes"][empty[0]]} has no training images')
+    for key in ('mean', 'std'):
+        if key in raw and (len(raw[key]) != channel or (key == 'std' and min(raw[key]) <= 0)):
+            raise UserError(f'{path}: {key} must hold one {"positive " if key == "std" else ""}value per channel '
+                            f'({channel}), got {list(raw[key])}')
 
 
 def _recovery(name, data_path):
@@ -259,13 +370,16 @@ def _remove_new_empty_folders(path, before):
             os.rmdir(root)
 
 
-def _cache_prepared(raw, path):
-    """Write the prepared tensor file next to the data; a read-only data folder simply goes without."""
-    if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) and not os.path.exists(path):
+def _cache_prepared(raw, path, replace=False):
+    """Write the prepared tensor file next to the data; a read-only data folder simply goes without. replace: over
+    an outdated one. Returns whether it was written."""
+    if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) and (replace or not os.path.exists(path)):
         try:
             atomic_save(raw, path)
+            return True
         except OSError:
             pass
+    return False
 
 
 def _load_tinyimagenet_folder(data_path, train_per_class=500, val_per_class=50):
@@ -317,13 +431,149 @@ def build_tinyimagenet(folder, train_per_class=500, val_per_class=50):
                 labels_val=torch.tensor(val_labels))
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The user's own data: an image folder or a prepared tensor file
+
+def _load_user(name, im_size, mmap=False):
+    """The prepared tensors of 'folder:PATH' or 'file:PATH' (checked); mmap: map a file's tensors, not read them."""
+    kind, path = user_spec(name)
+    return _load_folder(path, im_size, mmap) if kind == 'folder' else _load_file(path, im_size, mmap)
+
+
+def _load_file(path, im_size, mmap):
+    raw = _read_tensor_file(path, 'see the data layout in README.md', mmap)
+    _check_prepared(raw, path)
+    _check_im_size(os.path.basename(path), raw['images_train'].shape[2:], im_size)
+    return raw
+
+
+# ImageFolder's extensions; other files (a README) and hidden ones (.DS_Store, ._x.png) are skipped.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp', '.gif')
+GREY_MODES = ('1', 'L', 'LA')  # PIL modes read as one channel; the other 8-bit modes are read as RGB
+_UNCACHED = {}  # the last folder built where its prepared file could not be written: (root, im_size, source) -> raw
+
+
+def folder_cache_path(root, im_size=None):
+    """Where a folder's prepared tensor file goes: inside it, one per requested size."""
+    return os.path.join(root, f'prepared-{im_size}.pt' if im_size else 'prepared.pt')
+
+
+def _load_folder(root, im_size, mmap=False):
+    """A folder's prepared tensors: its prepared file while it matches the folder's files (names, sizes, times),
+    otherwise built from the images (once: written back into the folder when it is writable)."""
+    splits = _scan_folder(root)
+    source = _folder_source(root, splits, im_size)
+    path = folder_cache_path(root, im_size)
+    if os.path.isfile(path):
+        raw = _read_tensor_file(path, 'delete it to rebuild it from the images', mmap)
+        if isinstance(raw, dict) and raw.get('source') == source:
+            return raw
+    if (root, im_size, source) in _UNCACHED:
+        return _UNCACHED[(root, im_size, source)]
+    raw = _build_folder(root, splits, im_size)
+    raw['source'] = source
+    if not _cache_prepared(raw, path, replace=True):  # kept for this process only, so it is built once here too
+        _UNCACHED.clear()
+        _UNCACHED[(root, im_size, source)] = raw
+    return raw
+
+
+def _scan_folder(root):
+    """{'train': [(class, [files])], 'test': [...]}: ImageFolder's layout, classes sorted by name; UserError (one
+    line) for a missing split, fewer than 2 classes, classes that differ between the splits or an empty class."""
+    test = [d for d in ('test', 'val') if os.path.isdir(os.path.join(root, d))]
+    if not os.path.isdir(os.path.join(root, 'train')) or not test:
+        raise UserError(f'{root}: expected train/<class>/ and test/<class>/ (or val/<class>/) folders of images')
+    if len(test) > 1:
+        raise UserError(f'{root} holds both test/ and val/; keep the one that is the test split')
+    splits = {}
+    for split, sub in (('train', 'train'), ('test', test[0])):
+        d = os.path.join(root, sub)
+        classes = sorted(e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith('.'))
+        if split == 'train' and len(classes) < 2:
+            raise UserError(f'{d}: a dataset needs at least 2 class folders, found {len(classes)}')
+        if split == 'test' and classes != [c for c, _ in splits['train']]:
+            extra = sorted(set(classes) ^ {c for c, _ in splits['train']})
+            raise UserError(f'{d}: its class folders differ from train/ ({", ".join(extra)}); both splits need the '
+                            f'same classes')
+        splits[split] = []
+        for c in classes:
+            files = sorted(e.path for e in os.scandir(os.path.join(d, c)) if e.is_file() and not e.name.startswith('.')
+                           and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)  # '._x.png': macOS metadata
+            if not files:
+                raise UserError(f'{os.path.join(d, c)}: class {c} holds no images ({" ".join(IMAGE_EXTENSIONS)})')
+            splits[split].append((c, files))
+    return splits
+
+
+def _folder_source(root, splits, im_size):
+    """What the prepared file was built from: every image's path, size and time, and the requested size."""
+    lines = [f'im_size {im_size}']
+    for entries in splits.values():
+        for _, files in entries:
+            for f in files:
+                st = os.stat(f)
+                lines.append(f'{f[len(root):]} {st.st_size} {st.st_mtime_ns}')  # relative: the folder may move
+    return hashlib.sha1('\n'.join(lines).encode()).hexdigest()
+
+
+def _build_folder(root, splits, im_size):
+    """Decode every image once into the prepared tensors, with a progress bar: one channel count for the whole
+    folder, every image resized to im_size x im_size (bilinear, antialiased) or, without it, all of one size."""
+    from tqdm import tqdm
+    paths = [(split, label, f) for split in ('train', 'test') for label, (_, files) in enumerate(splits[split])
+             for f in files]
+    images, first = None, None
+    labels = {split: [] for split in splits}
+    for i, (split, label, f) in enumerate(tqdm(paths, desc=f'preparing {os.path.basename(root)}', unit='img',
+                                               disable=None)):
+        a = _read_image(f, im_size)
+        if images is None:
+            images, first = torch.empty((len(paths), a.shape[2], *a.shape[:2]), dtype=torch.uint8), f
+        elif a.shape[2] != images.shape[1]:
+            raise UserError(f'{f} has {a.shape[2]} channel(s), {first} has {images.shape[1]}; convert the folder '
+                            f'to one mode (all RGB or all greyscale)')
+        elif a.shape[:2] != images.shape[2:]:
+            raise UserError(f'{f} is {a.shape[1]}x{a.shape[0]}, {first} is {images.shape[3]}x{images.shape[2]}; '
+                            f'pass --im_size N to resize every image to NxN')
+        images[i] = torch.from_numpy(a).permute(2, 0, 1)
+        labels[split].append(label)
+    n_train = len(labels['train'])
+    raw = dict(classes=[c for c, _ in splits['train']], images_train=images[:n_train],
+               labels_train=torch.tensor(labels['train']), images_val=images[n_train:],
+               labels_val=torch.tensor(labels['test']))
+    raw['mean'], raw['std'] = channel_stats(raw['images_train'])
+    return raw
+
+
+def _read_image(path, im_size):
+    """One image as uint8 H×W×C (C = 1 for greyscale modes, else 3; alpha dropped), resized when im_size is set."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            if im.mode.startswith('I') or im.mode == 'F':
+                raise UserError(f'{path}: {im.mode} images (16-bit or float) are not supported; save it as 8-bit')
+            im = im.convert('L' if im.mode in GREY_MODES else 'RGB')
+            if im_size and im.size != (im_size, im_size):
+                im = im.resize((im_size, im_size), Image.BILINEAR)
+            a = np.array(im)  # a writable copy, for torch.from_numpy
+    except UserError:
+        raise
+    except Exception as e:  # PIL reports broken files as OSError, SyntaxError, zlib.error ...
+        raise UserError(f'{path}: not a readable image ({type(e).__name__}: {e})') from None
+    return a[:, :, None] if a.ndim == 2 else a
+
+
 if __name__ == '__main__':
     def _prepare():
         p = ArgumentParser(description='write the prepared tensor file of a dataset once (TinyImageNet: from the '
                                        'tiny-imagenet-200/ folder), so later loads skip torchvision and decoding')
-        p.add_argument('dataset')
+        p.add_argument('dataset', help='a dataset name, or folder:PATH for an image folder')
         p.add_argument('--data_path', default='data')
+        p.add_argument('--im_size', type=int, default=None, help='folder: resize every image to this square size')
         a = p.parse_args()
-        d = get_dataset(a.dataset, a.data_path)
-        print(f'{d}; prepared file: {_prepared_candidates(d.name, a.data_path)[0]}')
+        d = get_dataset(a.dataset, a.data_path, im_size=a.im_size)
+        spec = user_spec(canonical_dataset(a.dataset))
+        prepared = (folder_cache_path(spec[1], a.im_size) if spec else _prepared_candidates(d.name, a.data_path)[0])
+        print(f'{d}; mean {d.mean}, std {d.std}; prepared file: {prepared}')
     run_cli(_prepare)

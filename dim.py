@@ -26,7 +26,8 @@ from augment import ParamDiffAug, make_dim_augs
 from networks import DIM_NETWORKS, NETWORKS, define_gan, define_model, get_network
 from utils import UserError, make_generator
 
-# DiM's normalisation of evaluation and pool-model inputs; other datasets use the project constants (data.DATASETS).
+# DiM's normalisation of evaluation and pool-model inputs, by dataset name (args.dataset); other datasets use the
+# project's constants (data.DATASETS), and the user's own data its training split's mean and std.
 DIM_CONSTANTS = {
     'CIFAR10': ([0.491, 0.482, 0.447], [0.202, 0.199, 0.201]),
     'SVHN': ([0.437, 0.444, 0.473], [0.198, 0.201, 0.197]),
@@ -118,7 +119,7 @@ class DiMData:
     def __init__(self, real, args, val_split=True):
         self.real, self.name, self.device = real, real.name, real.device
         self.channel, self.im_size, self.num_classes = real.channel, real.im_size, real.num_classes
-        self.mean, self.std = DIM_CONSTANTS.get(real.name, (real.mean, real.std))
+        self.mean, self.std = DIM_CONSTANTS.get(args.dataset, (real.mean, real.std))
         self.val_idx, self.val_per_class = None, None
         if val_split and args.protocol == 'sound':
             smallest = min(len(i) for i in real.indices_class)

@@ -69,7 +69,8 @@ def parser(stage, description):
     p = utils.ArgumentParser(description=description)
     ref = p.add_argument_group('DiM flags (the reference names and defaults)')
     ref.add_argument('--data', '--dataset', dest='data', default='cifar10',
-                     help="cifar10, svhn, mnist, fashion (DiM's names) or any project dataset name")
+                     help="cifar10, svhn, mnist, fashion (DiM's names), any project dataset name, or folder:PATH / "
+                          "file:PATH.pt for your own data (README.md, 'Your own data')")
     ref.add_argument('--num-classes', type=int, default=None, help="class count (default: the dataset's)")
     ref.add_argument('--data-dir', '--data_path', dest='data_dir', default='data', help='dataset folder')
     ref.add_argument('--output-dir', '--save_path', dest='output_dir', default='./results/',
@@ -140,6 +141,8 @@ def parser(stage, description):
                          'learned class embedding')
     _both_spellings(own, 'gan_width', type=int, default=196, help='channels of every GAN layer (196: the reference)')
     _both_spellings(own, 'no_progress', action='store_true', help='no progress bars')
+    _both_spellings(own, 'im_size', type=int, default=None,
+                    help="folder: data: resize every image to this square size (the GAN makes 28, 32 or 64)")
     if stage in (1, 2):
         _both_spellings(own, 'resume', action='store_true', help="continue from <output-dir><tag>/last.pth")
         _both_spellings(own, 'iters_per_epoch', type=int, default=None,
@@ -179,7 +182,8 @@ def check_args(args, stage):
     notes = []
     args.stage = stage
     args.dataset = data_mod.canonical_dataset(args.data)
-    channel, im_size, num_classes = data_mod.DATASETS[args.dataset][:3]
+    info = data_mod.dataset_info(args.dataset, args.data_dir, args.im_size)
+    im_size, num_classes = info.im_size, info.num_classes
     positive = ['ipc', 'batch_size', 'epochs_eval', 'eval_lr', 'dim_noise', 'print_freq', 'eval_interval',
                 'test_interval', 'gan_width']
     positive += {1: ['epochs', 'lr', 'n_critic'], 2: ['epochs', 'lr', 'n_critic', 'epochs_match_train'],
@@ -191,7 +195,7 @@ def check_args(args, stage):
         args.no_progress = True  # carriage-return bar updates would fill a redirected log
     for name in positive:
         utils.check_positive(name.replace('_', '-'), getattr(args, name))
-    for name in ('val_split', 'iters_per_epoch', 'num_classes'):
+    for name in ('val_split', 'iters_per_epoch', 'num_classes', 'im_size'):
         if getattr(args, name, None) is not None:
             utils.check_positive(name, getattr(args, name))
     args.device = args.device or utils.default_device()
@@ -214,7 +218,7 @@ def check_args(args, stage):
         if args.compat == 'clean':
             args.match_norm, args.match_joint_bn = 'consistent', True
         if not args.pool and default_pool(args.stem, im_size[0]) != POOL:
-            notes.append(f'pool without the _ap ResNets on {args.dataset} (their ImageNet stem collapses '
+            notes.append(f'pool without the _ap ResNets on {info.name} (their ImageNet stem collapses '
                          f'{im_size[0]}x{im_size[1]} inputs); --resnet_stem cifar keeps the full pool')
     if stage == 3:
         if args.dsa_strategy is not None:
@@ -267,7 +271,7 @@ def protocol_label(args):
 
 def load_data(args, val_split=True):
     """The dataset as the DiM stages see it (dim.DiMData); val_split False: no validation split (stage 3)."""
-    real = data_mod.get_dataset(args.dataset, args.data_dir, device=args.device)
+    real = data_mod.get_dataset(args.dataset, args.data_dir, device=args.device, im_size=args.im_size)
     if args.num_classes is not None and args.num_classes != real.num_classes:
         raise UserError(f'--num-classes {args.num_classes} does not match {real.name} ({real.num_classes} classes); '
                         f'drop the flag')
@@ -603,7 +607,8 @@ def evaluate_onthefly(G, args, data, log):
 def fixed_strategy(args, data):
     if args.dsa_strategy:
         return args.dsa_strategy
-    return 'color_crop_cutout_scale_rotate' if data.name in ('MNIST', 'SVHN') else 'color_crop_cutout_flip_scale_rotate'
+    digits = args.dataset in ('MNIST', 'SVHN')  # by name: a user's folder called MNIST is not the digits
+    return 'color_crop_cutout_scale_rotate' if digits else 'color_crop_cutout_flip_scale_rotate'
 
 
 def evaluate_fixed(G, args, data, run):
@@ -633,8 +638,8 @@ def evaluate_fixed(G, args, data, run):
                                real.mean, real.std, nrow=min(args.ipc, 50))
     path = run.path(f'res_DiM_{data.name}_GAN_{args.ipc}ipc.pt')
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=real.mean, std=real.std,
-                normalised=True, method='DiM', model='GAN', ipc=args.ipc, args=config(args), seed=args.seed,
-                versions=utils.versions(),
+                classes=real.class_names, normalised=True, method='DiM', model='GAN', ipc=args.ipc, args=config(args),
+                seed=args.seed, versions=utils.versions(),
                 protocol=dict(mode='fixed', label=label, epoch_eval_train=args.epochs_eval, dsa=True,
                               dsa_strategy=strategy, generator=args.pretrain_weight))
     runner.save_results(path, sets, accs, meta)

@@ -112,7 +112,7 @@ def describe(args):
 def main(argv=None):
     notes = []
     args = parse_args(argv, notes)
-    data = get_dataset(args.dataset, args.data_path, device=args.device)
+    data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     recipes = {arch: EvalRecipe.from_args(args, **s) for arch, s in args.eval_settings.items()}
     run = CondensationRun(args, args.method, data, reference_every=500, recipes=recipes, notes=notes + describe(args))
     # Each experiment starts from Gaussian noise (--init noise) or random real images; its final set is saved.

@@ -50,7 +50,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    data = get_dataset(args.dataset, args.data_path, device=args.device)
+    data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     recipes = {arch: EvalRecipe.from_args(args) for arch in get_eval_pool(args.eval_mode, args.model,
                                                                          strict=args.s_mode_strict)}
     run = CondensationRun(args, 'DM', data, reference_every=2000, recipes=recipes)

@@ -73,6 +73,8 @@ def save_image_grid(path, images, mean, std, nrow):
     """De-normalise standardised images and write them as a PNG grid, nrow images per row."""
     from torchvision.utils import save_image
     grid = denormalise(images.detach().float().cpu(), mean, std)
+    if grid.shape[1] not in (1, 3):
+        grid = grid[:, :1]  # a PNG holds 1 or 3 channels: other data is shown by its first channel
     atomic_write(path, lambda f: save_image(grid, f, nrow=nrow, format='png'))
 
 
@@ -114,10 +116,10 @@ class CondensationRun:
     def __init__(self, args, method, data, reference_every, recipes, notes=()):
         smallest = min(len(i) for i in data.indices_class)
         if args.init == 'real' and args.ipc > smallest:
-            raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {args.dataset} ({smallest} images); '
+            raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); '
                             f'lower --ipc or use --init noise')
         self.args, self.method, self.data, self.recipes = args, method, data, recipes
-        self.name = f'{method}_{args.dataset}_{args.model}_{args.ipc}ipc'
+        self.name = f'{method}_{data.name}_{args.model}_{args.ipc}ipc'
         self.results_path, self.summary_path, self.log_path, self.ckpt_path = (
             os.path.join(args.save_path, f) for f in (f'res_{self.name}.pt', f'{self.name}.json', f'{self.name}.log',
                                                       f'{self.name}.ckpt.pt'))
@@ -246,8 +248,8 @@ class CondensationRun:
     def meta(self, extra=None):
         args, data = self.args, self.data
         return dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean,
-                    std=data.std, normalised=True, method=self.method, model=args.model, ipc=args.ipc,
-                    args=self.fingerprint, seed=args.seed, versions=versions(),
+                    std=data.std, classes=data.class_names, normalised=True, method=self.method, model=args.model,
+                    ipc=args.ipc, args=self.fingerprint, seed=args.seed, versions=versions(),
                     protocol=dict(epoch_eval_train=args.epoch_eval_train, eval_mode=args.eval_mode, dsa=args.dsa,
                                   dsa_strategy=args.dsa_strategy), **(extra or {}))
 

@@ -33,8 +33,8 @@ def main(argv=None):
     run.log(f'protocol: {dim_run.protocol_label(args)}')
     run.log(dim_run.storage_line(size))
     modes = ['onthefly', 'fixed'] if args.dim_eval == 'both' else [args.dim_eval]
-    results = dict(generator=args.pretrain_weight, dataset=data.name, ipc=args.ipc, protocol=args.protocol,
-                   storage=size, args=dim_run.config(args), versions=utils.versions())
+    results = dict(generator=args.pretrain_weight, dataset=data.name, classes=data.real.class_names, ipc=args.ipc,
+                   protocol=args.protocol, storage=size, args=dim_run.config(args), versions=utils.versions())
     for mode in modes:
         if mode == 'onthefly':
             results['onthefly'] = dim_run.evaluate_onthefly(G, args, data, run.log)
