@@ -51,6 +51,7 @@ class Data:
     def __init__(self, name, class_names, images_train, labels_train, images_test, labels_test, device='cpu'):
         self.name = name
         self.channel, self.im_size, self.num_classes, self.mean, self.std = DATASETS[name]
+        self._mean, self._std = (torch.tensor(v, device=device) for v in (self.mean, self.std))
         self.class_names = list(class_names)
         self.device = torch.device(device)
         self.x_train, self.x_test = images_train.to(self.device), images_test.to(self.device)
@@ -63,7 +64,8 @@ class Data:
         self.indices_class = list(torch.split(order, counts))
 
     def standardise(self, x):
-        return standardise(x, self.mean, self.std, self.device)
+        # the constants live on the device: building them from lists would copy (and synchronise) every batch
+        return standardise(x, self._mean, self._std, self.device)
 
     def images(self, index):
         """Standardised training images at `index` (any index a tensor accepts)."""
@@ -112,7 +114,8 @@ def standardise(images, mean, std, device='cpu'):
     x = images.to(device)
     x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
     shape = (1, -1, 1, 1)
-    return x.sub_(torch.tensor(mean, device=x.device).view(shape)).div_(torch.tensor(std, device=x.device).view(shape))
+    mean, std = (torch.as_tensor(v, dtype=torch.float32, device=x.device).view(shape) for v in (mean, std))
+    return x.sub_(mean).div_(std)
 
 
 def denormalise(images, mean, std):
