@@ -52,6 +52,14 @@ def sample_real_resident(data, batch_real, generator):
     return data.images(picks if keep is None else picks[keep]), cls
 
 
+def to_device(t, device):
+    """t on device without making the host wait: a CPU tensor bound for CUDA goes through pinned memory (a copy
+    from pageable memory synchronises)."""
+    if t.device.type != 'cpu' or torch.device(device).type != 'cuda':
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def embed_real(net, images, chunk=None, amp='off'):
     """Real features are constants of the loss: no graph, optionally in chunks (exact: each row is independent)."""
     with torch.no_grad(), autocast(images.device, amp):
@@ -119,7 +127,7 @@ def dm_step(args, data, image_syn, syn_cls, optimizer, seed, keys):
     g = make_generator(seed, 'dm_batch', *keys, device=gen_device)
     real, real_cls = (sample_real_resident if resident else sample_real)(data, args.batch_real, g)
     params = sample_dsa_params(args.dsa_strategy, data.num_classes, g, args.dsa_param) if args.dsa else None
-    syn_cls = syn_cls.to(gen_device, non_blocking=True)  # from pageable memory: no wait for the device
+    syn_cls = to_device(syn_cls, gen_device)
     optimizer.zero_grad(set_to_none=True)
     loss = dm_backward(net, real, real_cls, image_syn, syn_cls, data.num_classes, params, args.dsa_param,
                        args.real_chunk, args.per_class, getattr(args, 'amp', 'off'))
