@@ -143,8 +143,8 @@ def _loss(out, y):
 
 
 def can_train_together(net):
-    """BatchNorm updates running statistics in place, which vmap cannot do per network: such models are trained
-    one by one."""
+    """BatchNorm updates its running statistics in place while training; rather than rely on vmap's handling of
+    in-place updates of stacked buffers (not verified to match), such models are trained one by one."""
     return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 

@@ -26,7 +26,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-import main  # noqa: E402
+import main as main_dc  # noqa: E402
 import main_DM  # noqa: E402
 from data import Data  # noqa: E402
 from dc import dc_step  # noqa: E402
@@ -124,7 +124,7 @@ def bench_dc(data, device, ipc, method, outer_loop):
         argv += ['--dsa_strategy', STRATEGY]
     if outer_loop:
         argv += ['--outer_loop', str(outer_loop)]
-    args = main.parse_args(argv)
+    args = main_dc.parse_args(argv)
     image_syn, syn_cls = init_synset(data, ipc, 'noise', torch.Generator().manual_seed(0))
     image_syn = image_syn.to(device).requires_grad_(True)
     opt = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
@@ -136,8 +136,8 @@ def bench_dc(data, device, ipc, method, outer_loop):
 def report(args, device, out):
     name = torch.cuda.get_device_name() if device.startswith('cuda') else f'CPU, {torch.get_num_threads()} threads'
     f32, b16 = matmul_tflops(device, torch.float32), matmul_tflops(device, torch.bfloat16)
-    out(f'\n## {name}; torch {torch.__version__}; {time.strftime("%Y-%m-%d")}; matmul 4096²: fp32 {f32:.2f} '
-        f'TFLOP/s, bf16 {b16:.2f} TFLOP/s\n')
+    out(f'\n## {name}; torch {torch.__version__}; {time.strftime("%Y-%m-%d")}; square matmul: fp32 {f32:.3g} '
+        f'TFLOP/s, bf16 {b16:.3g} TFLOP/s\n')
     data = fake_cifar10(device)
     out(f'| DM {args.model}, batch_real {args.batch_real}, {args.iters} iterations | ms/iteration | images embedded/s '
         f'| GFLOP/iteration | achieved TFLOP/s | % of matmul | peak GPU memory (GiB) |')
@@ -147,7 +147,7 @@ def report(args, device, out):
             r = bench_dm(data, device, ipc, args.batch_real, args.iters, args.model, variant, args.per_class)
             peak = b16 if 'bf16' in variant else f32
             out(f'| CIFAR10 ipc {ipc}, {variant} | {r["ms"]:.1f} | {r["img_per_s"]:.0f} | {r["gflop"]:.1f} | '
-                f'{r["tflops"]:.2f} | {100 * r["tflops"] / peak:.0f} % | {r["peak"]:.2f} |')
+                f'{r["tflops"]:.3g} | {100 * r["tflops"] / peak:.0f} % | {r["peak"]:.2f} |')
     scale = 20 / args.eval_models * 1001 / (args.eval_epochs + 1)
     out(f'\n| evaluation, ConvNet, DSA: 20 networks × 1000 epochs (measured: {args.eval_models} networks × '
         f'{args.eval_epochs} epochs, × {scale:.1f}) | seconds | s/network/epoch | peak GPU memory (GiB) |')

@@ -1,6 +1,5 @@
 """The GPU-throughput paths checked on the CPU: networks trained together equal networks trained one by one,
 the device-resident DM step computes today's loss and gradient, --amp bf16 runs."""
-import types
 
 import pytest
 import torch
@@ -8,11 +7,12 @@ import torch
 import augment
 import dm
 import main_DM
-from augment import ParamDiffAug, apply_dsa, sample_dsa_params, select_params
+from augment import ParamDiffAug, apply_dsa, sample_dsa_params
 from conftest import condense_toy, toy_data
 from data import TensorLoader
 from evaluation import EvalRecipe, evaluate_synset, train_together
 from networks import get_network
+from test_dm import _args
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
 DC_PARAM = dict(crop=4, scale=0.2, rotate=45, noise=0.001, strategy='crop_scale_rotate')
@@ -98,13 +98,6 @@ def test_real_indices_drawn_in_one_call_are_a_uniform_sample_of_each_class():
         counts[picks] += 1
     assert len(set(picks.tolist())) == 29
     assert counts[:36].min() > 0.5 * 200 and counts[:36].max() < 1.5 * 200  # 8 of 12 per draw: 200 each
-
-
-def _args(**kw):
-    args = main_DM.parse_args(['--dataset', 'MNIST', '--model', 'ConvNetW32', '--ipc', '2', '--device', 'cpu',
-                               '--batch_real', '8'])
-    vars(args).update(kw)
-    return args
 
 
 def test_device_resident_step_same_seed_same_set_and_it_learns():
