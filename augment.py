@@ -72,9 +72,10 @@ def parse_strategy(strategy, valid=DSA_TOKENS):
 # randomness helpers
 
 def _rand(shape, generator):
-    # Draw on the generator's own device (CPU in normal use), hand back a CPU tensor: parameters are tiny.
+    # Draw on the generator's own device: a CPU generator (normal use) gives CPU parameters; a CUDA generator keeps
+    # them on the GPU, so a device-resident step never copies them across (apply_dsa then needs no host sync).
     device = generator.device if generator is not None else 'cpu'
-    return torch.rand(shape, generator=generator, device=device).cpu()
+    return torch.rand(shape, generator=generator, device=device)
 
 
 def _randn(shape, generator, device):
@@ -136,7 +137,8 @@ def sample_dsa_params(strategy, n, generator=None, param=None, one_token=False):
 
 def select_params(params, index):
     """Rows `index` of every tensor in a parameter dict (e.g. index = class id of each image)."""
-    index = torch.as_tensor(index, dtype=torch.long).cpu()
+    device = next((v.device for v in params.values() if torch.is_tensor(v)), 'cpu')
+    index = torch.as_tensor(index, dtype=torch.long).to(device)
     return {k: (v[index] if torch.is_tensor(v) else v) for k, v in params.items()}
 
 
@@ -303,9 +305,21 @@ def apply_dsa(x, params, param=None):
         for t in tokens:
             x = _apply_token(x, t, p, param)
         return x
+    if p['choice'].device.type != 'cpu':
+        return _by_choice(x, p, tokens, param)
     # mode 'S': each image gets its own token; group images by token family (at most 6 groups)
     family = torch.tensor([DIM_TOKENS.index(t) for t in tokens])[p['choice']]
     return _grouped(x, p, family, lambda g, xs, ps: _apply_token(xs, DIM_TOKENS[g], ps, param))
+
+
+def _by_choice(x, p, tokens, param):
+    """Mode 'S' for parameters on a GPU: grouping images by token would read the choices back to the host (a
+    sync), so every image goes through every token and keeps its own token's output. Each op acts image by image,
+    so the kept values are those of the grouped path, and unkept branches get zero gradient."""
+    out = x
+    for i, t in enumerate(tokens):
+        out = torch.where((p['choice'] == i).view(-1, 1, 1, 1), _apply_token(x, t, p, param), out)
+    return out
 
 
 def DiffAugment(x, strategy='color_crop_cutout_flip_scale_rotate', param=None, generator=None, siamese=False):

@@ -65,6 +65,13 @@ FLAGS = {
     'real_chunk': dict(type=int, default=None,
                        help='DM: embed the real images in chunks of this many (exact for models without BN; saves '
                             'memory; default: 256 on CPU, where it is also faster, all at once on CUDA)'),
+    'amp': dict(choices=['off', 'bf16'], default='off',
+                help="'bf16': the matching network's forward passes (DM) and the evaluation training in bfloat16 "
+                     "autocast; faster on recent GPUs, float32 otherwise (README, GPU speed)"),
+    'eval_one_by_one': dict(action='store_true',
+                            help='train the evaluation networks of a pool one after another; on a GPU they are '
+                                 'otherwise trained together (same protocol, float rounding aside; BN models are '
+                                 'always one by one)'),
 }
 
 # Flags that must be positive where a script has them (None means "the script's default" and passes).
@@ -141,7 +148,8 @@ def condense_parser(description, **defaults):
     g.add_argument('--eval_every', type=int, default=defaults.get('eval_every'),
                    help='iterations between evaluations (default: the original schedule)')
     g.add_argument('--eval_final_only', action='store_true', help='evaluate only at the last iteration')
-    add_flags(g, ('device', 'resume', 'checkpoint_every', 'align_corners', 'no_progress', 'compat'))
+    add_flags(g, ('device', 'resume', 'checkpoint_every', 'align_corners', 'no_progress', 'compat', 'amp',
+                  'eval_one_by_one'))
     g.add_argument('--s_mode_strict', action='store_true',
                    help='eval mode S maps ResNet18BN_AP to ResNet18_AP instead of the strided ResNet18')
     return p

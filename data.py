@@ -116,6 +116,7 @@ class Data:
         if stats is None:
             stats = DATASETS[name][3:] if name in DATASETS else channel_stats(images_train)
         self.mean, self.std = ([float(v) for v in s] for s in stats)
+        self._mean, self._std = (torch.tensor(v, device=device) for v in (self.mean, self.std))
         self.device = torch.device(device)
         self.x_train, self.x_test = images_train.to(self.device), images_test.to(self.device)
         self.labels_train = labels_train.long().to(self.device)
@@ -127,7 +128,8 @@ class Data:
         self.indices_class = list(torch.split(order, counts))
 
     def standardise(self, x):
-        return standardise(x, self.mean, self.std, self.device)
+        # the constants live on the device: building them from lists would copy (and synchronise) every batch
+        return standardise(x, self._mean, self._std, self.device)
 
     def images(self, index):
         """Standardised training images at `index` (any index a tensor accepts)."""
@@ -176,7 +178,8 @@ def standardise(images, mean, std, device='cpu'):
     x = images.to(device)
     x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
     shape = (1, -1, 1, 1)
-    return x.sub_(torch.tensor(mean, device=x.device).view(shape)).div_(torch.tensor(std, device=x.device).view(shape))
+    mean, std = (torch.as_tensor(v, dtype=torch.float32, device=x.device).view(shape) for v in (mean, std))
+    return x.sub_(mean).div_(std)
 
 
 def channel_stats(images, chunk=4096):

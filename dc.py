@@ -144,7 +144,7 @@ def train_epochs(net, optimizer, images, labels, epochs, batch, generator, dsa_s
 
 def dc_step(args, data, image_syn, syn_cls, optimizer, seed, keys):
     """One outer iteration: a fresh network; outer_loop times [BN refresh; per-class gradient matching;
-    one image step; inner_loop network epochs on the synthetic set]. Returns ΣL / outer_loop.
+    one image step; inner_loop network epochs on the synthetic set]. Returns ΣL / outer_loop (a 0-d tensor).
 
     All randomness comes from the streams (seed, 'dc_net' | 'dc_batch', *keys), keys = (exp, it) in main.py, so
     a resumed run repeats it exactly.
@@ -157,7 +157,7 @@ def dc_step(args, data, image_syn, syn_cls, optimizer, seed, keys):
     has_bn = bool(batchnorms(net))
     labels = syn_cls.to(image_syn.device)
     strategy = args.dsa_strategy if args.dsa else None
-    ipc, total = args.ipc, 0.0
+    ipc, total = args.ipc, torch.zeros((), dtype=torch.float64, device=image_syn.device)
     for ol in range(args.outer_loop):
         if has_bn:
             real = torch.cat([data.get_images(c, BN_IMAGES_PER_CLASS, g) for c in range(data.num_classes)])
@@ -171,7 +171,7 @@ def dc_step(args, data, image_syn, syn_cls, optimizer, seed, keys):
             # L is a sum of per-class terms on disjoint slices of image_syn: backward class by class gives the
             # joint gradient while only one class's second-order graph is alive.
             loss.backward(inputs=[image_syn])
-            total += loss.item()
+            total += loss.detach()  # summed in float64 like Python floats, without reading it back each class
         optimizer.step()
         if ol == args.outer_loop - 1:
             break

@@ -2,18 +2,23 @@
 
 `evaluate_synset` keeps the original name and signature; what it trains with is an `EvalRecipe` (or any object
 with the same attribute names, as the original's `args`). `evaluate_pool` trains `num_eval` networks per
-architecture of an evaluation pool (`get_eval_pool`), each from its own named random stream.
+architecture of an evaluation pool (`get_eval_pool`), each from its own named random stream; `train_together`
+trains them at once (one vectorised network, torch.func.vmap), each with its own weights, batch order and
+augmentation draws, the same protocol as one by one.
 """
+import copy
 import dataclasses
 import time
 from typing import Optional
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
 
-from augment import DiffAugment, ParamDiffAug, augment_dc
+from augment import ParamDiffAug, augment_dc, parse_strategy, sample_dsa_params, apply_dsa
 from networks import get_network
-from utils import make_generator, mean_std
+from utils import autocast, make_generator, mean_std
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +34,8 @@ class EvalRecipe:
     dsa_strategy: Optional[str] = None
     dsa_param: Optional[ParamDiffAug] = None
     dc_aug_param: Optional[dict] = None
+    amp: str = 'off'  # 'bf16': forward and loss in bfloat16 autocast (utils.autocast)
+    eval_one_by_one: bool = False  # train the networks of a pool one after another, never together
 
     @classmethod
     def from_args(cls, args, **over):
@@ -72,39 +79,99 @@ def evaluate_synset(it_eval, net, images_train, labels_train, testloader, args, 
     net = net.to(device).train()
     images = images_train.detach().to(device)
     labels = labels_train.detach().to(device)
-    epochs, batch = int(args.epoch_eval_train), int(args.batch_train)
-    lr = float(args.lr_net)
-    decay_after = epochs // 2 + 1
-    dc_param = getattr(args, 'dc_aug_param', None)
-    augment_dc_on = dc_param is not None and dc_param.get('strategy', 'none') not in ('none', None, '')
+    correct = _train(list(net.parameters()), lambda x: net(x[0])[None], images, labels, args, [generator])
+    acc_test = test_accuracy(net, testloader, device)
+    return net, correct[0].item() / max(len(images), 1), acc_test
 
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    n = len(images)
+
+def _augment(x, args, generators):
+    """The training augmentation of one batch per network (x: M x b x C x H x W, one generator each): DSA (one
+    token per batch, per-image parameters, as the original's DiffAugment with seed -1) when args.dsa, else DC
+    augmentation when its strategy is set, else none. The DSA parameters of all networks are applied in one call."""
+    if getattr(args, 'dsa', False):
+        if not parse_strategy(args.dsa_strategy):
+            return x
+        sets = [sample_dsa_params(args.dsa_strategy, x.shape[1], g, args.dsa_param, one_token=True)
+                for g in generators]
+        params = {k: torch.cat([p[k] for p in sets]) if torch.is_tensor(v) else v for k, v in sets[0].items()}
+        return apply_dsa(x.flatten(0, 1), params, args.dsa_param).view_as(x)
+    dc_param = getattr(args, 'dc_aug_param', None)
+    if dc_param is not None and dc_param.get('strategy', 'none') not in ('none', None, ''):
+        return torch.stack([augment_dc(xm, dc_param, generator=g) for xm, g in zip(x, generators)])
+    return x
+
+
+def _train(params, forward, images, labels, args, generators):
+    """The evaluation training loop for M networks at once: params (their tensors, leading dim M when M > 1),
+    forward (M x b x C x H x W -> M x b x K), one generator per network for its batch order and augmentation.
+    SGD (momentum 0.9, weight decay 5e-4) acts element by element, so one optimiser over stacked tensors steps
+    each network as its own would. Returns each network's correct predictions in the last epoch (a tensor)."""
+    device = torch.device(args.device)
+    images, labels = images.detach().to(device), labels.detach().to(device)
+    epochs, batch = int(args.epoch_eval_train), int(args.batch_train)
+    lr, amp = float(args.lr_net), getattr(args, 'amp', 'off')
+    decay_after = epochs // 2 + 1
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+    n, m = len(images), len(generators)
+    correct = torch.zeros(m, dtype=torch.long, device=device)
     for ep in range(epochs + 1):
-        correct, total = 0, 0
-        order = torch.randperm(n, generator=generator).to(device)
+        order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
         for i in range(0, n, batch):
-            idx = order[i:i + batch]
-            x, y = images[idx], labels[idx]
-            if getattr(args, 'dsa', False):
-                x = DiffAugment(x, args.dsa_strategy, param=args.dsa_param, generator=generator)
-            elif augment_dc_on:
-                x = augment_dc(x, dc_param, generator=generator)
-            out = net(x)
-            loss = F.cross_entropy(out, y)
+            idx = order[:, i:i + batch]
+            x, y = _augment(images[idx], args, generators), labels[idx]
+            with autocast(device, amp):
+                out = forward(x)
+            loss = _loss(out.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if ep == epochs:
-                correct += (out.argmax(1) == y).sum().item()
-                total += len(y)
+                correct += (out.argmax(2) == y).sum(1)
         if ep == decay_after:
             # The reference builds a new optimiser here, so the momentum buffers start again.
             lr *= 0.1
-            optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    acc_train = correct / max(total, 1)
-    acc_test = test_accuracy(net, testloader, device)
-    return net, acc_train, acc_test
+            optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+    return correct
+
+
+def _loss(out, y):
+    """Each network's mean cross-entropy, summed: the sum's gradient for a network is that of its own loss. One
+    network: the original's call, to the bit."""
+    if len(out) == 1:
+        return F.cross_entropy(out[0], y[0])
+    return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction='none').view(len(out), -1).mean(1).sum()
+
+
+def can_train_together(net):
+    """BatchNorm updates its running statistics in place while training; rather than rely on vmap's handling of
+    in-place updates of stacked buffers (not verified to match), such models are trained one by one."""
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def train_together(nets, images, labels, testloader, args, generators):
+    """Train the networks `nets` (one architecture, can_train_together) at once on (images, labels) and test
+    them: evaluate_synset's protocol for each, network i drawing from generators[i] exactly as it would alone
+    (equal up to float rounding: the vectorised convolutions sum in another order). Returns [(train acc, test
+    acc)]; the trained weights are written back into `nets`."""
+    device = torch.device(args.device)
+    params, buffers = stack_module_state([net.to(device) for net in nets])
+    base = copy.deepcopy(nets[0]).to('meta')
+    forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))
+    base.train()
+    correct = _train(list(params.values()), lambda x: forward(params, buffers, x), images, labels, args, generators)
+    with torch.no_grad():
+        for name, stacked in params.items():
+            for net, trained in zip(nets, stacked):
+                net.get_parameter(name).copy_(trained)
+    base.eval()
+    hits, total = torch.zeros(len(nets), dtype=torch.long, device=device), 0
+    with torch.no_grad():
+        for x, y in testloader:
+            x, y = x.to(device), y.to(device)
+            out = forward(params, buffers, x.expand(len(nets), *x.shape))
+            hits += (out.argmax(2) == y).sum(1)
+            total += len(y)
+    return [(c / len(images), h / max(total, 1)) for c, h in zip(correct.tolist(), hits.tolist())]
 
 
 @torch.no_grad()
@@ -136,12 +203,22 @@ def evaluate_pool(recipes, num_eval, data, images, labels, seed, keys, log, labe
     accs = {}
     for arch, recipe in recipes.items():
         accs[arch] = []
-        for i in range(num_eval):
-            net = get_network(arch, data.channel, data.num_classes, data.im_size, device=recipe.device,
-                              generator=make_generator(seed, 'eval_net', *keys, arch, i))
+        nets = [get_network(arch, data.channel, data.num_classes, data.im_size, device=recipe.device,
+                            generator=make_generator(seed, 'eval_net', *keys, arch, i)) for i in range(num_eval)]
+        gens = [make_generator(seed, 'eval', *keys, arch, i) for i in range(num_eval)]
+        t0 = time.time()
+        # Together pays on a GPU (one launch for all networks); on a CPU it is no faster and one by one is exact.
+        together = torch.device(recipe.device).type != 'cpu' and not recipe.eval_one_by_one
+        if together and num_eval > 1 and can_train_together(nets[0]):
+            results = train_together(nets, images, labels, data.testloader(), recipe, gens)
+            took = f'{num_eval} trained together in {time.time() - t0:.0f} s'
+            for i, (acc_train, acc) in enumerate(results):
+                accs[arch].append(acc)
+                log(f'  {arch} #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% ({took})')
+        for i in range(len(accs[arch]), num_eval):
             t0 = time.time()
-            _, acc_train, acc = evaluate_synset(i, net, images, labels, data.testloader(), recipe,
-                                                generator=make_generator(seed, 'eval', *keys, arch, i))
+            _, acc_train, acc = evaluate_synset(i, nets[i], images, labels, data.testloader(), recipe,
+                                                generator=gens[i])
             accs[arch].append(acc)
             # A model takes minutes on a CPU: say so as each one finishes.
             log(f'  {arch} #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% '

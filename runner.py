@@ -206,16 +206,20 @@ class CondensationRun:
     def step_done(self, exp, it, loss, image_syn, optimizer):
         """Progress, a log line every 10 iterations, a checkpoint every --checkpoint_every and before evaluations."""
         args, num_classes = self.args, self.data.num_classes
+        save = (it + 1) % args.checkpoint_every == 0 or it + 1 in self.eval_its
+        self.state['t_syn'] += time.time() - self._t0
+        if it % 10 and not save:
+            return  # the loss may be a GPU tensor: reading it every iteration would make the host wait each time
+        loss = float(loss)
         if not math.isfinite(loss):
-            # Stop before a diverged set reaches a checkpoint or the results.
+            # Stop before a diverged set reaches a checkpoint or the results (a diverged set stays non-finite).
             raise UserError(f'exp {exp} iteration {it}: the loss is {loss}, the synthetic images diverged; lower '
                             f'--lr_img (now {args.lr_img})')
-        self.state['t_syn'] += time.time() - self._t0
         self._bar.set_postfix(loss=f'{loss / num_classes:.4f}')
         if it % 10 == 0:
             # Logged per class as the original does; the optimised loss is the sum over classes.
             self.log(f'exp {exp} iter {it:05d}: loss {loss:.4f} (per class {loss / num_classes:.4f})')
-        if (it + 1) % args.checkpoint_every == 0 or it + 1 in self.eval_its:
+        if save:
             self._save_checkpoint(dict(self.state, it=it + 1, image_syn=image_syn.detach().cpu(),
                                        optimizer=optimizer.state_dict()))
 

@@ -93,16 +93,28 @@ def derive_seed(seed, *keys):
     return int.from_bytes(digest[:8], 'little') >> 1
 
 
-def make_generator(seed, *keys):
-    """A CPU torch.Generator for the stream named by keys (see derive_seed)."""
-    return torch.Generator().manual_seed(derive_seed(seed, *keys))
+def make_generator(seed, *keys, device='cpu'):
+    """A torch.Generator for the stream named by keys (see derive_seed); on `device` to draw there without host
+    copies. A CUDA generator gives other numbers than a CPU one for the same keys."""
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, *keys))
+
+
+AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16}
+
+
+def autocast(device, amp='off'):
+    """The forward-pass precision context of --amp: 'off' (float32) or 'bf16' (bfloat16 autocast)."""
+    dtype = AMP_DTYPES[amp or 'off']
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
 def class_means(rows, cls, num_classes):
     """K x D: the mean row of each class from the actual counts (zeros for an absent class)."""
     cls = cls.to(rows.device)
     sums = torch.zeros(num_classes, rows.shape[1], device=rows.device, dtype=rows.dtype).index_add(0, cls, rows)
-    return sums / torch.bincount(cls, minlength=num_classes).clamp_min(1).to(rows.dtype)[:, None]
+    # counted with index_add, not bincount: on CUDA bincount reads its maximum back to the host (a sync)
+    counts = torch.zeros(num_classes, device=rows.device, dtype=rows.dtype).index_add(0, cls, torch.ones_like(cls, dtype=rows.dtype))
+    return sums / counts.clamp_min(1)[:, None]
 
 
 def mean_std(accs):

@@ -1,13 +1,17 @@
-"""Time DM synthesis iterations and evaluation epochs (CIFAR-10-shaped data, ConvNet), evaluation excluded.
+"""Time DM synthesis iterations, evaluation training and DC/DSA outer iterations (CIFAR-10-shaped data, ConvNet).
 
     python bench/bench_dm.py                      # CPU, and CUDA when present
     python bench/bench_dm.py --devices cpu --ipc 10 --iters 5
+    python bench/bench_dm.py --gpu --out bench/gpu.md   # the GPU session's single command (docs/benchmarks.md)
     THP_MEM_ALLOC_ENABLE=0 python bench/bench_dm.py --per_class   # the original's structure: one class at a time,
                                                                  # 4 KiB pages
 
-Reports seconds per DM iteration, images embedded per second, achieved GFLOP/s (FLOPs of one iteration counted
-once with torch.utils.flop_counter) next to the device's measured float32 matmul GFLOP/s, and seconds per
-evaluate_synset epoch. The data are random uint8 images: the cost of an iteration does not depend on them.
+Reports, per device: ms per DM iteration at each ipc and precision (fp32; bf16 = --amp bf16), images embedded
+per second, achieved TFLOP/s (FLOPs of one iteration counted once with torch.utils.flop_counter) next to the
+device's measured float32 and bfloat16 matmul rates, and the peak GPU memory; seconds to train 20 evaluation
+networks for 1000 epochs (trained together and one by one; measured on fewer networks and epochs and scaled, as
+each row says); seconds per DC/DSA outer iteration. The data are random uint8 images: the cost does not depend on
+them.
 """
 import os
 import sys
@@ -18,20 +22,27 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-import types  # noqa: E402
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+import main as main_dc  # noqa: E402
 import main_DM  # noqa: E402
+from data import Data  # noqa: E402
+from dc import dc_step  # noqa: E402
 from dm import dm_step  # noqa: E402
-from augment import ParamDiffAug  # noqa: E402
-from data import Data, TensorLoader  # noqa: E402
-from evaluation import evaluate_synset, test_accuracy  # noqa: E402
-from networks import get_network  # noqa: E402
+from evaluation import EvalRecipe, evaluate_pool  # noqa: E402
 from runner import init_synset  # noqa: E402
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
+# DM variants: name -> extra attributes of the parsed args (dm.dm_step reads amp, channels_last, resident)
+VARIANTS = {
+    'fp32': {},
+    'bf16': dict(amp='bf16'),
+    'fp32 channels-last': dict(channels_last=True),
+    'bf16 channels-last': dict(amp='bf16', channels_last=True),
+    'fp32 host-drawn': dict(resident=False),  # the CPU streams on the GPU: what the device-resident step buys
+}
 
 
 def sync(device):
@@ -39,18 +50,30 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def matmul_gflops(device, n=4096, reps=5):
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def timed(device, fn):
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def peak_reset(device):
+    if device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gib(device):
+    return torch.cuda.max_memory_allocated() / 2 ** 30 if device.startswith('cuda') else float('nan')
+
+
+def matmul_tflops(device, dtype, reps=3):
+    # smaller on a CPU, where bfloat16 without hardware support runs ~50x below float32
+    n = 4096 if device.startswith('cuda') else 2048 if dtype == torch.float32 else 512
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    times = []
-    for _ in range(reps):
-        sync(device)
-        t = time.perf_counter()
-        a @ b
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+    return 2 * n ** 3 / statistics.median(timed(device, lambda: a @ b) for _ in range(reps)) / 1e12
 
 
 def fake_cifar10(device, n_per_class=500):
@@ -60,45 +83,88 @@ def fake_cifar10(device, n_per_class=500):
     return Data('CIFAR10', [str(i) for i in range(10)], x, labels, x[:1000], labels[:1000], device)
 
 
-def bench_dm(device, ipc, batch_real, iters, model, per_class=False):
-    data = fake_cifar10(device)
+def bench_dm(data, device, ipc, batch_real, iters, model, variant, per_class=False):
     args = main_DM.parse_args(['--dataset', 'CIFAR10', '--model', model, '--ipc', str(ipc), '--device', device,
                                '--batch_real', str(batch_real), '--dsa_strategy', STRATEGY]
                               + (['--per_class'] if per_class else []))
+    vars(args).update(VARIANTS[variant])
     image_syn, syn_cls = init_synset(data, ipc, 'real', torch.Generator().manual_seed(0))
-    image_syn.requires_grad_(True)
+    image_syn = image_syn.to(device).requires_grad_(True)
     opt = torch.optim.SGD([image_syn], lr=1.0, momentum=0.5)
     with FlopCounterMode(display=False) as counter:
         dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 0))
     flops = counter.get_total_flops()
-    dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 1))  # warm-up
-    times = []
-    for it in range(iters):
-        sync(device)
-        t = time.perf_counter()
-        dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 2 + it))
-        sync(device)
-        times.append(time.perf_counter() - t)
-    s = statistics.median(times)
-    return dict(s_per_it=s, img_per_s=10 * (batch_real + ipc) / s, gflops=flops / s / 1e9, gflop_per_it=flops / 1e9)
+    for it in range(2):  # warm-up: kernels chosen, allocator filled
+        dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 1 + it))
+    peak_reset(device)
+    # the loop as main_DM.py runs it: the loss is read once every 10 iterations
+    losses = []
+    t = timed(device, lambda: losses.extend(dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 3 + it))
+                                            for it in range(iters)))
+    float(losses[-1])
+    s = t / iters
+    return dict(ms=1e3 * s, img_per_s=data.num_classes * (batch_real + ipc) / s, tflops=flops / s / 1e12,
+                gflop=flops / 1e9, peak=peak_gib(device))
 
 
-def bench_eval(device, ipc, epochs):
-    data = fake_cifar10(device)
+def bench_eval(data, device, ipc, models, epochs, together, amp='off'):
+    """Seconds to train `models` ConvNets for `epochs` (+1) epochs with evaluate_pool (test pass included)."""
     images, labels = init_synset(data, ipc, 'real', torch.Generator().manual_seed(0))
-    args = types.SimpleNamespace(lr_net=0.01, epoch_eval_train=epochs, batch_train=256, device=device, dsa=True,
-                                 dsa_strategy=STRATEGY, dsa_param=ParamDiffAug(), dc_aug_param=None)
-    net = get_network('ConvNet', 3, 10, (32, 32), device=device, generator=torch.Generator().manual_seed(0))
-    empty = TensorLoader(data.x_test[:0], data.labels_test[:0])
-    sync(device)
-    t = time.perf_counter()
-    evaluate_synset(0, net, images, labels, empty, args, generator=torch.Generator().manual_seed(0))
-    sync(device)
-    train_s = (time.perf_counter() - t) / (epochs + 1)
-    t = time.perf_counter()
-    test_accuracy(net, fake_cifar10(device, 1000).testloader(), device)  # 10,000 test images
-    sync(device)
-    return train_s, time.perf_counter() - t
+    recipe = EvalRecipe(epoch_eval_train=epochs, device=device, dsa=True, dsa_strategy=STRATEGY,
+                        dsa_param=main_DM.parse_args([]).dsa_param, amp=amp, eval_one_by_one=not together)
+    peak_reset(device)
+    t = timed(device, lambda: evaluate_pool({'ConvNet': recipe}, models, data, images, labels, 0, (0, 0),
+                                            lambda msg: None))
+    return t, peak_gib(device)
+
+
+def bench_dc(data, device, ipc, method, outer_loop):
+    argv = ['--dataset', 'CIFAR10', '--model', 'ConvNet', '--ipc', str(ipc), '--device', device, '--method', method]
+    if method == 'DSA':
+        argv += ['--dsa_strategy', STRATEGY]
+    if outer_loop:
+        argv += ['--outer_loop', str(outer_loop)]
+    args = main_dc.parse_args(argv)
+    image_syn, syn_cls = init_synset(data, ipc, 'noise', torch.Generator().manual_seed(0))
+    image_syn = image_syn.to(device).requires_grad_(True)
+    opt = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
+    peak_reset(device)
+    t = timed(device, lambda: dc_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 0)))
+    return t, args.outer_loop, args.inner_loop, peak_gib(device)
+
+
+def report(args, device, out):
+    name = torch.cuda.get_device_name() if device.startswith('cuda') else f'CPU, {torch.get_num_threads()} threads'
+    f32, b16 = matmul_tflops(device, torch.float32), matmul_tflops(device, torch.bfloat16)
+    out(f'\n## {name}; torch {torch.__version__}; {time.strftime("%Y-%m-%d")}; square matmul: fp32 {f32:.3g} '
+        f'TFLOP/s, bf16 {b16:.3g} TFLOP/s\n')
+    data = fake_cifar10(device)
+    out(f'| DM {args.model}, batch_real {args.batch_real}, {args.iters} iterations | ms/iteration | images embedded/s '
+        f'| GFLOP/iteration | achieved TFLOP/s | % of matmul | peak GPU memory (GiB) |')
+    out('|---|---|---|---|---|---|---|')
+    for variant in args.variants:
+        for ipc in args.ipc:
+            r = bench_dm(data, device, ipc, args.batch_real, args.iters, args.model, variant, args.per_class)
+            peak = b16 if 'bf16' in variant else f32
+            out(f'| CIFAR10 ipc {ipc}, {variant} | {r["ms"]:.1f} | {r["img_per_s"]:.0f} | {r["gflop"]:.1f} | '
+                f'{r["tflops"]:.3g} | {100 * r["tflops"] / peak:.0f} % | {r["peak"]:.2f} |')
+    scale = 20 / args.eval_models * 1001 / (args.eval_epochs + 1)
+    out(f'\n| evaluation, ConvNet, DSA: 20 networks × 1000 epochs (measured: {args.eval_models} networks × '
+        f'{args.eval_epochs} epochs, × {scale:.1f}) | seconds | s/network/epoch | peak GPU memory (GiB) |')
+    out('|---|---|---|---|')
+    for ipc in args.eval_ipc:
+        for mode in args.eval_modes:
+            t, peak = bench_eval(data, device, ipc, args.eval_models, args.eval_epochs, mode != 'one by one',
+                                 'bf16' if 'bf16' in mode else 'off')
+            out(f'| CIFAR10 ipc {ipc}, {mode} | {t * scale:.1f} | {t / args.eval_models / (args.eval_epochs + 1):.4f} '
+                f'| {peak:.2f} |')
+    dc_ipc = args.dc_ipc if args.dc_ipc is not None else 10 if device.startswith('cuda') else 0
+    if dc_ipc:
+        out('\n| DC/DSA, ConvNet | outer_loop × inner_loop | seconds per outer iteration | peak GPU memory (GiB) |')
+        out('|---|---|---|---|')
+        for method in ('DC', 'DSA'):
+            t, ol, il, peak = bench_dc(data, device, dc_ipc, method, args.dc_outer_loop)
+            out(f'| {method} CIFAR10 ipc {dc_ipc} | {ol} × {il} | {t:.2f} | {peak:.2f} |')
 
 
 def main():
@@ -108,30 +174,42 @@ def main():
     p.add_argument('--batch_real', type=int, default=256)
     p.add_argument('--iters', type=int, default=5)
     p.add_argument('--model', default='ConvNet')
-    p.add_argument('--eval_ipc', type=int, nargs='+', default=[10, 50])
-    p.add_argument('--eval_epochs', type=int, default=10)
+    p.add_argument('--variants', nargs='+', default=['fp32'], choices=list(VARIANTS))
+    p.add_argument('--eval_ipc', type=int, nargs='*', default=[10, 50])
+    p.add_argument('--eval_models', type=int, default=4, help='networks measured (scaled to 20)')
+    p.add_argument('--eval_epochs', type=int, default=2, help='epochs measured (scaled to 1000)')
+    p.add_argument('--eval_modes', nargs='+', default=['one by one', 'together'],
+                   choices=['one by one', 'together', 'together bf16'])
+    p.add_argument('--dc_ipc', type=int, default=None,
+                   help='ipc of the DC/DSA rows; 0: none (default: 10 on CUDA, none on a CPU, where one ipc-10 outer '
+                        'iteration takes about 20 minutes)')
+    p.add_argument('--dc_outer_loop', type=int, default=None, help="DC/DSA outer_loop (default: the original's)")
     p.add_argument('--per_class', action='store_true', help="one class's forward at a time, as the original")
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
+    p.add_argument('--gpu', action='store_true',
+                   help='the GPU session preset: CUDA only, 20 iterations, every DM variant, 20 networks × 1000 '
+                        'epochs together at ipc 10, fewer where one by one (under 8 minutes on an H100)')
+    p.add_argument('--out', default=None, help='also write the tables to this markdown file')
     args = p.parse_args()
+    if args.gpu:
+        args.devices, args.iters, args.variants = ['cuda'], 20, list(VARIANTS)
+        args.eval_models, args.eval_epochs = 20, 200
+        args.eval_modes = ['one by one', 'together', 'together bf16']
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f'THP_MEM_ALLOC_ENABLE={os.environ.get("THP_MEM_ALLOC_ENABLE")}, per_class={args.per_class}')
+    lines = []
+
+    def out(line):
+        print(line, flush=True)
+        lines.append(line)
+        if args.out:
+            with open(args.out, 'w') as f:
+                f.write('\n'.join(lines) + '\n')
+
+    out(f'`{" ".join(sys.argv)}`; THP_MEM_ALLOC_ENABLE={os.environ.get("THP_MEM_ALLOC_ENABLE")}, '
+        f'per_class={args.per_class}')
     for device in args.devices:
-        name = torch.cuda.get_device_name() if device.startswith('cuda') else f'CPU, {torch.get_num_threads()} threads'
-        peak = matmul_gflops(device)
-        print(f'\n## {name}; torch {torch.__version__}; fp32 matmul 4096²: {peak:.0f} GFLOP/s\n')
-        print(f'| DM {args.model}, batch_real {args.batch_real} | s/iteration | images embedded/s | GFLOP/iteration '
-              f'| achieved GFLOP/s | % of matmul |')
-        print('|---|---|---|---|---|---|')
-        for ipc in args.ipc:
-            r = bench_dm(device, ipc, args.batch_real, args.iters, args.model, args.per_class)
-            print(f'| CIFAR10 ipc {ipc} | {r["s_per_it"]:.3f} | {r["img_per_s"]:.0f} | {r["gflop_per_it"]:.1f} | '
-                  f'{r["gflops"]:.0f} | {100 * r["gflops"] / peak:.0f} % |', flush=True)
-        print('\n| evaluate_synset (ConvNet, DSA) | s/epoch | test pass, 10,000 images (s) |')
-        print('|---|---|---|')
-        for ipc in args.eval_ipc:
-            train_s, test_s = bench_eval(device, ipc, args.eval_epochs)
-            print(f'| CIFAR10 ipc {ipc} | {train_s:.3f} | {test_s:.2f} |', flush=True)
+        report(args, device, out)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,129 @@
+"""The GPU-throughput paths checked on the CPU: networks trained together equal networks trained one by one,
+the device-resident DM step computes today's loss and gradient, --amp bf16 runs."""
+
+import pytest
+import torch
+
+import augment
+import dm
+import main_DM
+from augment import ParamDiffAug, apply_dsa, sample_dsa_params
+from conftest import condense_toy, toy_data
+from data import TensorLoader
+from evaluation import EvalRecipe, evaluate_synset, train_together
+from networks import get_network
+from test_dm import _args
+
+STRATEGY = 'color_crop_cutout_flip_scale_rotate'
+DC_PARAM = dict(crop=4, scale=0.2, rotate=45, noise=0.001, strategy='crop_scale_rotate')
+
+
+def _toy_set(n=2, size=16):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(10 * n, 3, size, size, generator=g), torch.arange(10).repeat(n)
+
+
+@pytest.mark.parametrize('aug', ['dsa', 'dc'])
+def test_networks_trained_together_equal_one_by_one(aug):
+    x, y = _toy_set()
+    recipe = EvalRecipe(epoch_eval_train=3, batch_train=8, dsa=aug == 'dsa', dsa_strategy=STRATEGY,
+                        dsa_param=ParamDiffAug(), dc_aug_param=DC_PARAM if aug == 'dc' else None)
+
+    def nets():
+        return [get_network('ConvNetW32', 3, 10, (16, 16), generator=torch.Generator().manual_seed(10 + i))
+                for i in range(3)]
+
+    def gens():
+        return [torch.Generator().manual_seed(i) for i in range(3)]
+
+    loader = TensorLoader(x, y, 7)
+    alone = [evaluate_synset(i, net, x, y, loader, recipe, generator=g) for i, (net, g) in
+             enumerate(zip(nets(), gens()))]
+    together_nets = nets()
+    together = train_together(together_nets, x, y, loader, recipe, gens())
+    # Same draws, same updates: the weights agree up to the float rounding of the vectorised convolutions.
+    for (net, acc_train, acc), net_t, (acc_train_t, acc_t) in zip(alone, together_nets, together):
+        for p, q in zip(net.parameters(), net_t.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+        assert (acc_train, acc) == (acc_train_t, acc_t)
+    assert len({tuple(p.flatten()[:5].tolist()) for p in (n.features[0].weight for n in together_nets)}) == 3
+
+
+def test_token_choice_on_the_gpu_path_equals_grouping_images_by_token():
+    x = torch.randn(12, 3, 16, 16, requires_grad=True)
+    p = sample_dsa_params(STRATEGY, 12, torch.Generator().manual_seed(3), ParamDiffAug())
+    assert len(p['choice'].unique()) > 2
+    grouped = apply_dsa(x, p)
+    (ga,) = torch.autograd.grad(grouped.square().sum(), x)
+    chosen = augment._by_choice(x, p, p['tokens'], ParamDiffAug())
+    (gb,) = torch.autograd.grad(chosen.square().sum(), x)
+    assert torch.equal(grouped, chosen)
+    assert torch.equal(ga, gb)
+
+
+def test_device_resident_loss_and_gradient_equal_todays(monkeypatch):
+    """Same network, real batch and DSA parameters: the GPU path's augmentation gives today's loss and gradient."""
+    data = toy_data(classes=4)
+    net = get_network('ConvNetW32', 1, 4, (28, 28), generator=torch.Generator().manual_seed(0))
+    real, real_cls = dm.sample_real(data, 6, torch.Generator().manual_seed(1))
+    syn = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    syn_cls = torch.arange(4).repeat_interleave(2)
+    params = sample_dsa_params(STRATEGY, 4, torch.Generator().manual_seed(3), ParamDiffAug())
+
+    def loss_and_grad():
+        s = syn.clone().requires_grad_(True)
+        loss = dm.dm_loss(net, real, real_cls, s, syn_cls, 4, params, ParamDiffAug())
+        loss.backward()
+        return loss.detach(), s.grad
+
+    today = loss_and_grad()
+    monkeypatch.setattr(dm, 'apply_dsa', lambda x, p, param: augment._by_choice(x, p, p['tokens'], param))
+    resident = loss_and_grad()
+    assert torch.equal(today[0], resident[0]) and torch.equal(today[1], resident[1])
+
+
+def test_real_indices_drawn_in_one_call_are_a_uniform_sample_of_each_class():
+    data = toy_data(n=12, classes=4)
+    data.indices_class[3] = data.indices_class[3][:5]  # a class smaller than batch_real: all of it
+    counts = torch.zeros(48)
+    for k in range(300):
+        g = torch.Generator().manual_seed(k)
+        table, *_ = dm._class_table(data, 8, g.device)
+        keys = torch.rand(table.shape, generator=g)
+        images, cls = dm.sample_real_resident(data, 8, torch.Generator().manual_seed(k))
+        assert cls.tolist() == [0] * 8 + [1] * 8 + [2] * 8 + [3] * 5
+        picks = torch.cat([data.indices_class[c][keys[c, :len(data.indices_class[c])].argsort()[:8]]
+                           for c in range(4)])
+        assert torch.equal(images.sort(0).values, data.images(picks).sort(0).values)
+        counts[picks] += 1
+    assert len(set(picks.tolist())) == 29
+    assert counts[:36].min() > 0.5 * 200 and counts[:36].max() < 1.5 * 200  # 8 of 12 per draw: 200 each
+
+
+def test_device_resident_step_same_seed_same_set_and_it_learns():
+    data = toy_data()
+    args = _args(lr_img=5.0, resident=True)
+    first = condense_toy(dm.dm_step, args, data, 4)
+    second = condense_toy(dm.dm_step, args, data, 4)
+    assert torch.equal(first[1], second[1]) and not torch.equal(first[0], first[1])
+
+
+def test_bf16_runs_and_stays_close_to_float32():
+    data = toy_data()
+    fp32 = condense_toy(dm.dm_step, _args(lr_img=5.0), data, 3)[1]
+    bf16 = condense_toy(dm.dm_step, _args(lr_img=5.0, amp='bf16'), data, 3)[1]
+    assert torch.isfinite(bf16).all() and not torch.equal(fp32, bf16)
+    assert (bf16 - fp32).abs().mean() < 0.1 * fp32.abs().mean()
+    x, y = _toy_set()
+    recipe = EvalRecipe(epoch_eval_train=2, batch_train=8, amp='bf16')
+    net = get_network('ConvNetW32', 3, 10, (16, 16), generator=torch.Generator().manual_seed(0))
+    _, acc_train, acc = evaluate_synset(0, net, x, y, TensorLoader(x, y), recipe, generator=torch.Generator())
+    assert 0 <= acc <= 1 and net.features[0].weight.dtype == torch.float32
+
+
+def test_amp_flag_reaches_the_step_and_the_evaluation(prepared_mnist):
+    args = main_DM.parse_args(['--dataset', 'MNIST', '--data_path', str(prepared_mnist), '--amp', 'bf16',
+                               '--eval_one_by_one', '--device', 'cpu'])
+    assert args.amp == 'bf16'
+    recipe = EvalRecipe.from_args(args)
+    assert recipe.amp == 'bf16' and recipe.eval_one_by_one
