@@ -67,7 +67,7 @@ def parse_args(argv=None):
                    help='generator input width (default 100, or K + 28 if K >= 100)')
     g.add_argument('--gan_cond', choices=['overwrite', 'embed'], default='overwrite',
                    help="label conditioning: DiM's one-hot overwrite of the first K noise entries, or a learned "
-                        "class embedding (learns the classes in fewer iterations)")
+                        "class embedding added to the noise (learns the classes in far fewer iterations)")
     return validate(p.parse_args(argv))
 
 

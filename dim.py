@@ -272,6 +272,39 @@ def critic_step(G, D, opt_d, x, y, num_classes, generator):
     return dict(d=loss.item(), **parts)
 
 
+class ClassScore:
+    """A classification accuracy score (CAS) of a conditional generator: a small ConvNet (width 32) is trained once
+    on the real training images as the GAN sees them ([-1, 1]), for `epochs` Adam epochs; score(G) is the share of
+    G's eval-mode samples of class c that it labels c (chance 1/K). It shows whether G has learned the labels,
+    which sharp, realistic samples do not (docs/results.md, DiM). Its draws come from its own named streams."""
+
+    def __init__(self, data, seed, epochs=1, batch_size=128, per_class=50):
+        self.data, self.seed, self.per_class = data, seed, per_class
+        g = make_generator(seed, 'cas_net')
+        self.net = get_network('ConvNetW32', data.channel, data.num_classes, data.im_size, device=data.device,
+                               generator=g)
+        opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        self.net.train()
+        for _ in range(epochs):
+            for b in epoch_batches(len(data.train_idx), batch_size, g):
+                x, y = data.batch(data.train_idx[b])
+                loss = F.cross_entropy(self.net(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        self.net.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def score(self, G):
+        was = G.training
+        G.eval()
+        y = torch.arange(self.data.num_classes).repeat_interleave(self.per_class).to(self.data.device)
+        g = make_generator(self.seed, 'cas_samples')
+        hits = sum((self.net(generate(G, yb, g)).argmax(1) == yb).sum().item() for yb in y.split(500))
+        G.train(was)
+        return hits / len(y)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Stage-2 matching: a pool classifier compares real and generated images
 
