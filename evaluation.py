@@ -62,8 +62,9 @@ def get_eval_pool(eval_mode, model, model_eval=None, strict=False):
     return [model_eval or model]
 
 
-def evaluate_synset(it_eval, net, images_train, labels_train, testloader, args, generator=None):
-    """Train `net` from scratch on a (synthetic) set, then test it.
+def evaluate_synset(it_eval, net, images_train, labels_train, testloader, args, generator=None, on_epoch=None):
+    """Train `net` from scratch on a (synthetic) set, then test it. on_epoch(ep, net), when given, is called after
+    every epoch (a learning curve; it must leave the net's mode and weights as it found them).
 
     args: an EvalRecipe, or any object with its attribute names (lr_net, epoch_eval_train, batch_train, device;
     dsa, dsa_strategy, dsa_param or dc_aug_param for augmentation). Returns (net, training accuracy of the last epoch, test accuracy in [0, 1]).
@@ -102,6 +103,8 @@ def evaluate_synset(it_eval, net, images_train, labels_train, testloader, args, 
             # The reference builds a new optimiser here, so the momentum buffers start again.
             lr *= 0.1
             optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        if on_epoch is not None:
+            on_epoch(ep, net)
     acc_train = correct / max(total, 1)
     acc_test = test_accuracy(net, testloader, device)
     return net, acc_train, acc_test
@@ -129,10 +132,11 @@ def test_accuracy(net, testloader, device, top5=False, train_mode=False):
     return (correct / total, correct5 / total) if top5 else correct / total
 
 
-def evaluate_pool(recipes, num_eval, data, images, labels, seed, keys, log, label=''):
+def evaluate_pool(recipes, num_eval, data, images, labels, seed, keys, log, label='', on_epoch=None):
     """num_eval fresh networks per architecture of `recipes` ({arch: EvalRecipe}) trained on (images, labels) and
     tested on data's test set: {arch: [accuracies]}. Network i of arch draws its weights and its batches from the
-    streams (seed, 'eval_net', *keys, arch, i) and (seed, 'eval', *keys, arch, i); label starts the log line."""
+    streams (seed, 'eval_net', *keys, arch, i) and (seed, 'eval', *keys, arch, i); label starts the log line.
+    on_epoch(arch, i, ep, net), when given, is called after every epoch of every network."""
     accs = {}
     for arch, recipe in recipes.items():
         accs[arch] = []
@@ -140,8 +144,9 @@ def evaluate_pool(recipes, num_eval, data, images, labels, seed, keys, log, labe
             net = get_network(arch, data.channel, data.num_classes, data.im_size, device=recipe.device,
                               generator=make_generator(seed, 'eval_net', *keys, arch, i))
             t0 = time.time()
+            hook = None if on_epoch is None else (lambda ep, n, arch=arch, i=i: on_epoch(arch, i, ep, n))
             _, acc_train, acc = evaluate_synset(i, net, images, labels, data.testloader(), recipe,
-                                                generator=make_generator(seed, 'eval', *keys, arch, i))
+                                                generator=make_generator(seed, 'eval', *keys, arch, i), on_epoch=hook)
             accs[arch].append(acc)
             # A model takes minutes on a CPU: say so as each one finishes.
             log(f'  {arch} #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% '
