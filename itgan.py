@@ -118,12 +118,14 @@ def choose_subset(data, ipc, generator):
 def invert(args, data, G, real_idx, labels, seed, key):
     """Latents for the real images at real_idx (one chunk, optimised together; each loss term is per sample, so
     the chunking changes only the draws): args.invert_iters Adam steps at args.lr_invert from N(0, I).
-    Every draw comes from the streams (seed, 'invert_*', key, ...). Returns (latents on the CPU, final pixel MSE)."""
+    Every draw comes from the streams (seed, 'invert_*', key, ...). Returns (latents on the CPU, (pixel MSE at the start, at the end))."""
     g = make_generator(seed, 'invert_init', key)
     z = torch.randn(len(real_idx), latent_width(G), generator=g).to(args.device).requires_grad_(True)
     y = labels.to(args.device)
     real = data.images(real_idx)
     opt = torch.optim.Adam([z], lr=args.lr_invert)
+    with torch.no_grad():
+        start = ((render(G, z, y, data.mean, data.std) - real) ** 2).mean().item()
     for it in range(args.invert_iters):
         net = random_network(args, data, make_generator(seed, 'invert_net', key, it))
         loss = inversion_loss(net, render(G, z, y, data.mean, data.std), real, args.feat_weight)
@@ -132,7 +134,7 @@ def invert(args, data, G, real_idx, labels, seed, key):
         opt.step()
     with torch.no_grad():
         mse = ((render(G, z, y, data.mean, data.std) - real) ** 2).mean().item()
-    return z.detach().cpu(), mse
+    return z.detach().cpu(), (start, mse)
 
 
 def pick_latents(index_class, n, generator):

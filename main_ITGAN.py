@@ -65,7 +65,7 @@ def parse_args(argv=None):
     own.add_argument('--invert_batch', type=int, default=1000, help='latents inverted together')
     own.add_argument('--lr_latent', type=float, default=0.001, help='Adam lr of the IT-GAN latents (the paper: 0.001)')
     own.add_argument('--batch_syn', type=int, default=256, help='latents of every class per IT-GAN step')
-    own.add_argument('--reg', type=float, default=1.0,
+    own.add_argument('--reg', type=float, default=0.1,
                      help='weight of the regulariser keeping each sample near its real image in feature space')
     dims = p.add_argument_group("DiM's spellings")
     for flag, dest in (('--data', 'dataset'), ('--data-dir', 'data_path'), ('--epochs-eval', 'epoch_eval_train'),
@@ -180,8 +180,8 @@ def invert_all(args, data, G, run, real_idx, labels):
         state['mse'].append(mse)
         state['times']['inversion_s'] = state['times'].get('inversion_s', 0.0) + time.time() - t0
         t0 = time.time()
-        run.log(f'inversion chunk {k + 1}/{len(chunks)}: {len(z)} latents, reconstruction MSE {mse:.4f} '
-                f'(standardised pixels)')
+        run.log(f'inversion chunk {k + 1}/{len(chunks)}: {len(z)} latents, reconstruction MSE {mse[0]:.4f} -> '
+                f'{mse[1]:.4f} (standardised pixels)')
         run.save()
     return torch.cat(state['chunks'])
 

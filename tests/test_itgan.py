@@ -54,7 +54,8 @@ def test_inversion_reduces_the_reconstruction_error():
     real = data.images(idx)
     before = ((itgan.render_set(G, torch.randn(len(idx), 16, generator=itgan.make_generator(0, 'invert_init', 0)),
                                 labels, data.mean, data.std) - real) ** 2).mean().item()
-    z, after = itgan.invert(_args(), data, G, idx, labels, seed=0, key=0)
+    z, (start, after) = itgan.invert(_args(), data, G, idx, labels, seed=0, key=0)
+    assert start == pytest.approx(before)
     assert z.shape == (len(idx), 16)
     assert after < 0.7 * before
     again, _ = itgan.invert(_args(), data, G, idx, labels, seed=0, key=0)
