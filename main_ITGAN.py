@@ -32,6 +32,8 @@ from utils import (ArgumentParser, Log, UserError, atomic_save, make_generator, 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'generator')
+# Flags of the evaluation only: a --resume with other values keeps the latents and evaluates them anew.
+EVAL_FLAGS = ('num_eval', 'epoch_eval_train', 'eval_model', 'curve_at', 'lr_net', 'batch_train')
 FLAG = '--generator'
 
 
@@ -154,10 +156,17 @@ class ITGANRun:
         self.results_path, self.summary_path = path(f'res_{self.name}.pt'), path(f'{self.name}.json')
         self.log_path, self.ckpt_path, self.vis_path = (path(f'{self.name}.log'), path(f'{self.name}.ckpt.pt'),
                                                         path(f'vis_{self.name}.png'))
-        self.fingerprint = dict(runner.fingerprint(args, RESUMABLE), generator_sha256=gen_info['sha256'])
-        self.state = self._resumed() if args.resume else dict(chunks=[], mse=[], it=0, losses=[], accs={},
-                                                              curves={}, times={})
+        self.fingerprint = dict(runner.fingerprint(args, RESUMABLE + EVAL_FLAGS), generator_sha256=gen_info['sha256'])
+        self.eval_fingerprint = runner.fingerprint(args, set(vars(args)) - set(EVAL_FLAGS))
+        self.state = self._resumed() if args.resume else dict(chunks=[], mse=[], it=0, losses=[], times={})
         self.log = Log(self.log_path, append=args.resume)
+        if self.state.get('eval_fingerprint', self.eval_fingerprint) != self.eval_fingerprint:
+            self.log(f'evaluation flags changed ({self.state["eval_fingerprint"]} -> {self.eval_fingerprint}): the '
+                     f'stored latents are evaluated anew')
+            self.state.update(accs={}, curves={})
+        self.state.update(eval_fingerprint=self.eval_fingerprint)
+        self.state.setdefault('accs', {})
+        self.state.setdefault('curves', {})
 
     def _resumed(self):
         if not os.path.exists(self.ckpt_path):
@@ -260,7 +269,7 @@ def main(argv=None):
             f'(sha256 {gen["sha256"][:12]}); device {args.device}; seed {args.seed}')
     run.log(f'storage: generator {size["generator_bytes"] / 2 ** 10:.1f} KiB + latents {size["latent_bytes"] / 2 ** 10:.1f}'
             f' KiB against {size["image_bytes"] / 2 ** 10:.1f} KiB of uint8 images (x{size["ratio"]:.2f})')
-    run.log(f'arguments: {run.fingerprint}')
+    run.log(f'arguments: {dict(run.fingerprint, **run.eval_fingerprint)}')
 
     z_inv = invert_all(args, data, G, run, real_idx, labels)
     z_itgan = optimise(args, data, G, run, z_inv, labels, real_idx)
@@ -278,7 +287,8 @@ def main(argv=None):
     curve_means = {name: {arch: [mean_std([c[j] for c in cs])[0] for j in range(len(cs[0]))]
                           for arch, cs in curves[name].items()} for name in SETS}
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean, std=data.std,
-                method='ITGAN', model=args.model, ipc=args.ipc, args=run.fingerprint, seed=args.seed,
+                method='ITGAN', model=args.model, ipc=args.ipc, args=dict(run.fingerprint, **run.eval_fingerprint),
+                seed=args.seed,
                 versions=versions(), render='standardise((G(z, y) + 1) / 2), G in eval mode, chunks of 500',
                 protocol=dict(epoch_eval_train=args.epoch_eval_train, dsa_strategy=args.dsa_strategy,
                               eval_model=args.eval_model, curve_epochs=args.curve_at + [args.epoch_eval_train + 1]))
@@ -287,7 +297,7 @@ def main(argv=None):
                      meta=meta), run.results_path)
     write_json(run.summary_path, dict(run=run.name, accuracy=summary, curve_epochs=meta['protocol']['curve_epochs'],
                                       curve_mean=curve_means, storage=size, generator=gen,
-                                      inversion_mse=run.state['mse'], times=run.state['times'], args=run.fingerprint,
+                                      inversion_mse=run.state['mse'], times=run.state['times'], args=meta['args'],
                                       versions=meta['versions']))
     for name in SETS:
         for arch, s in summary[name].items():

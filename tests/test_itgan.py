@@ -145,6 +145,13 @@ def test_a_run_stores_latents_that_regenerate_the_evaluated_images(prepared_mnis
     # --resume of a finished run repeats its numbers
     again = main_ITGAN.main(_cli(tmp, '--generator', gen, '--resume'))
     assert again == summary
+    # --resume with other evaluation flags keeps the latents and evaluates them anew
+    more = main_ITGAN.main(_cli(tmp, '--generator', gen, '--resume', '--num_eval', '2'))
+    assert more['itgan']['ConvNetW32']['all'][0] == summary['itgan']['ConvNetW32']['all'][0]
+    assert len(more['itgan']['ConvNetW32']['all']) == 2
+    assert torch.equal(torch.load(tmp / 'out' / f'res_{name}.pt')['latents']['itgan'], res['latents']['itgan'])
+    with pytest.raises(UserError, match='differs in Iteration'):  # but not with other latents
+        main_ITGAN.main(_cli(tmp, '--generator', gen, '--resume', '--Iteration', '5'))
 
 
 def test_an_interrupted_run_resumes_to_the_same_latents(prepared_mnist, monkeypatch):
