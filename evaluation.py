@@ -69,8 +69,9 @@ def get_eval_pool(eval_mode, model, model_eval=None, strict=False):
     return [model_eval or model]
 
 
-def evaluate_synset(it_eval, net, images_train, labels_train, testloader, args, generator=None):
-    """Train `net` from scratch on a (synthetic) set, then test it.
+def evaluate_synset(it_eval, net, images_train, labels_train, testloader, args, generator=None, on_epoch=None):
+    """Train `net` from scratch on a (synthetic) set, then test it. on_epoch(ep, net), when given, is called after
+    every epoch (a learning curve; it must leave the net's mode and weights as it found them).
 
     args: an EvalRecipe, or any object with its attribute names (lr_net, epoch_eval_train, batch_train, device;
     dsa, dsa_strategy, dsa_param or dc_aug_param for augmentation). Returns (net, training accuracy of the last epoch, test accuracy in [0, 1]).
@@ -79,7 +80,8 @@ def evaluate_synset(it_eval, net, images_train, labels_train, testloader, args, 
     net = net.to(device).train()
     images = images_train.detach().to(device)
     labels = labels_train.detach().to(device)
-    correct = _train(list(net.parameters()), lambda x: net(x[0])[None], images, labels, args, [generator])
+    hook = None if on_epoch is None else (lambda ep: on_epoch(ep, net))
+    correct = _train(list(net.parameters()), lambda x: net(x[0])[None], images, labels, args, [generator], hook)
     acc_test = test_accuracy(net, testloader, device)
     return net, correct[0].item() / max(len(images), 1), acc_test
 
@@ -101,11 +103,12 @@ def _augment(x, args, generators):
     return x
 
 
-def _train(params, forward, images, labels, args, generators):
+def _train(params, forward, images, labels, args, generators, on_epoch=None):
     """The evaluation training loop for M networks at once: params (their tensors, leading dim M when M > 1),
     forward (M x b x C x H x W -> M x b x K), one generator per network for its batch order and augmentation.
     SGD (momentum 0.9, weight decay 5e-4) acts element by element, so one optimiser over stacked tensors steps
-    each network as its own would. Returns each network's correct predictions in the last epoch (a tensor)."""
+    each network as its own would. on_epoch(ep) is called after every epoch. Returns each network's correct
+    predictions in the last epoch (a tensor)."""
     device = torch.device(args.device)
     images, labels = images.detach().to(device), labels.detach().to(device)
     epochs, batch = int(args.epoch_eval_train), int(args.batch_train)
@@ -131,6 +134,8 @@ def _train(params, forward, images, labels, args, generators):
             # The reference builds a new optimiser here, so the momentum buffers start again.
             lr *= 0.1
             optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+        if on_epoch is not None:
+            on_epoch(ep)
     return correct
 
 
@@ -196,10 +201,22 @@ def test_accuracy(net, testloader, device, top5=False, train_mode=False):
     return (correct / total, correct5 / total) if top5 else correct / total
 
 
-def evaluate_pool(recipes, num_eval, data, images, labels, seed, keys, log, label=''):
+def progress_lines(log, epochs, lines=5):
+    """An on_epoch hook for evaluate_pool that logs `lines` times while a network trains (a 1000-epoch network
+    takes minutes on a CPU: without it the log is silent until it ends)."""
+    every = max(1, (epochs + 1) // lines)
+
+    def hook(arch, i, ep, net):
+        if ep and ep % every == 0 and ep < epochs:
+            log(f'  {arch} #{i}: epoch {ep}/{epochs}')
+    return hook
+
+
+def evaluate_pool(recipes, num_eval, data, images, labels, seed, keys, log, label='', on_epoch=None):
     """num_eval fresh networks per architecture of `recipes` ({arch: EvalRecipe}) trained on (images, labels) and
     tested on data's test set: {arch: [accuracies]}. Network i of arch draws its weights and its batches from the
-    streams (seed, 'eval_net', *keys, arch, i) and (seed, 'eval', *keys, arch, i); label starts the log line."""
+    streams (seed, 'eval_net', *keys, arch, i) and (seed, 'eval', *keys, arch, i); label starts the log line.
+    on_epoch(arch, i, ep, net), when given, is called after every epoch of every network."""
     accs = {}
     for arch, recipe in recipes.items():
         accs[arch] = []
@@ -208,7 +225,7 @@ def evaluate_pool(recipes, num_eval, data, images, labels, seed, keys, log, labe
         gens = [make_generator(seed, 'eval', *keys, arch, i) for i in range(num_eval)]
         t0 = time.time()
         # Together pays on a GPU (one launch for all networks); on a CPU it is no faster and one by one is exact.
-        together = torch.device(recipe.device).type != 'cpu' and not recipe.eval_one_by_one
+        together = torch.device(recipe.device).type != 'cpu' and not recipe.eval_one_by_one and on_epoch is None
         if together and num_eval > 1 and can_train_together(nets[0]):
             results = train_together(nets, images, labels, data.testloader(), recipe, gens)
             took = f'{num_eval} trained together in {time.time() - t0:.0f} s'
@@ -217,8 +234,9 @@ def evaluate_pool(recipes, num_eval, data, images, labels, seed, keys, log, labe
                 log(f'  {arch} #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% ({took})')
         for i in range(len(accs[arch]), num_eval):
             t0 = time.time()
+            hook = None if on_epoch is None else (lambda ep, n, arch=arch, i=i: on_epoch(arch, i, ep, n))
             _, acc_train, acc = evaluate_synset(i, nets[i], images, labels, data.testloader(), recipe,
-                                                generator=gens[i])
+                                                generator=gens[i], on_epoch=hook)
             accs[arch].append(acc)
             # A model takes minutes on a CPU: say so as each one finishes.
             log(f'  {arch} #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% '

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from data import denormalise
-from evaluation import evaluate_pool
+from evaluation import evaluate_pool, progress_lines
 from utils import Log, UserError, atomic_save, atomic_write, make_generator, mean_std, remove_stale_temps, \
     sample_std, unreadable, versions, write_json
 
@@ -192,8 +192,11 @@ class CondensationRun:
     def evaluate(self, exp, it, images, labels):
         t0 = time.time()
         args, data, state = self.args, self.data, self.state
+        # Progress lines while each network trains, on a CPU (on a GPU the networks train together, in seconds).
+        progress = None if torch.device(args.device).type != 'cpu' else progress_lines(
+            self.log, max(r.epoch_eval_train for r in self.recipes.values()))
         accs = evaluate_pool(self.recipes, args.num_eval, data, images, labels, args.seed, (exp, it), self.log,
-                             label=f'exp {exp} iter {it}')
+                             label=f'exp {exp} iter {it}', on_epoch=progress)
         keep = (torch.arange(len(labels)) % args.ipc < 50).nonzero()[:, 0]  # ≤ 50 per class in a picture
         save_image_grid(os.path.join(args.save_path, f'vis_{self.name}_exp{exp}_iter{it}.png'), images[keep],
                         data.mean, data.std, nrow=min(args.ipc, 50))

@@ -1,0 +1,313 @@
+"""IT-GAN: informative latent vectors for a frozen class-conditional generator (Zhao & Bilen, arXiv 2204.07513).
+
+Inverts real images into latents of a trained generator, then moves the latents so that the generated images
+match the real data's class-mean embeddings under random networks (DM's loss, with DSA), while each stays close
+in feature space to the image it was inverted from. Evaluates classifiers trained from scratch on (a) the real
+images, (b) random-latent samples, (c) the inverted latents and (d) the IT-GAN latents, the same images each.
+The method is itgan.py; docs/results.md has measured numbers.
+
+    python main_ITGAN.py --dataset MNIST --data_path ../shared/data --generator results/mnist_gan/best.pth --ipc 10
+"""
+import argparse
+import hashlib
+import importlib
+import os
+import time
+
+# PyTorch reads this at its first CPU allocation (huge pages for large activations; docs/benchmarks.md).
+os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+
+import torch  # noqa: E402
+
+import dim  # noqa: E402
+import dim_run  # noqa: E402
+import itgan  # noqa: E402
+import runner  # noqa: E402
+from cli import add_flags, check_args, check_network  # noqa: E402
+from data import canonical_dataset, get_dataset  # noqa: E402
+from evaluation import EvalRecipe, evaluate_pool, test_accuracy  # noqa: E402
+from utils import (ArgumentParser, Log, UserError, atomic_save, make_generator, mean_std, run_cli,  # noqa: E402
+                   versions, write_json)
+
+SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
+# Flags that may change between a run and its --resume.
+RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'generator')
+# Flags of the evaluation only: a --resume with other values keeps the latents and evaluates them anew.
+EVAL_FLAGS = ('num_eval', 'epoch_eval_train', 'eval_model', 'curve_at', 'lr_net', 'batch_train')
+FLAG = '--generator'
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group('project flags')
+    add_flags(g, ('dataset', 'model', 'ipc', 'num_eval', 'epoch_eval_train', 'Iteration', 'lr_net', 'batch_real',
+                  'batch_train', 'dsa_strategy', 'data_path', 'save_path', 'seed', 'device', 'resume',
+                  'checkpoint_every', 'align_corners', 'no_progress', 'real_chunk'),
+              ipc=None, num_eval=3, epoch_eval_train=200, Iteration=1000, dsa_strategy=None, checkpoint_every=100)
+    own = p.add_argument_group('IT-GAN')
+    own.add_argument('--generator', '--pretrain-weight', '--weight', dest='generator', required=True,
+                     help='generator checkpoint of gen_condense.py / pool_match.py (or the file --generator_factory '
+                          'reads)')
+    own.add_argument('--generator_factory', default=None,
+                     help='MODULE:FUNCTION returning any generator, FUNCTION(path, data, device) -> module with '
+                          'forward(z, y) in [-1, 1] and dim_noise (or dim_z); e.g. a pretrained BigGAN')
+    for name, kw in (('dim_noise', dict(type=int)), ('cond', dict(choices=['overwrite', 'embed'])),
+                     ('gan_width', dict(type=int))):
+        own.add_argument(f'--{name}', f'--{name.replace("_", "-")}', dest=name, default=None,
+                         help="the GAN's shape (default: as recorded in the checkpoint)", **kw)
+    own.add_argument('--eval_model', '--eval-model', nargs='+', default=['ResNet18BN'],
+                     help='evaluation architectures (networks.py names)')
+    own.add_argument('--curve_at', type=int, nargs='*', default=[1, 5, 10, 25, 50, 100],
+                     help='epochs after which every evaluation network is also tested (the learning curve)')
+    own.add_argument('--invert_iters', type=int, default=1000, help='Adam steps of the inversion')
+    own.add_argument('--lr_invert', type=float, default=0.1, help='Adam lr of the inversion (the paper: 0.1)')
+    own.add_argument('--feat_weight', type=float, default=1.0,
+                     help='weight of the feature term of the inversion (mean squared error of random-network '
+                          'features, next to the mean squared pixel error)')
+    own.add_argument('--invert_batch', type=int, default=1000, help='latents inverted together')
+    own.add_argument('--lr_latent', type=float, default=0.001, help='Adam lr of the IT-GAN latents (the paper: 0.001)')
+    own.add_argument('--batch_syn', type=int, default=256, help='latents of every class per IT-GAN step')
+    own.add_argument('--reg', type=float, default=0.1,
+                     help='weight of the regulariser keeping each sample near its real image in feature space')
+    dims = p.add_argument_group("DiM's spellings")
+    # --data and --data-dir come with --dataset and --data_path (cli.FLAGS).
+    for flag, dest in (('--epochs-eval', 'epoch_eval_train'), ('--num-eval', 'num_eval')):
+        dims.add_argument(flag, dest=dest, default=argparse.SUPPRESS, type=int if dest.endswith('eval') else str,
+                          help=f'= --{dest}')
+    args = p.parse_args(argv)
+    if args.dsa_strategy is None:  # no flipped digits, as the DSA papers recommend
+        flip = canonical_dataset(args.dataset) not in ('MNIST', 'SVHN')
+        args.dsa_strategy = 'color_crop_cutout_flip_scale_rotate' if flip else 'color_crop_cutout_scale_rotate'
+    check_args(args)
+    for name in ('invert_iters', 'lr_invert', 'invert_batch', 'lr_latent', 'batch_syn'):
+        if not getattr(args, name) > 0:
+            raise UserError(f'--{name} must be positive, got {getattr(args, name)}')
+    for name in ('reg', 'feat_weight'):
+        if not getattr(args, name) >= 0:
+            raise UserError(f'--{name} must be >= 0, got {getattr(args, name)}')
+    for name in args.eval_model:
+        check_network(name)
+    args.curve_at = sorted({e for e in args.curve_at if 0 < e < args.epoch_eval_train + 1})
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The generator: this project's checkpoints, or any module through --generator_factory
+
+def file_hash(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def project_generator(args, data):
+    """G from a gen_condense.py / pool_match.py checkpoint, its shape as the checkpoint records it."""
+    ck = dim_run.load_checkpoint(args.generator, FLAG)
+    made = ck.get('args') or {}
+    if made.get('dataset', data.name) != data.name:
+        raise UserError(f'{FLAG} {args.generator} was trained on {made["dataset"]}, this run is on {data.name}; '
+                        f'pass --dataset {made["dataset"]} or another generator')
+    shape = {k: getattr(args, k) if getattr(args, k) is not None else made.get(k, default)
+             for k, default in (('dim_noise', 100), ('cond', 'overwrite'), ('gan_width', 196))}
+    G, _ = dim.build_gan(data, shape['dim_noise'], shape['cond'], shape['gan_width'], args.device,
+                         make_generator(args.seed, 'gan_init'), flags='--dim_noise, --cond, --gan_width')
+    dim_run.load_into(G, ck['generator'], FLAG, args.generator, 'generator')
+    return G, shape
+
+
+def factory_generator(args, data):
+    """G from a user's FUNCTION(path, data, device) named as MODULE:FUNCTION."""
+    module, _, name = args.generator_factory.partition(':')
+    try:
+        make = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise UserError(f'--generator_factory {args.generator_factory}: cannot import it ({e})') from None
+    if not os.path.isfile(args.generator):
+        raise UserError(f'{FLAG} {args.generator}: no such file')
+    return make(args.generator, data, args.device).to(args.device), dict(factory=args.generator_factory)
+
+
+def load_generator(args, data):
+    """(frozen G, description with path, sha256, shape and bytes); UserError for a missing, foreign or
+    mismatched generator."""
+    G, shape = (factory_generator if args.generator_factory else project_generator)(args, data)
+    G = itgan.freeze(G)
+    itgan.check_generator(G, data, args.device)
+    info = dict(path=os.path.abspath(args.generator), sha256=file_hash(args.generator), bytes=dim.generator_bytes(G),
+                **dict(shape, dim_noise=itgan.latent_width(G)))
+    return G, info
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run: files, checkpoint, phases
+
+class ITGANRun:
+    """<save_path>/ITGAN_<dataset>_<model>_<ipc>ipc.{json,log,ckpt.pt}, res_….pt and vis_….png. The checkpoint is
+    written after every inverted chunk, every --checkpoint_every IT-GAN iterations and every evaluated set; every
+    draw is named by (seed, phase, ...), so a resumed run repeats the uninterrupted one."""
+
+    def __init__(self, args, data, gen_info):
+        self.args, self.data, self.gen = args, data, gen_info
+        ipc = args.ipc or 'all'
+        self.name = f'ITGAN_{data.name}_{args.model}_{ipc}ipc'
+        path = lambda f: os.path.join(args.save_path, f)  # noqa: E731
+        self.results_path, self.summary_path = path(f'res_{self.name}.pt'), path(f'{self.name}.json')
+        self.log_path, self.ckpt_path, self.vis_path = (path(f'{self.name}.log'), path(f'{self.name}.ckpt.pt'),
+                                                        path(f'vis_{self.name}.png'))
+        self.fingerprint = dict(runner.fingerprint(args, RESUMABLE + EVAL_FLAGS), generator_sha256=gen_info['sha256'])
+        self.eval_fingerprint = runner.fingerprint(args, set(vars(args)) - set(EVAL_FLAGS))
+        self.state = self._resumed() if args.resume else dict(chunks=[], mse=[], it=0, losses=[], times={})
+        self.log = Log(self.log_path, append=args.resume)
+        if self.state.get('eval_fingerprint', self.eval_fingerprint) != self.eval_fingerprint:
+            self.log(f'evaluation flags changed ({self.state["eval_fingerprint"]} -> {self.eval_fingerprint}): the '
+                     f'stored latents are evaluated anew')
+            self.state.update(accs={}, curves={})
+        self.state.update(eval_fingerprint=self.eval_fingerprint)
+        self.state.setdefault('accs', {})
+        self.state.setdefault('curves', {})
+
+    def _resumed(self):
+        if not os.path.exists(self.ckpt_path):
+            raise UserError(f'--resume: no checkpoint at {self.ckpt_path}; run without --resume to start')
+        state = runner.load_state(self.ckpt_path)
+        runner.check_same_run(self.ckpt_path, state.pop('fingerprint', {}), self.fingerprint)
+        return state
+
+    def save(self):
+        atomic_save(dict(self.state, fingerprint=self.fingerprint), self.ckpt_path)
+
+
+def invert_all(args, data, G, run, real_idx, labels):
+    """Phase 1: the inverted latents, chunk by chunk (--invert_batch), resumable after every chunk."""
+    state, t0 = run.state, time.time()
+    chunks = list(zip(real_idx.split(args.invert_batch), labels.split(args.invert_batch)))
+    for k in range(len(state['chunks']), len(chunks)):
+        z, mse = itgan.invert(args, data, G, *chunks[k], args.seed, k)
+        state['chunks'].append(z)
+        state['mse'].append(mse)
+        state['times']['inversion_s'] = state['times'].get('inversion_s', 0.0) + time.time() - t0
+        t0 = time.time()
+        run.log(f'inversion chunk {k + 1}/{len(chunks)}: {len(z)} latents, reconstruction MSE {mse[0]:.4f} -> '
+                f'{mse[1]:.4f} (standardised pixels)')
+        run.save()
+    return torch.cat(state['chunks'])
+
+
+def optimise(args, data, G, run, z0, labels, real_idx):
+    """Phase 2: --Iteration IT-GAN steps on the latents, from the inverted ones."""
+    state = run.state
+    z = state.get('z_itgan', z0).clone().to(args.device).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=args.lr_latent)
+    if 'opt' in state:
+        opt.load_state_dict(state['opt'])
+    index_class = itgan.class_positions(labels, data.num_classes)
+    t0 = time.time()
+    for it in range(state['it'], args.Iteration):
+        loss, cond, reg = itgan.itgan_step(args, data, G, z, labels, real_idx, opt, args.seed, (it,), index_class)
+        if not torch.isfinite(torch.tensor(loss)):
+            raise UserError(f'IT-GAN iteration {it}: the loss is {loss}; lower --lr_latent (now {args.lr_latent})')
+        if it % 10 == 0 or it + 1 == args.Iteration:
+            run.log(f'iter {it:05d}: loss {loss:.4f} (condensation {cond:.4f}, regulariser {reg:.4f})',
+                    echo=it % 100 == 0)
+            state['losses'].append([it, loss, cond, reg])
+        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.Iteration:
+            state['times']['itgan_s'] = state['times'].get('itgan_s', 0.0) + time.time() - t0
+            t0 = time.time()
+            state.update(it=it + 1, z_itgan=z.detach().cpu(), opt=opt.state_dict())
+            run.save()
+    return z.detach().cpu()
+
+
+def evaluate_sets(args, data, run, sets):
+    """Phase 3: --num_eval networks per --eval_model trained from scratch on every set, with test accuracies
+    after the --curve_at epochs (the learning curve); resumable after every set."""
+    state = run.state
+    recipes = {arch: EvalRecipe.from_args(args) for arch in args.eval_model}
+    testloader = data.testloader()
+    for name in SETS:
+        if name in state['accs']:
+            continue
+        images, labels = sets[name]
+        curve = {arch: [[] for _ in range(args.num_eval)] for arch in args.eval_model}
+
+        def on_epoch(arch, i, ep, net):
+            if ep + 1 in args.curve_at:
+                curve[arch][i].append(test_accuracy(net, testloader, args.device))
+
+        t0 = time.time()
+        accs = evaluate_pool(recipes, args.num_eval, data, images, labels, args.seed, (name,), run.log,
+                             label=f'({name})', on_epoch=on_epoch)
+        state['accs'][name] = accs
+        state['curves'][name] = {arch: [c + [a] for c, a in zip(curve[arch], accs[arch])] for arch in curve}
+        state['times'][f'eval_{name}_s'] = time.time() - t0
+        run.save()
+    return state['accs'], state['curves']
+
+
+def save_grid(args, data, run, sets, real_idx, labels):
+    """Real, random-latent, inverted and IT-GAN images, one block each (top to bottom), a row per class."""
+    n = min(args.ipc or 10, 10)
+    keep = torch.cat([p[:n] for p in itgan.class_positions(labels, data.num_classes)])
+    blocks = [data.images(real_idx[keep]).cpu()] + [sets[s][0][keep] for s in SETS[1:]]
+    runner.save_image_grid(run.vis_path, torch.cat(blocks), data.mean, data.std, nrow=n)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    data = get_dataset(args.dataset, args.data_path, device=args.device)
+    smallest = min(len(i) for i in data.indices_class)
+    if args.ipc is not None and args.ipc > smallest:
+        raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); lower it')
+    G, gen = load_generator(args, data)
+    run = ITGANRun(args, data, gen)
+    real_idx, labels = itgan.choose_subset(data, args.ipc, make_generator(args.seed, 'subset'))
+    width = gen['dim_noise']
+    size = itgan.storage(gen['bytes'], len(labels), width, data)
+    run.log(f'IT-GAN {run.name}: {data}; {len(labels)} latents of width {width}; generator {gen["path"]} '
+            f'(sha256 {gen["sha256"][:12]}); device {args.device}; seed {args.seed}')
+    run.log(f'storage: generator {size["generator_bytes"] / 2 ** 10:.1f} KiB + latents {size["latent_bytes"] / 2 ** 10:.1f}'
+            f' KiB against {size["image_bytes"] / 2 ** 10:.1f} KiB of uint8 images (x{size["ratio"]:.2f})')
+    run.log(f'arguments: {dict(run.fingerprint, **run.eval_fingerprint)}')
+
+    z_inv = invert_all(args, data, G, run, real_idx, labels)
+    z_itgan = optimise(args, data, G, run, z_inv, labels, real_idx)
+    z_rand = torch.randn(len(labels), width, generator=make_generator(args.seed, 'random_latents'))
+    latents = dict(random=z_rand, inverted=z_inv, itgan=z_itgan)
+    y = labels.to(args.device)
+    sets = {name: (itgan.render_set(G, z.to(args.device), y, data.mean, data.std), labels)
+            for name, z in latents.items()}
+    sets['real'] = (data.images(real_idx).cpu(), labels)
+    save_grid(args, data, run, sets, real_idx, labels)
+    accs, curves = evaluate_sets(args, data, run, sets)
+
+    summary = {name: {arch: dict(zip(('mean', 'std'), mean_std(a)), all=a) for arch, a in accs[name].items()}
+               for name in SETS}
+    curve_means = {name: {arch: [mean_std([c[j] for c in cs])[0] for j in range(len(cs[0]))]
+                          for arch, cs in curves[name].items()} for name in SETS}
+    meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean, std=data.std,
+                method='ITGAN', model=args.model, ipc=args.ipc, args=dict(run.fingerprint, **run.eval_fingerprint),
+                seed=args.seed,
+                versions=versions(), render='standardise((G(z, y) + 1) / 2), G in eval mode, chunks of 500',
+                protocol=dict(epoch_eval_train=args.epoch_eval_train, dsa_strategy=args.dsa_strategy,
+                              eval_model=args.eval_model, curve_epochs=args.curve_at + [args.epoch_eval_train + 1]))
+    atomic_save(dict(latents=latents, labels=labels, real_index=real_idx, generator=gen, accs=accs, curves=curves,
+                     summary=summary, storage=size, inversion_mse=run.state['mse'], losses=run.state['losses'],
+                     meta=meta), run.results_path)
+    write_json(run.summary_path, dict(run=run.name, accuracy=summary, curve_epochs=meta['protocol']['curve_epochs'],
+                                      curve_mean=curve_means, storage=size, generator=gen,
+                                      inversion_mse=run.state['mse'], times=run.state['times'], args=meta['args'],
+                                      versions=meta['versions']))
+    for name in SETS:
+        for arch, s in summary[name].items():
+            run.log(f'({name}) {len(labels)} images, {arch}: {s["mean"]:.2f} ± {s["std"]:.2f}% over {args.num_eval} '
+                    f'networks; learning curve at epochs {meta["protocol"]["curve_epochs"]}: '
+                    + ', '.join(f'{a:.2f}' for a in curve_means[name][arch]))
+    run.log(f'results: {run.results_path}')
+    run.log.close()
+    return summary
+
+
+if __name__ == '__main__':
+    run_cli(main)
