@@ -34,7 +34,7 @@ def method_name(value):
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split('\n')[0])
     g = p.add_argument_group('original flags')
     g.add_argument('--method', type=method_name, default='random', help=', '.join(cl.METHODS))
     add_flags(g, ('dataset', 'model', 'ipc'), dataset='CIFAR100', ipc=20)

@@ -34,7 +34,7 @@ from dm import dm_step
 from evaluation import EvalRecipe, evaluate_synset
 from networks import get_network
 from plots import plot_curves
-from runner import check_same_run, fingerprint, init_synset, load_state
+from runner import fingerprint, init_synset, resume_state
 from utils import Log, UserError, atomic_save, atomic_write_text, derive_seed, make_generator, mean_std, \
     remove_stale_temps, sample_std, versions, write_json
 
@@ -498,8 +498,7 @@ def run(args):
     remove_stale_temps(os.path.join(args.save_path, 'cl_data'), f'cl_{KIND[args.method]}_{data.name}_')
     state = None
     if args.resume and os.path.isfile(ckpt_path):
-        state = load_state(ckpt_path)
-        check_same_run(ckpt_path, state.get('fingerprint', {}), fingerprint(args, RESUMABLE))
+        state = resume_state(ckpt_path, fingerprint(args, RESUMABLE))
     state = state or dict(accs={}, budget={}, times={}, sources={}, nets=None, nets_seed=None)
     # Appending: a rerun that is rejected later (a foreign memory cache, a bad --feature_net) keeps the earlier log.
     log = Log(paths['log'], append=True)

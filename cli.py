@@ -141,7 +141,7 @@ CONDENSE_ORIGINAL = ('dataset', 'model', 'ipc', 'eval_mode', 'num_exp', 'num_eva
 
 def condense_parser(description, **defaults):
     """The flags of the original main.py / main_DM.py, with per-script defaults, plus the project's additions."""
-    p = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=description)
     add_flags(p.add_argument_group('original flags'), CONDENSE_ORIGINAL, **defaults)
     g = p.add_argument_group('project additions')
     add_flags(g, ('seed', 'im_size'))

@@ -5,7 +5,7 @@
 (the layout is in docs/design.md); after a torchvision or folder load it is written once, so later runs skip
 decoding. `python data.py DATASET --data_path DIR` writes it on purpose.
 
-The user's own data is named by a spec instead of a name: `folder:PATH` (an image folder, `PATH/train/<class>/`
+The user's own data is named by a path argument instead of a name: `folder:PATH` (an image folder, `PATH/train/<class>/`
 and `PATH/test/<class>/` or `PATH/val/<class>/`) or `file:PATH.pt` (a prepared tensor file with any classes,
 channels and size). Its channels, size and classes come from the data, its mean and std from the training split
 unless the file gives them. `dataset_info` tells a dataset's shape and classes without loading its images.
@@ -43,21 +43,21 @@ _EXPECTED = {
 }
 
 
-# The user's own data: spec prefix -> (what PATH must be, the check).
+# The user's own data: argument prefix -> (what PATH must be, the check).
 USER_KINDS = {'folder': ('folder', os.path.isdir), 'file': ('file', os.path.isfile)}
 # What a dataset holds, known without loading its images (dataset_info).
 DatasetInfo = namedtuple('DatasetInfo', 'name channel im_size num_classes classes')
 
 
 def user_spec(name):
-    """('folder' | 'file', path) for a spec 'folder:PATH' or 'file:PATH', None for a dataset name."""
+    """('folder' | 'file', path) for an argument 'folder:PATH' or 'file:PATH', None for a dataset name."""
     kind, sep, path = str(name).partition(':')
     return (kind.lower(), path) if sep and kind.lower() in USER_KINDS else None
 
 
 def canonical_dataset(name):
     """'cifar10', 'fashion', 'CIFAR10' ... -> the project's dataset name; 'folder:PATH' / 'file:PATH' -> the same
-    spec with an absolute path (so a resumed run finds it from any directory); UserError if unknown or missing."""
+    argument with an absolute path (so a resumed run finds it from any directory); UserError if unknown or missing."""
     user = user_spec(name)
     if user:
         kind, path = user

@@ -105,6 +105,15 @@ def dm_backward(net, real, real_cls, image_syn, syn_cls, num_classes, params=Non
     return total
 
 
+def frozen_network(model, data, device, generator):
+    """A freshly initialised network that is never trained: train mode (BN normalises with the batch's own
+    statistics) and no gradient for its weights, only for its inputs."""
+    net = get_network(model, data.channel, data.num_classes, data.im_size, device=device, generator=generator)
+    net.train()
+    net.requires_grad_(False)
+    return net
+
+
 def dm_step(args, data, image_syn, syn_cls, optimizer, seed, keys):
     """One DM iteration: a freshly initialised, frozen network; batch_real real images of every class; one Siamese
     DSA parameter set per class; the loss; one SGD step on the images. Every draw comes from the streams
@@ -115,11 +124,7 @@ def dm_step(args, data, image_syn, syn_cls, optimizer, seed, keys):
     resident = getattr(args, 'resident', None)
     resident = device.type != 'cpu' if resident is None else resident
     gen_device = device if resident else 'cpu'
-    net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=device,
-                      generator=make_generator(seed, 'dm_net', *keys, device=gen_device))
-    net.train()
-    for p in net.parameters():
-        p.requires_grad_(False)
+    net = frozen_network(args.model, data, device, make_generator(seed, 'dm_net', *keys, device=gen_device))
     channels_last = getattr(args, 'channels_last', None)
     if device.type == 'cpu' if channels_last is None else channels_last:
         # oneDNN's convolutions run faster on channels-last weights (the inputs follow); same math, float rounding.

@@ -24,8 +24,7 @@ import torch
 
 from augment import apply_dsa, sample_dsa_params, select_params
 from data import standardise
-from dm import dm_loss, embed_real, sample_real
-from networks import get_network
+from dm import dm_loss, embed_real, frozen_network, sample_real
 from utils import UserError, class_means, make_generator
 
 
@@ -96,12 +95,8 @@ def inversion_loss(net, syn, real, feat_weight):
 
 
 def random_network(args, data, generator):
-    """A freshly initialised, frozen network of args.model in train mode, as in DM."""
-    net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device,
-                      generator=generator)
-    net.train()
-    net.requires_grad_(False)
-    return net
+    """A freshly initialised, frozen network of args.model in train mode, as DM's."""
+    return frozen_network(args.model, data, args.device, generator)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ The method is itgan.py; docs/results.md has measured numbers.
 import argparse
 import hashlib
 import importlib
+import math
 import os
 import time
 
@@ -26,8 +27,8 @@ import runner  # noqa: E402
 from cli import add_flags, check_args, check_network  # noqa: E402
 from data import canonical_dataset, get_dataset  # noqa: E402
 from evaluation import EvalRecipe, evaluate_pool, test_accuracy  # noqa: E402
-from utils import (ArgumentParser, Log, UserError, atomic_save, make_generator, mean_std, run_cli,  # noqa: E402
-                   versions, write_json)
+from utils import (ArgumentParser, Log, UserError, atomic_save, check_positive, make_generator,  # noqa: E402
+                   mean_std, run_cli, versions, write_json)
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
 # Flags that may change between a run and its --resume.
@@ -38,7 +39,7 @@ FLAG = '--generator'
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split('\n')[0])
     g = p.add_argument_group('project flags')
     add_flags(g, ('dataset', 'model', 'ipc', 'num_eval', 'epoch_eval_train', 'Iteration', 'lr_net', 'batch_real',
                   'batch_train', 'dsa_strategy', 'data_path', 'save_path', 'seed', 'device', 'resume',
@@ -80,8 +81,7 @@ def parse_args(argv=None):
         args.dsa_strategy = 'color_crop_cutout_flip_scale_rotate' if flip else 'color_crop_cutout_scale_rotate'
     check_args(args)
     for name in ('invert_iters', 'lr_invert', 'invert_batch', 'lr_latent', 'batch_syn'):
-        if not getattr(args, name) > 0:
-            raise UserError(f'--{name} must be positive, got {getattr(args, name)}')
+        check_positive(name, getattr(args, name))
     for name in ('reg', 'feat_weight'):
         if not getattr(args, name) >= 0:
             raise UserError(f'--{name} must be >= 0, got {getattr(args, name)}')
@@ -158,7 +158,8 @@ class ITGANRun:
                                                         path(f'vis_{self.name}.png'))
         self.fingerprint = dict(runner.fingerprint(args, RESUMABLE + EVAL_FLAGS), generator_sha256=gen_info['sha256'])
         self.eval_fingerprint = runner.fingerprint(args, set(vars(args)) - set(EVAL_FLAGS))
-        self.state = self._resumed() if args.resume else dict(chunks=[], mse=[], it=0, losses=[], times={})
+        self.state = (runner.resume_state(self.ckpt_path, self.fingerprint) if args.resume else
+                      dict(chunks=[], mse=[], it=0, losses=[], times={}))
         self.log = Log(self.log_path, append=args.resume)
         if self.state.get('eval_fingerprint', self.eval_fingerprint) != self.eval_fingerprint:
             self.log(f'evaluation flags changed ({self.state["eval_fingerprint"]} -> {self.eval_fingerprint}): the '
@@ -167,13 +168,6 @@ class ITGANRun:
         self.state.update(eval_fingerprint=self.eval_fingerprint)
         self.state.setdefault('accs', {})
         self.state.setdefault('curves', {})
-
-    def _resumed(self):
-        if not os.path.exists(self.ckpt_path):
-            raise UserError(f'--resume: no checkpoint at {self.ckpt_path}; run without --resume to start')
-        state = runner.load_state(self.ckpt_path)
-        runner.check_same_run(self.ckpt_path, state.pop('fingerprint', {}), self.fingerprint)
-        return state
 
     def save(self):
         atomic_save(dict(self.state, fingerprint=self.fingerprint), self.ckpt_path)
@@ -206,7 +200,7 @@ def optimise(args, data, G, run, z0, labels, real_idx):
     t0 = time.time()
     for it in range(state['it'], args.Iteration):
         loss, cond, reg = itgan.itgan_step(args, data, G, z, labels, real_idx, opt, args.seed, (it,), index_class)
-        if not torch.isfinite(torch.tensor(loss)):
+        if not math.isfinite(loss):
             raise UserError(f'IT-GAN iteration {it}: the loss is {loss}; lower --lr_latent (now {args.lr_latent})')
         if it % 10 == 0 or it + 1 == args.Iteration:
             run.log(f'iter {it:05d}: loss {loss:.4f} (condensation {cond:.4f}, regulariser {reg:.4f})',

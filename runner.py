@@ -58,6 +58,16 @@ def load_state(path):
     return state
 
 
+def resume_state(path, ours):
+    """The state of the checkpoint at path for --resume, without its fingerprint; UserError when there is none, it
+    is unreadable, or it belongs to a run with other flags (ours: this run's fingerprint)."""
+    if not os.path.exists(path):
+        raise UserError(f'--resume: no checkpoint at {path}; run without --resume to start')
+    state = load_state(path)
+    check_same_run(path, state.pop('fingerprint', {}), ours)
+    return state
+
+
 def save_results(path, data, accs_all_exps, meta=None, accs_iters=None):
     """The original results layout, `data` = [[images, labels]] per experiment and `accs_all_exps` =
     {arch: [accuracies]}, plus `meta` (arguments, seed, versions, protocol), per-architecture mean/std and the
@@ -124,7 +134,7 @@ class CondensationRun:
             os.path.join(args.save_path, f) for f in (f'res_{self.name}.pt', f'{self.name}.json', f'{self.name}.log',
                                                       f'{self.name}.ckpt.pt'))
         self.fingerprint = dict(fingerprint(args, RESUMABLE), method=method)
-        self.state = self._resumed() if args.resume else None
+        self.state = resume_state(self.ckpt_path, self.fingerprint) if args.resume else None
         remove_stale_temps(args.save_path, f'res_{self.name}.', f'{self.name}.', f'vis_{self.name}_')
         # The log opens only now that the inputs are checked, so a rejected command leaves an earlier log alone.
         self.log = Log(self.log_path, append=args.resume)
@@ -139,13 +149,6 @@ class CondensationRun:
         for line in notes:
             self.log(line)
         self.state = self.state or dict(exp=0, it=0, data=[], accs_all_exps={}, accs_iters={}, times=[])
-
-    def _resumed(self):
-        if not os.path.exists(self.ckpt_path):
-            raise UserError(f'--resume: no checkpoint at {self.ckpt_path}; run without --resume to start')
-        state = load_state(self.ckpt_path)
-        check_same_run(self.ckpt_path, state.get('fingerprint', {}), self.fingerprint)
-        return state
 
     def experiments(self):
         """(exp, image_syn, syn_cls, optimizer) for each experiment still to run, the set initialised or as

@@ -3,6 +3,7 @@ that an earlier run wrote is lost. Most cases run in-process through run_cli (as
 script itself to show what a user sees."""
 import errno
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -229,7 +230,9 @@ def test_negative_numbers_parse_and_are_then_refused(script, argv, message, caps
 @pytest.mark.parametrize('script', SCRIPTS)
 def test_help_shows_defaults_and_is_self_contained(script):
     r = subprocess.run([sys.executable, os.path.join(ROOT, script), '--help'], capture_output=True, text=True)
-    assert r.returncode == 0 and '(default:' in r.stdout and 'SPEC' not in r.stdout and '§' not in r.stdout
+    assert r.returncode == 0 and '(default:' in r.stdout and '§' not in r.stdout  # no section-numbered citations
+    for doc in set(re.findall(r'[\w./-]+\.md\b', r.stdout)):  # every document a help text points to is here
+        assert os.path.isfile(os.path.join(ROOT, doc)), doc
 
 
 def test_a_redirected_run_has_no_progress_bars_and_states_its_plan(prepared_mnist):

@@ -103,7 +103,7 @@ OTHER_HEAD = {
 }
 
 
-def test_convnet_embed_dims_match_spec_table():
+def test_convnet_embed_dims_match_the_reference_table():
     assert set(CONVNET_EMBED) == {n for n in NETWORKS if n.startswith('ConvNet')}
     for name, (small, large) in CONVNET_EMBED.items():
         assert head(get_network(name, 1, K, 28, device='meta')).in_features == small, name
@@ -115,7 +115,7 @@ def test_convnet_embed_dims_match_spec_table():
             assert get_network(name, c, K, s).embed(torch.zeros(1, c, s, s)).shape == (1, dim)
 
 
-def test_other_heads_match_spec_table():
+def test_other_heads_match_the_reference_table():
     for name, dims in OTHER_HEAD.items():
         for (c, s), dim in zip(SIZES, dims):
             assert head(get_network(name, c, K, s, device='meta')).in_features == dim, (name, s)
