@@ -28,10 +28,11 @@ import torch
 from tqdm import tqdm
 
 import dim
+import parallel
 from data import TensorLoader, dataset_label, get_dataset
 from dc import dc_step
 from dm import dm_step
-from evaluation import EvalRecipe, evaluate_synset
+from evaluation import EvalRecipe, evaluate_synset, train_shared
 from networks import get_network
 from plots import plot_curves
 from runner import fingerprint, init_synset, resume_state
@@ -437,12 +438,13 @@ class Memories:
         meta = dict(kind=KIND[args.method], dataset=data.name, model=args.model, ipc=args.ipc, steps=args.steps,
                     seed=self.seed, class_order=list(self.order), builder=builder_fingerprint(args),
                     normalised=True, mean=data.mean, std=data.std, classes=data.class_names,
+                    world_size=parallel.world_size(),
                     cumulative=self.cumulative, times=self.times)
         out = dict(data=self.memory, meta=meta)
         if self.gan is not None:
             out['gan'] = self.gan
         atomic_save(out, self.path)
-        if os.path.exists(self.partial_path):
+        if parallel.is_main() and os.path.exists(self.partial_path):
             os.unlink(self.partial_path)
 
     def budget(self, s):
@@ -458,23 +460,36 @@ class Memories:
 
 def evaluate_step(args, data, images, labels, seen, seed, step, nets, log):
     """num_eval networks (K-way heads) trained on the memory and tested on the seen classes' test images. nets: the
-    previous step's networks, continued in finetune mode. Returns (accuracies, networks)."""
+    previous step's networks, continued in finetune mode. Returns (accuracies, networks); under torchrun each
+    process trains its share of the networks and holds None for the others' ones."""
     loader = test_loader(data, seen)
-    accs, out = [], []
-    for i in range(args.num_eval):
+    out = [None] * args.num_eval
+
+    def train_one(i):
         if args.train_mode == 'finetune' and nets:
             net = nets[i]
         else:
             net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device,
-                                    generator=make_generator(seed, 'cl_eval_net', step, i))
+                              generator=make_generator(seed, 'cl_eval_net', step, i))
         t0 = time.time()
-        net, acc_train, acc = evaluate_synset(i, net, images, labels, loader, EvalRecipe.from_args(args),
-                                              generator=make_generator(seed, 'cl_eval', step, i))
+        out[i], acc_train, acc = evaluate_synset(i, net, images, labels, loader, EvalRecipe.from_args(args),
+                                                 generator=make_generator(seed, 'cl_eval', step, i))
+        return acc_train, acc, time.time() - t0
+
+    def report(i, result):
+        acc_train, acc, took = result
         log(f'  net #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% on {len(loader.images)} test '
-            f'images ({time.time() - t0:.0f} s)')
-        accs.append(acc)
-        out.append(net)
-    return accs, out
+            f'images ({took:.0f} s)')
+
+    return [acc for _, acc, _ in train_shared(args.num_eval, train_one, report)], out
+
+
+def net_states(nets):
+    """Every network's weights (CPU), gathered from the processes that trained them."""
+    states = {i: _cpu(n.state_dict()) for i, n in enumerate(nets) if n is not None}
+    for part in parallel.gather(states):
+        states.update(part)
+    return [states[i] for i in range(len(nets))]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -505,7 +520,7 @@ def run(args):
     k = data.num_classes // args.steps
     builder = {'DSA': f', {args.Iteration} DSA iterations', 'DM': f', {args.Iteration} DM iterations',
                'DiM': f', {args.gan_iters} GAN iterations'}.get(args.method, '')
-    log(f'plan: {len(args.seeds)} seed(s) x {args.steps} steps on {args.device}; per step a memory{builder}, then '
+    log(f'plan: {len(args.seeds)} seed(s) x {args.steps} steps on {args.device}{parallel.processes()}; per step a memory{builder}, then '
         f'{args.num_eval} network(s) trained {args.epoch_eval_train} epochs')
     log(f'CL {name}: {data}; {args.steps} steps of {k} classes, ipc {args.ipc}, seeds {args.seeds}, train mode '
         f'{args.train_mode}, device {args.device}')
@@ -546,7 +561,7 @@ def run(args):
                 state['times'].setdefault(str(seed), []).append(dict(memory_s=t_mem, evaluation_s=time.time() - t0))
                 state['sources'][str(seed)] = memories.source
                 if args.train_mode == 'finetune':
-                    state['nets'], state['nets_seed'] = [_cpu(n.state_dict()) for n in nets], seed
+                    state['nets'], state['nets_seed'] = net_states(nets), seed
                 state['fingerprint'] = fingerprint(args, RESUMABLE)
                 atomic_save(state, ckpt_path)
                 write_outputs(args, state, data, paths)
@@ -604,7 +619,7 @@ def summarise(args, state, data):
                 protocol=dict(epoch_eval_train=args.epoch_eval_train, lr_net=args.lr_net,
                               batch_train=args.batch_train, dsa_strategy=args.dsa_strategy, num_eval=args.num_eval,
                               head=f'{data.num_classes}-way'),
-                args=fingerprint(args, RESUMABLE), versions=versions())
+                args=fingerprint(args, RESUMABLE), versions=versions(), world_size=parallel.world_size())
 
 
 def table_lines(summary):

@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+import parallel
 from augment import ParamDiffAug, parse_strategy
 from data import canonical_dataset, dataset_info
 from evaluation import get_eval_pool
@@ -116,11 +117,12 @@ def check_args(args):
             check_positive(name, has[name])
     if has.get('Iteration') is not None and args.Iteration < 0:
         raise UserError(f'--Iteration must be >= 0, got {args.Iteration}')
-    if 'no_progress' in has and not sys.stderr.isatty():
-        args.no_progress = True  # carriage-return bar updates would fill a redirected log
+    if 'no_progress' in has and (not sys.stderr.isatty() or not parallel.is_main()):
+        args.no_progress = True  # carriage-return bar updates would fill a redirected log; one bar under torchrun
     args.device = args.device or default_device()
     if str(args.device).startswith('cuda') and not torch.cuda.is_available():
         raise UserError(f'--device {args.device} asked for, but no CUDA device is available; use --device cpu')
+    args.device = parallel.start(args.device)
     if 'dsa_strategy' in has:
         try:
             parse_strategy(args.dsa_strategy)

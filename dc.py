@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import parallel
 from augment import DiffAugment, apply_dsa, sample_dsa_params
 from networks import get_network
 from utils import UserError, make_generator
@@ -147,7 +148,8 @@ def dc_step(args, data, image_syn, syn_cls, optimizer, seed, keys):
     one image step; inner_loop network epochs on the synthetic set]. Returns ΣL / outer_loop (a 0-d tensor).
 
     All randomness comes from the streams (seed, 'dc_net' | 'dc_batch', *keys), keys = (exp, it) in main.py, so
-    a resumed run repeats it exactly.
+    a resumed run repeats it exactly. Under torchrun the processes split the classes of the matching and each
+    trains the same network copy on the same set (replicated: the inner loop is cheap next to the matching).
     """
     net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device,
                             generator=make_generator(seed, 'dc_net', *keys))
@@ -158,20 +160,30 @@ def dc_step(args, data, image_syn, syn_cls, optimizer, seed, keys):
     labels = syn_cls.to(image_syn.device)
     strategy = args.dsa_strategy if args.dsa else None
     ipc, total = args.ipc, torch.zeros((), dtype=torch.float64, device=image_syn.device)
+    mine = parallel.share(data.num_classes)
     for ol in range(args.outer_loop):
         if has_bn:
             real = torch.cat([data.get_images(c, BN_IMAGES_PER_CLASS, g) for c in range(data.num_classes)])
             refresh_bn(net, real, args.bn_stats)
         optimizer.zero_grad(set_to_none=True)
+        step_total = torch.zeros_like(total)
         for c in range(data.num_classes):
+            # Every process draws every class's batch, so the streams stay aligned; under torchrun each matches
+            # only its share of the classes.
             real = data.get_images(c, args.batch_real, g)
             params = sample_dsa_params(strategy, 1, g, args.dsa_param) if args.dsa else None
+            if c not in mine:
+                continue
             loss = class_match_loss(net, real, image_syn[c * ipc:(c + 1) * ipc], c, args.dis_metric, args.match_1d,
                                     params, args.dsa_param)
-            # L is a sum of per-class terms on disjoint slices of image_syn: backward class by class gives the
-            # joint gradient while only one class's second-order graph is alive.
+            # L is a sum of per-class terms on disjoint slices of image_syn: backward class by class (and process
+            # by process, summed by parallel.sum_grad) gives the joint gradient while only one class's
+            # second-order graph is alive.
             loss.backward(inputs=[image_syn])
-            total += loss.detach()  # summed in float64 like Python floats, without reading it back each class
+            step_total += loss.detach()  # summed in float64 like Python floats, without reading it back each class
+        parallel.sum_grad(image_syn)
+        parallel.sum_(step_total)
+        total += step_total
         optimizer.step()
         if ol == args.outer_loop - 1:
             break

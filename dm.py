@@ -10,16 +10,28 @@ import weakref
 
 import torch
 
+import parallel
 from augment import apply_dsa, sample_dsa_params, select_params
 from networks import get_network
 from utils import autocast, class_means, make_generator
 
 
+def pick_real(data, batch_real, generator):
+    """Indices of batch_real random images of every class (all of a smaller class), class by class, and each
+    one's class."""
+    picks = [idx[torch.randperm(len(idx), generator=generator)[:batch_real]] for idx in data.indices_class]
+    return torch.cat(picks), real_classes(data, batch_real)
+
+
+def real_classes(data, batch_real):
+    """The class of every row of a real batch (pick_real's layout), on the CPU."""
+    return torch.cat([torch.full((min(len(idx), batch_real),), c) for c, idx in enumerate(data.indices_class)])
+
+
 def sample_real(data, batch_real, generator):
     """batch_real random images of every class in one gather, with each image's class."""
-    picks = [idx[torch.randperm(len(idx), generator=generator)[:batch_real]] for idx in data.indices_class]
-    cls = torch.cat([torch.full((len(p),), c) for c, p in enumerate(picks)])
-    return data.images(torch.cat(picks)), cls
+    idx, cls = pick_real(data, batch_real, generator)
+    return data.images(idx), cls
 
 
 _TABLES = weakref.WeakKeyDictionary()  # data -> its class index table on the device, built once
@@ -43,13 +55,18 @@ def _class_table(data, batch_real, device):
     return tables[key]
 
 
-def sample_real_resident(data, batch_real, generator):
-    """sample_real's distribution (batch_real images of every class without replacement; all of a smaller class)
-    drawn on the generator's device in one call: each class takes its batch_real smallest of uniform keys."""
+def pick_real_resident(data, batch_real, generator):
+    """pick_real's distribution and layout (batch_real images of every class without replacement; all of a smaller
+    class) drawn on the generator's device in one call: each class takes its batch_real smallest of uniform keys."""
     table, pad, cls, keep = _class_table(data, batch_real, generator.device)
     keys = torch.rand(table.shape, generator=generator, device=table.device).masked_fill_(pad, 2.0)
     picks = table.gather(1, keys.topk(min(batch_real, table.shape[1]), 1, largest=False).indices).flatten()
-    return data.images(picks if keep is None else picks[keep]), cls
+    return (picks if keep is None else picks[keep]), cls
+
+
+def sample_real_resident(data, batch_real, generator):
+    idx, cls = pick_real_resident(data, batch_real, generator)
+    return data.images(idx), cls
 
 
 def to_device(t, device):
@@ -86,16 +103,16 @@ def dm_loss(net, real, real_cls, syn, syn_cls, num_classes, params=None, param=N
 
 
 def dm_backward(net, real, real_cls, image_syn, syn_cls, num_classes, params=None, param=None, real_chunk=None,
-                per_class=False, amp='off'):
+                per_class=False, amp='off', classes=None):
     """Accumulate ∂L/∂image_syn and return L, a detached tensor (read it when logging: reading it syncs a GPU).
     per_class keeps one class's graph alive at a time; since L_c depends only on class c's images, the gradient
-    is the same as the joint one."""
+    is the same as the joint one. classes: those per_class visits (default: all)."""
     if not per_class:
         loss = dm_loss(net, real, real_cls, image_syn, syn_cls, num_classes, params, param, real_chunk, amp)
         loss.backward()
         return loss.detach()
-    total = 0.0
-    for c in range(num_classes):
+    total = torch.zeros((), device=image_syn.device)
+    for c in range(num_classes) if classes is None else classes:
         rows_r, rows_s = (real_cls == c).nonzero()[:, 0], (syn_cls == c).nonzero()[:, 0]
         sub = None if params is None else select_params(params, torch.tensor([c]))
         loss = dm_loss(net, real[rows_r.to(real.device)], torch.zeros_like(rows_r), image_syn[rows_s.to(real.device)],
@@ -130,11 +147,32 @@ def dm_step(args, data, image_syn, syn_cls, optimizer, seed, keys):
         # oneDNN's convolutions run faster on channels-last weights (the inputs follow); same math, float rounding.
         net = net.to(memory_format=torch.channels_last)
     g = make_generator(seed, 'dm_batch', *keys, device=gen_device)
-    real, real_cls = (sample_real_resident if resident else sample_real)(data, args.batch_real, g)
+    idx, real_cls = (pick_real_resident if resident else pick_real)(data, args.batch_real, g)
     params = sample_dsa_params(args.dsa_strategy, data.num_classes, g, args.dsa_param) if args.dsa else None
+    syn, classes = image_syn, parallel.share(data.num_classes)
+    if parallel.world_size() > 1:
+        # Under torchrun each process matches its share of the classes (every process drew the whole batch, so
+        # the streams stay aligned). L = Σ_c L_c and class c's images enter L_c alone: the processes' gradients
+        # summed are the joint gradient.
+        rows = _rows_of(real_classes(data, args.batch_real), classes)
+        idx, real_cls = idx[rows], real_cls[rows]
+        rows = _rows_of(syn_cls, classes)
+        syn, syn_cls = image_syn[rows], syn_cls[rows]
+    real = data.images(idx)
     syn_cls = to_device(syn_cls, gen_device)
     optimizer.zero_grad(set_to_none=True)
-    loss = dm_backward(net, real, real_cls, image_syn, syn_cls, data.num_classes, params, args.dsa_param,
-                       args.real_chunk, args.per_class, getattr(args, 'amp', 'off'))
+    loss = torch.zeros((), device=image_syn.device)  # a process without classes (more processes than classes)
+    if len(classes):
+        loss = dm_backward(net, real, real_cls, syn, syn_cls, data.num_classes, params, args.dsa_param,
+                           args.real_chunk, args.per_class, getattr(args, 'amp', 'off'), classes)
+    parallel.sum_grad(image_syn)
+    parallel.sum_(loss)
     optimizer.step()
     return loss
+
+
+def _rows_of(cls, classes):
+    """The rows of a CPU class vector whose class is in the range `classes` (a slice when they are contiguous)."""
+    rows = ((cls >= classes.start) & (cls < classes.stop)).nonzero()[:, 0]
+    contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
+    return slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows

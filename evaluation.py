@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
+import parallel
 from augment import ParamDiffAug, augment_dc, parse_strategy, sample_dsa_params, apply_dsa
 from networks import get_network
 from utils import autocast, make_generator, mean_std
@@ -216,32 +217,56 @@ def evaluate_pool(recipes, num_eval, data, images, labels, seed, keys, log, labe
     """num_eval fresh networks per architecture of `recipes` ({arch: EvalRecipe}) trained on (images, labels) and
     tested on data's test set: {arch: [accuracies]}. Network i of arch draws its weights and its batches from the
     streams (seed, 'eval_net', *keys, arch, i) and (seed, 'eval', *keys, arch, i); label starts the log line.
-    on_epoch(arch, i, ep, net), when given, is called after every epoch of every network."""
+    on_epoch(arch, i, ep, net), when given, is called after every epoch of every network. Under torchrun each
+    process trains its share of the networks; every process returns all the accuracies."""
     accs = {}
     for arch, recipe in recipes.items():
-        accs[arch] = []
-        nets = [get_network(arch, data.channel, data.num_classes, data.im_size, device=recipe.device,
-                            generator=make_generator(seed, 'eval_net', *keys, arch, i)) for i in range(num_eval)]
-        gens = [make_generator(seed, 'eval', *keys, arch, i) for i in range(num_eval)]
+        mine = parallel.share(num_eval)
+        nets = {i: get_network(arch, data.channel, data.num_classes, data.im_size, device=recipe.device,
+                               generator=make_generator(seed, 'eval_net', *keys, arch, i)) for i in mine}
+        gens = {i: make_generator(seed, 'eval', *keys, arch, i) for i in mine}
+        trained = {}  # i -> (train accuracy, test accuracy, how long)
         t0 = time.time()
         # Together pays on a GPU (one launch for all networks); on a CPU it is no faster and one by one is exact.
         together = torch.device(recipe.device).type != 'cpu' and not recipe.eval_one_by_one and on_epoch is None
-        if together and num_eval > 1 and can_train_together(nets[0]):
-            results = train_together(nets, images, labels, data.testloader(), recipe, gens)
-            took = f'{num_eval} trained together in {time.time() - t0:.0f} s'
-            for i, (acc_train, acc) in enumerate(results):
-                accs[arch].append(acc)
-                log(f'  {arch} #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% ({took})')
-        for i in range(len(accs[arch]), num_eval):
+        if together and len(mine) > 1 and can_train_together(nets[mine[0]]):
+            results = train_together(list(nets.values()), images, labels, data.testloader(), recipe,
+                                     list(gens.values()))
+            took = f'{len(mine)} trained together in {time.time() - t0:.0f} s'
+            trained = {i: (acc_train, acc, took) for i, (acc_train, acc) in zip(mine, results)}
+
+        def train_one(i, arch=arch, recipe=recipe):
+            if i in trained:
+                return trained[i]
             t0 = time.time()
-            hook = None if on_epoch is None else (lambda ep, n, arch=arch, i=i: on_epoch(arch, i, ep, n))
+            hook = None if on_epoch is None else (lambda ep, n: on_epoch(arch, i, ep, n))
             _, acc_train, acc = evaluate_synset(i, nets[i], images, labels, data.testloader(), recipe,
                                                 generator=gens[i], on_epoch=hook)
-            accs[arch].append(acc)
-            # A model takes minutes on a CPU: say so as each one finishes.
-            log(f'  {arch} #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% '
-                f'({time.time() - t0:.0f} s)')
+            return acc_train, acc, f'{time.time() - t0:.0f} s'
+
+        def report(i, result, arch=arch):
+            acc_train, acc, took = result
+            log(f'  {arch} #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% ({took})')
+
+        accs[arch] = [acc for _, acc, _ in train_shared(num_eval, train_one, report)]
         m, s = mean_std(accs[arch])
         log(f'{label}: {arch} trained {recipe.epoch_eval_train} epochs on {len(images)} images, '
             f'test acc {m:.2f} ± {s:.2f} over {num_eval} models')
     return accs
+
+
+def train_shared(n, train_one, report):
+    """train_one(i) for this process's share of the networks 0..n-1 (all of them without torchrun), and
+    report(i, result) for every network in order: as each one finishes in a single process (a network takes
+    minutes on a CPU), after gathering the results under torchrun. Returns [result_i] for all i on every process."""
+    results = {}
+    for i in parallel.share(n):
+        results[i] = train_one(i)
+        if parallel.world_size() == 1:
+            report(i, results[i])
+    if parallel.world_size() > 1:
+        for part in parallel.gather(results):
+            results.update(part)
+        for i in range(n):
+            report(i, results[i])
+    return [results[i] for i in range(n)]

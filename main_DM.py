@@ -18,6 +18,8 @@ os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 
 import torch  # noqa: E402
 
+import parallel  # noqa: E402
+
 from cli import add_flags, check_condense_args, condense_parser  # noqa: E402
 from data import get_dataset  # noqa: E402
 from dm import dm_step  # noqa: E402
@@ -41,6 +43,9 @@ def parse_args(argv=None):
     if bn and (args.per_class or args.real_chunk):
         raise UserError(f'--per_class and --real_chunk change the batch statistics of {args.model}; they need a '
                         f'model without BN')
+    if bn and parallel.world_size() > 1:
+        raise UserError(f"{args.model}'s BatchNorm normalises over all classes at once, so its classes cannot be "
+                        f"split across torchrun processes; run it in one process or use a model without BN")
     if args.real_chunk is None and not bn and torch.device(args.device).type == 'cpu':
         # One forward of K·batch_real images makes activations of gigabytes that spill every cache; 256 at a
         # time is 1.5x faster on CPU (docs/benchmarks.md) and exact, every row being independent without BN.

@@ -20,6 +20,7 @@ import time
 import torch
 from tqdm import tqdm
 
+import parallel
 from data import denormalise
 from evaluation import evaluate_pool, progress_lines
 from utils import Log, UserError, atomic_save, atomic_write, make_generator, mean_std, remove_stale_temps, \
@@ -140,7 +141,7 @@ class CondensationRun:
         self.log = Log(self.log_path, append=args.resume)
         self.eval_its = eval_iterations(args, reference_every)
         epochs = sorted({r.epoch_eval_train for r in recipes.values()})
-        self.log(f'plan: {args.num_exp} experiment(s) x {args.Iteration} iterations on {args.device}; at each of '
+        self.log(f'plan: {args.num_exp} experiment(s) x {args.Iteration} iterations on {args.device}{parallel.processes()}; at each of '
                  f'{len(self.eval_its)} evaluation point(s), {args.num_eval} network(s) x {len(recipes)} '
                  f'architecture(s) trained {"/".join(map(str, epochs))} epochs')
         self.log(f'{method} {self.name}: {data}; device {args.device}; seed {args.seed}; evaluation at iterations '
@@ -260,6 +261,7 @@ class CondensationRun:
         return dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean,
                     std=data.std, classes=data.class_names, normalised=True, method=self.method, model=args.model,
                     ipc=args.ipc, args=self.fingerprint, seed=args.seed, versions=versions(),
+                    world_size=parallel.world_size(),
                     protocol=dict(epoch_eval_train=args.epoch_eval_train, eval_mode=args.eval_mode, dsa=args.dsa,
                                   dsa_strategy=args.dsa_strategy), **(extra or {}))
 

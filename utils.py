@@ -17,6 +17,8 @@ import tempfile
 import numpy as np
 import torch
 
+from parallel import is_main
+
 
 class UserError(Exception):
     """Bad input from the user: reported as one line on stderr with exit code 2, never a traceback."""
@@ -139,7 +141,10 @@ def _umask():
 
 def atomic_write(path, write):
     """write(f) into a temporary file beside `path`, then rename it over `path`: readers see the old file or the
-    new one, never half of one. The file gets the permissions of an ordinary open() (mkstemp's are 0600)."""
+    new one, never half of one. The file gets the permissions of an ordinary open() (mkstemp's are 0600).
+    Under torchrun only rank 0 writes; the other processes hold the same results."""
+    if not is_main():
+        return
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
@@ -159,6 +164,8 @@ def atomic_write(path, write):
 def remove_stale_temps(folder, *stems):
     """Delete the temporary files that atomic_write left in `folder` for files named stem* when a process was
     killed mid-write (no stems: every one in the folder). Call it when a run starts, for the run's own files."""
+    if not is_main():
+        return  # rank 0 writes, and may be writing one of them now
     for stem in stems or ('',):
         for tmp in glob.glob(os.path.join(glob.escape(folder), f'.{glob.escape(stem)}*.tmp')):
             try:
@@ -223,19 +230,23 @@ def versions():
 # The run log
 
 class Log:
-    """Messages to the console (above any progress bar) and, once opened, to a log file."""
+    """Messages to the console (above any progress bar) and, once opened, to a log file. Under torchrun only
+    rank 0 logs."""
 
     def __init__(self, path=None, append=False):
         self._file = None
+        self._silent = not is_main()
         if path is not None:
             self.open(path, append)
 
     def open(self, path, append=False):
+        if self._silent:
+            return
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._file = open(path, 'a' if append else 'w')
 
     def __call__(self, msg, echo=True):
-        if echo:
+        if echo and not self._silent:
             from tqdm import tqdm
             tqdm.write(msg)
         if self._file is not None:

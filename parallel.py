@@ -1,0 +1,101 @@
+"""Several processes under `torchrun`: which process this is, which share of the work is its own, and the few
+collectives the scripts need.
+
+    torchrun --standalone --nproc_per_node 8 main_DM.py --dataset CIFAR10 --ipc 50 ...
+
+torchrun starts one process per GPU (or per CPU slot) and tells each its RANK and WORLD_SIZE in the environment.
+Without torchrun there is one process: every function here is then the single-process identity and
+torch.distributed is never imported, so a plain run pays nothing for this module.
+
+What the scripts split (docs/design.md, "More than one process"):
+- DM and DC/DSA: the classes of every matching step (`share`); the image gradients are summed over the processes
+  (`sum_`) and every process takes the same image step, so each holds the whole synthetic set.
+- evaluation: the networks of a pool (`share`), their accuracies gathered (`gather`).
+- the files: rank 0 alone writes them (utils' writers and Log check `is_main`).
+"""
+import os
+from datetime import timedelta
+
+import torch
+
+# A rank that crashes makes torchrun stop the others; the timeout only ends collectives that wait on a rank that
+# hangs. It must outlast the longest stretch without a collective (evaluation networks of uneven shares on a CPU).
+TIMEOUT = timedelta(minutes=float(os.environ.get('CONDENSE_DIST_TIMEOUT_MIN', 60)))
+
+
+def world_size():
+    return int(os.environ.get('WORLD_SIZE', 1))
+
+
+def rank():
+    return int(os.environ.get('RANK', 0))
+
+
+def is_main():
+    """Rank 0: the process that writes files and logs."""
+    return rank() == 0
+
+
+def start(device):
+    """Join torchrun's process group (once): NCCL between GPUs, gloo between CPU processes. Returns this process's
+    device: 'cuda' becomes cuda:<LOCAL_RANK>, one GPU per process. One process: `device` unchanged."""
+    if world_size() == 1:
+        return device
+    import torch.distributed as dist
+    cuda = torch.device(device).type == 'cuda'
+    if cuda:
+        device = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}'
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group('nccl' if cuda else 'gloo', timeout=TIMEOUT)
+        import atexit
+        atexit.register(_stop)
+    return device
+
+
+def _stop():
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def processes():
+    """For a log's first line: how the run is spread ('' for one process)."""
+    n = world_size()
+    return '' if n == 1 else f' x {n} torchrun processes (classes and evaluation networks split; rank 0 writes)'
+
+
+def share(n):
+    """This process's share of n items (classes, networks): a contiguous block; the first n % world_size
+    processes take one more. A process may get none."""
+    size, r = world_size(), rank()
+    return range(n * r // size, n * (r + 1) // size)
+
+
+def sum_(*tensors):
+    """Each tensor replaced in place by its sum over the processes. A gradient that only this process computed for
+    some rows holds exact zeros elsewhere, so the sum puts every process's rows together without rounding."""
+    if world_size() == 1:
+        return
+    import torch.distributed as dist
+    for t in tensors:
+        dist.all_reduce(t)
+
+
+def sum_grad(tensor):
+    """tensor.grad summed over the processes (zeros where a process left it None)."""
+    if world_size() == 1:
+        return
+    if tensor.grad is None:
+        tensor.grad = torch.zeros_like(tensor)
+    sum_(tensor.grad)
+
+
+def gather(obj):
+    """Every process's obj (picklable), in rank order, on every process; [obj] for one process."""
+    if world_size() == 1:
+        return [obj]
+    import torch.distributed as dist
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
