@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import data as data_mod
 import evaluation
+import parallel
 import runner
 import utils
 from augment import DIM_TOKENS, ParamDiffAug, parse_strategy
@@ -205,6 +206,8 @@ def check_args(args, stage):
     args.device = args.device or utils.default_device()
     if str(args.device).startswith('cuda') and not torch.cuda.is_available():
         raise UserError(f'--device {args.device} asked for, but no CUDA device is available; use --device cpu')
+    args.device = parallel.start(args.device)
+    args.no_progress = args.no_progress or not parallel.is_main()
     try:
         parse_strategy(args.aug_type, valid=DIM_TOKENS)
     except ValueError as e:
@@ -323,7 +326,7 @@ class Run:
         os.makedirs(self.log_dir, exist_ok=True)
         self.log.open(os.path.join(self.log_dir, 'logs.txt'), append)
         utils.write_json(self.path('config.json'), dict(args=config(self.args), protocol=protocol_label(self.args),
-                                                        versions=utils.versions()))
+                                                        versions=utils.versions(), world_size=parallel.world_size()))
         for line in self.args.notes:
             self.log(f'warning: {line}')
 
@@ -339,6 +342,8 @@ def save_checkpoint(path, G, D, opt_g, opt_d, epoch, args, **extra):
 
 def _link(src, dst):
     """dst as a second name of src (a copy where hard links are not possible): same bytes, no second write."""
+    if not parallel.is_main():
+        return
     tmp = dst + '.tmp'
     if os.path.exists(tmp):
         os.unlink(tmp)
@@ -446,12 +451,19 @@ def prepare_gan_run(args):
     data = load_data(args)
     run = Run(args)
     G, D = new_gan(args, data)
-    return data, run, G, D, adam(G, args.lr), adam(D, args.lr)
+    opt_g, opt_d = adam(G, args.lr), adam(D, args.lr)
+    for opt in (opt_g, opt_d):
+        parallel.average_gradients(opt)  # under torchrun: data parallelism over the GAN batch
+    return data, run, G, D, opt_g, opt_d
 
 
 def log_header(args, run, data, G):
     run.log(f'DiM stage {args.stage} {args.tag}: {data.name} ({data.num_classes} classes, '
             f'{data.channel}x{data.im_size[0]}x{data.im_size[1]}), device {args.device}, seed {args.seed}')
+    if parallel.world_size() > 1:
+        run.log(f'torchrun: {parallel.world_size()} processes, data parallel: each takes its share of every epoch\'s '
+                f'batches of {args.batch_size} and the gradients are averaged (effective batch '
+                f'{parallel.world_size() * args.batch_size}); rank 0 writes')
     run.log(f'protocol: {protocol_label(args)}')
     if data.val_idx is not None:
         run.log(f'validation split: {data.val_per_class} images per class held out of the training set '
@@ -527,9 +539,15 @@ def train_gan(args, run, data, G, D, opt_g, opt_d, state=None, matcher=None):
 
 
 def _train_epoch(args, run, data, G, D, opt_g, opt_d, stage, epoch, matcher):
-    """One epoch of GAN iterations; every draw from the stream (seed, 'stage<stage>', epoch)."""
+    """One epoch of GAN iterations; every draw from the stream (seed, 'stage<stage>', epoch). Under torchrun the
+    processes split the epoch's batches (the same shuffle on each, as a distributed sampler does) and draw their
+    own noise; their replicas stay equal through averaged gradients and, after the epoch, rank 0's BN statistics."""
     rng = make_generator(args.seed, f'stage{stage}', epoch)
     batches = epoch_batches(len(data.train_idx), args.batch_size, rng, args.iters_per_epoch)
+    size = parallel.world_size()
+    if size > 1:
+        batches = batches[parallel.rank()::size][:len(batches) // size]  # equal counts: every step is collective
+        rng = make_generator(args.seed, f'stage{stage}', epoch, 'rank', parallel.rank())
     if matcher is not None:
         run.log(f'epoch {epoch}: pool model {matcher.start_epoch(epoch)}')
     G.train()
@@ -547,6 +565,7 @@ def _train_epoch(args, run, data, G, D, opt_g, opt_d, stage, epoch, matcher):
             run.log(f'epoch {epoch} iter {it + 1}/{len(batches)}: ' +
                     ', '.join(f'{k} {v:.4f}' for k, v in parts.items()))
     bar.close()
+    parallel.broadcast_buffers(G, D)
 
 
 def _select_per_model(args, run, state, scores, epoch, save, stage):
@@ -595,15 +614,19 @@ def evaluate_onthefly(G, args, data, log):
         'reference protocol' if ref else 'sound protocol')
     out = dict(mode='onthefly', label=label, steps_per_epoch=n_it, epochs=args.epochs_eval, models={})
     for name in args.eval_model:
-        finals, top5, bests = [], [], []
-        for i in range(args.num_eval):
+        def train_one(i, name=name):
             rng = make_generator(args.seed, 'onthefly', name, i)
             net = build_model(name, data, args.stem, args.device, rng)
             r = train_onthefly(G, net, args, data, n_it, rng, loader, args.test_interval if ref else None, ref,
                                desc=f'{name} #{i}')
-            finals.append(r['final'][0])
-            top5.append(r['final'][1])
-            bests.append(r['best'][0])
+            return r['final'][0], r['final'][1], r['best'][0]
+
+        def report(i, r, name=name):
+            log(f'  {name} #{i}: final test accuracy {100 * r[0]:.2f}% (top-5 {100 * r[1]:.2f}%)')
+
+        # under torchrun the networks are spread over the processes
+        finals, top5, bests = zip(*evaluation.train_shared(args.num_eval, train_one, report))
+        finals, top5, bests = list(finals), list(top5), list(bests)
         m, s = utils.mean_std(finals)
         entry = dict(final=dict(mean=m, std=s, all=finals), final_top5=dict(zip(('mean', 'std'), utils.mean_std(top5))))
         log(f'[{label}] {name}: final test accuracy {m:.2f} ± {s:.2f}% over {args.num_eval} models')
@@ -638,19 +661,25 @@ def evaluate_fixed(G, args, data, run):
         images, labels = fixed_set(G, data, args.ipc, make_generator(args.seed, 'fixed_set', exp))
         sets.append([images, labels])
         for name in args.eval_model:
-            for i in tqdm(range(args.num_eval), desc=f'fixed set {exp}: {name}', leave=False, disable=args.no_progress):
+            def train_one(i, name=name):
                 rng = make_generator(args.seed, 'fixed_net', exp, name, i)
                 net = build_model(name, data, args.stem, args.device, rng)
                 _, _, acc = evaluation.evaluate_synset(i, net, images, labels, testloader, recipe,
                                                        generator=make_generator(args.seed, 'fixed_eval', exp, name, i))
-                accs.setdefault(name, []).append(acc)
+                return acc
+
+            def report(i, acc, name=name):
+                run.log(f'  fixed set {exp}: {name} #{i}: test accuracy {100 * acc:.2f}%')
+
+            # under torchrun the networks are spread over the processes
+            accs.setdefault(name, []).extend(evaluation.train_shared(args.num_eval, train_one, report))
         keep = (torch.arange(len(labels)) % args.ipc < 50).nonzero()[:, 0]  # at most 50 per class in a picture
         runner.save_image_grid(run.path(f'vis_DiM_{data.name}_{args.ipc}ipc_exp{exp}.png'), images[keep],
                                real.mean, real.std, nrow=min(args.ipc, 50))
     path = run.path(f'res_DiM_{data.name}_GAN_{args.ipc}ipc.pt')
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=real.mean, std=real.std,
                 classes=real.class_names, normalised=True, method='DiM', model='GAN', ipc=args.ipc, args=config(args),
-                seed=args.seed, versions=utils.versions(),
+                seed=args.seed, versions=utils.versions(), world_size=parallel.world_size(),
                 protocol=dict(mode='fixed', label=label, epoch_eval_train=args.epochs_eval, dsa=True,
                               dsa_strategy=strategy, generator=args.pretrain_weight))
     runner.save_results(path, sets, accs, meta)

@@ -23,6 +23,7 @@ import torch  # noqa: E402
 import dim  # noqa: E402
 import dim_run  # noqa: E402
 import itgan  # noqa: E402
+import parallel  # noqa: E402
 import runner  # noqa: E402
 from cli import add_flags, check_args, check_network  # noqa: E402
 from data import canonical_dataset, get_dataset  # noqa: E402
@@ -233,6 +234,10 @@ def evaluate_sets(args, data, run, sets):
         t0 = time.time()
         accs = evaluate_pool(recipes, args.num_eval, data, images, labels, args.seed, (name,), run.log,
                              label=f'({name})', on_epoch=on_epoch)
+        for part in parallel.gather(curve):  # under torchrun each process drew the curves of its own networks
+            for arch, nets in part.items():
+                for i, points in enumerate(nets):
+                    curve[arch][i] = curve[arch][i] or points
         state['accs'][name] = accs
         state['curves'][name] = {arch: [c + [a] for c, a in zip(curve[arch], accs[arch])] for arch in curve}
         state['times'][f'eval_{name}_s'] = time.time() - t0
@@ -260,7 +265,7 @@ def main(argv=None):
     width = gen['dim_noise']
     size = itgan.storage(gen['bytes'], len(labels), width, data)
     run.log(f'IT-GAN {run.name}: {data}; {len(labels)} latents of width {width}; generator {gen["path"]} '
-            f'(sha256 {gen["sha256"][:12]}); device {args.device}; seed {args.seed}')
+            f'(sha256 {gen["sha256"][:12]}); device {args.device}{parallel.processes()}; seed {args.seed}')
     run.log(f'storage: generator {size["generator_bytes"] / 2 ** 10:.1f} KiB + latents {size["latent_bytes"] / 2 ** 10:.1f}'
             f' KiB against {size["image_bytes"] / 2 ** 10:.1f} KiB of uint8 images (x{size["ratio"]:.2f})')
     run.log(f'arguments: {dict(run.fingerprint, **run.eval_fingerprint)}')
@@ -282,7 +287,7 @@ def main(argv=None):
                           for arch, cs in curves[name].items()} for name in SETS}
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean, std=data.std,
                 method='ITGAN', model=args.model, ipc=args.ipc, args=dict(run.fingerprint, **run.eval_fingerprint),
-                seed=args.seed,
+                seed=args.seed, world_size=parallel.world_size(),
                 versions=versions(), render='standardise((G(z, y) + 1) / 2), G in eval mode, chunks of 500',
                 protocol=dict(epoch_eval_train=args.epoch_eval_train, dsa_strategy=args.dsa_strategy,
                               eval_model=args.eval_model, curve_epochs=args.curve_at + [args.epoch_eval_train + 1]))

@@ -91,6 +91,36 @@ def sum_grad(tensor):
     sum_(tensor.grad)
 
 
+def average_gradients(optimizer):
+    """Data parallelism for a model whose processes see different batches (DDP's rule): before every step of
+    `optimizer` its gradients are averaged over the processes, so the replicas take the same step and stay equal.
+    Every process must give every parameter a gradient (a missing one counts as zeros). One process: nothing."""
+    if world_size() == 1:
+        return
+    import torch.distributed as dist
+    params = [p for group in optimizer.param_groups for p in group['params'] if p.requires_grad]
+
+    def hook(*_):
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        flat = torch.cat([g.flatten() for g in grads])
+        dist.all_reduce(flat)
+        flat /= world_size()
+        for p, g in zip(params, flat.split([g.numel() for g in grads])):
+            p.grad = g.view_as(p)
+    optimizer.register_step_pre_hook(hook)
+
+
+def broadcast_buffers(*modules):
+    """Rank 0's buffers (BatchNorm running statistics) on every process: replicas that normalised different
+    batches agree again before a checkpoint or an eval-mode pass."""
+    if world_size() == 1:
+        return
+    import torch.distributed as dist
+    for module in modules:
+        for b in module.buffers():
+            dist.broadcast(b, 0)
+
+
 def gather(obj):
     """Every process's obj (picklable), in rank order, on every process; [obj] for one process."""
     if world_size() == 1:

@@ -16,6 +16,7 @@ os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 
 import dim  # noqa: E402
 import dim_run  # noqa: E402
+import parallel  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -29,12 +30,13 @@ def main(argv=None):
     run.open()
     size = dim_run.storage(G, data, args.ipc)
     run.log(f'DiM validation {args.tag}: generator {args.pretrain_weight} (epoch {ck.get("epoch")}), {data.name}, '
-            f'device {args.device}, seed {args.seed}')
+            f'device {args.device}{parallel.processes()}, seed {args.seed}')
     run.log(f'protocol: {dim_run.protocol_label(args)}')
     run.log(dim_run.storage_line(size))
     modes = ['onthefly', 'fixed'] if args.dim_eval == 'both' else [args.dim_eval]
     results = dict(generator=args.pretrain_weight, dataset=data.name, classes=data.real.class_names, ipc=args.ipc,
-                   protocol=args.protocol, storage=size, args=dim_run.config(args), versions=utils.versions())
+                   protocol=args.protocol, storage=size, args=dim_run.config(args), versions=utils.versions(),
+                   world_size=parallel.world_size())
     for mode in modes:
         if mode == 'onthefly':
             results['onthefly'] = dim_run.evaluate_onthefly(G, args, data, run.log)
