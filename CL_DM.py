@@ -46,7 +46,8 @@ def parse_args(argv=None):
     add_flags(g, ('save_path', 'im_size'))
     g.add_argument('--train_mode', choices=['scratch', 'finetune'], default='scratch',
                    help="scratch: a fresh network per step (the protocol); finetune: continue the previous step's")
-    add_flags(g, ('device', 'resume', 'no_progress', 'dsa_strategy', 'align_corners', 'checkpoint_every'),
+    add_flags(g, ('device', 'resume', 'no_progress', 'dsa_strategy', 'align_corners', 'checkpoint_every',
+                  'eval_one_by_one'),
               dsa_strategy='color_crop_cutout_flip_scale_rotate', checkpoint_every=200)
     g = p.add_argument_group('herding / kcenter')
     g.add_argument('--feature_net', default=None,

@@ -32,7 +32,7 @@ import parallel
 from data import TensorLoader, dataset_label, get_dataset
 from dc import dc_step
 from dm import dm_step
-from evaluation import EvalRecipe, evaluate_synset, train_shared
+from evaluation import EvalRecipe, evaluate_networks, evaluate_synset
 from networks import get_network
 from plots import plot_curves
 from runner import fingerprint, init_synset, resume_state
@@ -54,7 +54,7 @@ BUILDER_ARGS = {
 }
 # Arguments that may differ between a run and its resumption.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
-             'per_class', 'real_chunk')
+             'eval_one_by_one', 'per_class', 'real_chunk')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -463,25 +463,23 @@ def evaluate_step(args, data, images, labels, seen, seed, step, nets, log):
     previous step's networks, continued in finetune mode. Returns (accuracies, networks); under torchrun each
     process trains its share of the networks and holds None for the others' ones."""
     loader = test_loader(data, seen)
-    out = [None] * args.num_eval
 
-    def train_one(i):
+    def build(i):
         if args.train_mode == 'finetune' and nets:
             net = nets[i]
         else:
             net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device,
                               generator=make_generator(seed, 'cl_eval_net', step, i))
-        t0 = time.time()
-        out[i], acc_train, acc = evaluate_synset(i, net, images, labels, loader, EvalRecipe.from_args(args),
-                                                 generator=make_generator(seed, 'cl_eval', step, i))
-        return acc_train, acc, time.time() - t0
+        return net, make_generator(seed, 'cl_eval', step, i)
 
     def report(i, result):
         acc_train, acc, took = result
         log(f'  net #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% on {len(loader.images)} test '
-            f'images ({took:.0f} s)')
+            f'images ({took})')
 
-    return [acc for _, acc, _ in train_shared(args.num_eval, train_one, report)], out
+    results, trained = evaluate_networks(args.num_eval, build, images, labels, loader, EvalRecipe.from_args(args),
+                                         report)
+    return [acc for _, acc, _ in results], [trained.get(i) for i in range(args.num_eval)]
 
 
 def net_states(nets):

@@ -661,18 +661,16 @@ def evaluate_fixed(G, args, data, run):
         images, labels = fixed_set(G, data, args.ipc, make_generator(args.seed, 'fixed_set', exp))
         sets.append([images, labels])
         for name in args.eval_model:
-            def train_one(i, name=name):
-                rng = make_generator(args.seed, 'fixed_net', exp, name, i)
-                net = build_model(name, data, args.stem, args.device, rng)
-                _, _, acc = evaluation.evaluate_synset(i, net, images, labels, testloader, recipe,
-                                                       generator=make_generator(args.seed, 'fixed_eval', exp, name, i))
-                return acc
+            def build(i, name=name):
+                return (build_model(name, data, args.stem, args.device,
+                                    make_generator(args.seed, 'fixed_net', exp, name, i)),
+                        make_generator(args.seed, 'fixed_eval', exp, name, i))
 
-            def report(i, acc, name=name):
-                run.log(f'  fixed set {exp}: {name} #{i}: test accuracy {100 * acc:.2f}%')
+            def report(i, result, name=name):
+                run.log(f'  fixed set {exp}: {name} #{i}: test accuracy {100 * result[1]:.2f}% ({result[2]})')
 
-            # under torchrun the networks are spread over the processes
-            accs.setdefault(name, []).extend(evaluation.train_shared(args.num_eval, train_one, report))
+            results, _ = evaluation.evaluate_networks(args.num_eval, build, images, labels, testloader, recipe, report)
+            accs.setdefault(name, []).extend(acc for _, acc, _ in results)
         keep = (torch.arange(len(labels)) % args.ipc < 50).nonzero()[:, 0]  # at most 50 per class in a picture
         runner.save_image_grid(run.path(f'vis_DiM_{data.name}_{args.ipc}ipc_exp{exp}.png'), images[keep],
                                real.mean, real.std, nrow=min(args.ipc, 50))

@@ -217,42 +217,59 @@ def evaluate_pool(recipes, num_eval, data, images, labels, seed, keys, log, labe
     """num_eval fresh networks per architecture of `recipes` ({arch: EvalRecipe}) trained on (images, labels) and
     tested on data's test set: {arch: [accuracies]}. Network i of arch draws its weights and its batches from the
     streams (seed, 'eval_net', *keys, arch, i) and (seed, 'eval', *keys, arch, i); label starts the log line.
-    on_epoch(arch, i, ep, net), when given, is called after every epoch of every network. Under torchrun each
-    process trains its share of the networks; every process returns all the accuracies."""
+    on_epoch(arch, i, ep, net), when given, is called after every epoch of every network."""
     accs = {}
     for arch, recipe in recipes.items():
-        mine = parallel.share(num_eval)
-        nets = {i: get_network(arch, data.channel, data.num_classes, data.im_size, device=recipe.device,
-                               generator=make_generator(seed, 'eval_net', *keys, arch, i)) for i in mine}
-        gens = {i: make_generator(seed, 'eval', *keys, arch, i) for i in mine}
-        trained = {}  # i -> (train accuracy, test accuracy, how long)
-        t0 = time.time()
-        # Together pays on a GPU (one launch for all networks); on a CPU it is no faster and one by one is exact.
-        together = torch.device(recipe.device).type != 'cpu' and not recipe.eval_one_by_one and on_epoch is None
-        if together and len(mine) > 1 and can_train_together(nets[mine[0]]):
-            results = train_together(list(nets.values()), images, labels, data.testloader(), recipe,
-                                     list(gens.values()))
-            took = f'{len(mine)} trained together in {time.time() - t0:.0f} s'
-            trained = {i: (acc_train, acc, took) for i, (acc_train, acc) in zip(mine, results)}
-
-        def train_one(i, arch=arch, recipe=recipe):
-            if i in trained:
-                return trained[i]
-            t0 = time.time()
-            hook = None if on_epoch is None else (lambda ep, n: on_epoch(arch, i, ep, n))
-            _, acc_train, acc = evaluate_synset(i, nets[i], images, labels, data.testloader(), recipe,
-                                                generator=gens[i], on_epoch=hook)
-            return acc_train, acc, f'{time.time() - t0:.0f} s'
+        def build(i, arch=arch, recipe=recipe):
+            return (get_network(arch, data.channel, data.num_classes, data.im_size, device=recipe.device,
+                                generator=make_generator(seed, 'eval_net', *keys, arch, i)),
+                    make_generator(seed, 'eval', *keys, arch, i))
 
         def report(i, result, arch=arch):
             acc_train, acc, took = result
             log(f'  {arch} #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% ({took})')
 
-        accs[arch] = [acc for _, acc, _ in train_shared(num_eval, train_one, report)]
+        hook = None if on_epoch is None else (lambda i, ep, net, arch=arch: on_epoch(arch, i, ep, net))
+        results, _ = evaluate_networks(num_eval, build, images, labels, data.testloader(), recipe, report, hook)
+        accs[arch] = [acc for _, acc, _ in results]
         m, s = mean_std(accs[arch])
         log(f'{label}: {arch} trained {recipe.epoch_eval_train} epochs on {len(images)} images, '
             f'test acc {m:.2f} ± {s:.2f} over {num_eval} models')
     return accs
+
+
+def evaluate_networks(n, build, images, labels, testloader, recipe, report, on_epoch=None):
+    """n networks trained on (images, labels) by evaluate_synset's protocol and tested on testloader. build(i) ->
+    (network, generator): network i's initial weights and its stream. On a GPU the networks of this process train
+    together (train_together; one by one with recipe.eval_one_by_one, for BN models or with on_epoch); on a CPU,
+    where that is no faster and one by one is exact, one by one. Under torchrun each process trains its share
+    (train_shared). on_epoch(i, ep, net) after every epoch. Returns ([(train accuracy, test accuracy, time) for
+    every i], {i: trained network} of this process)."""
+    built = {i: build(i) for i in parallel.share(n)}
+    nets = {i: net for i, (net, _) in built.items()}
+    trained = {}
+    if len(built) > 1 and trains_together(recipe, on_epoch) and can_train_together(next(iter(nets.values()))):
+        t0 = time.time()
+        results = train_together(list(nets.values()), images, labels, testloader, recipe,
+                                 [g for _, g in built.values()])
+        took = f'{len(built)} trained together in {time.time() - t0:.0f} s'
+        trained = {i: (acc_train, acc, took) for i, (acc_train, acc) in zip(built, results)}
+
+    def train_one(i):
+        if i in trained:
+            return trained[i]
+        t0 = time.time()
+        hook = None if on_epoch is None else (lambda ep, net: on_epoch(i, ep, net))
+        _, acc_train, acc = evaluate_synset(i, nets[i], images, labels, testloader, recipe, generator=built[i][1],
+                                            on_epoch=hook)
+        return acc_train, acc, f'{time.time() - t0:.0f} s'
+    return train_shared(n, train_one, report), nets
+
+
+def trains_together(recipe, on_epoch=None):
+    """Whether the networks of one architecture train together: on a GPU (one launch for all networks), unless
+    recipe.eval_one_by_one or a per-epoch hook asks for them one at a time."""
+    return torch.device(recipe.device).type != 'cpu' and not recipe.eval_one_by_one and on_epoch is None
 
 
 def train_shared(n, train_one, report):

@@ -127,3 +127,39 @@ def test_amp_flag_reaches_the_step_and_the_evaluation(prepared_mnist):
     assert args.amp == 'bf16'
     recipe = EvalRecipe.from_args(args)
     assert recipe.amp == 'bf16' and recipe.eval_one_by_one
+
+
+def test_cl_and_dim_fixed_set_evaluations_train_together_where_a_gpu_would(tmp_path, monkeypatch):
+    """CL's step evaluation and DiM's fixed-set evaluation go through evaluation.evaluate_networks: where networks
+    train together (a GPU; forced here on the CPU) they do, with the accuracies of one-by-one training."""
+    import cl
+    import evaluation
+    from test_cl import _args
+    from test_dim import _flags
+    import gen_condense
+    import validate
+    from conftest import write_prepared
+
+    write_prepared(str(tmp_path), 'MNIST', n_train=10, n_test=3, channel=1, size=28)
+    args = _args(tmp_path, '--num_eval', '3', '--epoch_eval_train', '2')
+    data = toy_data(6, 10, n_test=3)
+    images, labels = data.images(torch.arange(0, 60, 3)), data.labels_train[0:60:3]
+    groups = []
+    real = evaluation.train_together
+    monkeypatch.setattr(evaluation, 'train_together', lambda nets, *a: groups.append(len(nets)) or real(nets, *a))
+
+    def cl_accs():
+        return cl.evaluate_step(args, data, images, labels, list(range(10)), 0, 0, None, lambda *a, **k: None)[0]
+
+    gen_condense.main(_flags(tmp_path, 1, '--tag', 'gan', '--epochs', '1', '--iters-per-epoch', '1'))
+    stage3 = _flags(tmp_path, 3, '--pretrain-weight', str(tmp_path / 'results/gan/best.pth'), '--dim_eval', 'fixed',
+                    '--num_eval', '3', '--epochs-eval', '2', '--batch_train', '8')
+
+    def dim_accs(tag):
+        return validate.main(stage3 + ['--tag', tag])['fixed']['models']['convnet']['final']['all']
+
+    alone = cl_accs(), dim_accs('alone')
+    assert groups == []
+    monkeypatch.setattr(evaluation, 'trains_together', lambda recipe, on_epoch=None: on_epoch is None)
+    together = cl_accs(), dim_accs('together')
+    assert groups == [3, 3] and together == alone
