@@ -66,8 +66,8 @@ def processes():
 
 
 def share(n):
-    """This process's share of n items (classes, networks): a contiguous block; the first n % world_size
-    processes take one more. A process may get none."""
+    """This process's share of n items (classes, networks): a contiguous block, in rank order; the blocks' sizes
+    differ by one at most (n % world_size of them, spread over the ranks, take one more). A process may get none."""
     size, r = world_size(), rank()
     return range(n * r // size, n * (r + 1) // size)
 

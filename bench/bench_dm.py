@@ -76,11 +76,13 @@ def matmul_tflops(device, dtype, reps=3):
     return 2 * n ** 3 / statistics.median(timed(device, lambda: a @ b) for _ in range(reps)) / 1e12
 
 
-def fake_cifar10(device, n_per_class=500):
+def fake_cifar(device, num_classes=10, n_per_class=500):
+    """CIFAR-10 (or, with 100 classes, CIFAR-100)-shaped random images."""
     g = torch.Generator().manual_seed(0)
-    labels = torch.arange(10).repeat_interleave(n_per_class)
+    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
     x = torch.randint(0, 256, (len(labels), 3, 32, 32), generator=g, dtype=torch.uint8)
-    return Data('CIFAR10', [str(i) for i in range(10)], x, labels, x[:1000], labels[:1000], device)
+    return Data(f'CIFAR{num_classes}', [str(i) for i in range(num_classes)], x, labels, x[:1000], labels[:1000],
+                device)
 
 
 def bench_dm(data, device, ipc, batch_real, iters, model, variant, per_class=False):
@@ -138,7 +140,7 @@ def report(args, device, out):
     f32, b16 = matmul_tflops(device, torch.float32), matmul_tflops(device, torch.bfloat16)
     out(f'\n## {name}; torch {torch.__version__}; {time.strftime("%Y-%m-%d")}; square matmul: fp32 {f32:.3g} '
         f'TFLOP/s, bf16 {b16:.3g} TFLOP/s\n')
-    data = fake_cifar10(device)
+    data = fake_cifar(device)
     out(f'| DM {args.model}, batch_real {args.batch_real}, {args.iters} iterations | ms/iteration | images embedded/s '
         f'| GFLOP/iteration | achieved TFLOP/s | % of matmul | peak GPU memory (GiB) |')
     out('|---|---|---|---|---|---|---|')

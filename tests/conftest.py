@@ -24,10 +24,11 @@ def toy_images(n_per_class, num_classes, channel, size, seed=0, noise=40):
     return x.clamp(0, 255).to(torch.uint8), labels
 
 
-def write_prepared(folder, name, n_train=10, n_test=4, num_classes=10, channel=3, size=32, seed=0):
-    """A prepared tensor file `<folder>/<name>.pt` in the layout of ../shared/data/README.md."""
-    xtr, ytr = toy_images(n_train, num_classes, channel, size, seed)
-    xte, yte = toy_images(n_test, num_classes, channel, size, seed + 1)
+def write_prepared(folder, name, n_train=10, n_test=4, num_classes=10, channel=3, size=32, seed=0, noise=40):
+    """A prepared tensor file `<folder>/<name>.pt` in the layout of ../shared/data/README.md. A larger noise
+    hides the class bands (toy_images), for a toy whose accuracies are not all 100 %."""
+    xtr, ytr = toy_images(n_train, num_classes, channel, size, seed, noise)
+    xte, yte = toy_images(n_test, num_classes, channel, size, seed + 1, noise)
     path = os.path.join(folder, f'{name}.pt')
     torch.save(dict(classes=[f'c{i}' for i in range(num_classes)], images_train=xtr, labels_train=ytr,
                     images_val=xte, labels_val=yte), path)

@@ -1,0 +1,200 @@
+"""torchrun against one process: the same synthetic sets bit for bit, the same accuracies, the same files.
+
+One torchrun launch (2 processes, gloo, one thread each) runs every scenario in turn (tests/torchrun_scenarios.py),
+the last one a refused BN run that ends it; the single-process references run in this process, with the same
+thread count, so their floats are comparable bit for bit. The toy has 5 classes: 2 processes split them 2 + 3
+(uneven), and a continual-learning step of one class leaves one process without a class to match.
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import main_DM
+import parallel
+from conftest import ROOT, interrupt_at, write_prepared
+from torchrun_scenarios import SCRIPTS  # the scripts' main functions
+
+GLOO = dist.is_available() and dist.is_gloo_available()
+needs_gloo = pytest.mark.skipif(not GLOO, reason='torch.distributed with the gloo backend is not available')
+
+
+def torchrun(*argv, nproc=2):
+    # One thread per process, as in the single-process references; a collective that waits on a dead rank gives up
+    # after a minute instead of an hour.
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')}
+    env.update(OMP_NUM_THREADS='1', CONDENSE_DIST_TIMEOUT_MIN='1')
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node',
+                           str(nproc), *argv], capture_output=True, text=True, env=env, timeout=600)
+
+
+def scenarios(toy):
+    """name -> (script, argv without --save_path): tiny runs on the 5-class toy file."""
+    common = ['--dataset', f'file:{toy}', '--model', 'ConvNetW32', '--ipc', '2', '--batch_real', '4', '--device', 'cpu',
+              '--no_progress', '--num_eval', '3']
+    condense = common + ['--num_exp', '1', '--eval_every', '2', '--seed', '3']
+    return {
+        'dm': ('main_DM.py', condense + ['--Iteration', '4', '--epoch_eval_train', '4', '--checkpoint_every', '2']),
+        # BN model: every process refreshes the same network's BN statistics on all classes (replicated)
+        'dsa_bn': ('main.py', condense + ['--method', 'DSA', '--model', 'ConvNetBN', '--Iteration', '1',
+                                          '--outer_loop', '2', '--inner_loop', '1', '--epoch_eval_train', '3']),
+        # one class per step: one of the 2 processes has no class to match
+        'cl': ('CL_DM.py', common + ['--method', 'DM', '--steps', '5', '--Iteration', '3', '--epoch_eval_train', '2',
+                                     '--seeds', '0', '--train_mode', 'finetune']),
+    }
+
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp('torchrun')
+    # noise hides part of the class bands, so that the accuracies are not all 100 %
+    return root, write_prepared(str(root), 'toy5', n_train=8, n_test=6, num_classes=5, channel=1, size=16,
+                                noise=255)
+
+
+@pytest.fixture(scope='module')
+def one(toy):
+    """The single-process runs, in this process; and a DM run interrupted after its checkpoint at iteration 2."""
+    root, path = toy
+    for name, (script, argv) in scenarios(path).items():
+        SCRIPTS[script](argv + ['--save_path', str(root / 'one' / name)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(main_DM, 'dm_step', interrupt_at(main_DM.dm_step, 3))
+        with pytest.raises(KeyboardInterrupt):
+            main_DM.main(scenarios(path)['dm'][1] + ['--save_path', str(root / 'interrupted')])
+    return root / 'one'
+
+
+@pytest.fixture(scope='module')
+def launch(toy, one):
+    """The same runs in one launch of 2 torchrun processes; then the interrupted single-process run resumed; then
+    main_DM.py with a BN model, which must be refused (and so ends the launch). Returns (folder, the launch)."""
+    root, path = toy
+    two = root / 'two'
+    runs = [[script, argv + ['--save_path', str(two / name)]] for name, (script, argv) in scenarios(path).items()]
+    shutil.copytree(root / 'interrupted', two / 'dm_resumed')
+    runs.append(['main_DM.py', scenarios(path)['dm'][1] + ['--resume', '--save_path', str(two / 'dm_resumed')]])
+    runs.append(['main_DM.py', ['--dataset', f'file:{path}', '--model', 'ConvNetBN', '--ipc', '2', '--device', 'cpu',
+                                '--save_path', str(two / 'bn')]])
+    (root / 'runs.json').write_text(json.dumps(runs))
+    return two, torchrun(os.path.join(ROOT, 'tests', 'torchrun_scenarios.py'), str(root / 'runs.json'))
+
+
+@pytest.fixture(scope='module')
+def two(launch):
+    folder, r = launch
+    # the resumed run, the last before the refused one, finished (the interrupted one wrote no results)
+    assert os.path.exists(folder / 'dm_resumed' / 'res_DM_toy5_ConvNetW32_2ipc.pt'), r.stderr[-4000:]
+    return folder
+
+
+def load(folder, prefix):
+    [name] = [f for f in os.listdir(folder) if f.startswith(prefix) and f.endswith('.pt')]
+    return torch.load(folder / name)
+
+
+# ---------------------------------------------------------------------------------------------- one process
+
+@pytest.mark.parametrize('n', range(8))
+@pytest.mark.parametrize('size', range(1, 6))
+def test_share_covers_every_item_once_in_contiguous_blocks(monkeypatch, n, size):
+    shares = []
+    for r in range(size):
+        monkeypatch.setenv('WORLD_SIZE', str(size))
+        monkeypatch.setenv('RANK', str(r))
+        shares.append(parallel.share(n))
+    assert [i for s in shares for i in s] == list(range(n))  # in rank order, each item once
+    assert all(s.step == 1 for s in shares)
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1  # uneven: sizes differ by one at most
+    assert sum(len(s) == 0 for s in shares) == max(0, size - n)  # more processes than items: some get none
+
+
+def test_one_process_is_the_identity_and_joins_no_process_group(one, monkeypatch):
+    monkeypatch.delenv('WORLD_SIZE', raising=False)
+    monkeypatch.delenv('RANK', raising=False)
+    assert parallel.world_size() == 1 and parallel.is_main() and parallel.processes() == ''
+    assert parallel.share(5) == range(5) and parallel.gather('x') == ['x'] and parallel.start('cpu') == 'cpu'
+    t = torch.ones(3)
+    parallel.sum_(t)
+    assert torch.equal(t, torch.ones(3))
+    # the single-process runs of the fixture (main_DM.main and the others, in this process) joined no group
+    assert not dist.is_available() or not dist.is_initialized()
+    assert load(one / 'dm', 'res_')['meta']['world_size'] == 1
+
+
+# ---------------------------------------------------------------------------------------------- torchrun
+
+def log_text(folder):
+    [name] = [f for f in os.listdir(folder) if f.endswith('.log')]
+    return (folder / name).read_text()
+
+
+def masked_log(folder, root):
+    """A run's log without what may differ between process counts: times, the output folder, the plan line's
+    'x N torchrun processes' and the per-epoch progress lines (under torchrun only rank 0's own networks')."""
+    lines = log_text(folder).replace(str(root), '<out>').splitlines()
+    lines = [re.sub(r' x \d+ torchrun processes \([^)]*\)', '', line) for line in lines]
+    return [re.sub(r'\d+(\.\d+)? s\b', 'T s', line) for line in lines if not re.search(r'epoch \d+/\d+$', line)]
+
+
+def files(folder):
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+@needs_gloo
+@pytest.mark.parametrize('name', ['dm', 'dsa_bn'])
+def test_condensation_is_bit_identical_to_one_process(one, two, name):
+    a, b = load(one / name, 'res_'), load(two / name, 'res_')
+    assert torch.equal(a['data'][0][0], b['data'][0][0]) and torch.equal(a['data'][0][1], b['data'][0][1])
+    assert a['accs_iters'] == b['accs_iters'] and a['accs_all_exps'] == b['accs_all_exps']
+    assert len(set(a['accs_all_exps'][a['meta']['model'] if name == 'dm' else 'ConvNet'])) > 1  # not all 100 %
+    assert (a['meta']['world_size'], b['meta']['world_size']) == (1, 2)
+
+
+@needs_gloo
+def test_continual_learning_is_bit_identical_to_one_process(one, two):
+    a, b = (load(run / 'cl' / 'cl_data', 'cl_DM_') for run in (one, two))
+    assert len(a['data']) == len(b['data']) == 5
+    assert all(torch.equal(x, y) for sa, sb in zip(a['data'], b['data']) for x, y in zip(sa, sb))
+    assert (a['meta']['world_size'], b['meta']['world_size']) == (1, 2)
+    a, b = load(one / 'cl', 'cl_DM_'), load(two / 'cl', 'cl_DM_')  # the checkpoints
+    assert a['accs'] == b['accs']
+    # finetune: the networks of the last step, trained 1 + 2 by the two processes and gathered
+    assert len(b['nets']) == 3
+    assert all(torch.equal(sa[k], sb[k]) for sa, sb in zip(a['nets'], b['nets']) for k in sa)
+    summaries = [json.loads((run / 'cl' / 'cl_DM_finetune_toy5_ConvNetW32_2ipc_5steps.json').read_text())
+                 for run in (one, two)]
+    assert [s['world_size'] for s in summaries] == [1, 2]
+
+
+@needs_gloo
+@pytest.mark.parametrize('name', ['dm', 'dsa_bn', 'cl'])
+def test_only_rank_0_writes(one, two, name):
+    assert files(two / name) == files(one / name)
+    log_one, log_two = masked_log(one / name, one), masked_log(two / name, two)
+    assert log_two == log_one  # nothing logged twice, nothing missing
+    assert log_text(two / name).count('x 2 torchrun processes') == 1
+
+
+@needs_gloo
+def test_resuming_a_single_process_checkpoint_under_torchrun_is_exact(one, two):
+    a, b = load(one / 'dm', 'res_'), load(two / 'dm_resumed', 'res_')
+    assert torch.equal(a['data'][0][0], b['data'][0][0])
+    assert a['accs_iters'] == b['accs_iters'] and b['meta']['world_size'] == 2
+
+
+@needs_gloo
+def test_a_bn_model_is_refused_under_torchrun(launch):
+    folder, r = launch
+    # torchrun itself ends with 1 and names the first failed process's exit code; each process printed one line
+    assert r.returncode != 0 and re.search(r'exitcode\s*:\s*2\b', r.stderr), r.stderr[-4000:]
+    errors = {line for line in r.stderr.splitlines() if ': error: ' in line}
+    assert len(errors) == 1 and 'BatchNorm' in errors.pop(), r.stderr[-4000:]
+    assert not re.search('File "' + re.escape(ROOT), r.stderr)  # no traceback through the project's code
+    assert not (folder / 'bn').exists() or not os.listdir(folder / 'bn')
