@@ -1,4 +1,5 @@
-"""torchrun against one process: the same synthetic sets bit for bit, the same accuracies, the same files.
+"""torchrun against one process: the same synthetic sets bit for bit, the same accuracies, the same files; and
+the DiM stages, whose data-parallel GAN keeps its replicas equal.
 
 One torchrun launch (2 processes, gloo, one thread each) runs every scenario in turn (tests/torchrun_scenarios.py),
 the last one a refused BN run that ends it; the single-process references run in this process, with the same
@@ -11,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -198,3 +200,69 @@ def test_a_bn_model_is_refused_under_torchrun(launch):
     assert len(errors) == 1 and 'BatchNorm' in errors.pop(), r.stderr[-4000:]
     assert not re.search('File "' + re.escape(ROOT), r.stderr)  # no traceback through the project's code
     assert not (folder / 'bn').exists() or not os.listdir(folder / 'bn')
+
+
+# ------------------------------------------------------------------------------------------------ DiM
+
+DRIVER = textwrap.dedent('''
+    import sys
+    sys.path.insert(0, {root!r})
+    import torch
+    import dim_run, gen_condense, parallel
+
+    train_gan = dim_run.train_gan
+
+    def spy(args, run, data, G, D, *a, **k):
+        """After training, every process's G and D weights and buffers, saved by rank 0."""
+        before = {{n: t.clone() for n, t in G.state_dict().items()}}
+        state = train_gan(args, run, data, G, D, *a, **k)
+        replicas = parallel.gather(dict(G={{n: t.clone() for n, t in G.state_dict().items()}},
+                                        D={{n: t.clone() for n, t in D.state_dict().items()}}))
+        if parallel.is_main():
+            torch.save(dict(before=before, replicas=replicas), {out!r})
+        return state
+
+    dim_run.train_gan = spy
+    gen_condense.main(sys.argv[1:])
+''')
+
+
+def _dim_flags(tmp, *extra):
+    return ['--data', 'mnist', '--data-dir', str(tmp), '--output-dir', f'{tmp}/results/', '--logs-dir',
+            f'{tmp}/logs/', '--device', 'cpu', '--gan_width', '8', '--batch-size', '8', '--epochs-eval', '1',
+            '--ipc', '1'] + list(extra)
+
+
+@needs_gloo
+def test_data_parallel_gan_keeps_equal_replicas_and_stage3_matches_one_process(tmp_path):
+    write_prepared(str(tmp_path), 'MNIST', n_train=12, n_test=3, channel=1, size=28)
+    driver = tmp_path / 'driver.py'
+    driver.write_text(DRIVER.format(root=ROOT, out=str(tmp_path / 'replicas.pt')))
+    r = torchrun(str(driver), *_dim_flags(tmp_path, '--tag', 'gan', '--epochs', '2', '--iters-per-epoch', '4',
+                                         '--eval-interval', '2', '--val_split', '2'))
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved = torch.load(tmp_path / 'replicas.pt', weights_only=True)
+    first, second = saved['replicas']
+    for net in ('G', 'D'):
+        for name, t in first[net].items():
+            assert torch.equal(t, second[net][name]), (net, name)  # averaged gradients, rank 0's BN statistics
+    moved = [n for n, t in saved['before'].items() if t.is_floating_point() and not torch.equal(t, first['G'][n])]
+    assert moved  # it trained
+    log = (tmp_path / 'logs' / 'gan' / 'logs.txt').read_text()
+    assert 'effective batch 16' in log
+    assert log.count('epoch 1: convnet validation accuracy') == 1  # rank 0 alone logs
+
+    weight = str(tmp_path / 'results' / 'gan' / 'best.pth')
+    stage3 = ['--pretrain-weight', weight, '--num_eval', '3', '--dim_eval', 'both']
+    r = torchrun(os.path.join(ROOT, 'validate.py'), *_dim_flags(tmp_path, '--tag', 'v2', *stage3))
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = subprocess.run([sys.executable, os.path.join(ROOT, 'validate.py')]
+                         + _dim_flags(tmp_path, '--tag', 'v1', *stage3),
+                         cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    a, b = (json.loads((tmp_path / 'results' / t / 'results.json').read_text()) for t in ('v1', 'v2'))
+    assert (a['world_size'], b['world_size']) == (1, 2)
+    for mode in ('onthefly', 'fixed'):
+        assert a[mode]['models'] == b[mode]['models'], mode
+    assert torch.load(b['fixed']['results_file'], weights_only=True)['meta']['world_size'] == 2
