@@ -249,13 +249,17 @@ def condense_memory(args, data, classes, seed, step, partial_path, log):
                total=args.Iteration, disable=args.no_progress, leave=False, dynamic_ncols=True)
     for it in bar:
         loss = step_fn(args, view, image_syn, syn_cls, optimizer, synthesis_seed, (step, it))
+        save = (it + 1) % args.checkpoint_every == 0 and it + 1 < args.Iteration
+        if it % 10 and not save and it + 1 < args.Iteration:
+            continue  # reading the loss makes a GPU wait for it: every 10 iterations, and before a checkpoint
+        loss = float(loss)
         if not math.isfinite(loss):
             raise UserError(f'seed {seed} step {step} iteration {it}: the {args.method} loss is {loss}, the memory '
                             f'diverged; lower --lr_img (now {args.lr_img})')
         bar.set_postfix(loss=f'{loss / len(classes):.4f}')
         if it % 100 == 0:
             log(f'  step {step} iter {it:05d}: loss {loss:.4f} (per class {loss / len(classes):.4f})', echo=False)
-        if (it + 1) % args.checkpoint_every == 0 and it + 1 < args.Iteration:
+        if save:
             atomic_save(dict(step=step, it=it + 1, builder=fingerprint, image_syn=image_syn.detach().cpu(),
                                    optimizer=optimizer.state_dict()), partial_path)
     bar.close()

@@ -266,3 +266,26 @@ def test_data_parallel_gan_keeps_equal_replicas_and_stage3_matches_one_process(t
     for mode in ('onthefly', 'fixed'):
         assert a[mode]['models'] == b[mode]['models'], mode
     assert torch.load(b['fixed']['results_file'], weights_only=True)['meta']['world_size'] == 2
+
+
+CRASH = textwrap.dedent('''
+    import sys
+    sys.path.insert(0, {root!r})
+    import torch
+    import parallel
+
+    parallel.start('cpu')
+    if parallel.rank() == 1:
+        raise RuntimeError('rank 1 failed here')
+    parallel.sum_(torch.ones(3))  # rank 0 waits for a process that is gone
+    print('rank 0 went on')
+''')
+
+
+@needs_gloo
+def test_a_crashed_process_ends_the_job_with_its_error_not_a_hang(tmp_path):
+    driver = tmp_path / 'crash.py'
+    driver.write_text(CRASH.format(root=ROOT))
+    r = torchrun(str(driver))  # torchrun() gives up after 10 minutes: a hang fails the test
+    assert r.returncode != 0
+    assert 'rank 1 failed here' in r.stderr and 'rank 0 went on' not in r.stdout
