@@ -28,12 +28,13 @@ def world_size():
 
 
 def rank():
-    return int(os.environ.get('RANK', 0))
+    return int(os.environ.get('RANK', 0)) if world_size() > 1 else 0
 
 
 def is_main():
-    """Rank 0: the process that writes files and logs."""
-    return rank() == 0
+    """Rank 0: the process that writes files and logs (a lone process always is, whatever RANK a cluster's
+    environment may hold)."""
+    return world_size() == 1 or rank() == 0
 
 
 def start(device):
