@@ -42,6 +42,10 @@ def start(device):
     device: 'cuda' becomes cuda:<LOCAL_RANK>, one GPU per process. One process: `device` unchanged."""
     if world_size() == 1:
         return device
+    if 'MASTER_ADDR' not in os.environ or 'RANK' not in os.environ:
+        from utils import UserError
+        raise UserError(f'WORLD_SIZE={world_size()} is set but RANK or MASTER_ADDR is not: start the script with '
+                        f'torchrun (torchrun --standalone --nproc_per_node N script.py ...) or unset WORLD_SIZE')
     import torch.distributed as dist
     cuda = torch.device(device).type == 'cuda'
     if cuda:

@@ -289,3 +289,12 @@ def test_a_crashed_process_ends_the_job_with_its_error_not_a_hang(tmp_path):
     r = torchrun(str(driver))  # torchrun() gives up after 10 minutes: a hang fails the test
     assert r.returncode != 0
     assert 'rank 1 failed here' in r.stderr and 'rank 0 went on' not in r.stdout
+
+
+def test_world_size_without_torchrun_is_one_line_and_exit_2(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'MASTER_ADDR', 'MASTER_PORT')}
+    env['WORLD_SIZE'] = '2'
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'main_DM.py'), '--device', 'cpu', '--save_path',
+                        str(tmp_path / 'out')], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'torchrun' in r.stderr, r.stderr
+    assert not (tmp_path / 'out').exists()
