@@ -198,7 +198,8 @@ def test_a_bn_model_is_refused_under_torchrun(launch):
     assert r.returncode != 0 and re.search(r'exitcode\s*:\s*2\b', r.stderr), r.stderr[-4000:]
     errors = {line for line in r.stderr.splitlines() if ': error: ' in line}
     assert len(errors) == 1 and 'BatchNorm' in errors.pop(), r.stderr[-4000:]
-    assert not re.search('File "' + re.escape(ROOT), r.stderr)  # no traceback through the project's code
+    # no traceback through the project's code (torchrun's own report may show torch's files, also in a venv under ROOT)
+    assert not re.search('File "' + re.escape(ROOT) + r'/(\w+\.py|tests/)', r.stderr)
     assert not (folder / 'bn').exists() or not os.listdir(folder / 'bn')
 
 
