@@ -22,12 +22,13 @@ import utils  # noqa: E402
 def main(argv=None):
     args = dim_run.parse_args(1, __doc__.split('\n')[0], argv)
     data, run, G, D, opt_g, opt_d = dim_run.prepare_gan_run(args)
-    state = dim_run.resume_state(args, run, G, D, opt_g, opt_d) if args.resume else None
+    ema = dim_run.new_ema(args, G)
+    state = dim_run.resume_state(args, run, G, D, opt_g, opt_d, ema=ema) if args.resume else None
     run.open(append=args.resume)
     dim_run.log_header(args, run, data, G)
     if state:
         run.log(f'resumed from {run.path("last.pth")} at epoch {state["epoch"]}')
-    state = dim_run.train_gan(args, run, data, G, D, opt_g, opt_d, state)
+    state = dim_run.train_gan(args, run, data, G, D, opt_g, opt_d, state, ema=ema)
     for name, best in state['best'].items():
         run.log(f'best {name}: epoch {best["epoch"]}, accuracy {100 * best["score"]:.2f}% -> '
                 f'{run.path(f"best_{name}.pth")}')
