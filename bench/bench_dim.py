@@ -22,6 +22,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+from bench_dm import markdown_writer, sync  # noqa: E402
 from dim import adam, critic_step, generator_step, gradient_penalty  # noqa: E402
 from networks import define_gan  # noqa: E402
 
@@ -32,11 +33,6 @@ SHAPES = {
     'MNIST 1x28x28, width 196, batch 64': (1, 28, 196, 64),
     'CIFAR-10 3x32x32, width 196, batch 128': (3, 32, 196, 128),
 }
-
-
-def sync(device):
-    if device.startswith('cuda'):
-        torch.cuda.synchronize()
 
 
 def median_ms(device, fn, iters, warmup):
@@ -92,15 +88,7 @@ def main():
         args.devices, args.iters, args.warmup = ['cuda'], 20, 3
     if args.threads:
         torch.set_num_threads(args.threads)
-    lines = []
-
-    def out(line):
-        print(line, flush=True)
-        lines.append(line)
-        if args.out:
-            with open(args.out, 'w') as f:
-                f.write('\n'.join(lines) + '\n')
-
+    out = markdown_writer(args.out)
     out(f'`{" ".join(sys.argv)}`; THP_MEM_ALLOC_ENABLE={os.environ.get("THP_MEM_ALLOC_ENABLE")}')
     for device in args.devices:
         name = (torch.cuda.get_device_name() if device.startswith('cuda') else
