@@ -1,7 +1,8 @@
 """DiM stage 1: train a class-conditional AC-WGAN-GP on the real training set.
 
 Each iteration: one Adam step on G with L_G = −mean s(G(z(y))) + CE(c(G(z(y))), y), then one on the critic with
-L_D = mean s(x̃) − mean s(x) + CE(c(x̃), ỹ) + CE(c(x), y) + 10·mean(‖∇s(x̂)‖ − 1)². Every --eval-interval epochs the
+L_D = mean s(x̃) − mean s(x) + CE(c(x̃), ỹ) + CE(c(x), y) + 10·mean(‖∇s(x̂)‖ − 1)² (--critic projection: a score
+s(x, y) under the label and no CE terms; --g_ema: sample from a weight average of G). Every --eval-interval epochs the
 generator is validated by training a fresh classifier on its samples; the best checkpoint (chosen on a validation
 split held out from the training set) is <output-dir><tag>/best.pth, the input of pool_match.py.
 
