@@ -21,7 +21,7 @@ import cl  # noqa: E402
 from cli import add_flags, check_args, check_network  # noqa: E402
 from data import dataset_info  # noqa: E402
 from dc import get_loops  # noqa: E402
-from networks import get_network  # noqa: E402
+from networks import DIM_CRITIC_HEADS, get_network  # noqa: E402
 from utils import ArgumentParser, UserError, check_positive, run_cli  # noqa: E402
 
 
@@ -69,6 +69,14 @@ def parse_args(argv=None):
     g.add_argument('--gan_cond', choices=['overwrite', 'embed'], default='overwrite',
                    help="label conditioning: DiM's one-hot overwrite of the first K noise entries, or a learned "
                         "class embedding added to the noise (learns the classes in far fewer iterations)")
+    g.add_argument('--gan_critic', choices=DIM_CRITIC_HEADS, default='ac',
+                   help="the critic's head: DiM's AC-GAN class head ('ac') or a projection critic ('projection': a "
+                        "class-dependent score, no classification loss; more diverse samples, docs/results.md)")
+    g.add_argument('--gan_n_critic', type=int, default=1,
+                   help='critic steps per generator step, each on its own batch (DiM: 1)')
+    g.add_argument('--gan_ema', type=float, default=0.0,
+                   help='sample the memory (and the replay of old classes) from an exponential moving average of the '
+                        "generator's weights with this decay (e.g. 0.999, warm-up (1+t)/(10+t)); 0: off (DiM)")
     return validate(p.parse_args(argv))
 
 
@@ -78,8 +86,10 @@ def validate(args):
     info = dataset_info(args.dataset, args.data_path, args.im_size)
     check_network(args.model, info)
     num_classes = info.num_classes
-    for name in ('steps', 'gan_iters', 'gan_batch', 'gan_lr', 'gan_width'):
+    for name in ('steps', 'gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'gan_n_critic'):
         check_positive(name, getattr(args, name))
+    if not 0 <= args.gan_ema < 1:
+        raise UserError(f'--gan_ema must be in [0, 1) (0: off), got {args.gan_ema}')
     if num_classes % args.steps:
         divisors = [d for d in range(2, num_classes + 1) if num_classes % d == 0][:6]
         raise UserError(f'--steps {args.steps} does not divide the {num_classes} classes of {info.name}; choose '

@@ -50,7 +50,8 @@ BUILDER_ARGS = {
     'DSA': ('Iteration', 'lr_img', 'batch_real', 'batch_train', 'lr_net', 'outer_loop', 'inner_loop', 'dsa_strategy',
             'align_corners', 'dis_metric', 'compat'),
     'DM': ('Iteration', 'lr_img', 'batch_real', 'dsa_strategy', 'align_corners'),
-    'DiM': ('gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'dim_noise', 'gan_cond'),
+    'DiM': ('gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'dim_noise', 'gan_cond', 'gan_critic', 'gan_n_critic',
+            'gan_ema'),
 }
 # Arguments that may differ between a run and its resumption.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
@@ -283,7 +284,7 @@ def sample_memory(G, data, order, n_seen, ipc, generator, chunk=500):
 def build_gan(args, data, seed):
     """(G, D, opt_g, opt_d): the CL GAN, K-way over all classes, initialised from (seed, 'cl_gan_init')."""
     G, D = dim.build_gan(data, dim_noise(args, data.num_classes), args.gan_cond, args.gan_width, args.device,
-                         make_generator(seed, 'cl_gan_init'), flags='--dim_noise, --gan_cond')
+                         make_generator(seed, 'cl_gan_init'), flags='--dim_noise, --gan_cond', critic=args.gan_critic)
     return G, D, dim.adam(G, args.gan_lr), dim.adam(D, args.gan_lr)
 
 
@@ -291,13 +292,18 @@ def dim_memory(args, data, order, step, seed, gan, log):
     """One CL step of the generative memory. The GAN (K-way conditioning on class-order positions, so labels are
     0..seen−1 at every step and the critic's random labels stay among the seen classes) continues from the previous
     step; each batch mixes real images of the new classes with samples of the old classes from a frozen copy of the
-    previous generator, in proportion to their class counts. Returns (memory, gan state)."""
+    previous generator, in proportion to their class counts. With --gan_ema the averaged generator (continued
+    across steps) is the frozen copy, and the one the memory is sampled from. Returns (memory, gan state)."""
     G, D, opt_g, opt_d = build_gan(args, data, derive_seed(seed, 'cl', 'DiM'))
+    ema = dim.GeneratorEMA(G, args.gan_ema) if args.gan_ema else None
     if gan is not None:
         G.load_state_dict(gan['generator'])
         D.load_state_dict(gan['discriminator'])
         opt_g.load_state_dict(gan['optim_g'])
         opt_d.load_state_dict(gan['optim_d'])
+        if ema is not None:
+            ema.load_state_dict(gan['generator_ema'])
+    sampler = G if ema is None else ema.G
     k = data.num_classes // args.steps
     n_old, n_seen = step * k, (step + 1) * k
     pos_of = torch.empty(data.num_classes, dtype=torch.long)
@@ -307,7 +313,7 @@ def dim_memory(args, data, order, step, seed, gan, log):
     replay = round(args.gan_batch * n_old / n_seen)
     G_old = None
     if replay:
-        G_old = copy.deepcopy(G).eval()
+        G_old = copy.deepcopy(sampler).eval()
         G_old.requires_grad_(False)
     g = make_generator(seed, 'cl_gan', step)
     bar = tqdm(range(args.gan_iters), desc=f'DiM seed {seed} step {step}', disable=args.no_progress, leave=False,
@@ -321,15 +327,21 @@ def dim_memory(args, data, order, step, seed, gan, log):
             with torch.no_grad():
                 x = torch.cat([x, dim.generate(G_old, y_old, g)])
             y = torch.cat([y, y_old])
-        parts = dim.generator_step(G, D, opt_g, y, g)
+        parts = {}
+        if it % args.gan_n_critic == 0:
+            parts.update(dim.generator_step(G, D, opt_g, y, g))
+            if ema is not None:
+                ema.update(G)
         parts.update(dim.critic_step(G, D, opt_d, x, y, n_seen, g))
         if it % 100 == 0:
-            bar.set_postfix(g=f'{parts["g"]:.3f}', d=f'{parts["d"]:.3f}')
+            bar.set_postfix({k: f'{v:.3f}' for k, v in parts.items() if k in ('g', 'd')})
             log(f'  step {step} GAN iter {it:05d}: ' + ', '.join(f'{n} {v:.4f}' for n, v in parts.items()), echo=False)
     bar.close()
-    memory = list(sample_memory(G, data, order, n_seen, args.ipc, make_generator(seed, 'cl_gan_sample', step)))
+    memory = list(sample_memory(sampler, data, order, n_seen, args.ipc, make_generator(seed, 'cl_gan_sample', step)))
     state = dict(generator=_cpu(G.state_dict()), discriminator=_cpu(D.state_dict()), optim_g=opt_g.state_dict(),
                  optim_d=opt_d.state_dict(), step=step, generator_bytes=dim.generator_bytes(G))
+    if ema is not None:
+        state['generator_ema'] = dict(ema.state_dict(), generator=_cpu(ema.G.state_dict()))
     return memory, state
 
 

@@ -13,6 +13,8 @@ normalisation of [-1, 1] images unless --match_norm consistent (docs/design.md, 
 
 Randomness: every draw comes from a torch.Generator passed in by the caller, never the global RNG.
 """
+import copy
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -75,12 +77,13 @@ def pool_members(args, data):
     return names
 
 
-def build_gan(data, dim_noise, cond, width, device, generator, flags='--dim-noise, --cond'):
+def build_gan(data, dim_noise, cond, width, device, generator, flags='--dim-noise, --cond', critic='ac'):
     """(G, D) for data's shape and classes, freshly initialised from `generator`; UserError naming `flags` (the
-    caller's spelling of the noise and conditioning flags) when the shape is impossible."""
+    caller's spelling of the noise and conditioning flags) when the shape is impossible. critic: D's head, 'ac'
+    (the reference) or 'projection'."""
     try:
         return define_gan(data.channel, data.num_classes, data.im_size, dim_noise, cond, width, device=device,
-                          generator=generator)
+                          generator=generator, critic=critic)
     except ValueError as e:
         raise UserError(f'GAN for {data.name}: {e} (flags {flags})') from None
 
@@ -211,29 +214,33 @@ def sample_standardised(G, num_classes, ipc, mean, std, device, generator, chunk
     return data_mod.standardise(x01, mean, std, x01.device).cpu(), labels
 
 
-def gradient_penalty(D, real, fake, alpha):
-    """10 · mean_i (‖∂s(x̂_i)/∂x̂_i‖₂ − 1)² with x̂_i = α_i x_i + (1 − α_i) x̃_i, on the critic score only.
-    The graph is kept (create_graph) so that the penalty trains D through a double backward."""
+def gradient_penalty(D, real, fake, alpha, y=None):
+    """10 · mean_i (‖∂s(x̂_i)/∂x̂_i‖₂ − 1)² with x̂_i = α_i x_i + (1 − α_i) x̃_i, on the critic score only (the
+    projection critic's score under label y_i, the label of both x_i and x̃_i). The graph is kept (create_graph)
+    so that the penalty trains D through a double backward."""
     a = alpha.to(real.device, real.dtype).view(-1, *[1] * (real.dim() - 1))
     x_hat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
-    score = D(x_hat)[0]
+    score = D(x_hat, y)[0]
     grad, = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
     return 10 * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
 def generator_loss(D, fake, y):
-    """L_G = −mean s(G(z(y))) + CE(c(G(z(y))), y)."""
-    score, logits = D(fake)
-    return -score.mean() + F.cross_entropy(logits, y)
+    """L_G = −mean s(G(z(y))) + CE(c(G(z(y))), y); the projection critic: −mean s(G(z(y)), y), no CE."""
+    score, logits = D(fake, y)
+    return -score.mean() + (0 if logits is None else F.cross_entropy(logits, y))
 
 
 def critic_loss(D, real, y, fake, y_fake, alpha):
-    """L_D = mean s(x̃) − mean s(x) + CE(c(x̃), ỹ) + CE(c(x), y) + GP; also its parts for the log."""
-    s_real, c_real = D(real)
-    s_fake, c_fake = D(fake)
-    gp = gradient_penalty(D, real, fake, alpha)
-    ce = F.cross_entropy(c_fake, y_fake) + F.cross_entropy(c_real, y)
+    """L_D = mean s(x̃) − mean s(x) + CE(c(x̃), ỹ) + CE(c(x), y) + GP; the projection critic scores each image
+    under its label and has no CE (its fakes carry the real batch's labels, ỹ = y). Also its parts for the log."""
+    s_real, c_real = D(real, y)
+    s_fake, c_fake = D(fake, y_fake)
+    gp = gradient_penalty(D, real, fake, alpha, y)
     wd = s_real.mean() - s_fake.mean()
+    if c_real is None:
+        return -wd + gp, dict(wd=wd.item(), gp=gp.item())
+    ce = F.cross_entropy(c_fake, y_fake) + F.cross_entropy(c_real, y)
     return -wd + ce + gp, dict(wd=wd.item(), gp=gp.item(), d_ce=ce.item())
 
 
@@ -260,8 +267,10 @@ def generator_step(G, D, opt_g, y, generator, extra=None):
 
 
 def critic_step(G, D, opt_d, x, y, num_classes, generator):
-    """One Adam step on D: uniform random labels ỹ, x̃ = G(z(ỹ)) without gradients (G stays in train mode)."""
-    y_fake = torch.randint(num_classes, (len(x),), generator=generator).to(x.device)
+    """One Adam step on D: x̃ = G(z(ỹ)) without gradients (G stays in train mode), ỹ uniform random labels (the
+    reference's AC critic) or the real batch's labels (the projection critic, so that every interpolate of the
+    gradient penalty has one label)."""
+    y_fake = y if D.head == 'projection' else torch.randint(num_classes, (len(x),), generator=generator).to(x.device)
     with torch.no_grad():
         fake = generate(G, y_fake, generator)
     alpha = torch.rand(len(x), generator=generator)
@@ -270,6 +279,40 @@ def critic_step(G, D, opt_d, x, y, num_classes, generator):
     loss.backward()
     opt_d.step()
     return dict(d=loss.item(), **parts)
+
+
+class GeneratorEMA:
+    """An exponential moving average of G's weights, for sampling (Yazici et al. 2019, "The unusual effectiveness
+    of averaging in GAN training"): after each generator step w_ema <- d·w_ema + (1 − d)·w, with the warm-up
+    d_t = min(decay, (1 + t)/(10 + t)) at update t = 1, 2, ..., so that a run of a few hundred steps is not
+    dominated by the initial weights. G's BatchNorm running statistics are averaged the same way (its step counter
+    is copied). `G` is the averaged generator, in eval mode and without gradients."""
+
+    def __init__(self, G, decay):
+        self.decay, self.steps = decay, 0
+        self.G = copy.deepcopy(G).eval().requires_grad_(False)
+
+    def rate(self, t):
+        """d_t, the weight kept at update t."""
+        return min(self.decay, (1 + t) / (10 + t))
+
+    @torch.no_grad()
+    def update(self, G):
+        self.steps += 1
+        d = self.rate(self.steps)
+        for mine, theirs in zip(list(self.G.parameters()) + list(self.G.buffers()),
+                                list(G.parameters()) + list(G.buffers())):
+            if mine.is_floating_point():
+                mine.lerp_(theirs, 1 - d)
+            else:
+                mine.copy_(theirs)
+
+    def state_dict(self):
+        return dict(generator=self.G.state_dict(), steps=self.steps, decay=self.decay)
+
+    def load_state_dict(self, state):
+        self.G.load_state_dict(state['generator'])
+        self.steps = state['steps']
 
 
 class ClassScore:

@@ -31,15 +31,15 @@ import parallel
 import runner
 import utils
 from augment import DIM_TOKENS, ParamDiffAug, parse_strategy
-from dim import (MATCH_COEFF, POOL, ClassScore, DiMData, adam, build_gan, build_model, check_model_name, critic_step,
-                 default_pool, epoch_batches, fixed_set, generate, generator_bytes, generator_step,
+from dim import (MATCH_COEFF, POOL, ClassScore, DiMData, GeneratorEMA, adam, build_gan, build_model, check_model_name,
+                 critic_step, default_pool, epoch_batches, fixed_set, generate, generator_bytes, generator_step,
                  iterations_per_epoch, train_onthefly)
-from networks import resolve_stem
+from networks import DIM_CRITIC_HEADS, resolve_stem
 from utils import UserError, make_generator
 
 GAN_KEYS = ('generator', 'discriminator', 'optim_g', 'optim_d')  # what a GAN checkpoint must hold
 # Arguments that fix the GAN's shape: a checkpoint made with other values is foreign.
-GAN_ARGS = ('dataset', 'dim_noise', 'cond', 'gan_width')
+GAN_ARGS = ('dataset', 'dim_noise', 'cond', 'gan_width', 'critic')
 # Arguments that may change when a run is resumed.
 RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',
              'logs_dir', 'notes', 'cas')
@@ -141,6 +141,11 @@ def parser(stage, description):
                     help='label conditioning: one-hot overwrite of the first K noise entries (reference) or a '
                          'learned class embedding')
     _both_spellings(own, 'gan_width', type=int, default=196, help='channels of every GAN layer (196: the reference)')
+    _both_spellings(own, 'critic', default='ac', choices=DIM_CRITIC_HEADS,
+                    help="the critic's head: 'ac' (the reference's AC-GAN: a class head trained with cross-entropy on "
+                         "real and generated images, which G must also satisfy) or 'projection' (a class-dependent "
+                         "score, no classification loss; more diverse samples within a class at small budgets, "
+                         "docs/results.md)")
     _both_spellings(own, 'no_progress', action='store_true', help='no progress bars')
     _both_spellings(own, 'im_size', type=int, default=None,
                     help="folder: data: resize every image to this square size (the GAN makes 28, 32 or 64)")
@@ -150,6 +155,11 @@ def parser(stage, description):
                         help='at most this many GAN iterations per epoch')
         _both_spellings(own, 'n_critic', type=int, default=1,
                         help='critic steps per generator step, each on its own real batch (reference: 1)')
+        _both_spellings(own, 'g_ema', type=float, default=0.0,
+                        help='sample from an exponential moving average of the generator weights with this decay '
+                             '(e.g. 0.999, with a warm-up (1+t)/(10+t) over the first updates; 0: off, the reference): '
+                             'validation, previews and checkpoints then use the averaged generator, and validate.py '
+                             'samples from it')
         _both_spellings(own, 'cas', action='store_true',
                         help='log a classification accuracy score after every epoch: the share of generator samples of '
                              'class c that a small ConvNet, trained once at the start on the real training images, '
@@ -203,6 +213,8 @@ def check_args(args, stage):
     for name in ('val_split', 'iters_per_epoch', 'num_classes', 'im_size'):
         if getattr(args, name, None) is not None:
             utils.check_positive(name, getattr(args, name))
+    if not 0 <= getattr(args, 'g_ema', 0.0) < 1:
+        raise UserError(f'--g_ema must be in [0, 1) (0: off), got {args.g_ema}')
     args.device = args.device or utils.default_device()
     if str(args.device).startswith('cuda') and not torch.cuda.is_available():
         raise UserError(f'--device {args.device} asked for, but no CUDA device is available; use --device cpu')
@@ -288,7 +300,24 @@ def load_data(args, val_split=True):
 def new_gan(args, data):
     """(G, D) freshly initialised from the stream (seed, 'gan_init')."""
     return build_gan(data, args.dim_noise, args.cond, args.gan_width, args.device,
-                     make_generator(args.seed, 'gan_init'))
+                     make_generator(args.seed, 'gan_init'), critic=args.critic)
+
+
+def new_ema(args, G):
+    """The averaged generator of --g_ema, starting from G's weights; None when off."""
+    return GeneratorEMA(G, args.g_ema) if args.g_ema else None
+
+
+def continue_ema(ema, G, ck):
+    """After G was loaded from checkpoint ck: the average continues ck's when it holds one, else starts afresh
+    from G's loaded weights (a stage-1 run without --g_ema)."""
+    if ema is None:
+        return
+    if 'generator_ema' in ck:
+        ema.load_state_dict(ck['generator_ema'])
+    else:
+        ema.G.load_state_dict(G.state_dict())
+        ema.steps = 0
 
 
 def storage(G, data, ipc):
@@ -334,8 +363,11 @@ class Run:
         self.log.close()
 
 
-def save_checkpoint(path, G, D, opt_g, opt_d, epoch, args, **extra):
-    """generator, discriminator, optim_g, optim_d, epoch and args (config(args)), plus `extra` (selection, state)."""
+def save_checkpoint(path, G, D, opt_g, opt_d, epoch, args, ema=None, **extra):
+    """generator, discriminator, optim_g, optim_d, epoch and args (config(args)), plus `extra` (selection, state),
+    and with --g_ema generator_ema (the averaged weights, which validate.py samples from)."""
+    if ema is not None:
+        extra['generator_ema'] = ema.state_dict()
     utils.atomic_save(dict(generator=G.state_dict(), discriminator=D.state_dict(), optim_g=opt_g.state_dict(),
                            optim_d=opt_d.state_dict(), epoch=epoch, args=config(args), **extra), path)
 
@@ -393,21 +425,32 @@ def load_gan_states(ck, G, D, opt_g, opt_d, flag, path):
         load_into(model, ck[key], flag, path, key)
 
 
+def sampling_weights(ck):
+    """(state dict, its name) of the generator to sample from: the averaged weights of a --g_ema run, else
+    `generator`."""
+    if 'generator_ema' in ck:
+        return ck['generator_ema']['generator'], 'generator_ema'
+    return ck['generator'], 'generator'
+
+
 def load_generator(path, args, data, flag='--pretrain-weight'):
-    """G from a checkpoint's `generator` (all validate.py reads), in eval mode; and the checkpoint."""
+    """G from a checkpoint's sampling weights (all validate.py reads; sampling_weights), in eval mode; and the
+    checkpoint."""
     ck = load_checkpoint(path, flag)
     check_foreign(ck, args, flag, path)
     G, _ = new_gan(args, data)
-    load_into(G, ck['generator'], flag, path, 'generator')
+    state, name = sampling_weights(ck)
+    load_into(G, state, flag, path, name)
     return G.eval(), ck
 
 
-def load_weight(args, G, D, opt_g, opt_d):
+def load_weight(args, G, D, opt_g, opt_d, ema=None):
     """Stage 2's start: G, D and both optimiser states from --weight, their lr set to --lr (the loaded states
-    carry stage 1's)."""
+    carry stage 1's); the --g_ema average continued (continue_ema)."""
     ck = load_checkpoint(args.weight, '--weight', GAN_KEYS)
     check_foreign(ck, args, '--weight', args.weight)
     load_gan_states(ck, G, D, opt_g, opt_d, '--weight', args.weight)
+    continue_ema(ema, G, ck)
 
 
 def set_lr(lr, *optimisers):
@@ -416,9 +459,9 @@ def set_lr(lr, *optimisers):
             group['lr'] = lr
 
 
-def resume_state(args, run, G, D, opt_g, opt_d, matcher=None):
-    """Restore last.pth into the models and optimisers (and the matcher's stream); the training state dict.
-    UserError if it is absent or belongs to another run."""
+def resume_state(args, run, G, D, opt_g, opt_d, matcher=None, ema=None):
+    """Restore last.pth into the models and optimisers (and the matcher's stream, the --g_ema average); the
+    training state dict. UserError if it is absent or belongs to another run."""
     path = run.path('last.pth')
     if not os.path.isfile(path):
         raise UserError(f'--resume: no checkpoint at {path}; run without --resume to start')
@@ -426,6 +469,7 @@ def resume_state(args, run, G, D, opt_g, opt_d, matcher=None):
     theirs = {k: v for k, v in ck['args'].items() if k not in RESUMABLE}
     runner.check_same_run(path, theirs, runner.fingerprint(args, RESUMABLE))
     load_gan_states(ck, G, D, opt_g, opt_d, '--resume', path)
+    continue_ema(ema, G, ck)
     if matcher is not None:
         matcher.load_state_dict(ck['state']['matcher'])
     return ck['state']
@@ -499,36 +543,38 @@ def _better(score, best):
     return best is None or score > best['score']
 
 
-def train_gan(args, run, data, G, D, opt_g, opt_d, state=None, matcher=None):
+def train_gan(args, run, data, G, D, opt_g, opt_d, state=None, matcher=None, ema=None):
     """Stages 1 and 2. Every epoch: iterations of one G step (with the matcher's loss in stage 2) and one D step
     on a shuffled, drop_last pass over the training images, then a preview; every --eval-interval epochs (and at
     the last) validation and selection (best.pth, best_<model>.pth; model_dict_<epoch>.pth in stage 1); last.pth
     after every epoch. Every draw of epoch e comes from generators named by (seed, stage, e), so a resumed run
-    repeats the original. Returns the training state: epoch, best (per model), best_all (mean), history."""
+    repeats the original. With --g_ema (`ema`) the averaged generator is the one previewed, scored and validated.
+    Returns the training state: epoch, best (per model), best_all (mean), history."""
     stage = 2 if matcher is not None else 1
+    sampler = G if ema is None else ema.G
     state = state or dict(epoch=0, best={}, best_all=None, history=[])
     if len(data.train_idx) < args.batch_size:
         raise UserError(f'--batch-size {args.batch_size} exceeds the {len(data.train_idx)} training images')
     os.makedirs(run.path('outputs'), exist_ok=True)
 
     def save(path, epoch, **extra):
-        save_checkpoint(path, G, D, opt_g, opt_d, epoch, args, **extra)
+        save_checkpoint(path, G, D, opt_g, opt_d, epoch, args, ema, **extra)
 
     cas = None
     if args.cas and state['epoch'] < args.epochs:
         cas = ClassScore(data, args.seed)
-        run.log(f'--cas: classifier trained on the real training images; CAS of the start: {100 * cas.score(G):.1f}%')
+        run.log(f'--cas: classifier trained on the real training images; CAS of the start: {100 * cas.score(sampler):.1f}%')
     for epoch in range(state['epoch'], args.epochs):
-        _train_epoch(args, run, data, G, D, opt_g, opt_d, stage, epoch, matcher)
-        save_preview(G, run.path(os.path.join('outputs', f'img_{epoch}.png')), data.num_classes, data.channel,
+        _train_epoch(args, run, data, G, D, opt_g, opt_d, stage, epoch, matcher, ema)
+        save_preview(sampler, run.path(os.path.join('outputs', f'img_{epoch}.png')), data.num_classes, data.channel,
                      args.seed)
         if cas is not None:
-            run.log(f'epoch {epoch}: CAS {100 * cas.score(G):.1f}% (share of eval-mode samples of class c that a '
+            run.log(f'epoch {epoch}: CAS {100 * cas.score(sampler):.1f}% (share of eval-mode samples of class c that a '
                     f'real-data classifier labels c; chance {100 / data.num_classes:.0f}%)')
         if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs:
             if stage == 1:
                 save(run.path(f'model_dict_{epoch}.pth'), epoch)
-            scores = validate_generator(G, args, data, stage, epoch)
+            scores = validate_generator(sampler, args, data, stage, epoch)
             state['history'].append(dict(epoch=epoch, scores={m: s['score'] for m, s in scores.items()}))
             _select_per_model(args, run, state, scores, epoch, save, stage)
             _select_overall(args, run, state, scores, epoch, save)
@@ -538,7 +584,7 @@ def train_gan(args, run, data, G, D, opt_g, opt_d, state=None, matcher=None):
     return state
 
 
-def _train_epoch(args, run, data, G, D, opt_g, opt_d, stage, epoch, matcher):
+def _train_epoch(args, run, data, G, D, opt_g, opt_d, stage, epoch, matcher, ema):
     """One epoch of GAN iterations; every draw from the stream (seed, 'stage<stage>', epoch). Under torchrun the
     processes split the epoch's batches (the same shuffle on each, as a distributed sampler does) and draw their
     own noise; their replicas stay equal through averaged gradients and, after the epoch, rank 0's BN statistics."""
@@ -559,13 +605,15 @@ def _train_epoch(args, run, data, G, D, opt_g, opt_d, stage, epoch, matcher):
         if it % args.n_critic == 0:
             match = None if matcher is None else (lambda fake: matcher.loss(x, y, fake))
             parts.update(generator_step(G, D, opt_g, y, rng, match))
+            if ema is not None:
+                ema.update(G)
         parts.update(critic_step(G, D, opt_d, x, y, data.num_classes, rng))
         bar.set_postfix({k: f'{v:.3f}' for k, v in parts.items()})
         if it % args.print_freq == 0 or it + 1 == len(batches):
             run.log(f'epoch {epoch} iter {it + 1}/{len(batches)}: ' +
                     ', '.join(f'{k} {v:.4f}' for k, v in parts.items()))
     bar.close()
-    parallel.broadcast_buffers(G, D)
+    parallel.broadcast_buffers(G, D, *([] if ema is None else [ema.G]))  # BN statistics of each rank's batches
 
 
 def _select_per_model(args, run, state, scores, epoch, save, stage):

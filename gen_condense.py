@@ -1,7 +1,8 @@
 """DiM stage 1: train a class-conditional AC-WGAN-GP on the real training set.
 
 Each iteration: one Adam step on G with L_G = −mean s(G(z(y))) + CE(c(G(z(y))), y), then one on the critic with
-L_D = mean s(x̃) − mean s(x) + CE(c(x̃), ỹ) + CE(c(x), y) + 10·mean(‖∇s(x̂)‖ − 1)². Every --eval-interval epochs the
+L_D = mean s(x̃) − mean s(x) + CE(c(x̃), ỹ) + CE(c(x), y) + 10·mean(‖∇s(x̂)‖ − 1)² (--critic projection: a score
+s(x, y) under the label and no CE terms; --g_ema: sample from a weight average of G). Every --eval-interval epochs the
 generator is validated by training a fresh classifier on its samples; the best checkpoint (chosen on a validation
 split held out from the training set) is <output-dir><tag>/best.pth, the input of pool_match.py.
 
@@ -22,12 +23,13 @@ import utils  # noqa: E402
 def main(argv=None):
     args = dim_run.parse_args(1, __doc__.split('\n')[0], argv)
     data, run, G, D, opt_g, opt_d = dim_run.prepare_gan_run(args)
-    state = dim_run.resume_state(args, run, G, D, opt_g, opt_d) if args.resume else None
+    ema = dim_run.new_ema(args, G)
+    state = dim_run.resume_state(args, run, G, D, opt_g, opt_d, ema=ema) if args.resume else None
     run.open(append=args.resume)
     dim_run.log_header(args, run, data, G)
     if state:
         run.log(f'resumed from {run.path("last.pth")} at epoch {state["epoch"]}')
-    state = dim_run.train_gan(args, run, data, G, D, opt_g, opt_d, state)
+    state = dim_run.train_gan(args, run, data, G, D, opt_g, opt_d, state, ema=ema)
     for name, best in state['best'].items():
         run.log(f'best {name}: epoch {best["epoch"]}, accuracy {100 * best["score"]:.2f}% -> '
                 f'{run.path(f"best_{name}.pth")}')

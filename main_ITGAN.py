@@ -114,7 +114,8 @@ def project_generator(args, data):
              for k, default in (('dim_noise', 100), ('cond', 'overwrite'), ('gan_width', 196))}
     G, _ = dim.build_gan(data, shape['dim_noise'], shape['cond'], shape['gan_width'], args.device,
                          make_generator(args.seed, 'gan_init'), flags='--dim_noise, --cond, --gan_width')
-    dim_run.load_into(G, ck['generator'], FLAG, args.generator, 'generator')
+    state, what = dim_run.sampling_weights(ck)  # a --g_ema run's averaged weights
+    dim_run.load_into(G, state, FLAG, args.generator, what)
     return G, shape
 
 

@@ -592,6 +592,7 @@ def resolve_stem(resnet_stem, dataset):
 # 'overwrite' conditioning) give the reference's layers exactly; K, dim_noise, 64x64 and 'embed' are generalisations.
 
 GAN_SIZES = (28, 32, 64)
+DIM_CRITIC_HEADS = ('ac', 'projection')
 
 
 def _gan_size(im_size):
@@ -657,13 +658,20 @@ class DiMGenerator(nn.Module):
 
 class DiMDiscriminator(nn.Module):
     """The critic: conv 3x3 -> LayerNorm(C, H, W) -> LeakyReLU(0.01) eight times (strides 1,2,1,2,1,1,1,2; one more
-    stride-2 conv at 64 px) down to 4x4, max-pool 4x4, then two heads: fc1 the critic score s(x) (N,), fc10 the
-    class logits c(x) (N x K; named after the reference's K = 10). No batch norm, so a per-sample gradient penalty
-    is well defined."""
+    stride-2 conv at 64 px) down to 4x4, max-pool 4x4 to features h, then its heads. No batch norm, so a per-sample
+    gradient penalty is well defined.
 
-    def __init__(self, channel, num_classes, im_size=(32, 32), width=196):
+    head 'ac' (the reference, AC-GAN): fc1 the critic score s(x) (N,) and fc10 the class logits c(x) (N x K; named
+    after the reference's K = 10). head 'projection' (Miyato & Koyama 2018, cGANs with a projection discriminator):
+    one class-dependent score s(x, y) = fc1(h) + <v_y, h>, with v_y the y-th column of `projection`, and no class
+    logits, so no classification loss pushes the generator toward easy class prototypes."""
+
+    def __init__(self, channel, num_classes, im_size=(32, 32), width=196, head='ac'):
         super().__init__()
         size = _gan_size(im_size)
+        if head not in DIM_CRITIC_HEADS:
+            raise ValueError(f"unknown critic head {head!r}; use {' or '.join(map(repr, DIM_CRITIC_HEADS))}")
+        self.head = head
         strides = [1, 2, 1, 2, 1, 1, 1, 2] + ([2] if size == 64 else [])
         self.depth = len(strides)
         s, c = size, channel
@@ -673,22 +681,33 @@ class DiMDiscriminator(nn.Module):
             setattr(self, f'ln{i}', nn.LayerNorm([width, s, s]))
         self.pool = nn.MaxPool2d(4, 4)
         self.fc1 = nn.Linear(width, 1)
-        self.fc10 = nn.Linear(width, num_classes)
+        if head == 'ac':
+            self.fc10 = nn.Linear(width, num_classes)
+        else:  # a linear map of the one-hot label, so it starts as small as fc1 (U(±1/sqrt(K)))
+            self.projection = nn.Linear(num_classes, width, bias=False)
 
     def embed(self, x):
         for i in range(1, self.depth + 1):
             x = F.leaky_relu(getattr(self, f'ln{i}')(getattr(self, f'conv{i}')(x)), 0.01)
         return self.pool(x).flatten(1)
 
-    def forward(self, x):
+    def forward(self, x, y=None):
+        """(score (N,), class logits (N x K) or None). y: the labels, which the projection head needs (the AC head
+        ignores them)."""
         h = self.embed(x)
-        return self.fc1(h).squeeze(1), self.fc10(h)
+        score = self.fc1(h).squeeze(1)
+        if self.head == 'ac':
+            return score, self.fc10(h)
+        if y is None:
+            raise ValueError("the projection critic scores an image under a label: pass y")
+        return score + (self.projection.weight.t()[y] * h).sum(1), None
 
 
 def define_gan(channel, num_classes, im_size=(32, 32), dim_noise=100, cond='overwrite', width=196, device='cpu',
-               generator=None):
-    """(generator, critic), freshly initialised (PyTorch's default distributions) from `generator`: G first, then D."""
+               generator=None, critic='ac'):
+    """(generator, critic), freshly initialised (PyTorch's default distributions) from `generator`: G first, then D.
+    critic: the critic's head, 'ac' (the reference) or 'projection' (DiMDiscriminator)."""
     G = _build(DiMGenerator, {}, channel, num_classes, im_size, device, generator,
                dict(dim_noise=dim_noise, cond=cond, width=width))
-    D = _build(DiMDiscriminator, {}, channel, num_classes, im_size, device, generator, dict(width=width))
+    D = _build(DiMDiscriminator, {}, channel, num_classes, im_size, device, generator, dict(width=width, head=critic))
     return G, D

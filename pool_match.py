@@ -23,11 +23,12 @@ def main(argv=None):
     args = dim_run.parse_args(2, __doc__.split('\n')[0], argv)
     data, run, G, D, opt_g, opt_d = dim_run.prepare_gan_run(args)
     matcher = dim.PoolMatcher(args, data)
+    ema = dim_run.new_ema(args, G)
     if args.resume:
-        state = dim_run.resume_state(args, run, G, D, opt_g, opt_d, matcher)
+        state = dim_run.resume_state(args, run, G, D, opt_g, opt_d, matcher, ema)
     else:
         state = None
-        dim_run.load_weight(args, G, D, opt_g, opt_d)
+        dim_run.load_weight(args, G, D, opt_g, opt_d, ema)
     dim_run.set_lr(args.lr, opt_g, opt_d)  # the loaded optimiser states carry stage 1's lr
     run.open(append=args.resume)
     dim_run.log_header(args, run, data, G)
@@ -37,7 +38,7 @@ def main(argv=None):
         run.log(f'resumed from {run.path("last.pth")} at epoch {state["epoch"]}')
     else:
         run.log(f'loaded {args.weight}; Adam lr set to {args.lr}')
-    state = dim_run.train_gan(args, run, data, G, D, opt_g, opt_d, state, matcher)
+    state = dim_run.train_gan(args, run, data, G, D, opt_g, opt_d, state, matcher, ema)
     for name, best in state['best'].items():
         run.log(f'best {name}: epoch {best["epoch"]}, accuracy {100 * best["score"]:.2f}% -> '
                 f'{run.path(f"best_{name}.pth")}')

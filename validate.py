@@ -29,8 +29,9 @@ def main(argv=None):
     G, ck = dim_run.load_generator(args.pretrain_weight, args, data)
     run.open()
     size = dim_run.storage(G, data, args.ipc)
-    run.log(f'DiM validation {args.tag}: generator {args.pretrain_weight} (epoch {ck.get("epoch")}), {data.name}, '
-            f'device {args.device}{parallel.processes()}, seed {args.seed}')
+    run.log(f'DiM validation {args.tag}: generator {args.pretrain_weight} (epoch {ck.get("epoch")}, its '
+            f'{dim_run.sampling_weights(ck)[1]} weights), {data.name}, device {args.device}{parallel.processes()}, '
+            f'seed {args.seed}')
     run.log(f'protocol: {dim_run.protocol_label(args)}')
     run.log(dim_run.storage_line(size))
     modes = ['onthefly', 'fixed'] if args.dim_eval == 'both' else [args.dim_eval]

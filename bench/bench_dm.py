@@ -76,6 +76,20 @@ def matmul_tflops(device, dtype, reps=3):
     return 2 * n ** 3 / statistics.median(timed(device, lambda: a @ b) for _ in range(reps)) / 1e12
 
 
+def markdown_writer(path):
+    """out(line): print the line and, when path is given, rewrite path with every line so far (a killed run
+    keeps its finished rows)."""
+    lines = []
+
+    def out(line):
+        print(line, flush=True)
+        lines.append(line)
+        if path:
+            with open(path, 'w') as f:
+                f.write('\n'.join(lines) + '\n')
+    return out
+
+
 def fake_cifar(device, num_classes=10, n_per_class=500):
     """CIFAR-10 (or, with 100 classes, CIFAR-100)-shaped random images."""
     g = torch.Generator().manual_seed(0)
@@ -199,15 +213,7 @@ def main():
         args.eval_modes = ['one by one', 'together', 'together bf16']
     if args.threads:
         torch.set_num_threads(args.threads)
-    lines = []
-
-    def out(line):
-        print(line, flush=True)
-        lines.append(line)
-        if args.out:
-            with open(args.out, 'w') as f:
-                f.write('\n'.join(lines) + '\n')
-
+    out = markdown_writer(args.out)
     out(f'`{" ".join(sys.argv)}`; THP_MEM_ALLOC_ENABLE={os.environ.get("THP_MEM_ALLOC_ENABLE")}, '
         f'per_class={args.per_class}')
     for device in args.devices:

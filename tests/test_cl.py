@@ -253,17 +253,21 @@ def test_command_line_reports_errors_in_one_line(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and 'does not divide' in r.stderr
 
 
-def test_generative_replay_keeps_the_old_classes_of_a_toy_set(tmp_path):
+@pytest.mark.parametrize('options', [[], ['--gan_critic', 'projection', '--gan_ema', '0.9']])
+def test_generative_replay_keeps_the_old_classes_of_a_toy_set(tmp_path, options):
     """DiM's CL memory on 4 well-separated toy classes in 2 steps: after step 1, which trains the GAN on the new
     classes 2 and 3 while replaying its frozen step-0 copy for 0 and 1, the samples of the old classes are still
-    labelled right by a classifier fitted on the real images (nearest class mean), far above chance (25%)."""
+    labelled right by a classifier fitted on the real images (nearest class mean), far above chance (25%). Also
+    with the projection critic and the averaged generator, whose average continues across steps."""
     data = toy_data(64, 4, n_test=2)
     args = _args(tmp_path, '--method', 'DiM', '--steps', '2', '--ipc', '16', '--gan_iters', '100',
                  '--gan_batch', '16', '--gan_lr', '4e-3', '--gan_width', '8', '--gan_cond', 'embed',
-                 '--dim_noise', '32')
+                 '--dim_noise', '32', *options)
     order = [0, 1, 2, 3]
     _, gan = cl.dim_memory(args, data, order, 0, 0, None, _quiet)
-    (images, labels), _ = cl.dim_memory(args, data, order, 1, 0, gan, _quiet)
+    (images, labels), gan1 = cl.dim_memory(args, data, order, 1, 0, gan, _quiet)
+    if options:
+        assert gan1['generator_ema']['steps'] == 200 and 'projection.weight' in gan1['discriminator']
     means = torch.stack([data.images(data.indices_class[c]).flatten(1).mean(0) for c in range(4)])
     guess = torch.cdist(images.flatten(1), means).argmin(1)
     old = labels < 2

@@ -129,17 +129,19 @@ def _class_accuracy_of_samples(G, means, num_classes, n=32):
     return (torch.cdist(x, means).argmin(1) == y).float().mean().item()
 
 
-def test_generator_learns_the_classes_of_a_toy_set():
+@pytest.mark.parametrize('critic', networks.DIM_CRITIC_HEADS)
+def test_generator_learns_the_classes_of_a_toy_set(critic):
     """Guards the label path end to end (docs/results.md, DiM): on 4 well-separated toy classes (a bright band at a
     class-specific height), 100 iterations of the stage-1 steps give a generator whose eval-mode samples a
     classifier fitted on the real images labels as the asked class, far above chance (25%). With the old
     multiplicative embedding this run reached 37%, with the additive one 99%. (The reference's one-hot overwrite
-    learns the label more slowly, 47% here, and is not asserted.)"""
+    learns the label more slowly, 47% here, and is not asserted.) The projection critic, which has no class loss,
+    teaches the labels through its class-dependent score alone."""
     K, bs = 4, 16
     x_all, y_all = toy_images(64, K, 1, 28, seed=0)
     x_all = x_all.float() / 127.5 - 1
     means = torch.stack([x_all[y_all == c].flatten(1).mean(0) for c in range(K)])
-    G, D = networks.define_gan(1, K, 28, dim_noise=32, cond='embed', width=W, generator=_gen(0))
+    G, D = networks.define_gan(1, K, 28, dim_noise=32, cond='embed', width=W, generator=_gen(0), critic=critic)
     opt_g, opt_d = dim.adam(G, 4e-3), dim.adam(D, 4e-3)
     g = _gen(1)
     start = _class_accuracy_of_samples(G, means, K)
@@ -152,6 +154,44 @@ def test_generator_learns_the_classes_of_a_toy_set():
 
 
 
+def test_projection_critic_scores_an_image_under_its_label():
+    """s(x, y) = fc1(h) + <v_y, h>: no class logits, and the score moves with the label; its fakes carry the real
+    batch's labels, so the loss has no classification part."""
+    G, D = networks.define_gan(1, 10, 28, width=W, cond='embed', generator=_gen(0), critic='projection')
+    assert not hasattr(D, 'fc10') and D.projection.weight.shape == (W, 10)
+    x, y = torch.randn(3, 1, 28, 28, generator=_gen(1)), torch.tensor([0, 4, 9])
+    score, logits = D(x, y)
+    h = D.embed(x)
+    assert logits is None
+    assert torch.allclose(score, D.fc1(h)[:, 0] + (D.projection.weight[:, y].t() * h).sum(1), atol=1e-6)
+    assert not torch.allclose(score, D(x, (y + 1) % 10)[0])
+    with pytest.raises(ValueError, match='pass y'):
+        D(x)
+    parts = dim.critic_step(G, D, dim.adam(D, 1e-3), x, y, 10, _gen(2))
+    assert 'd_ce' not in parts and {'wd', 'gp'} <= set(parts)
+
+
+def test_generator_ema_follows_the_closed_form():
+    """After k updates with G's weights set to v_1..v_k, the average is w_0 ∏ d_t + Σ_t (1 − d_t) v_t ∏_{s>t} d_s,
+    d_t = min(decay, (1 + t)/(10 + t)); it differs from the raw weights; integer buffers are copied."""
+    G, _ = networks.define_gan(1, 4, 28, dim_noise=16, width=4, cond='embed', generator=_gen(0))
+    w0 = G.fc1.weight.detach().clone()
+    ema = dim.GeneratorEMA(G, 0.95)
+    expected = w0.clone()
+    for t in range(1, 31):
+        with torch.no_grad():
+            G.fc1.weight.fill_(float(t))
+            G.bn0.num_batches_tracked.fill_(t)
+        ema.update(G)
+        d = min(0.95, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * t
+    assert ema.steps == 30 and ema.rate(1) == pytest.approx(2 / 11) and ema.rate(1000) == 0.95
+    assert torch.allclose(ema.G.fc1.weight, expected, atol=1e-4)
+    assert not torch.allclose(ema.G.fc1.weight, G.fc1.weight)
+    assert int(ema.G.bn0.num_batches_tracked) == 30
+    assert not any(p.requires_grad for p in ema.G.parameters()) and not ema.G.training
+
+
 class LinearCritic(nn.Module):
     """s(x) = w·x: its input gradient is w for every sample, so GP = 10 (‖w‖ − 1)²."""
 
@@ -159,7 +199,7 @@ class LinearCritic(nn.Module):
         super().__init__()
         self.w = nn.Parameter(w)
 
-    def forward(self, x):
+    def forward(self, x, y=None):
         return x.flatten(1) @ self.w, x.new_zeros(len(x), 3)
 
 
@@ -175,7 +215,7 @@ def test_gradient_penalty_matches_a_hand_computation():
     assert torch.allclose(D.w.grad, 20 * (w.norm() - 1) * w / w.norm(), atol=1e-6)
 
     class Quadratic(nn.Module):  # s(x) = ½‖x‖²: the gradient is x̂ itself, which depends on α per sample
-        def forward(self, x):
+        def forward(self, x, y=None):
             return 0.5 * (x.flatten(1) ** 2).sum(1), x.new_zeros(len(x), 3)
     x_hat = alpha.view(-1, 1, 1, 1) * real + (1 - alpha.view(-1, 1, 1, 1)) * fake
     expected = 10 * ((x_hat.flatten(1).norm(dim=1) - 1) ** 2).mean()
@@ -377,6 +417,37 @@ def test_stage1_selects_without_the_test_set_and_resumes_exactly(prepared_mnist,
         for k, t in a[key].items():
             assert torch.equal(t, b[key][k]), (key, k)
     assert a['state']['best'] == b['state']['best'] and a['state']['history'] == b['state']['history']
+
+
+def test_critic_and_ema_options_round_trip_through_checkpoints(prepared_mnist):
+    """--critic projection --g_ema: checkpoints hold the projection critic and the averaged generator; a resumed run
+    continues the average exactly; validate.py samples from the averaged weights and refuses the checkpoint
+    without --critic projection; pool_match continues the average."""
+    tmp = prepared_mnist
+    opts = ['--critic', 'projection', '--g_ema', '0.9']
+    gen_condense.main(_flags(tmp, 1, '--tag', 'ema', '--epochs', '2', *opts))
+    gen_condense.main(_flags(tmp, 1, '--tag', 'ema_cut', '--epochs', '1', *opts))
+    gen_condense.main(_flags(tmp, 1, '--tag', 'ema_cut', '--epochs', '2', '--resume', *opts))
+    a = torch.load(tmp / 'results/ema/last.pth', weights_only=True)
+    b = torch.load(tmp / 'results/ema_cut/last.pth', weights_only=True)
+    assert 'projection.weight' in a['discriminator'] and a['args']['critic'] == 'projection'
+    assert a['generator_ema']['steps'] == b['generator_ema']['steps'] > 0
+    for k, t in a['generator_ema']['generator'].items():
+        assert torch.equal(t, b['generator_ema']['generator'][k]), k
+    assert not torch.equal(a['generator_ema']['generator']['fc1.weight'], a['generator']['fc1.weight'])
+
+    weight = str(tmp / 'results/ema/last.pth')
+    args = dim_run.parse_args(3, 'x', _flags(tmp, 3, '--pretrain-weight', weight, '--critic', 'projection'))
+    G, _ = dim_run.load_generator(weight, args, dim_run.load_data(args, val_split=False))
+    assert torch.equal(G.fc1.weight, a['generator_ema']['generator']['fc1.weight'])
+    refused = dim_run.parse_args(3, 'x', _flags(tmp, 3, '--pretrain-weight', weight))
+    with pytest.raises(utils.UserError, match='--critic projection'):
+        dim_run.load_generator(weight, refused, dim_run.load_data(refused, val_split=False))
+
+    pool_match.main(_flags(tmp, 2, '--weight', weight, '--epochs-match-train', '1', '--pool', 'convnet', '--tag',
+                           'ema_match', '--epochs', '1', *opts))
+    c = torch.load(tmp / 'results/ema_match/last.pth', weights_only=True)
+    assert c['generator_ema']['steps'] > a['generator_ema']['steps']
 
 
 def test_reference_protocol_selects_on_the_test_set(prepared_mnist, monkeypatch):

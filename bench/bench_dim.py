@@ -1,0 +1,108 @@
+"""Time DiM stage-1 iterations: one critic step (with the gradient penalty's double backward) and one generator
+step, with the project's own functions (dim.critic_step, dim.generator_step, dim.gradient_penalty).
+
+    python bench/bench_dim.py                          # CPU, and CUDA when present
+    python bench/bench_dim.py --devices cpu --iters 3
+    python bench/bench_dim.py --gpu --out bench/gpu_dim.md   # a GPU session's single command
+
+Reports, per device and shape: ms per stage-1 iteration (critic step + generator step), ms of each step, and the
+share of the iteration spent in the gradient penalty (its forward, the create_graph gradient and its share of the
+backward, timed on its own as critic_step computes it). The images and labels are random tensors: the cost does
+not depend on them. Median of --iters timed iterations after --warmup untimed ones.
+"""
+import os
+import sys
+
+os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from bench_dm import markdown_writer, sync  # noqa: E402
+from dim import adam, critic_step, generator_step, gradient_penalty  # noqa: E402
+from networks import define_gan  # noqa: E402
+
+# name -> (channel, image size, GAN width, batch): MNIST at the CPU runs' width 32 and at the reference's 196,
+# CIFAR-10 at the reference's width and stage-1 batch
+SHAPES = {
+    'MNIST 1x28x28, width 32, batch 64': (1, 28, 32, 64),
+    'MNIST 1x28x28, width 196, batch 64': (1, 28, 196, 64),
+    'CIFAR-10 3x32x32, width 196, batch 128': (3, 32, 196, 128),
+}
+
+
+def median_ms(device, fn, iters, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def bench_shape(device, channel, size, width, batch, iters, warmup, critic='ac'):
+    g = torch.Generator().manual_seed(0)
+    G, D = define_gan(channel, 10, (size, size), 100, 'embed', width, device=device, generator=g, critic=critic)
+    opt_g, opt_d = adam(G, 2e-4), adam(D, 2e-4)
+    x = torch.rand(batch, channel, size, size, generator=g).mul_(2).sub_(1).to(device)
+    y = torch.randint(10, (batch,), generator=g).to(device)
+    G.train()
+    D.train()
+
+    def iteration():
+        generator_step(G, D, opt_g, y, g)
+        critic_step(G, D, opt_d, x, y, 10, g)
+
+    def penalty():  # what critic_step spends on the penalty: forward, create_graph gradient, double backward
+        with torch.no_grad():
+            fake = G(torch.randn(batch, 100, generator=g).to(device), y)
+        gradient_penalty(D, x, fake, torch.rand(batch, generator=g), y).backward()
+
+    it = median_ms(device, iteration, iters, warmup)
+    g_ms = median_ms(device, lambda: generator_step(G, D, opt_g, y, g), iters, warmup)
+    d_ms = median_ms(device, lambda: critic_step(G, D, opt_d, x, y, 10, g), iters, warmup)
+    gp_ms = median_ms(device, penalty, iters, warmup)
+    return dict(it=it, g=g_ms, d=d_ms, gp=gp_ms)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--devices', nargs='+', default=['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
+    p.add_argument('--shapes', nargs='+', default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument('--critic', default='ac', choices=['ac', 'projection'], help='critic head (dim.py)')
+    p.add_argument('--iters', type=int, default=5, help='timed iterations (median)')
+    p.add_argument('--warmup', type=int, default=1, help='untimed iterations first')
+    p.add_argument('--threads', type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument('--gpu', action='store_true', help='the GPU session preset: CUDA only, 20 iterations, 3 warm-up')
+    p.add_argument('--out', default=None, help='also write the table to this markdown file')
+    args = p.parse_args()
+    if args.gpu:
+        args.devices, args.iters, args.warmup = ['cuda'], 20, 3
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = markdown_writer(args.out)
+    out(f'`{" ".join(sys.argv)}`; THP_MEM_ALLOC_ENABLE={os.environ.get("THP_MEM_ALLOC_ENABLE")}')
+    for device in args.devices:
+        name = (torch.cuda.get_device_name() if device.startswith('cuda') else
+                f'CPU, {torch.get_num_threads()} threads')
+        out(f'\n## {name}; torch {torch.__version__}; {time.strftime("%Y-%m-%d")}; critic {args.critic}; median of '
+            f'{args.iters} after {args.warmup} warm-up\n')
+        out('| DiM stage 1 | ms/iteration (G step + D step) | G step ms | D step ms | gradient penalty ms | '
+            'penalty share of the iteration |')
+        out('|---|---|---|---|---|---|')
+        for shape in args.shapes:
+            r = bench_shape(device, *SHAPES[shape], args.iters, args.warmup, args.critic)
+            out(f'| {shape} | {r["it"]:.1f} | {r["g"]:.1f} | {r["d"]:.1f} | {r["gp"]:.1f} | '
+                f'{100 * r["gp"] / r["it"]:.0f} % |')
+
+
+if __name__ == '__main__':
+    main()
