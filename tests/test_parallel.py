@@ -213,12 +213,12 @@ DRIVER = textwrap.dedent('''
 
     train_gan = dim_run.train_gan
 
-    def spy(args, run, data, G, D, *a, **k):
-        """After training, every process's G and D weights and buffers, saved by rank 0."""
+    def spy(args, run, data, G, D, opt_g, opt_d, state=None, matcher=None, ema=None):
+        """After training, every process's G, D and averaged G weights and buffers, saved by rank 0."""
         before = {{n: t.clone() for n, t in G.state_dict().items()}}
-        state = train_gan(args, run, data, G, D, *a, **k)
-        replicas = parallel.gather(dict(G={{n: t.clone() for n, t in G.state_dict().items()}},
-                                        D={{n: t.clone() for n, t in D.state_dict().items()}}))
+        state = train_gan(args, run, data, G, D, opt_g, opt_d, state, matcher, ema)
+        replicas = parallel.gather({{net: {{n: t.clone() for n, t in m.state_dict().items()}}
+                                     for net, m in (('G', G), ('D', D), ('G_ema', ema.G))}})
         if parallel.is_main():
             torch.save(dict(before=before, replicas=replicas), {out!r})
         return state
@@ -240,11 +240,12 @@ def test_data_parallel_gan_keeps_equal_replicas_and_stage3_matches_one_process(t
     driver = tmp_path / 'driver.py'
     driver.write_text(DRIVER.format(root=ROOT, out=str(tmp_path / 'replicas.pt')))
     r = torchrun(str(driver), *_dim_flags(tmp_path, '--tag', 'gan', '--epochs', '2', '--iters-per-epoch', '4',
-                                         '--eval-interval', '2', '--val_split', '2'))
+                                         '--eval-interval', '2', '--val_split', '2', '--critic', 'projection',
+                                      '--g_ema', '0.9'))
     assert r.returncode == 0, r.stderr[-2000:]
     saved = torch.load(tmp_path / 'replicas.pt', weights_only=True)
     first, second = saved['replicas']
-    for net in ('G', 'D'):
+    for net in ('G', 'D', 'G_ema'):
         for name, t in first[net].items():
             assert torch.equal(t, second[net][name]), (net, name)  # averaged gradients, rank 0's BN statistics
     moved = [n for n, t in saved['before'].items() if t.is_floating_point() and not torch.equal(t, first['G'][n])]
@@ -254,7 +255,7 @@ def test_data_parallel_gan_keeps_equal_replicas_and_stage3_matches_one_process(t
     assert log.count('epoch 1: convnet validation accuracy') == 1  # rank 0 alone logs
 
     weight = str(tmp_path / 'results' / 'gan' / 'best.pth')
-    stage3 = ['--pretrain-weight', weight, '--num_eval', '3', '--dim_eval', 'both']
+    stage3 = ['--pretrain-weight', weight, '--num_eval', '3', '--dim_eval', 'both', '--critic', 'projection']
     r = torchrun(os.path.join(ROOT, 'validate.py'), *_dim_flags(tmp_path, '--tag', 'v2', *stage3))
     assert r.returncode == 0, r.stderr[-2000:]
     one = subprocess.run([sys.executable, os.path.join(ROOT, 'validate.py')]
