@@ -60,6 +60,8 @@ def test_random_memories_follow_the_reference_numpy_stream():
 
 @pytest.mark.parametrize('method, extra', [('random', []), ('herding', []), ('kcenter', []), ('DM', []),
                                            ('DSA', ['--outer_loop', '1', '--inner_loop', '1']), ('DiM', []),
+                                           ('DiM', ['--gan_cond', 'overwrite', '--gan_critic', 'ac', '--gan_ema', '0',
+                                                    '--dim_noise', '16']),
                                            ('DiM', ['--gan_cond', 'embed', '--dim_noise', '8'])])
 def test_each_steps_memory_holds_only_its_classes_with_ipc_images_each(tmp_path, method, extra):
     data = _data()
@@ -77,7 +79,7 @@ def test_each_steps_memory_holds_only_its_classes_with_ipc_images_each(tmp_path,
     union, union_labels = mem.training_set(4)
     assert len(union) == 20 and set(union_labels.tolist()) == set(range(10))  # DiM: step 4's set of all 10
     if method == 'DiM':  # the budget of a generative memory is the generator
-        assert ('label_embedding.weight' in mem.gan['generator']) == ('embed' in extra)
+        assert ('label_embedding.weight' in mem.gan['generator']) == ('overwrite' not in extra)
         assert mem.budget(4) == (20, sum(v.numel() * v.element_size() for v in mem.gan['generator'].values()))
     else:
         assert mem.budget(4) == (20, 20 * 28 * 28)
@@ -234,7 +236,7 @@ def test_a_rejected_rerun_keeps_the_earlier_log(tmp_path):
     (['--dataset', 'ImageNet21k'], 'unknown dataset'),
     (['--train_mode', 'replay'], 'invalid choice'),
     (['--method', 'DSA', '--ipc', '3'], 'pass --outer_loop and --inner_loop'),
-    (['--method', 'DiM', '--dim_noise', '8'], 'must exceed the 10 classes'),
+    (['--method', 'DiM', '--gan_cond', 'overwrite', '--dim_noise', '8'], 'must exceed the 10 classes'),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
     write_prepared(str(tmp_path), 'MNIST', n_train=6, n_test=3, channel=1, size=28)
@@ -253,12 +255,13 @@ def test_command_line_reports_errors_in_one_line(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and 'does not divide' in r.stderr
 
 
-@pytest.mark.parametrize('options', [[], ['--gan_critic', 'projection', '--gan_ema', '0.9']])
+@pytest.mark.parametrize('options', [['--gan_critic', 'ac', '--gan_ema', '0'], ['--gan_ema', '0.9']])
 def test_generative_replay_keeps_the_old_classes_of_a_toy_set(tmp_path, options):
     """DiM's CL memory on 4 well-separated toy classes in 2 steps: after step 1, which trains the GAN on the new
     classes 2 and 3 while replaying its frozen step-0 copy for 0 and 1, the samples of the old classes are still
-    labelled right by a classifier fitted on the real images (nearest class mean), far above chance (25%). Also
-    with the projection critic and the averaged generator, whose average continues across steps."""
+    labelled right by a classifier fitted on the real images (nearest class mean), far above chance (25%). With
+    DiM's own critic without averaging (--gan_critic ac --gan_ema 0) and with the default projection critic and averaged
+    generator, whose average continues across steps."""
     data = toy_data(64, 4, n_test=2)
     args = _args(tmp_path, '--method', 'DiM', '--steps', '2', '--ipc', '16', '--gan_iters', '100',
                  '--gan_batch', '16', '--gan_lr', '4e-3', '--gan_width', '8', '--gan_cond', 'embed',
@@ -266,7 +269,7 @@ def test_generative_replay_keeps_the_old_classes_of_a_toy_set(tmp_path, options)
     order = [0, 1, 2, 3]
     _, gan = cl.dim_memory(args, data, order, 0, 0, None, _quiet)
     (images, labels), gan1 = cl.dim_memory(args, data, order, 1, 0, gan, _quiet)
-    if options:
+    if 'ac' not in options:
         assert gan1['generator_ema']['steps'] == 200 and 'projection.weight' in gan1['discriminator']
     means = torch.stack([data.images(data.indices_class[c]).flatten(1).mean(0) for c in range(4)])
     guess = torch.cdist(images.flatten(1), means).argmin(1)
