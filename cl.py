@@ -534,8 +534,8 @@ def run(args):
     k = data.num_classes // args.steps
     builder = {'DSA': f', {args.Iteration} DSA iterations', 'DM': f', {args.Iteration} DM iterations',
                'DiM': f', {args.gan_iters} GAN iterations'}.get(args.method, '')
-    log(f'plan: {len(args.seeds)} seed(s) x {args.steps} steps on {args.device}{parallel.processes()}; per step a memory{builder}, then '
-        f'{args.num_eval} network(s) trained {args.epoch_eval_train} epochs')
+    log(f'plan: {len(args.seeds)} seed(s) x {args.steps} steps on {args.device}{parallel.processes()}; per step a '
+        f'memory{builder}, then {args.num_eval} network(s) trained {args.epoch_eval_train} epochs')
     log(f'CL {name}: {data}; {args.steps} steps of {k} classes, ipc {args.ipc}, seeds {args.seeds}, train mode '
         f'{args.train_mode}, device {args.device}')
     log(f'evaluation: {args.num_eval} x {args.model} ({data.num_classes}-way), {args.epoch_eval_train} epochs, lr '

@@ -8,14 +8,12 @@ name, device, DSA parameters), so no script repeats a check.
 import argparse
 import sys
 
-import torch
-
 import parallel
 from augment import ParamDiffAug, parse_strategy
 from data import canonical_dataset, dataset_info
 from evaluation import get_eval_pool
 from networks import NETWORKS, get_network
-from utils import ArgumentParser, UserError, check_finite, check_output_folder, check_positive, default_device
+from utils import ArgumentParser, UserError, check_finite, check_output_folder, check_positive, resolve_device
 
 FLAGS = {
     'dataset': dict(default='CIFAR10', aliases=('--data',),
@@ -119,10 +117,7 @@ def check_args(args):
         raise UserError(f'--Iteration must be >= 0, got {args.Iteration}')
     if 'no_progress' in has and (not sys.stderr.isatty() or not parallel.is_main()):
         args.no_progress = True  # carriage-return bar updates would fill a redirected log; one bar under torchrun
-    args.device = args.device or default_device()
-    if str(args.device).startswith('cuda') and not torch.cuda.is_available():
-        raise UserError(f'--device {args.device} asked for, but no CUDA device is available; use --device cpu')
-    args.device = parallel.start(args.device)
+    args.device = resolve_device(args.device)
     if 'dsa_strategy' in has:
         try:
             parse_strategy(args.dsa_strategy)

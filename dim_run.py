@@ -215,10 +215,7 @@ def check_args(args, stage):
             utils.check_positive(name, getattr(args, name))
     if not 0 <= getattr(args, 'g_ema', 0.0) < 1:
         raise UserError(f'--g_ema must be in [0, 1) (0: off), got {args.g_ema}')
-    args.device = args.device or utils.default_device()
-    if str(args.device).startswith('cuda') and not torch.cuda.is_available():
-        raise UserError(f'--device {args.device} asked for, but no CUDA device is available; use --device cpu')
-    args.device = parallel.start(args.device)
+    args.device = utils.resolve_device(args.device)
     args.no_progress = args.no_progress or not parallel.is_main()
     try:
         parse_strategy(args.aug_type, valid=DIM_TOKENS)

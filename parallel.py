@@ -67,7 +67,7 @@ def _stop():
 def processes():
     """For a log's first line: how the run is spread ('' for one process)."""
     n = world_size()
-    return '' if n == 1 else f' x {n} torchrun processes (classes and evaluation networks split; rank 0 writes)'
+    return '' if n == 1 else f' x {n} torchrun processes (rank 0 writes)'
 
 
 def share(n):

@@ -17,6 +17,7 @@ import tempfile
 import numpy as np
 import torch
 
+import parallel
 from parallel import is_main
 
 
@@ -80,6 +81,15 @@ def check_finite(args):
 
 def default_device():
     return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def resolve_device(device):
+    """--device as a run uses it: the default (cuda when available), checked, and under torchrun this process's
+    own device (parallel.start joins the process group)."""
+    device = device or default_device()
+    if str(device).startswith('cuda') and not torch.cuda.is_available():
+        raise UserError(f'--device {device} asked for, but no CUDA device is available; use --device cpu')
+    return parallel.start(device)
 
 
 def count_parameters(net):
