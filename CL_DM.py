@@ -21,7 +21,7 @@ import cl  # noqa: E402
 from cli import add_flags, check_args, check_network  # noqa: E402
 from data import dataset_info  # noqa: E402
 from dc import get_loops  # noqa: E402
-from networks import DIM_CRITIC_HEADS, get_network  # noqa: E402
+from networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, get_network  # noqa: E402
 from utils import ArgumentParser, UserError, check_positive, run_cli  # noqa: E402
 
 
@@ -59,9 +59,10 @@ def parse_args(argv=None):
     g = p.add_argument_group('DSA / DM condensation (default Iteration and lr_img: DSA 1000 and 0.1, DM 20000 and 1)')
     add_flags(g, ('Iteration', 'lr_img', 'batch_real', 'outer_loop', 'inner_loop', 'dis_metric', 'compat',
                   'per_class', 'real_chunk'), Iteration=None, lr_img=None)
-    # DiM's memory has no published CL numbers to keep: the label path, critic and averaging default to the best
-    # variant measured (DiM's own GAN, --gan_cond overwrite --gan_critic ac --gan_ema 0, ended far below random
-    # memories; docs/results.md); the budget flags keep DiM's values.
+    # DiM's memory has no published CL numbers to keep: the label path, critic, averaging, mode-seeking term and
+    # penalty schedule default to the best variant measured (DiM's own GAN, --gan_cond overwrite --gan_critic ac
+    # --gan_ema 0 --gan_mode_seeking 0 --gan_gp_every 1, ended far below random memories; docs/results.md); the
+    # budget flags keep DiM's values.
     g = p.add_argument_group('DiM (generative memory)')
     g.add_argument('--gan_iters', type=int, default=5000, help='GAN iterations (one G and one D step) per CL step')
     g.add_argument('--gan_batch', type=int, default=128, help='GAN batch: new-class real images plus old-class replay')
@@ -69,14 +70,22 @@ def parse_args(argv=None):
     g.add_argument('--gan_width', type=int, default=196, help='GAN width (DiM: 196)')
     g.add_argument('--dim_noise', type=int, default=None,
                    help='generator input width (default 100, or K + 28 if K >= 100)')
-    g.add_argument('--gan_cond', choices=['overwrite', 'embed'], default='embed',
-                   help="label conditioning: DiM's one-hot overwrite of the first K noise entries ('overwrite'), or a "
-                        "learned class embedding added to the noise (learns the classes in far fewer iterations)")
+    g.add_argument('--gan_cond', choices=DIM_CONDITIONINGS, default='embed',
+                   help="label conditioning: DiM's one-hot overwrite of the first K noise entries ('overwrite'), a "
+                        "learned class embedding added to the noise ('embed': learns the classes in far fewer "
+                        "iterations), or the embedding plus class-conditional batch norm in every layer ('cbn')")
     g.add_argument('--gan_critic', choices=DIM_CRITIC_HEADS, default='projection',
                    help="the critic's head: DiM's AC-GAN class head ('ac') or a projection critic ('projection': a "
                         "class-dependent score, no classification loss; more diverse samples, docs/results.md)")
     g.add_argument('--gan_n_critic', type=int, default=1,
                    help='critic steps per generator step, each on its own batch (DiM: 1)')
+    g.add_argument('--gan_gp_every', type=int, default=4,
+                   help='the gradient penalty on every k-th critic step only, weighted by k (a quarter less time per '
+                        'iteration at 4; 1: every step, as DiM)')
+    g.add_argument('--gan_mode_seeking', type=float, default=1.0,
+                   help="weight of a mode-seeking term in the generator's loss (MSGAN: two noises of one class must "
+                        "give different images, so the memory keeps each class as spread as the real one; 0: off, "
+                        "as DiM)")
     g.add_argument('--gan_ema', type=float, default=0.999,
                    help='sample the memory (and the replay of old classes) from an exponential moving average of the '
                         "generator's weights with this decay (warm-up (1+t)/(10+t)); 0: off, as DiM")
@@ -89,8 +98,10 @@ def validate(args):
     info = dataset_info(args.dataset, args.data_path, args.im_size)
     check_network(args.model, info)
     num_classes = info.num_classes
-    for name in ('steps', 'gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'gan_n_critic'):
+    for name in ('steps', 'gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'gan_n_critic', 'gan_gp_every'):
         check_positive(name, getattr(args, name))
+    if args.gan_mode_seeking < 0:
+        raise UserError(f'--gan_mode_seeking must be >= 0 (0: off), got {args.gan_mode_seeking}')
     if not 0 <= args.gan_ema < 1:
         raise UserError(f'--gan_ema must be in [0, 1) (0: off), got {args.gan_ema}')
     if num_classes % args.steps:

@@ -51,8 +51,11 @@ BUILDER_ARGS = {
             'align_corners', 'dis_metric', 'compat'),
     'DM': ('Iteration', 'lr_img', 'batch_real', 'dsa_strategy', 'align_corners'),
     'DiM': ('gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'dim_noise', 'gan_cond', 'gan_critic', 'gan_n_critic',
-            'gan_ema'),
+            'gan_ema', 'gan_gp_every', 'gan_mode_seeking'),
 }
+# Builder arguments added after caches were written: recorded only when they differ from the value those caches
+# were built with, so that the older caches stay valid.
+LATER_ARGS = {'gan_gp_every': 1, 'gan_mode_seeking': 0.0}
 # Arguments that may differ between a run and its resumption.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
              'eval_one_by_one', 'per_class', 'real_chunk')
@@ -329,10 +332,10 @@ def dim_memory(args, data, order, step, seed, gan, log):
             y = torch.cat([y, y_old])
         parts = {}
         if it % args.gan_n_critic == 0:
-            parts.update(dim.generator_step(G, D, opt_g, y, g))
+            parts.update(dim.generator_step(G, D, opt_g, y, g, mode_seeking=args.gan_mode_seeking))
             if ema is not None:
                 ema.update(G)
-        parts.update(dim.critic_step(G, D, opt_d, x, y, n_seen, g))
+        parts.update(dim.critic_step(G, D, opt_d, x, y, n_seen, g, dim.lazy_penalty(it, args.gan_gp_every)))
         if it % 100 == 0:
             bar.set_postfix({k: f'{v:.3f}' for k, v in parts.items() if k in ('g', 'd')})
             log(f'  step {step} GAN iter {it:05d}: ' + ', '.join(f'{n} {v:.4f}' for n, v in parts.items()), echo=False)
@@ -358,7 +361,8 @@ def memory_name(args, seed):
 
 
 def builder_fingerprint(args):
-    return {k: getattr(args, k) for k in ('method', 'model') + BUILDER_ARGS[args.method]}
+    return {k: getattr(args, k) for k in ('method', 'model') + BUILDER_ARGS[args.method]
+            if k not in LATER_ARGS or getattr(args, k) != LATER_ARGS[k]}
 
 
 def check_memory(memory, data, order, steps, path, cumulative=False):

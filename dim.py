@@ -231,28 +231,59 @@ def generator_loss(D, fake, y):
     return -score.mean() + (0 if logits is None else F.cross_entropy(logits, y))
 
 
-def critic_loss(D, real, y, fake, y_fake, alpha):
-    """L_D = mean s(x̃) − mean s(x) + CE(c(x̃), ỹ) + CE(c(x), y) + GP; the projection critic scores each image
-    under its label and has no CE (its fakes carry the real batch's labels, ỹ = y). Also its parts for the log."""
+def critic_loss(D, real, y, fake, y_fake, alpha, gp_weight=1):
+    """L_D = mean s(x̃) − mean s(x) + CE(c(x̃), ỹ) + CE(c(x), y) + gp_weight · GP; the projection critic scores
+    each image under its label and has no CE (its fakes carry the real batch's labels, ỹ = y). gp_weight 0 skips
+    the penalty (and its double backward). Also its parts for the log."""
     s_real, c_real = D(real, y)
     s_fake, c_fake = D(fake, y_fake)
-    gp = gradient_penalty(D, real, fake, alpha, y)
     wd = s_real.mean() - s_fake.mean()
+    loss, parts = -wd, dict(wd=wd.item())
+    if gp_weight:
+        gp = gradient_penalty(D, real, fake, alpha, y)
+        loss, parts['gp'] = loss + gp_weight * gp, gp.item()
     if c_real is None:
-        return -wd + gp, dict(wd=wd.item(), gp=gp.item())
+        return loss, parts
     ce = F.cross_entropy(c_fake, y_fake) + F.cross_entropy(c_real, y)
-    return -wd + ce + gp, dict(wd=wd.item(), gp=gp.item(), d_ce=ce.item())
+    return loss + ce, dict(parts, d_ce=ce.item())
 
 
-def generator_step(G, D, opt_g, y, generator, extra=None):
-    """One Adam step on G with L_G (+ extra(fake), stage 2's matching loss). D takes no gradient here: the
-    reference computes D's and clears them before D's own step, which is the same update."""
+def lazy_penalty(step, every):
+    """The gradient penalty's weight at critic step `step` when it is applied every `every` steps: `every` on those
+    steps, 0 between them, so that its average pull is unchanged (lazy regularisation, Karras et al. 2020,
+    StyleGAN2). every 1 is the reference: the penalty on every step. Saves most of the double backward, which is
+    about half of a CPU iteration (docs/benchmarks.md)."""
+    return every if step % every == 0 else 0
+
+
+def mode_seeking_loss(G, y, generator, pairs):
+    """(fake, L_ms): G(z(y)) for the batch and, for its first `pairs` labels, a second draw z'; L_ms =
+    1 / (mean|G(z, y) − G(z', y)| / mean|z − z'| + 1e-5), the mode-seeking term of Mao et al. 2019 (MSGAN), which
+    G minimises so that two noises of one class give different images. Both draws share one forward, so G's batch
+    norm sees one batch."""
+    z = torch.randn(len(y) + pairs, G.dim_noise, generator=generator).to(y.device)
+    out = G(z, torch.cat([y, y[:pairs]]))
+    fake, again = out[:len(y)], out[len(y):]
+    ratio = (fake[:pairs] - again).abs().mean() / (z[:pairs] - z[len(y):]).abs().mean()
+    return fake, 1 / (ratio + 1e-5)
+
+
+def generator_step(G, D, opt_g, y, generator, extra=None, mode_seeking=0.0):
+    """One Adam step on G with L_G (+ extra(fake), stage 2's matching loss; + mode_seeking · L_ms on a quarter of
+    the batch, mode_seeking_loss). D takes no gradient here: the reference computes D's and clears them before D's
+    own step, which is the same update."""
     D.eval()  # a no-op for the LayerNorm critic, kept from the reference
     D.requires_grad_(False)
     try:
-        fake = generate(G, y, generator)
+        if mode_seeking:
+            fake, ms = mode_seeking_loss(G, y, generator, max(1, len(y) // 4))
+        else:
+            fake = generate(G, y, generator)
         loss = generator_loss(D, fake, y)
         parts = dict(g=loss.item())
+        if mode_seeking:
+            loss = loss + mode_seeking * ms
+            parts['ms'] = ms.item()
         if extra is not None:
             match = extra(fake)
             loss = loss + match
@@ -266,15 +297,15 @@ def generator_step(G, D, opt_g, y, generator, extra=None):
     return parts
 
 
-def critic_step(G, D, opt_d, x, y, num_classes, generator):
+def critic_step(G, D, opt_d, x, y, num_classes, generator, gp_weight=1):
     """One Adam step on D: x̃ = G(z(ỹ)) without gradients (G stays in train mode), ỹ uniform random labels (the
     reference's AC critic) or the real batch's labels (the projection critic, so that every interpolate of the
-    gradient penalty has one label)."""
+    gradient penalty has one label). gp_weight: see lazy_penalty."""
     y_fake = y if D.head == 'projection' else torch.randint(num_classes, (len(x),), generator=generator).to(x.device)
     with torch.no_grad():
         fake = generate(G, y_fake, generator)
     alpha = torch.rand(len(x), generator=generator)
-    loss, parts = critic_loss(D, x, y, fake, y_fake, alpha)
+    loss, parts = critic_loss(D, x, y, fake, y_fake, alpha, gp_weight)
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()

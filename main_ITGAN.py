@@ -28,6 +28,7 @@ import runner  # noqa: E402
 from cli import add_flags, check_args, check_network  # noqa: E402
 from data import canonical_dataset, get_dataset  # noqa: E402
 from evaluation import EvalRecipe, evaluate_pool, test_accuracy  # noqa: E402
+from networks import DIM_CONDITIONINGS  # noqa: E402
 from utils import (ArgumentParser, Log, UserError, atomic_save, check_positive, make_generator,  # noqa: E402
                    mean_std, run_cli, versions, write_json)
 
@@ -53,7 +54,7 @@ def parse_args(argv=None):
     own.add_argument('--generator_factory', default=None,
                      help='MODULE:FUNCTION returning any generator, FUNCTION(path, data, device) -> module with '
                           'forward(z, y) in [-1, 1] and dim_noise (or dim_z); e.g. a pretrained BigGAN')
-    for name, kw in (('dim_noise', dict(type=int)), ('cond', dict(choices=['overwrite', 'embed'])),
+    for name, kw in (('dim_noise', dict(type=int)), ('cond', dict(choices=DIM_CONDITIONINGS)),
                      ('gan_width', dict(type=int))):
         own.add_argument(f'--{name}', f'--{name.replace("_", "-")}', dest=name, default=None,
                          help="the GAN's shape (default: as recorded in the checkpoint)", **kw)

@@ -593,6 +593,7 @@ def resolve_stem(resnet_stem, dataset):
 
 GAN_SIZES = (28, 32, 64)
 DIM_CRITIC_HEADS = ('ac', 'projection')
+DIM_CONDITIONINGS = ('overwrite', 'embed', 'cbn')
 
 
 def _gan_size(im_size):
@@ -600,6 +601,26 @@ def _gan_size(im_size):
     if h != w or h not in GAN_SIZES:
         raise ValueError(f'the DiM GAN makes square 28, 32 or 64 pixel images, got {h}x{w}')
     return h
+
+
+class ClassBatchNorm(nn.Module):
+    """Batch norm without its own affine, then a gain and a bias looked up by class: gain[y] * BN(x) + bias[y]
+    (init 1 and 0, so it starts as plain BN). dim 1 for N x C inputs, 2 for N x C x H x W."""
+
+    def __init__(self, channels, num_classes, dim):
+        super().__init__()
+        self.bn = (nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d)(channels, affine=False)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.bias = nn.Embedding(num_classes, channels)
+
+    def _init_weights(self, generator):  # init_weights' hook: no draws, so G's other weights stay as before
+        self.bn.reset_running_stats()
+        self.gain.weight.fill_(1.0)
+        self.bias.weight.zero_()
+
+    def forward(self, x, y):
+        shape = (len(y), -1) + (1,) * (x.dim() - 2)
+        return self.gain(y).view(shape) * self.bn(x) + self.bias(y).view(shape)
 
 
 class DiMGenerator(nn.Module):
@@ -616,20 +637,26 @@ class DiMGenerator(nn.Module):
     recognised as their class after 400-800 iterations, against 85% at 450 with z + e(y); docs/results.md). The
     embedding is stored as `label_embedding`, so a checkpoint of the old multiplicative form is refused, not
     silently reinterpreted.
+
+    cond 'cbn' is 'embed' plus class-conditional batch norm (de Vries et al. 2017; the generator of Miyato & Koyama's
+    projection cGAN): every BN normalises without its own affine and applies a per-class gain and bias (init 1, 0),
+    so the label reaches every layer instead of only the input, where the BN layers can wash it out.
     """
 
     def __init__(self, channel, num_classes, im_size=(32, 32), dim_noise=100, cond='overwrite', width=196):
         super().__init__()
         size = _gan_size(im_size)
-        if cond not in ('overwrite', 'embed'):
-            raise ValueError(f"unknown conditioning {cond!r}; use 'overwrite' or 'embed'")
+        if cond not in DIM_CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {cond!r}; use {', '.join(map(repr, DIM_CONDITIONINGS))}")
         if cond == 'overwrite' and dim_noise <= num_classes:
             raise ValueError(f"dim_noise {dim_noise} must exceed the class count {num_classes}: the one-hot label "
                              f"overwrites the first {num_classes} noise entries; raise dim_noise or use cond='embed'")
         self.num_classes, self.dim_noise, self.cond, self.width = num_classes, dim_noise, cond, width
-        self.label_embedding = nn.Embedding(num_classes, dim_noise) if cond == 'embed' else None
+        self.label_embedding = nn.Embedding(num_classes, dim_noise) if cond != 'overwrite' else None
+        norm = (lambda c, dim: ClassBatchNorm(c, num_classes, dim)) if cond == 'cbn' else \
+            (lambda c, dim: (nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d)(c))
         self.fc1 = nn.Linear(dim_noise, width * 4 * 4)
-        self.bn0 = nn.BatchNorm1d(width * 4 * 4)
+        self.bn0 = norm(width * 4 * 4, 1)
         up = ['up', 'same', 'same', 'same', 'up', 'same', 'up'] + (['up', 'same'] if size == 64 else [])
         self.body = [f'conv{i}' for i in range(1, 8)] + (['conv_up64', 'conv_64'] if size == 64 else [])
         for i, (name, kind) in enumerate(zip(self.body, up)):
@@ -638,11 +665,11 @@ class DiMGenerator(nn.Module):
             else:  # kernel 3 once at 28 px turns 4x4 into 7x7; kernel 4 doubles
                 conv = nn.ConvTranspose2d(width, width, 3 if (size == 28 and i == 0) else 4, stride=2, padding=1)
             setattr(self, name, conv)
-            setattr(self, 'bn' + name[4:], nn.BatchNorm2d(width))
+            setattr(self, 'bn' + name[4:], norm(width, 2))
         self.conv8 = nn.Conv2d(width, channel, 3, stride=1, padding=1)
 
     def condition(self, z, y):
-        if self.cond == 'embed':
+        if self.cond != 'overwrite':
             return z + self.label_embedding(y)
         return torch.cat([F.one_hot(y, self.num_classes).to(z.dtype), z[:, self.num_classes:]], 1)
 
@@ -650,9 +677,12 @@ class DiMGenerator(nn.Module):
         """z: N x dim_noise Gaussian noise; y: N labels (None: z already carries them)."""
         if y is not None:
             z = self.condition(z, y)
-        x = F.relu(self.bn0(self.fc1(z))).view(-1, self.width, 4, 4)
+        elif self.cond == 'cbn':
+            raise ValueError("a generator with class-conditional batch norm needs the labels y")
+        norm = (lambda bn, x: bn(x, y)) if self.cond == 'cbn' else (lambda bn, x: bn(x))
+        x = F.relu(norm(self.bn0, self.fc1(z))).view(-1, self.width, 4, 4)
         for name in self.body:
-            x = F.relu(getattr(self, 'bn' + name[4:])(getattr(self, name)(x)))
+            x = F.relu(norm(getattr(self, 'bn' + name[4:]), getattr(self, name)(x)))
         return torch.tanh(self.conv8(x))
 
 

@@ -30,7 +30,10 @@ from utils import make_generator  # noqa: E402
 p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
 p.add_argument('--data-dir', default='../shared/data')
 p.add_argument('--critic', default='ac')
+p.add_argument('--cond', default='embed')
 p.add_argument('--n_critic', type=int, default=1)
+p.add_argument('--gp_every', type=int, default=1)
+p.add_argument('--mode_seeking', type=float, default=0.0)
 p.add_argument('--ema', type=float, default=0.999)
 p.add_argument('--iters', type=int, default=800)
 p.add_argument('--eval_at', type=int, nargs='+', default=[200, 400, 600, 800])
@@ -43,10 +46,10 @@ p.add_argument('--extra', nargs='*', default=[], help='more gen_condense.py flag
 a = p.parse_args()
 
 args = dim_run.parse_args(1, 'exp', ['--data', 'mnist', '--data-dir', a.data_dir, '--gan_width', str(a.width),
-                                     '--cond', 'embed', '--batch-size', str(a.batch), '--lr', str(a.lr),
+                                     '--cond', a.cond, '--batch-size', str(a.batch), '--lr', str(a.lr),
                                      '--device', 'cpu', '--seed', str(a.seed), '--val_split', '100'] + a.extra)
 data = dim_run.load_data(args)
-G, D = dim.build_gan(data, 100, 'embed', a.width, 'cpu', make_generator(a.seed, 'gan_init'), critic=a.critic)
+G, D = dim.build_gan(data, 100, a.cond, a.width, 'cpu', make_generator(a.seed, 'gan_init'), critic=a.critic)
 opt_g, opt_d = dim.adam(G, a.lr), dim.adam(D, a.lr)
 ema = dim.GeneratorEMA(G, a.ema)
 stream = dim.CyclingBatches(len(data.train_idx), a.batch, a.seed, 'exp')
@@ -108,9 +111,9 @@ for it in range(a.iters):
     G.train(); D.train()
     x, y = data.batch(data.train_idx[stream.next()])
     if it % a.n_critic == 0:
-        dim.generator_step(G, D, opt_g, y, rng)
+        dim.generator_step(G, D, opt_g, y, rng, mode_seeking=a.mode_seeking)
         ema.update(G)
-    parts = dim.critic_step(G, D, opt_d, x, y, K, rng)
+    parts = dim.critic_step(G, D, opt_d, x, y, K, rng, dim.lazy_penalty(it, a.gp_every))
     train_time += time.time() - t
     if it + 1 in a.eval_at:
         t = time.time()

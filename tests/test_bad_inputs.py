@@ -220,6 +220,9 @@ def test_checkpoint_advice_says_what_is_wrong(prepared_mnist, capsys):
 @pytest.mark.parametrize('script, argv, message', [
     (main_DM.main, ['--lr_img', '-1e-4'], '--lr_img must be positive'),
     (gen_condense.main, ['--lr', '-1e-4'], '--lr must be positive'),
+    (gen_condense.main, ['--gp_every', '0'], '--gp-every must be positive'),
+    (gen_condense.main, ['--mode_seeking', '-1'], '--mode_seeking must be >= 0'),
+    (CL_DM.main, ['--method', 'DiM', '--gan_mode_seeking', '-0.5'], '--gan_mode_seeking must be >= 0'),
 ])
 def test_negative_numbers_parse_and_are_then_refused(script, argv, message, capsys):
     assert message in _error(script, argv + ['--device', 'cpu'], capsys)

@@ -129,8 +129,29 @@ def _class_accuracy_of_samples(G, means, num_classes, n=32):
     return (torch.cdist(x, means).argmin(1) == y).float().mean().item()
 
 
-@pytest.mark.parametrize('critic', networks.DIM_CRITIC_HEADS)
-def test_generator_learns_the_classes_of_a_toy_set(critic):
+def test_class_conditional_batch_norm_starts_as_plain_batch_norm_and_carries_the_label():
+    """cond 'cbn': the same initial weights as 'embed' (gains 1, biases 0, nothing else drawn), so the two give the
+    same images until the per-class gains move; after that the label reaches every layer, and the gains train."""
+    Gc, _ = networks.define_gan(1, 10, 28, width=W, cond='cbn', generator=_gen(0))
+    Ge, _ = networks.define_gan(1, 10, 28, width=W, cond='embed', generator=_gen(0))
+    z, y = torch.randn(6, 100, generator=_gen(1)), torch.tensor([0, 3, 5, 9, 3, 0])
+    assert torch.equal(Gc(z, y), Ge(z, y))
+    Gc.bn3.gain.weight.data[3] *= 2  # class 3's gain in one middle layer only
+    Gc.label_embedding.weight.data.zero_()  # the input no longer carries the label
+    Gc.eval()
+    with torch.no_grad():
+        out, swapped = Gc(z, y), Gc(z, torch.tensor([0, 4, 5, 9, 4, 0]))
+    moved = (out - swapped).flatten(1).abs().amax(1) > 1e-6
+    assert moved.tolist() == [False, True, False, False, True, False]
+    Gc.train()
+    Gc(z, y).square().mean().backward()
+    assert Gc.bn3.gain.weight.grad[3].abs().sum() > 0 and Gc.bn3.gain.weight.grad[1].abs().sum() == 0
+    with pytest.raises(ValueError, match='needs the labels'):
+        Gc(z)
+
+
+@pytest.mark.parametrize('critic,cond', [(c, 'embed') for c in networks.DIM_CRITIC_HEADS] + [('projection', 'cbn')])
+def test_generator_learns_the_classes_of_a_toy_set(critic, cond):
     """Guards the label path end to end (docs/results.md, DiM): on 4 well-separated toy classes (a bright band at a
     class-specific height), 100 iterations of the stage-1 steps give a generator whose eval-mode samples a
     classifier fitted on the real images labels as the asked class, far above chance (25%). With the old
@@ -141,7 +162,7 @@ def test_generator_learns_the_classes_of_a_toy_set(critic):
     x_all, y_all = toy_images(64, K, 1, 28, seed=0)
     x_all = x_all.float() / 127.5 - 1
     means = torch.stack([x_all[y_all == c].flatten(1).mean(0) for c in range(K)])
-    G, D = networks.define_gan(1, K, 28, dim_noise=32, cond='embed', width=W, generator=_gen(0), critic=critic)
+    G, D = networks.define_gan(1, K, 28, dim_noise=32, cond=cond, width=W, generator=_gen(0), critic=critic)
     opt_g, opt_d = dim.adam(G, 4e-3), dim.adam(D, 4e-3)
     g = _gen(1)
     start = _class_accuracy_of_samples(G, means, K)
@@ -169,6 +190,40 @@ def test_projection_critic_scores_an_image_under_its_label():
         D(x)
     parts = dim.critic_step(G, D, dim.adam(D, 1e-3), x, y, 10, _gen(2))
     assert 'd_ce' not in parts and {'wd', 'gp'} <= set(parts)
+
+
+def test_lazy_penalty_keeps_the_average_weight_and_skips_the_double_backward():
+    """--gp_every k: weight k on every k-th critic step, 0 between (the average pull stays 1); a 0-weight step
+    has no penalty term at all, a k-weight step k times the penalty of the reference step."""
+    for k in (1, 2, 4):
+        weights = [dim.lazy_penalty(t, k) for t in range(4 * k)]
+        assert sum(weights) == 4 * k and weights[0] == k and weights.count(0) == 4 * (k - 1)
+    _, D = networks.define_gan(1, 10, 28, width=W, cond='embed', generator=_gen(0), critic='projection')
+    real, fake = torch.randn(4, 1, 28, 28, generator=_gen(1)), torch.randn(4, 1, 28, 28, generator=_gen(2))
+    y, alpha = torch.tensor([0, 1, 2, 3]), torch.rand(4, generator=_gen(3))
+    full, parts = dim.critic_loss(D, real, y, fake, y, alpha)
+    none, parts0 = dim.critic_loss(D, real, y, fake, y, alpha, gp_weight=0)
+    four, _ = dim.critic_loss(D, real, y, fake, y, alpha, gp_weight=4)
+    assert 'gp' not in parts0 and parts['gp'] > 0
+    assert torch.allclose(none, full - parts['gp'], atol=1e-5)
+    assert torch.allclose(four, none + 4 * parts['gp'], atol=1e-4)
+
+
+def test_mode_seeking_term_pushes_two_noises_of_a_class_apart():
+    """L_ms = 1 / (mean|G(z, y) − G(z', y)| / mean|z − z'|): a few steps on it alone spread G's images of one
+    class; the pairs share the batch's labels and one forward, and the adversarial batch keeps its size."""
+    G, _ = networks.define_gan(1, 10, 28, dim_noise=16, width=W, cond='embed', generator=_gen(0))
+    y = torch.arange(8) % 4
+    fake, ms = dim.mode_seeking_loss(G, y, _gen(1), 2)
+    assert fake.shape == (8, 1, 28, 28)
+    opt = torch.optim.SGD(G.parameters(), lr=0.05)
+    before = ms.item()
+    for t in range(5):
+        _, ms = dim.mode_seeking_loss(G, y, _gen(2 + t), 4)
+        opt.zero_grad()
+        ms.backward()
+        opt.step()
+    assert dim.mode_seeking_loss(G, y, _gen(1), 2)[1].item() < 0.8 * before
 
 
 def test_generator_ema_follows_the_closed_form():
@@ -420,11 +475,11 @@ def test_stage1_selects_without_the_test_set_and_resumes_exactly(prepared_mnist,
 
 
 def test_critic_and_ema_options_round_trip_through_checkpoints(prepared_mnist):
-    """--critic projection --g_ema: checkpoints hold the projection critic and the averaged generator; a resumed run
-    continues the average exactly; validate.py samples from the averaged weights and refuses the checkpoint
-    without --critic projection; pool_match continues the average."""
+    """--critic projection --g_ema (with --mode_seeking and --gp_every): checkpoints hold the projection critic and
+    the averaged generator; a resumed run continues the average exactly; validate.py samples from the averaged
+    weights and refuses the checkpoint without --critic projection; pool_match continues the average."""
     tmp = prepared_mnist
-    opts = ['--critic', 'projection', '--g_ema', '0.9']
+    opts = ['--critic', 'projection', '--g_ema', '0.9', '--mode_seeking', '1', '--gp_every', '2']
     gen_condense.main(_flags(tmp, 1, '--tag', 'ema', '--epochs', '2', *opts))
     gen_condense.main(_flags(tmp, 1, '--tag', 'ema_cut', '--epochs', '1', *opts))
     gen_condense.main(_flags(tmp, 1, '--tag', 'ema_cut', '--epochs', '2', '--resume', *opts))
