@@ -86,6 +86,11 @@ def parse_args(argv=None):
                    help="weight of a mode-seeking term in the generator's loss (MSGAN: two noises of one class must "
                         "give different images, so the memory keeps each class as spread as the real one; 0: off, "
                         "as DiM)")
+    g.add_argument('--dim_replay', choices=['fresh', 'stored'], default='fresh',
+                   help="how the evaluation networks use the generator: 'fresh' draws a new set of --ipc images per "
+                        "seen class from the step's generator after every epoch (the same images per epoch as a "
+                        "stored memory; DiM's own on-the-fly evaluation), 'stored' trains on the set drawn once "
+                        "(the memory cache's images)")
     g.add_argument('--gan_ema', type=float, default=0.999,
                    help='sample the memory (and the replay of old classes) from an exponential moving average of the '
                         "generator's weights with this decay (warm-up (1+t)/(10+t)); 0: off, as DiM")

@@ -393,6 +393,7 @@ class Memories:
         self.partial_path = self.path[:-3] + '.partial.pt'
         self.cumulative = args.method == 'DiM'  # a generator's memory at step s covers every seen class
         self.memory, self.gan, self.source, self.times, self.feature_net = [], None, 'built', [], None
+        self.samplers = []  # DiM: the generator each step's memory was drawn from (its weights), for fresh replay
         if args.method != 'DiM' and os.path.isfile(self.released):
             raw = self._load(self.released)
             if len(raw['data']) != args.steps:
@@ -407,6 +408,7 @@ class Memories:
                 raise UserError(f'{self.path} was built with other settings ({", ".join(diff)}); delete it or pass '
                                 f'another --save_path')
             self.memory, self.gan, self.times, self.source = raw['data'], raw.get('gan'), meta.get('times', []), 'cache'
+            self.samplers = raw.get('samplers', [])
         self.memory = [[x.detach().float().cpu(), y.long().cpu()] for x, y in self.memory]
         check_memory(self.memory, data, order, args.steps, self.released if self.source == 'released' else self.path,
                      self.cumulative)
@@ -452,6 +454,8 @@ class Memories:
         else:
             memory, self.gan = dim_memory(args, data, self.order, s, self.seed, self.gan, self.log)
             self.memory.append(memory)
+            sampler = self.gan['generator_ema']['generator'] if 'generator_ema' in self.gan else self.gan['generator']
+            self.samplers = self.samplers[:s] + [sampler]
         self.times = self.times[:s] + [time.time() - t0] * (len(self.memory) - s)
         self.log(f'seed {self.seed} step {s}: memory built in {time.time() - t0:.1f} s -> {self.path}')
         self.source = 'built'
@@ -463,6 +467,8 @@ class Memories:
         out = dict(data=self.memory, meta=meta)
         if self.gan is not None:
             out['gan'] = self.gan
+        if self.samplers:
+            out['samplers'] = self.samplers
         atomic_save(out, self.path)
         if parallel.is_main() and os.path.exists(self.partial_path):
             os.unlink(self.partial_path)
@@ -478,10 +484,34 @@ class Memories:
 # ----------------------------------------------------------------------------------------------------------------
 # Evaluation: networks trained on the memories so far, tested on the seen classes
 
-def evaluate_step(args, data, images, labels, seen, seed, step, nets, log):
+def fresh_replay(args, data, memories, order, step, seed, images):
+    """--dim_replay fresh: (buffer, on_epoch) for evaluate_step. The networks start on the stored memory `images`;
+    after every epoch the buffer is refilled with a new draw of the same size (--ipc per seen class, the same
+    labels) from the generator of this step, and after the last epoch with the stored memory again, so that each
+    network starts alike. In-place refills work because the evaluation loop indexes its image tensor afresh every
+    epoch; the buffer lives on the evaluation device so that the loop uses it without a copy."""
+    if len(memories.samplers) <= step:
+        raise UserError(f'{memories.path} holds no generator per step (written before they were stored); delete it '
+                        f'or pass --dim_replay stored')
+    G = build_gan(args, data, derive_seed(seed, 'cl', 'DiM'))[0]
+    G.load_state_dict(memories.samplers[step])
+    buffer = images.to(args.device).clone()
+    n_seen = (step + 1) * (data.num_classes // args.steps)
+
+    def on_epoch(i, ep, net):
+        if ep == args.epoch_eval_train:
+            buffer.copy_(images)
+            return
+        drawn, _ = sample_memory(G, data, order, n_seen, args.ipc, make_generator(seed, 'cl_replay', step, i, ep))
+        buffer.copy_(drawn)
+    return buffer, on_epoch
+
+
+def evaluate_step(args, data, images, labels, seen, seed, step, nets, log, on_epoch=None):
     """num_eval networks (K-way heads) trained on the memory and tested on the seen classes' test images. nets: the
-    previous step's networks, continued in finetune mode. Returns (accuracies, networks); under torchrun each
-    process trains its share of the networks and holds None for the others' ones."""
+    previous step's networks, continued in finetune mode. on_epoch(i, ep, net) after every epoch of network i.
+    Returns (accuracies, networks); under torchrun each process trains its share of the networks and holds None
+    for the others' ones."""
     loader = test_loader(data, seen)
 
     def build(i):
@@ -498,7 +528,7 @@ def evaluate_step(args, data, images, labels, seen, seed, step, nets, log):
             f'images ({took})')
 
     results, trained = evaluate_networks(args.num_eval, build, images, labels, loader, EvalRecipe.from_args(args),
-                                         report)
+                                         report, on_epoch)
     return [acc for _, acc, _ in results], [trained.get(i) for i in range(args.num_eval)]
 
 
@@ -568,9 +598,14 @@ def run(args):
                 t_mem = time.time() - t0
                 if args.train_mode == 'finetune' and step > 0 and nets is None:
                     nets = restore_nets(args, data, state, seed)
-                log(f'seed {seed} step {step}: {len(seen)} classes seen, training on {len(images)} memory images')
+                hook, drawn = None, ''
+                if args.method == 'DiM' and args.dim_replay == 'fresh':
+                    images, hook = fresh_replay(args, data, memories, order, step, seed, images)
+                    drawn = ', drawn afresh from the generator after every epoch'
+                log(f'seed {seed} step {step}: {len(seen)} classes seen, training on {len(images)} memory images'
+                    f'{drawn}')
                 t0 = time.time()
-                accs, nets = evaluate_step(args, data, images, labels, seen, seed, step, nets, log)
+                accs, nets = evaluate_step(args, data, images, labels, seen, seed, step, nets, log, hook)
                 m, s = mean_std(accs)
                 log(f'seed {seed} step {step}: test acc {m:.2f} ± {s:.2f} over {len(accs)} networks '
                     f'({len(seen)} classes)')

@@ -159,11 +159,11 @@ def test_resume_skips_finished_steps_and_gives_the_same_results(tmp_path, monkey
     full = _run(tmp_path, '--save_path', str(tmp_path / 'full'), '--method', 'herding', '--train_mode', mode)
     real, calls = cl.evaluate_step, []
 
-    def interrupted(args, data, images, labels, seen, seed, step, nets, log):
+    def interrupted(args, data, images, labels, seen, seed, step, nets, log, on_epoch=None):
         calls.append((seed, step))
         if (seed, step) == (1, 2) and not args.resume:
             raise KeyboardInterrupt
-        return real(args, data, images, labels, seen, seed, step, nets, log)
+        return real(args, data, images, labels, seen, seed, step, nets, log, on_epoch)
     monkeypatch.setattr(cl, 'evaluate_step', interrupted)
     part = tmp_path / 'part'
     with pytest.raises(KeyboardInterrupt):
@@ -289,3 +289,44 @@ def test_generative_replay_keeps_the_old_classes_of_a_toy_set(tmp_path, options)
     old = labels < 2
     assert set(labels.tolist()) == {0, 1, 2, 3}
     assert (guess[old] == labels[old]).float().mean() >= 0.8
+
+
+def _image_set(batch):
+    """A batch (1 x b x C x H x W) as an order-free key: its images' pixel sums, sorted."""
+    return batch.flatten(2).sum(2).sort(1)[0]
+
+
+def test_fresh_replay_trains_on_new_draws_and_starts_each_network_alike(tmp_path, monkeypatch):
+    """--dim_replay fresh (the default): the evaluation networks see a new draw from the step's generator after
+    every epoch, in place of the stored memory (the evaluation loop reads the refilled buffer: a spy on its
+    batches sees other images from epoch 1 on), each network starts on the stored memory, and a run is
+    repeatable. --dim_replay stored trains on the memory alone. A cache without per-step generators is refused
+    for fresh replay, with the flag that still works."""
+    import evaluation
+    write_prepared(str(tmp_path), 'MNIST', n_train=6, n_test=3, channel=1, size=28)
+    seen = []
+    real = evaluation._augment
+    monkeypatch.setattr(evaluation, '_augment', lambda x, *a: seen.append(x.detach().clone()) or real(x, *a))
+    argv = ['--method', 'DiM', '--seeds', '0', '--steps', '5', '--epoch_eval_train', '2', '--num_eval', '2']
+    fresh = _run(tmp_path, *argv, '--save_path', str(tmp_path / 'fresh'))
+    batches = list(seen)  # 2 networks x 3 epochs (0..2) x 1 batch, step by step
+    assert len(batches) == 5 * 2 * 3
+    for step in range(5):
+        a0, a1, a2, b0, b1, b2 = map(_image_set, batches[6 * step:6 * step + 6])
+        assert torch.equal(a0, b0)  # both networks start on the stored memory
+        assert not torch.equal(a1, a0) and not torch.equal(a2, a1) and not torch.equal(b1, a1)
+    seen.clear()
+    again = _run(tmp_path, *argv, '--save_path', str(tmp_path / 'again'))
+    assert fresh['accs'] == again['accs']
+    seen.clear()
+    _run(tmp_path, *argv, '--dim_replay', 'stored', '--save_path', str(tmp_path / 'stored'))
+    assert len(seen) == 30 and all(torch.equal(_image_set(x), _image_set(seen[6 * (i // 6)]))
+                                   for i, x in enumerate(seen))
+
+    cache = next((tmp_path / 'stored' / 'cl_data').glob('cl_DiM_*.pt'))
+    raw = torch.load(cache, weights_only=False)
+    assert len(raw['samplers']) == 5
+    del raw['samplers']
+    torch.save(raw, cache)
+    with pytest.raises(utils.UserError, match='--dim_replay stored'):
+        _run(tmp_path, *argv, '--save_path', str(tmp_path / 'stored'))
