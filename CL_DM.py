@@ -80,7 +80,7 @@ def parse_args(argv=None):
     g.add_argument('--gan_n_critic', type=int, default=1,
                    help='critic steps per generator step, each on its own batch (DiM: 1)')
     g.add_argument('--gan_gp_every', type=int, default=4,
-                   help='the gradient penalty on every k-th critic step only, weighted by k (a quarter less time per '
+                   help='the gradient penalty on every k-th critic step only, weighted by k (about 28 %% less time per '
                         'iteration at 4; 1: every step, as DiM)')
     g.add_argument('--gan_mode_seeking', type=float, default=1.0,
                    help="weight of a mode-seeking term in the generator's loss (MSGAN: two noises of one class must "

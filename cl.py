@@ -496,7 +496,7 @@ def fresh_replay(args, data, memories, order, step, seed, images):
     G = build_gan(args, data, derive_seed(seed, 'cl', 'DiM'))[0]
     G.load_state_dict(memories.samplers[step])
     buffer = images.to(args.device).clone()
-    n_seen = (step + 1) * (data.num_classes // args.steps)
+    n_seen = len(images) // args.ipc  # the memory holds --ipc images of every class seen
 
     def on_epoch(i, ep, net):
         if ep == args.epoch_eval_train:

@@ -32,8 +32,8 @@ import runner
 import utils
 from augment import DIM_TOKENS, ParamDiffAug, parse_strategy
 from dim import (MATCH_COEFF, POOL, ClassScore, DiMData, GeneratorEMA, adam, build_gan, build_model, check_model_name,
-                 critic_step, default_pool, lazy_penalty, epoch_batches, fixed_set, generate, generator_bytes, generator_step,
-                 iterations_per_epoch, train_onthefly)
+                 critic_step, default_pool, epoch_batches, fixed_set, generate, generator_bytes, generator_step,
+                 iterations_per_epoch, lazy_penalty, train_onthefly)
 from networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, resolve_stem
 from utils import UserError, make_generator
 
@@ -158,8 +158,8 @@ def parser(stage, description):
                         help='critic steps per generator step, each on its own real batch (reference: 1)')
         _both_spellings(own, 'gp_every', type=int, default=1,
                         help='apply the gradient penalty on every k-th critic step only, weighted by k (lazy '
-                             'regularisation; 1: every step, the reference). k = 4 saves about a third of a CPU '
-                             'iteration')
+                             'regularisation; 1: every step, the reference). k = 4 saves about 28 %% of a CPU '
+                             'iteration (docs/benchmarks.md)')
         _both_spellings(own, 'mode_seeking', type=float, default=0.0,
                         help="weight of a mode-seeking term in the generator's loss (MSGAN, Mao et al. 2019: two "
                              "noises of one class must give different images; 1 is MSGAN's; 0: off, the reference)")

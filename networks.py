@@ -603,13 +603,18 @@ def _gan_size(im_size):
     return h
 
 
+def _batch_norm(channels, dim, affine=True):
+    """BatchNorm1d (dim 1: N x C inputs) or BatchNorm2d (dim 2: N x C x H x W)."""
+    return (nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d)(channels, affine=affine)
+
+
 class ClassBatchNorm(nn.Module):
     """Batch norm without its own affine, then a gain and a bias looked up by class: gain[y] * BN(x) + bias[y]
     (init 1 and 0, so it starts as plain BN). dim 1 for N x C inputs, 2 for N x C x H x W."""
 
     def __init__(self, channels, num_classes, dim):
         super().__init__()
-        self.bn = (nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d)(channels, affine=False)
+        self.bn = _batch_norm(channels, dim, affine=False)
         self.gain = nn.Embedding(num_classes, channels)
         self.bias = nn.Embedding(num_classes, channels)
 
@@ -653,8 +658,7 @@ class DiMGenerator(nn.Module):
                              f"overwrites the first {num_classes} noise entries; raise dim_noise or use cond='embed'")
         self.num_classes, self.dim_noise, self.cond, self.width = num_classes, dim_noise, cond, width
         self.label_embedding = nn.Embedding(num_classes, dim_noise) if cond != 'overwrite' else None
-        norm = (lambda c, dim: ClassBatchNorm(c, num_classes, dim)) if cond == 'cbn' else \
-            (lambda c, dim: (nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d)(c))
+        norm = (lambda c, dim: ClassBatchNorm(c, num_classes, dim)) if cond == 'cbn' else _batch_norm
         self.fc1 = nn.Linear(dim_noise, width * 4 * 4)
         self.bn0 = norm(width * 4 * 4, 1)
         up = ['up', 'same', 'same', 'same', 'up', 'same', 'up'] + (['up', 'same'] if size == 64 else [])

@@ -8,8 +8,8 @@ step, with the project's own functions (dim.critic_step, dim.generator_step, dim
 Reports, per device and shape: ms per stage-1 iteration (critic step + generator step), ms of each step, and the
 share of the iteration spent in the gradient penalty (its forward, the create_graph gradient and its share of the
 backward, timed on its own as critic_step computes it). --gp_every k times blocks of k iterations (one with the
-penalty) and reports a block's time over k; --mode_seeking adds the mode-seeking term to the generator step. The images and labels are random tensors: the cost does
-not depend on them. Median of --iters timed iterations after --warmup untimed ones.
+penalty) and reports a block's time over k; --mode_seeking adds the mode-seeking term to the generator step. The
+images and labels are random tensors: the cost does not depend on them. Median of --iters timed iterations after --warmup untimed ones.
 """
 import os
 import sys
