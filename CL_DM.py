@@ -47,7 +47,7 @@ def parse_args(argv=None):
     g.add_argument('--train_mode', choices=['scratch', 'finetune'], default='scratch',
                    help="scratch: a fresh network per step (the protocol); finetune: continue the previous step's")
     add_flags(g, ('device', 'resume', 'no_progress', 'dsa_strategy', 'align_corners', 'checkpoint_every',
-                  'eval_one_by_one'),
+                  'eval_one_by_one', 'cuda_graphs'),
               dsa_strategy='color_crop_cutout_flip_scale_rotate', checkpoint_every=200)
     g = p.add_argument_group('herding / kcenter')
     g.add_argument('--feature_net', default=None,

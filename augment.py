@@ -167,7 +167,8 @@ def _shift(x, dy, dx, fill=0.0):
     cols = torch.arange(W, device=x.device).view(1, W) + dx.to(x.device).view(N, 1)
     inside = (((rows >= 0) & (rows < H)).view(N, 1, H, 1) & ((cols >= 0) & (cols < W)).view(N, 1, 1, W))
     out = _gather2d(x, rows.clamp(0, H - 1).view(N, H, 1), cols.clamp(0, W - 1).view(N, 1, W))
-    return torch.where(inside, out, torch.as_tensor(fill, dtype=x.dtype, device=x.device))
+    # a Python fill stays a kernel argument (a tensor made of it would be copied from the host at every call)
+    return torch.where(inside, out, fill if torch.is_tensor(fill) else float(fill))
 
 
 def _warp(x, theta, param):
@@ -305,11 +306,16 @@ def apply_dsa(x, params, param=None):
         for t in tokens:
             x = _apply_token(x, t, p, param)
         return x
-    if p['choice'].device.type != 'cpu':
+    if not _group_on_host(p['choice']):
         return _by_choice(x, p, tokens, param)
     # mode 'S': each image gets its own token; group images by token family (at most 6 groups)
     family = torch.tensor([DIM_TOKENS.index(t) for t in tokens])[p['choice']]
     return _grouped(x, p, family, lambda g, xs, ps: _apply_token(xs, DIM_TOKENS[g], ps, param))
+
+
+def _group_on_host(choice):
+    # grouping reads the choices: cheap on the host, a wait (and no CUDA graph) for choices drawn on a device
+    return choice.device.type == 'cpu'
 
 
 def _by_choice(x, p, tokens, param):

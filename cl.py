@@ -30,9 +30,10 @@ from tqdm import tqdm
 import dim
 import parallel
 from data import TensorLoader, dataset_label, get_dataset
-from dc import dc_step
-from dm import dm_step
+from dc import DCStep
+from dm import DMStep
 from evaluation import EvalRecipe, evaluate_networks, evaluate_synset
+from graphs import graphs_enabled
 from networks import get_network
 from plots import plot_curves
 from runner import fingerprint, init_synset, resume_state
@@ -58,7 +59,7 @@ BUILDER_ARGS = {
 LATER_ARGS = {'gan_gp_every': 1, 'gan_mode_seeking': 0.0}
 # Arguments that may differ between a run and its resumption.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
-             'eval_one_by_one', 'per_class', 'real_chunk')
+             'eval_one_by_one', 'per_class', 'real_chunk', 'cuda_graphs')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -231,7 +232,6 @@ def condense_memory(args, data, classes, seed, step, partial_path, log):
     resumed synthesis equals an uninterrupted one."""
     view = class_view(data, classes)
     synthesis_seed = derive_seed(seed, 'cl', args.method)
-    step_fn = dm_step if args.method == 'DM' else dc_step
     image_syn, syn_cls = init_synset(view, args.ipc, 'real', make_generator(synthesis_seed, 'init', step))
     image_syn.requires_grad_(True)
     optimizer = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
@@ -249,10 +249,11 @@ def condense_memory(args, data, classes, seed, step, partial_path, log):
             optimizer.load_state_dict(part['optimizer'])
             start = part['it']
             log(f'  resuming the synthesis of step {step} at iteration {start} from {partial_path}')
+    step_fn = (DMStep if args.method == 'DM' else DCStep)(args, view, image_syn, syn_cls, optimizer)
     bar = tqdm(range(start, args.Iteration), desc=f'{args.method} seed {seed} step {step}', initial=start,
                total=args.Iteration, disable=args.no_progress, leave=False, dynamic_ncols=True)
     for it in bar:
-        loss = step_fn(args, view, image_syn, syn_cls, optimizer, synthesis_seed, (step, it))
+        loss = step_fn(synthesis_seed, (step, it))
         save = (it + 1) % args.checkpoint_every == 0 and it + 1 < args.Iteration
         if it % 10 and not save and it + 1 < args.Iteration:
             continue  # reading the loss makes a GPU wait for it: every 10 iterations, and before a checkpoint
@@ -312,31 +313,30 @@ def dim_memory(args, data, order, step, seed, gan, log):
     pos_of = torch.empty(data.num_classes, dtype=torch.long)
     pos_of[torch.as_tensor(order)] = torch.arange(data.num_classes)
     pos_of = pos_of.to(data.device)
-    new_idx = torch.cat([data.indices_class[c] for c in step_classes(order, args.steps, step)])
     replay = round(args.gan_batch * n_old / n_seen)
     G_old = None
     if replay:
         G_old = copy.deepcopy(sampler).eval()
         G_old.requires_grad_(False)
-    g = make_generator(seed, 'cl_gan', step)
+    gan = dim.GANStep(G, D, opt_g, opt_d, n_seen, args.gan_n_critic, args.gan_gp_every, args.gan_mode_seeking, ema,
+                      graphs=graphs_enabled(args.device, args.cuda_graphs))
+    g = gan.use_stream(make_generator(seed, 'cl_gan', step))  # the batches are drawn from the same stream
+    new_idx = torch.cat([data.indices_class[c] for c in step_classes(order, args.steps, step)]).to(g.device)
     bar = tqdm(range(args.gan_iters), desc=f'DiM seed {seed} step {step}', disable=args.no_progress, leave=False,
                dynamic_ncols=True)
     for it in bar:
-        pick = new_idx[torch.randperm(len(new_idx), generator=g)[:args.gan_batch - replay]].to(data.device)
+        pick = new_idx[torch.randperm(len(new_idx), generator=g, device=g.device)[:args.gan_batch - replay]]
+        pick = pick.to(data.device)
         x = data.x_train[pick].float().div_(127.5).sub_(1)
         y = pos_of[data.labels_train[pick]]
         if replay:
-            y_old = torch.randint(n_old, (replay,), generator=g).to(data.device)
+            y_old = torch.randint(n_old, (replay,), generator=g, device=g.device).to(data.device)
             with torch.no_grad():
                 x = torch.cat([x, dim.generate(G_old, y_old, g)])
             y = torch.cat([y, y_old])
-        parts = {}
-        if it % args.gan_n_critic == 0:
-            parts.update(dim.generator_step(G, D, opt_g, y, g, mode_seeking=args.gan_mode_seeking))
-            if ema is not None:
-                ema.update(G)
-        parts.update(dim.critic_step(G, D, opt_d, x, y, n_seen, g, dim.lazy_penalty(it, args.gan_gp_every)))
-        if it % 100 == 0:
+        parts = gan(it, x, y)
+        if it % 100 == 0:  # reading the losses makes the host wait
+            parts = {k: float(v) for k, v in parts.items()}
             bar.set_postfix({k: f'{v:.3f}' for k, v in parts.items() if k in ('g', 'd')})
             log(f'  step {step} GAN iter {it:05d}: ' + ', '.join(f'{n} {v:.4f}' for n, v in parts.items()), echo=False)
     bar.close()

@@ -67,6 +67,14 @@ FLAGS = {
     'amp': dict(choices=['off', 'bf16'], default='off',
                 help="'bf16': the matching network's forward passes (DM) and the evaluation training in bfloat16 "
                      "autocast; faster on recent GPUs, float32 otherwise (README, GPU speed)"),
+    'cuda_graphs': dict(choices=['on', 'off'], default='on',
+                        help="on CUDA, replay every hot step (the DM step, the DC/DSA passes, the evaluation epochs, "
+                             "the GAN iterations) as one CUDA graph; 'off' runs them eagerly (the same computation, "
+                             "float rounding aside; README, GPU speed)"),
+    'compile': dict(choices=['on', 'off'], default='off',
+                    help="DM: 'on' compiles the matching network's forward with torch.compile (inductor), which fuses "
+                         "each block's normalisation, activation and pooling; the first iterations wait for the compiler "
+                         "(docs/benchmarks.md)"),
     'eval_one_by_one': dict(action='store_true',
                             help='train the evaluation networks of a pool one after another; on a GPU they are '
                                  'otherwise trained together (same protocol, float rounding aside; BN models are '
@@ -146,7 +154,7 @@ def condense_parser(description, **defaults):
                    help='iterations between evaluations (default: the original schedule)')
     g.add_argument('--eval_final_only', action='store_true', help='evaluate only at the last iteration')
     add_flags(g, ('device', 'resume', 'checkpoint_every', 'align_corners', 'no_progress', 'compat', 'amp',
-                  'eval_one_by_one'))
+                  'eval_one_by_one', 'cuda_graphs'))
     g.add_argument('--s_mode_strict', action='store_true',
                    help='eval mode S maps ResNet18BN_AP to ResNet18_AP instead of the strided ResNet18')
     return p

@@ -126,6 +126,7 @@ class Data:
         order = torch.argsort(labels, stable=True)
         counts = torch.bincount(labels, minlength=self.num_classes).tolist()
         self.indices_class = list(torch.split(order, counts))
+        self._indices_on = {}  # (class, device) -> indices_class[class] there, for generators on that device
 
     def standardise(self, x):
         # the constants live on the device: building them from lists would copy (and synchronise) every batch
@@ -146,9 +147,19 @@ class Data:
         return self.standardise(self.x_test)
 
     def get_images(self, c, n, generator=None):
-        """n images of class c drawn uniformly without replacement (all of them if the class is smaller)."""
-        idx = self.indices_class[c]
-        return self.images(idx[torch.randperm(len(idx), generator=generator)[:n]])
+        """n images of class c drawn uniformly without replacement (all of them if the class is smaller), drawn on
+        the generator's device (a GPU generator never sends the draw through the host)."""
+        device = generator.device if generator is not None else torch.device('cpu')
+        idx = self.indices_class[c] if device.type == 'cpu' else self._class_index(c, device)
+        return self.images(idx[torch.randperm(len(idx), generator=generator, device=device)[:n]])
+
+    def _class_index(self, c, device):
+        """indices_class[c] on `device`, copied once (a class view of the data, cl.class_view, renumbers classes:
+        the copy is tied to the CPU tensor it came from)."""
+        src, key = self.indices_class[c], (c, str(device))
+        if key not in self._indices_on or self._indices_on[key][0] is not src:
+            self._indices_on[key] = (src, src.to(device))
+        return self._indices_on[key][1]
 
     def testloader(self, batch_size=256):
         return TensorLoader(self.x_test, self.labels_test, batch_size, transform=self.standardise)

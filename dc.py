@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 import parallel
 from augment import DiffAugment, apply_dsa, sample_dsa_params
-from networks import get_network
-from utils import UserError, make_generator
+from graphs import Graphed, graphs_enabled
+from networks import get_network, init_weights
+from utils import UserError, derive_seed
 
 # The original's table, ipc -> (outer_loop, inner_loop); inner_loop counts epochs over the synthetic set.
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -127,11 +128,12 @@ def refresh_bn(net, real, mode='momentum'):
 
 def train_epochs(net, optimizer, images, labels, epochs, batch, generator, dsa_strategy=None, param=None):
     """epochs passes of SGD over (images, labels), reshuffled each pass, last partial batch kept; per-image DSA
-    (one token per batch) when dsa_strategy is given. Train mode, so BN running stats follow the synthetic data."""
+    (one token per batch) when dsa_strategy is given. Train mode, so BN running stats follow the synthetic data.
+    Every draw is made on the generator's device."""
     net.train()
     n = len(images)
     for _ in range(epochs):
-        order = torch.randperm(n, generator=generator).to(images.device)
+        order = torch.randperm(n, generator=generator, device=generator.device).to(images.device)
         for i in range(0, n, batch):
             idx = order[i:i + batch]
             x = images[idx]
@@ -143,36 +145,65 @@ def train_epochs(net, optimizer, images, labels, epochs, batch, generator, dsa_s
             optimizer.step()
 
 
-def dc_step(args, data, image_syn, syn_cls, optimizer, seed, keys):
-    """One outer iteration: a fresh network; outer_loop times [BN refresh; per-class gradient matching;
-    one image step; inner_loop network epochs on the synthetic set]. Returns ΣL / outer_loop (a 0-d tensor).
+class DCStep:
+    """DC/DSA outer iterations on one synthetic set. One call: a freshly initialised network; outer_loop times
+    [BN refresh; per-class gradient matching; one image step; inner_loop network epochs on the synthetic set].
 
-    All randomness comes from the streams (seed, 'dc_net' | 'dc_batch', *keys), keys = (exp, it) in main.py, so
-    a resumed run repeats it exactly. Under torchrun the processes split the classes of the matching and each
-    trains the same network copy on the same set (replicated: the inner loop is cheap next to the matching).
+        step = DCStep(args, data, image_syn, syn_cls, optimizer)
+        for it in range(args.Iteration):
+            loss = step(args.seed, (exp, it))     # ΣL / outer_loop, a detached 0-d tensor
+
+    All randomness comes from the streams (seed, 'dc_net' | 'dc_batch', *keys), keys = (exp, it) in main.py, so a
+    resumed run repeats it exactly. The network is built once and redrawn in place at every call (the draws of a
+    new one). resident (default: off the CPU) draws on the device; on CUDA the matching pass and the inner epochs
+    are then each replayed as a CUDA graph (graphs.Graphed). Under torchrun the processes split the classes of the
+    matching and each trains the same network copy on the same set (replicated: the inner loop is cheap next to
+    the matching).
     """
-    net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device,
-                            generator=make_generator(seed, 'dc_net', *keys))
-    net.train()
-    opt_net = torch.optim.SGD(net.parameters(), lr=args.lr_net)  # no momentum, no weight decay
-    g = make_generator(seed, 'dc_batch', *keys)
-    has_bn = bool(batchnorms(net))
-    labels = syn_cls.to(image_syn.device)
-    strategy = args.dsa_strategy if args.dsa else None
-    ipc, total = args.ipc, torch.zeros((), dtype=torch.float64, device=image_syn.device)
-    mine = parallel.share(data.num_classes)
-    for ol in range(args.outer_loop):
-        if has_bn:
+
+    def __init__(self, args, data, image_syn, syn_cls, optimizer, resident=None):
+        self.args, self.data, self.image_syn, self.optimizer = args, data, image_syn, optimizer
+        device = torch.device(args.device)
+        gen_device = device if (device.type != 'cpu' if resident is None else resident) else torch.device('cpu')
+        self.g_net, self.g_batch = torch.Generator(gen_device), torch.Generator(gen_device)
+        self.net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=device,
+                               generator=self.g_net)
+        self.opt_net = torch.optim.SGD(self.net.parameters(), lr=args.lr_net)  # no momentum, no weight decay
+        self.has_bn = bool(batchnorms(self.net))
+        self.labels = syn_cls.to(image_syn.device)
+        self.strategy = args.dsa_strategy if args.dsa else None
+        self.mine = parallel.share(data.num_classes)
+        on = graphs_enabled(device, getattr(args, 'cuda_graphs', 'on')) and gen_device.type != 'cpu'
+        self.match = Graphed(self._match, [self.g_batch], on, name='DC matching pass')
+        self.inner = Graphed(self._inner, [self.g_batch], on and args.inner_loop > 0, name='DC inner epochs')
+
+    def __call__(self, seed, keys):
+        self.g_net.manual_seed(derive_seed(seed, 'dc_net', *keys))
+        self.g_batch.manual_seed(derive_seed(seed, 'dc_batch', *keys))
+        init_weights(self.net, self.g_net)
+        self.net.train()
+        total = torch.zeros((), dtype=torch.float64, device=self.image_syn.device)
+        for ol in range(self.args.outer_loop):
+            total += self.match()
+            if ol == self.args.outer_loop - 1:
+                break
+            self.inner()
+        return total / self.args.outer_loop
+
+    def _match(self):
+        """[BN refresh;] every class's matching loss, its gradient, one image step. Returns ΣL (float64)."""
+        args, data, net, g, ipc, image_syn = self.args, self.data, self.net, self.g_batch, self.args.ipc, self.image_syn
+        if self.has_bn:
             real = torch.cat([data.get_images(c, BN_IMAGES_PER_CLASS, g) for c in range(data.num_classes)])
             refresh_bn(net, real, args.bn_stats)
-        optimizer.zero_grad(set_to_none=True)
-        step_total = torch.zeros_like(total)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), dtype=torch.float64, device=image_syn.device)
         for c in range(data.num_classes):
             # Every process draws every class's batch, so the streams stay aligned; under torchrun each matches
             # only its share of the classes.
             real = data.get_images(c, args.batch_real, g)
-            params = sample_dsa_params(strategy, 1, g, args.dsa_param) if args.dsa else None
-            if c not in mine:
+            params = sample_dsa_params(self.strategy, 1, g, args.dsa_param) if args.dsa else None
+            if c not in self.mine:
                 continue
             loss = class_match_loss(net, real, image_syn[c * ipc:(c + 1) * ipc], c, args.dis_metric, args.match_1d,
                                     params, args.dsa_param)
@@ -180,13 +211,19 @@ def dc_step(args, data, image_syn, syn_cls, optimizer, seed, keys):
             # by process, summed by parallel.sum_grad) gives the joint gradient while only one class's
             # second-order graph is alive.
             loss.backward(inputs=[image_syn])
-            step_total += loss.detach()  # summed in float64 like Python floats, without reading it back each class
+            total += loss.detach()  # summed in float64 like Python floats, without reading it back each class
         parallel.sum_grad(image_syn)
-        parallel.sum_(step_total)
-        total += step_total
-        optimizer.step()
-        if ol == args.outer_loop - 1:
-            break
-        train_epochs(net, opt_net, image_syn.detach().clone(), labels, args.inner_loop, args.batch_train, g,
-                     strategy, args.dsa_param)
-    return total / args.outer_loop
+        parallel.sum_(total)
+        self.optimizer.step()
+        return total
+
+    def _inner(self):
+        args = self.args
+        train_epochs(self.net, self.opt_net, self.image_syn.detach().clone(), self.labels, args.inner_loop,
+                     args.batch_train, self.g_batch, self.strategy, args.dsa_param)
+
+
+def dc_step(args, data, image_syn, syn_cls, optimizer, seed, keys, **options):
+    """One outer iteration on its own (DCStep's; a loop builds one DCStep and calls it, which keeps the network
+    and, on CUDA, the recorded graphs)."""
+    return DCStep(args, data, image_syn, syn_cls, optimizer, **options)(seed, keys)

@@ -25,6 +25,7 @@ import data as data_mod
 import evaluation
 import utils
 from augment import ParamDiffAug, make_dim_augs
+from graphs import Graphed
 from networks import DIM_NETWORKS, NETWORKS, define_gan, define_model, get_network
 from utils import UserError, make_generator
 
@@ -89,8 +90,11 @@ def build_gan(data, dim_noise, cond, width, device, generator, flags='--dim-nois
 
 
 def adam(model, lr):
-    """The Adam of both GAN players (betas 0.0, 0.9, as the reference)."""
-    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.0, 0.9))
+    """The Adam of both GAN players (betas 0.0, 0.9, as the reference). On CUDA its step count lives on the device
+    (capturable), so that a step can be replayed as a CUDA graph; the same update either way, float rounding of the
+    bias correction aside."""
+    cuda = next(model.parameters()).device.type == 'cuda'
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.0, 0.9), capturable=cuda)
 
 
 def generator_bytes(G):
@@ -194,9 +198,14 @@ class CyclingBatches:
 # ----------------------------------------------------------------------------------------------------------------
 # AC-WGAN-GP: sampling, losses and one step of each player
 
+def _draw(fn, *args, generator):
+    """fn(*args) drawn with generator on its own device (a CPU generator: on the CPU, as the reference streams)."""
+    return fn(*args, generator=generator, device=generator.device)
+
+
 def generate(G, y, generator):
-    """G(z(y)): fresh N(0, I) noise (drawn on the CPU generator), conditioned on labels y."""
-    z = torch.randn(len(y), G.dim_noise, generator=generator).to(y.device)
+    """G(z(y)): fresh N(0, I) noise (drawn on the generator's device), conditioned on labels y."""
+    z = _draw(torch.randn, len(y), G.dim_noise, generator=generator).to(y.device)
     return G(z, y)
 
 
@@ -238,14 +247,14 @@ def critic_loss(D, real, y, fake, y_fake, alpha, gp_weight=1):
     s_real, c_real = D(real, y)
     s_fake, c_fake = D(fake, y_fake)
     wd = s_real.mean() - s_fake.mean()
-    loss, parts = -wd, dict(wd=wd.item())
+    loss, parts = -wd, dict(wd=wd.detach())
     if gp_weight:
         gp = gradient_penalty(D, real, fake, alpha, y)
-        loss, parts['gp'] = loss + gp_weight * gp, gp.item()
+        loss, parts['gp'] = loss + gp_weight * gp, gp.detach()
     if c_real is None:
         return loss, parts
     ce = F.cross_entropy(c_fake, y_fake) + F.cross_entropy(c_real, y)
-    return loss + ce, dict(parts, d_ce=ce.item())
+    return loss + ce, dict(parts, d_ce=ce.detach())
 
 
 def lazy_penalty(step, every):
@@ -261,7 +270,7 @@ def mode_seeking_loss(G, y, generator, pairs):
     1 / (mean|G(z, y) − G(z', y)| / mean|z − z'| + 1e-5), the mode-seeking term of Mao et al. 2019 (MSGAN), which
     G minimises so that two noises of one class give different images. Both draws share one forward, so G's batch
     norm sees one batch."""
-    z = torch.randn(len(y) + pairs, G.dim_noise, generator=generator).to(y.device)
+    z = _draw(torch.randn, len(y) + pairs, G.dim_noise, generator=generator).to(y.device)
     out = G(z, torch.cat([y, y[:pairs]]))
     fake, again = out[:len(y)], out[len(y):]
     ratio = (fake[:pairs] - again).abs().mean() / (z[:pairs] - z[len(y):]).abs().mean()
@@ -280,14 +289,14 @@ def generator_step(G, D, opt_g, y, generator, extra=None, mode_seeking=0.0):
         else:
             fake = generate(G, y, generator)
         loss = generator_loss(D, fake, y)
-        parts = dict(g=loss.item())
+        parts = dict(g=loss.detach())
         if mode_seeking:
             loss = loss + mode_seeking * ms
-            parts['ms'] = ms.item()
+            parts['ms'] = ms.detach()
         if extra is not None:
             match = extra(fake)
             loss = loss + match
-            parts['match'] = match.item()
+            parts['match'] = match.detach()
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         opt_g.step()
@@ -301,15 +310,83 @@ def critic_step(G, D, opt_d, x, y, num_classes, generator, gp_weight=1):
     """One Adam step on D: x̃ = G(z(ỹ)) without gradients (G stays in train mode), ỹ uniform random labels (the
     reference's AC critic) or the real batch's labels (the projection critic, so that every interpolate of the
     gradient penalty has one label). gp_weight: see lazy_penalty."""
-    y_fake = y if D.head == 'projection' else torch.randint(num_classes, (len(x),), generator=generator).to(x.device)
+    y_fake = y if D.head == 'projection' else _draw(torch.randint, num_classes, (len(x),), generator=generator).to(
+        x.device)
     with torch.no_grad():
         fake = generate(G, y_fake, generator)
-    alpha = torch.rand(len(x), generator=generator)
+    alpha = _draw(torch.rand, len(x), generator=generator)
     loss, parts = critic_loss(D, x, y, fake, y_fake, alpha, gp_weight)
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
-    return dict(d=loss.item(), **parts)
+    return dict(d=loss.detach(), **parts)
+
+
+class GANStep:
+    """One GAN iteration, the one DiM's stages 1-2 and CL's generative memories run: every n_critic-th iteration a
+    generator step (with `extra`, stage 2's matching loss, and the mode-seeking term) and the generator average's
+    update, then a critic step with the lazy penalty's weight.
+
+        gan = GANStep(G, D, opt_g, opt_d, num_classes, n_critic=1, gp_every=1, mode_seeking=0.0, ema=ema)
+        gan.use_stream(make_generator(seed, 'stage1', epoch))
+        parts = gan(it, x, y)     # this iteration's losses, detached 0-d tensors (read them when logging)
+
+    Every noise vector, fake label and interpolation weight comes from the stream, which continues from call to
+    call. On CUDA the draws are made on the device (use_stream seeds a generator there with the stream's seed) and,
+    with graphs, each of an iteration's up to four forms (with or without the generator step, with or without the
+    penalty) is replayed as a CUDA graph (graphs.Graphed) from static copies of x and y. The losses returned by a
+    replay are overwritten by the next call.
+    """
+
+    def __init__(self, G, D, opt_g, opt_d, num_classes, n_critic=1, gp_every=1, mode_seeking=0.0, ema=None,
+                 extra=None, graphs=False):
+        self.G, self.D, self.opt_g, self.opt_d, self.num_classes = G, D, opt_g, opt_d, num_classes
+        self.n_critic, self.gp_every, self.mode_seeking, self.ema, self.extra = n_critic, gp_every, mode_seeking, \
+            ema, extra
+        self.device = next(G.parameters()).device
+        self.generator = torch.Generator(self.device) if self.device.type != 'cpu' else None
+        # stage 2's matching loss chooses its pool model and augmentation on the host: such steps run eagerly
+        self.graphs = graphs and extra is None
+        self.forms, self.x, self.y = {}, None, None
+
+    def use_stream(self, generator):
+        """Draw from `generator`'s stream from now on; returns the generator that draws it (on CUDA, a generator
+        on the device seeded as the stream; on the CPU the stream itself)."""
+        if self.generator is None or self.device.type == 'cpu':
+            self.generator = generator
+        else:
+            self.generator.manual_seed(generator.initial_seed())
+        return self.generator
+
+    def __call__(self, it, x, y):
+        g_turn, gp_weight = it % self.n_critic == 0, lazy_penalty(it, self.gp_every)
+        if self.graphs:
+            if self.x is None or self.x.shape != x.shape or self.y.shape != y.shape:
+                self.forms, self.x, self.y = {}, torch.empty_like(x), torch.empty_like(y)  # new static inputs
+            self.x.copy_(x)
+            self.y.copy_(y)
+        else:
+            self.x, self.y = x, y
+        if g_turn and self.ema is not None:
+            self.ema.advance()
+        form = (g_turn, gp_weight)
+        if form not in self.forms:
+            self.forms[form] = Graphed(lambda: self._iteration(*form), [self.generator], self.graphs,
+                                       name=f'GAN iteration ({"G and " if g_turn else ""}D step'
+                                            f'{", penalty" if gp_weight else ""})')
+        return self.forms[form]()
+
+    def _iteration(self, g_turn, gp_weight):
+        parts = {}
+        if g_turn:
+            extra = None if self.extra is None else (lambda fake: self.extra(self.x, self.y, fake))
+            parts.update(generator_step(self.G, self.D, self.opt_g, self.y, self.generator, extra,
+                                        self.mode_seeking))
+            if self.ema is not None:
+                self.ema.apply(self.G)
+        parts.update(critic_step(self.G, self.D, self.opt_d, self.x, self.y, self.num_classes, self.generator,
+                                 gp_weight))
+        return parts
 
 
 class GeneratorEMA:
@@ -322,19 +399,28 @@ class GeneratorEMA:
     def __init__(self, G, decay):
         self.decay, self.steps = decay, 0
         self.G = copy.deepcopy(G).eval().requires_grad_(False)
+        self.weight = torch.zeros((), device=next(G.parameters()).device)  # 1 − d_t of the coming update
 
     def rate(self, t):
         """d_t, the weight kept at update t."""
         return min(self.decay, (1 + t) / (10 + t))
 
-    @torch.no_grad()
     def update(self, G):
+        self.advance()
+        self.apply(G)
+
+    def advance(self):
+        """Count the coming update and set its weight (on the host, before a recorded step that applies it)."""
         self.steps += 1
-        d = self.rate(self.steps)
+        self.weight.fill_(1 - self.rate(self.steps))
+
+    @torch.no_grad()
+    def apply(self, G):
+        """w_ema <- lerp(w_ema, w, 1 − d_t), the weight read from a tensor, so that a recorded step follows d_t."""
         for mine, theirs in zip(list(self.G.parameters()) + list(self.G.buffers()),
                                 list(G.parameters()) + list(G.buffers())):
             if mine.is_floating_point():
-                mine.lerp_(theirs, 1 - d)
+                mine.lerp_(theirs, self.weight)
             else:
                 mine.copy_(theirs)
 

@@ -31,9 +31,11 @@ import parallel
 import runner
 import utils
 from augment import DIM_TOKENS, ParamDiffAug, parse_strategy
-from dim import (MATCH_COEFF, POOL, ClassScore, DiMData, GeneratorEMA, adam, build_gan, build_model, check_model_name,
-                 critic_step, default_pool, epoch_batches, fixed_set, generate, generator_bytes, generator_step,
-                 iterations_per_epoch, lazy_penalty, train_onthefly)
+from cli import FLAGS
+from dim import (MATCH_COEFF, POOL, ClassScore, DiMData, GANStep, GeneratorEMA, adam, build_gan, build_model,
+                 check_model_name, default_pool, epoch_batches, fixed_set, generate, generator_bytes,
+                 iterations_per_epoch, train_onthefly)
+from graphs import graphs_enabled
 from networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, resolve_stem
 from utils import UserError, make_generator
 
@@ -42,7 +44,7 @@ GAN_KEYS = ('generator', 'discriminator', 'optim_g', 'optim_d')  # what a GAN ch
 GAN_ARGS = ('dataset', 'dim_noise', 'cond', 'gan_width', 'critic')
 # Arguments that may change when a run is resumed.
 RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',
-             'logs_dir', 'notes', 'cas')
+             'logs_dir', 'notes', 'cas', 'cuda_graphs')
 SCRIPTS = {1: 'gen_condense', 2: 'pool_match', 3: 'validate'}
 
 
@@ -126,6 +128,7 @@ def parser(stage, description):
 
     own = p.add_argument_group('project additions')
     _both_spellings(own, 'device', default=None, help='cuda, cuda:1, cpu ... (default: cuda when available)')
+    _both_spellings(own, 'cuda_graphs', **FLAGS['cuda_graphs'])
     _both_spellings(own, 'compat', default=None, choices=['reference', 'clean'],
                     help="default: the reference's training with the sound evaluation protocol; 'reference': also "
                          "the reference's evaluation protocol (test-set selection, train-mode BN tests; "
@@ -571,8 +574,10 @@ def train_gan(args, run, data, G, D, opt_g, opt_d, state=None, matcher=None, ema
     if args.cas and state['epoch'] < args.epochs:
         cas = ClassScore(data, args.seed)
         run.log(f'--cas: classifier trained on the real training images; CAS of the start: {100 * cas.score(sampler):.1f}%')
+    gan = GANStep(G, D, opt_g, opt_d, data.num_classes, args.n_critic, args.gp_every, args.mode_seeking, ema,
+                  None if matcher is None else matcher.loss, graphs_enabled(args.device, args.cuda_graphs))
     for epoch in range(state['epoch'], args.epochs):
-        _train_epoch(args, run, data, G, D, opt_g, opt_d, stage, epoch, matcher, ema)
+        _train_epoch(args, run, data, gan, stage, epoch, matcher)
         save_preview(sampler, run.path(os.path.join('outputs', f'img_{epoch}.png')), data.num_classes, data.channel,
                      args.seed)
         if cas is not None:
@@ -591,36 +596,34 @@ def train_gan(args, run, data, G, D, opt_g, opt_d, state=None, matcher=None, ema
     return state
 
 
-def _train_epoch(args, run, data, G, D, opt_g, opt_d, stage, epoch, matcher, ema):
-    """One epoch of GAN iterations; every draw from the stream (seed, 'stage<stage>', epoch). Under torchrun the
-    processes split the epoch's batches (the same shuffle on each, as a distributed sampler does) and draw their
-    own noise; their replicas stay equal through averaged gradients and, after the epoch, rank 0's BN statistics."""
+def _train_epoch(args, run, data, gan, stage, epoch, matcher):
+    """One epoch of GAN iterations (dim.GANStep); every draw from the stream (seed, 'stage<stage>', epoch). Under
+    torchrun the processes split the epoch's batches (the same shuffle on each, as a distributed sampler does) and
+    draw their own noise; their replicas stay equal through averaged gradients and, after the epoch, rank 0's BN
+    statistics."""
     rng = make_generator(args.seed, f'stage{stage}', epoch)
     batches = epoch_batches(len(data.train_idx), args.batch_size, rng, args.iters_per_epoch)
     size = parallel.world_size()
     if size > 1:
         batches = batches[parallel.rank()::size][:len(batches) // size]  # equal counts: every step is collective
         rng = make_generator(args.seed, f'stage{stage}', epoch, 'rank', parallel.rank())
+    gan.use_stream(rng)
     if matcher is not None:
         run.log(f'epoch {epoch}: pool model {matcher.start_epoch(epoch)}')
-    G.train()
-    D.train()
-    bar = tqdm(batches, desc=f'stage {stage} epoch {epoch}', disable=args.no_progress, dynamic_ncols=True)
-    for it, b in enumerate(bar):
-        x, y = data.batch(data.train_idx[b])
-        parts = {}
-        if it % args.n_critic == 0:
-            match = None if matcher is None else (lambda fake: matcher.loss(x, y, fake))
-            parts.update(generator_step(G, D, opt_g, y, rng, match, args.mode_seeking))
-            if ema is not None:
-                ema.update(G)
-        parts.update(critic_step(G, D, opt_d, x, y, data.num_classes, rng, lazy_penalty(it, args.gp_every)))
-        bar.set_postfix({k: f'{v:.3f}' for k, v in parts.items()})
-        if it % args.print_freq == 0 or it + 1 == len(batches):
+    gan.G.train()
+    gan.D.train()
+    # the epoch's batch indices reach the device in one copy
+    idx = data.train_idx[torch.stack(batches)].to(data.device) if batches else None
+    bar = tqdm(range(len(batches)), desc=f'stage {stage} epoch {epoch}', disable=args.no_progress, dynamic_ncols=True)
+    for it in bar:
+        parts = gan(it, *data.batch(idx[it]))
+        if it % args.print_freq == 0 or it + 1 == len(batches):  # reading the losses makes the host wait
+            parts = {k: float(v) for k, v in parts.items()}
+            bar.set_postfix({k: f'{v:.3f}' for k, v in parts.items()})
             run.log(f'epoch {epoch} iter {it + 1}/{len(batches)}: ' +
                     ', '.join(f'{k} {v:.4f}' for k, v in parts.items()))
     bar.close()
-    parallel.broadcast_buffers(G, D, *([] if ema is None else [ema.G]))  # BN statistics of each rank's batches
+    parallel.broadcast_buffers(gan.G, gan.D, *([] if gan.ema is None else [gan.ema.G]))  # each rank's BN statistics
 
 
 def _select_per_model(args, run, state, scores, epoch, save, stage):

@@ -6,14 +6,16 @@ reference streams). On a GPU the step is device-resident: the network's weights,
 parameters are drawn by generators on the GPU, and nothing is read back to the host inside an iteration, so the
 GPU never waits for Python. The two draw different numbers for the same seed (docs/benchmarks.md).
 """
+import copy
 import weakref
 
 import torch
 
 import parallel
 from augment import apply_dsa, sample_dsa_params, select_params
-from networks import get_network
-from utils import autocast, class_means, make_generator
+from graphs import Graphed, graphs_enabled
+from networks import get_network, init_weights
+from utils import autocast, class_means, derive_seed
 
 
 def pick_real(data, batch_real, generator):
@@ -69,33 +71,32 @@ def sample_real_resident(data, batch_real, generator):
     return data.images(idx), cls
 
 
-def to_device(t, device):
-    """t on device without making the host wait: a CPU tensor bound for CUDA goes through pinned memory (a copy
-    from pageable memory synchronises)."""
-    if t.device.type != 'cpu' or torch.device(device).type != 'cuda':
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 def embed_real(net, images, chunk=None, amp='off'):
-    """Real features are constants of the loss: no graph, optionally in chunks (exact: each row is independent)."""
+    """Real features are constants of the loss: no graph, optionally in chunks (exact: each row is independent).
+    A network with bfloat16 weights (DMStep's low-precision twin) takes bfloat16 channels-last images: every
+    activation stays bfloat16, where autocast would run its normalisation layers in float32."""
+    dtype = next(net.parameters()).dtype
+    if dtype != torch.float32:
+        images, amp = images.to(dtype, memory_format=torch.channels_last), 'off'
     with torch.no_grad(), autocast(images.device, amp):
         if not chunk:
             return net.embed(images).float()
         return torch.cat([net.embed(x).float() for x in images.split(chunk)])
 
 
-def dm_loss(net, real, real_cls, syn, syn_cls, num_classes, params=None, param=None, real_chunk=None, amp='off'):
+def dm_loss(net, real, real_cls, syn, syn_cls, num_classes, params=None, param=None, real_chunk=None, amp='off',
+            real_net=None):
     """Σ_c ‖mean embed(real_c) − mean embed(syn_c)‖² over the classes present, all classes in one forward each.
 
     params: one DSA parameter set per class (None: no augmentation), applied Siamese to both sides; param: the
     ParamDiffAug. For BN models this is the reference's joint branch: batch statistics over all classes per side.
-    amp 'bf16': both forwards in bfloat16 autocast, the means and the distance in float32.
+    amp 'bf16': both forwards in bfloat16 autocast, the means and the distance in float32. real_net: the network
+    that embeds the real images, when not `net` itself (a bfloat16 twin of it, see embed_real).
     """
     if params is not None:
         real = apply_dsa(real, select_params(params, real_cls), param)
         syn = apply_dsa(syn, select_params(params, syn_cls), param)
-    mean_real = class_means(embed_real(net, real, real_chunk, amp), real_cls, num_classes)
+    mean_real = class_means(embed_real(real_net or net, real, real_chunk, amp), real_cls, num_classes)
     with autocast(syn.device, amp):
         emb_syn = net.embed(syn)
     mean_syn = class_means(emb_syn.float(), syn_cls, num_classes)
@@ -103,23 +104,29 @@ def dm_loss(net, real, real_cls, syn, syn_cls, num_classes, params=None, param=N
 
 
 def dm_backward(net, real, real_cls, image_syn, syn_cls, num_classes, params=None, param=None, real_chunk=None,
-                per_class=False, amp='off', classes=None):
+                class_rows=None, amp='off', real_net=None):
     """Accumulate ∂L/∂image_syn and return L, a detached tensor (read it when logging: reading it syncs a GPU).
-    per_class keeps one class's graph alive at a time; since L_c depends only on class c's images, the gradient
-    is the same as the joint one. classes: those per_class visits (default: all)."""
-    if not per_class:
-        loss = dm_loss(net, real, real_cls, image_syn, syn_cls, num_classes, params, param, real_chunk, amp)
+    class_rows [(c, real rows of c, synthetic rows of c, tensor([c]))], when given, keeps one class's graph alive at
+    a time (--per_class); since L_c depends only on class c's images, the gradient is the same as the joint one."""
+    if class_rows is None:
+        loss = dm_loss(net, real, real_cls, image_syn, syn_cls, num_classes, params, param, real_chunk, amp, real_net)
         loss.backward()
         return loss.detach()
     total = torch.zeros((), device=image_syn.device)
-    for c in range(num_classes) if classes is None else classes:
-        rows_r, rows_s = (real_cls == c).nonzero()[:, 0], (syn_cls == c).nonzero()[:, 0]
-        sub = None if params is None else select_params(params, torch.tensor([c]))
-        loss = dm_loss(net, real[rows_r.to(real.device)], torch.zeros_like(rows_r), image_syn[rows_s.to(real.device)],
-                       torch.zeros_like(rows_s), 1, sub, param, real_chunk, amp)
+    for c, rows_r, rows_s, c_tensor in class_rows:
+        sub = None if params is None else select_params(params, c_tensor)
+        loss = dm_loss(net, real[rows_r], torch.zeros_like(rows_r), image_syn[rows_s], torch.zeros_like(rows_s), 1,
+                       sub, param, real_chunk, amp, real_net)
         loss.backward()
         total = total + loss.detach()
     return total
+
+
+def class_rows(real_cls, syn_cls, classes, device='cpu', param_device='cpu'):
+    """dm_backward's per-class rows, found once for a run (finding them inside a step would read the labels back
+    to the host): [(c, real rows of c, synthetic rows of c, tensor([c]) for select_params)] for c in classes."""
+    return [(c, (real_cls == c).nonzero()[:, 0].to(device), (syn_cls == c).nonzero()[:, 0].to(device),
+             torch.tensor([c], device=param_device)) for c in classes]
 
 
 def frozen_network(model, data, device, generator):
@@ -131,44 +138,93 @@ def frozen_network(model, data, device, generator):
     return net
 
 
-def dm_step(args, data, image_syn, syn_cls, optimizer, seed, keys):
-    """One DM iteration: a freshly initialised, frozen network; batch_real real images of every class; one Siamese
-    DSA parameter set per class; the loss; one SGD step on the images. Every draw comes from the streams
-    (seed, 'dm_net' | 'dm_batch', *keys), keys = (exp, it) in main_DM.py, so a resumed run repeats it.
-    Device-resident (the default off the CPU; args.resident overrides) draws them with generators on args.device.
-    Returns the loss, a detached 0-d tensor on the device."""
-    device = torch.device(args.device)
-    resident = getattr(args, 'resident', None)
-    resident = device.type != 'cpu' if resident is None else resident
-    gen_device = device if resident else 'cpu'
-    net = frozen_network(args.model, data, device, make_generator(seed, 'dm_net', *keys, device=gen_device))
-    channels_last = getattr(args, 'channels_last', None)
-    if device.type == 'cpu' if channels_last is None else channels_last:
-        # oneDNN's convolutions run faster on channels-last weights (the inputs follow); same math, float rounding.
-        net = net.to(memory_format=torch.channels_last)
-    g = make_generator(seed, 'dm_batch', *keys, device=gen_device)
-    idx, real_cls = (pick_real_resident if resident else pick_real)(data, args.batch_real, g)
-    params = sample_dsa_params(args.dsa_strategy, data.num_classes, g, args.dsa_param) if args.dsa else None
-    syn, classes = image_syn, parallel.share(data.num_classes)
-    if parallel.world_size() > 1:
-        # Under torchrun each process matches its share of the classes (every process drew the whole batch, so
-        # the streams stay aligned). L = Σ_c L_c and class c's images enter L_c alone: the processes' gradients
-        # summed are the joint gradient.
-        rows = _rows_of(real_classes(data, args.batch_real), classes)
-        idx, real_cls = idx[rows], real_cls[rows]
-        rows = _rows_of(syn_cls, classes)
-        syn, syn_cls = image_syn[rows], syn_cls[rows]
-    real = data.images(idx)
-    syn_cls = to_device(syn_cls, gen_device)
-    optimizer.zero_grad(set_to_none=True)
-    loss = torch.zeros((), device=image_syn.device)  # a process without classes (more processes than classes)
-    if len(classes):
-        loss = dm_backward(net, real, real_cls, syn, syn_cls, data.num_classes, params, args.dsa_param,
-                           args.real_chunk, args.per_class, getattr(args, 'amp', 'off'), classes)
-    parallel.sum_grad(image_syn)
-    parallel.sum_(loss)
-    optimizer.step()
-    return loss
+class DMStep:
+    """DM iterations on one synthetic set: a freshly initialised, frozen network; batch_real real images of every
+    class; one Siamese DSA parameter set per class; the loss; one SGD step on the images.
+
+        step = DMStep(args, data, image_syn, syn_cls, optimizer)
+        for it in range(args.Iteration):
+            loss = step(args.seed, (exp, it))     # a detached 0-d tensor on the device
+
+    Every draw comes from the streams (seed, 'dm_net' | 'dm_batch', *keys), so a resumed run repeats it. The
+    network is built once and its weights are redrawn in place at every step, with the draws a new network would
+    make (the same weights). resident (default: off the CPU) draws on the device with generators there, so that
+    nothing is read back to the host inside a step; such a step is replayed as one CUDA graph on CUDA
+    (graphs.Graphed; --cuda_graphs off runs it eagerly). channels_last (default: on the CPU, where oneDNN's
+    convolutions are faster) stores the network's weights channels-last.
+    """
+
+    def __init__(self, args, data, image_syn, syn_cls, optimizer, resident=None, channels_last=None):
+        self.args, self.data, self.image_syn, self.optimizer = args, data, image_syn, optimizer
+        device = torch.device(args.device)
+        self.resident = device.type != 'cpu' if resident is None else resident
+        gen_device = device if self.resident else torch.device('cpu')
+        self.g_net, self.g_batch = torch.Generator(gen_device), torch.Generator(gen_device)
+        self.net = frozen_network(args.model, data, device, self.g_net)
+        if device.type == 'cpu' if channels_last is None else channels_last:
+            # oneDNN's convolutions run faster on channels-last weights (the inputs follow); same math, float rounding.
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.classes = parallel.share(data.num_classes)
+        # Under torchrun each process matches its share of the classes (every process draws the whole batch, so the
+        # streams stay aligned). L = Σ_c L_c and class c's images enter L_c alone: the processes' gradients summed
+        # are the joint gradient. The rows of a process's classes are the same at every step.
+        split = parallel.world_size() > 1
+        real_cls = real_classes(data, args.batch_real)
+        real_rows = _rows_of(real_cls, self.classes) if split else slice(None)
+        syn_rows = _rows_of(syn_cls, self.classes) if split else slice(None)
+        real_cls, syn_cls = real_cls[real_rows], syn_cls[syn_rows]
+        self.real_rows = _on(real_rows, gen_device) if split else None
+        self.syn_rows = _on(syn_rows, image_syn.device)
+        self.syn_cls = syn_cls.to(gen_device)
+        self.class_rows = class_rows(real_cls, syn_cls, self.classes, device, gen_device) if args.per_class else None
+        # The real images (nearly all of a step's work) may go through a twin of the network, refreshed from its
+        # weights at every step: in bfloat16 and channels-last with --amp bf16 on CUDA (embed_real), compiled with
+        # --compile on (inductor fuses each block's normalisation, activation and pooling; the synthetic images,
+        # which need a backward, stay eager).
+        bf16 = getattr(args, 'amp', 'off') == 'bf16' and device.type == 'cuda'
+        compiled = getattr(args, 'compile', 'off') == 'on'
+        self.twin = None
+        if bf16 or compiled:
+            self.twin = copy.deepcopy(self.net)
+            if bf16:
+                self.twin = self.twin.to(torch.bfloat16).to(memory_format=torch.channels_last)
+            if compiled:
+                self.twin.embed = torch.compile(self.twin.embed, dynamic=False)
+        self.graphed = Graphed(self._step, [self.g_net, self.g_batch],
+                               graphs_enabled(device, getattr(args, 'cuda_graphs', 'on')) and self.resident,
+                               name='DM step')
+
+    def __call__(self, seed, keys):
+        self.g_net.manual_seed(derive_seed(seed, 'dm_net', *keys))
+        self.g_batch.manual_seed(derive_seed(seed, 'dm_batch', *keys))
+        return self.graphed().clone()  # a replay overwrites its outputs
+
+    def _step(self):
+        args, data, image_syn = self.args, self.data, self.image_syn
+        init_weights(self.net, self.g_net)
+        if self.twin is not None:
+            torch._foreach_copy_(list(self.twin.parameters()), list(self.net.parameters()))
+        idx, real_cls = (pick_real_resident if self.resident else pick_real)(data, args.batch_real, self.g_batch)
+        params = sample_dsa_params(args.dsa_strategy, data.num_classes, self.g_batch, args.dsa_param) if args.dsa \
+            else None
+        if self.real_rows is not None:
+            idx, real_cls = idx[self.real_rows], real_cls[self.real_rows]
+        real, syn = data.images(idx), image_syn[self.syn_rows]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = torch.zeros((), device=image_syn.device)  # a process without classes (more processes than classes)
+        if len(self.classes):
+            loss = dm_backward(self.net, real, real_cls, syn, self.syn_cls, data.num_classes, params, args.dsa_param,
+                               args.real_chunk, self.class_rows, getattr(args, 'amp', 'off'), self.twin)
+        parallel.sum_grad(image_syn)
+        parallel.sum_(loss)
+        self.optimizer.step()
+        return loss
+
+
+def dm_step(args, data, image_syn, syn_cls, optimizer, seed, keys, **options):
+    """One DM iteration on its own (DMStep's; a loop builds one DMStep and calls it, which keeps the network and,
+    on CUDA, the recorded graph)."""
+    return DMStep(args, data, image_syn, syn_cls, optimizer, **options)(seed, keys)
 
 
 def _rows_of(cls, classes):
@@ -176,3 +232,7 @@ def _rows_of(cls, classes):
     rows = ((cls >= classes.start) & (cls < classes.stop)).nonzero()[:, 0]
     contiguous = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
     return slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows
+
+
+def _on(rows, device):
+    return rows if isinstance(rows, slice) else rows.to(device)

@@ -18,6 +18,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 import parallel
 from augment import ParamDiffAug, augment_dc, parse_strategy, sample_dsa_params, apply_dsa
+from graphs import Graphed, graphs_enabled
 from networks import get_network
 from utils import autocast, make_generator, mean_std
 
@@ -36,6 +37,7 @@ class EvalRecipe:
     dsa_param: Optional[ParamDiffAug] = None
     dc_aug_param: Optional[dict] = None
     amp: str = 'off'  # 'bf16': forward and loss in bfloat16 autocast (utils.autocast)
+    cuda_graphs: str = 'on'  # 'on': on CUDA each epoch is replayed as a CUDA graph (graphs.Graphed)
     eval_one_by_one: bool = False  # train the networks of a pool one after another, never together
 
     @classmethod
@@ -98,28 +100,31 @@ def _augment(x, args, generators):
                 for g in generators]
         params = {k: torch.cat([p[k] for p in sets]) if torch.is_tensor(v) else v for k, v in sets[0].items()}
         return apply_dsa(x.flatten(0, 1), params, args.dsa_param).view_as(x)
-    dc_param = getattr(args, 'dc_aug_param', None)
-    if dc_param is not None and dc_param.get('strategy', 'none') not in ('none', None, ''):
-        return torch.stack([augment_dc(xm, dc_param, generator=g) for xm, g in zip(x, generators)])
+    if _dc_augmented(args):
+        return torch.stack([augment_dc(xm, args.dc_aug_param, generator=g) for xm, g in zip(x, generators)])
     return x
 
 
 def _train(params, forward, images, labels, args, generators, on_epoch=None):
     """The evaluation training loop for M networks at once: params (their tensors, leading dim M when M > 1),
-    forward (M x b x C x H x W -> M x b x K), one generator per network for its batch order and augmentation.
-    SGD (momentum 0.9, weight decay 5e-4) acts element by element, so one optimiser over stacked tensors steps
-    each network as its own would. on_epoch(ep) is called after every epoch. Returns each network's correct
-    predictions in the last epoch (a tensor)."""
+    forward (M x b x C x H x W -> M x b x K), one generator per network for its batch order and augmentation, each
+    drawn on the generator's device. SGD (momentum 0.9, weight decay 5e-4) acts element by element, so one optimiser
+    over stacked tensors steps each network as its own would. on_epoch(ep) is called after every epoch. Returns each
+    network's correct predictions in the last epoch (a tensor).
+
+    An epoch is one step: with every generator on the CUDA device and DSA (or no) augmentation, it is replayed as a
+    CUDA graph (graphs.Graphed), recorded again after the learning-rate decay."""
     device = torch.device(args.device)
     images, labels = images.detach().to(device), labels.detach().to(device)
     epochs, batch = int(args.epoch_eval_train), int(args.batch_train)
     lr, amp = float(args.lr_net), getattr(args, 'amp', 'off')
     decay_after = epochs // 2 + 1
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
-    n, m = len(images), len(generators)
-    correct = torch.zeros(m, dtype=torch.long, device=device)
-    for ep in range(epochs + 1):
-        order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
+    n = len(images)
+    correct = torch.zeros(len(generators), dtype=torch.long, device=device)
+
+    def epoch():
+        order = torch.stack([torch.randperm(n, generator=g, device=g.device) for g in generators]).to(device)
         for i in range(0, n, batch):
             idx = order[:, i:i + batch]
             x, y = _augment(images[idx], args, generators), labels[idx]
@@ -129,15 +134,33 @@ def _train(params, forward, images, labels, args, generators, on_epoch=None):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if ep == epochs:
-                correct += (out.argmax(2) == y).sum(1)
+            correct.add_((out.argmax(2) == y).sum(1))
+
+    capturable = all(g.device == device for g in generators) and not _dc_augmented(args)
+    step = Graphed(epoch, generators, capturable and graphs_enabled(device, getattr(args, 'cuda_graphs', 'on')),
+                   name='evaluation epoch')
+    for ep in range(epochs + 1):
+        if ep == epochs:
+            correct.zero_()  # the last epoch's predictions count
+        step()
         if ep == decay_after:
-            # The reference builds a new optimiser here, so the momentum buffers start again.
+            # The reference builds a new optimiser here: the learning rate drops and the momentum starts again (a
+            # zeroed buffer gives the first step a fresh one would).
             lr *= 0.1
-            optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+            for group in optimizer.param_groups:
+                group['lr'] = lr
+            for state in optimizer.state.values():
+                state['momentum_buffer'].zero_()
+            step.rerecord()  # a recorded step holds the old rate
         if on_epoch is not None:
             on_epoch(ep)
     return correct
+
+
+def _dc_augmented(args):
+    dc_param = getattr(args, 'dc_aug_param', None)
+    return not getattr(args, 'dsa', False) and dc_param is not None and \
+        dc_param.get('strategy', 'none') not in ('none', None, '')
 
 
 def _loss(out, y):
@@ -245,7 +268,7 @@ def evaluate_networks(n, build, images, labels, testloader, recipe, report, on_e
     where that is no faster and one by one is exact, one by one. Under torchrun each process trains its share
     (train_shared). on_epoch(i, ep, net) after every epoch. Returns ([(train accuracy, test accuracy, time) for
     every i], {i: trained network} of this process)."""
-    built = {i: build(i) for i in parallel.share(n)}
+    built = {i: _streams_on_device(*build(i), recipe.device) for i in parallel.share(n)}
     nets = {i: net for i, (net, _) in built.items()}
     trained = {}
     if len(built) > 1 and trains_together(recipe, on_epoch) and can_train_together(next(iter(nets.values()))):
@@ -264,6 +287,16 @@ def evaluate_networks(n, build, images, labels, testloader, recipe, report, on_e
                                             on_epoch=hook)
         return acc_train, acc, f'{time.time() - t0:.0f} s'
     return train_shared(n, train_one, report), nets
+
+
+def _streams_on_device(net, generator, device):
+    """(net, network i's stream drawn on `device`): on a GPU the batches and augmentation are drawn there, so an
+    epoch never waits for the host (other numbers than the same stream on the CPU). build(i) gives a fresh stream,
+    whose seed names it."""
+    device = torch.device(device)
+    if device.type == 'cpu' or generator.device == device:
+        return net, generator
+    return net, torch.Generator(device).manual_seed(generator.initial_seed())
 
 
 def trains_together(recipe, on_epoch=None):

@@ -23,7 +23,7 @@ import argparse  # noqa: E402
 from augment import get_daparam  # noqa: E402
 from cli import add_flags, check_condense_args, condense_parser  # noqa: E402
 from data import canonical_dataset, get_dataset  # noqa: E402
-from dc import dc_step, get_loops, recommended_dsa_strategy, warn  # noqa: E402
+from dc import DCStep, get_loops, recommended_dsa_strategy, warn  # noqa: E402
 from evaluation import EvalRecipe, get_eval_pool  # noqa: E402
 from runner import CondensationRun  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
@@ -119,9 +119,10 @@ def main(argv=None):
     for exp, image_syn, syn_cls, optimizer in run.experiments():
         # Each iteration: a fresh network, outer_loop x (match gradients class by class, one image step, train the
         # network inner_loop epochs on the set); evaluations every 500 iterations (S/SS modes) and at the end.
+        step = DCStep(args, data, image_syn, syn_cls, optimizer)  # on CUDA: its passes replayed as CUDA graphs
         for it in run.iterations(exp, image_syn, syn_cls):
-            run.step_done(exp, it, dc_step(args, data, image_syn, syn_cls, optimizer, args.seed, (exp, it)), image_syn,
-                          optimizer)
+            loss = step(args.seed, (exp, it))
+            run.step_done(exp, it, loss, image_syn, optimizer)
     return run.finish()
 
 

@@ -22,7 +22,7 @@ import parallel  # noqa: E402
 
 from cli import add_flags, check_condense_args, condense_parser  # noqa: E402
 from data import get_dataset  # noqa: E402
-from dm import dm_step  # noqa: E402
+from dm import DMStep  # noqa: E402
 from evaluation import EvalRecipe, get_eval_pool  # noqa: E402
 from runner import CondensationRun  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
@@ -32,7 +32,7 @@ def parse_args(argv=None):
     p = condense_parser(__doc__.split('\n')[0], ipc=50, eval_mode='SS', epoch_eval_train=1000, Iteration=20000,
                         lr_img=1.0, init='real', dsa_strategy='color_crop_cutout_flip_scale_rotate')
     g = p.add_argument_group('DM')
-    add_flags(g, ('per_class', 'real_chunk'))
+    add_flags(g, ('per_class', 'real_chunk', 'compile'))
     g.add_argument('--preset', choices=['readme'], default=None,
                    help="'readme': lr_img from the reference README's table for this dataset and ipc")
     args = check_condense_args(p.parse_args(argv))
@@ -61,8 +61,9 @@ def main(argv=None):
     run = CondensationRun(args, 'DM', data, reference_every=2000, recipes=recipes)
     # Each experiment starts from random real images (--init real) or noise; its final set is saved.
     for exp, image_syn, syn_cls, optimizer in run.experiments():
+        step = DMStep(args, data, image_syn, syn_cls, optimizer)  # on CUDA: replayed as one CUDA graph
         for it in run.iterations(exp, image_syn, syn_cls):  # evaluates the set every 2000 iterations and at the end
-            loss = dm_step(args, data, image_syn, syn_cls, optimizer, args.seed, (exp, it))
+            loss = step(args.seed, (exp, it))
             run.step_done(exp, it, loss, image_syn, optimizer)
     return run.finish()
 

@@ -34,7 +34,8 @@ from utils import (ArgumentParser, Log, UserError, atomic_save, check_positive, 
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
 # Flags that may change between a run and its --resume.
-RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'generator')
+RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'generator',
+             'cuda_graphs')
 # Flags of the evaluation only: a --resume with other values keeps the latents and evaluates them anew.
 EVAL_FLAGS = ('num_eval', 'epoch_eval_train', 'eval_model', 'curve_at', 'lr_net', 'batch_train')
 FLAG = '--generator'
@@ -45,7 +46,7 @@ def parse_args(argv=None):
     g = p.add_argument_group('project flags')
     add_flags(g, ('dataset', 'model', 'ipc', 'num_eval', 'epoch_eval_train', 'Iteration', 'lr_net', 'batch_real',
                   'batch_train', 'dsa_strategy', 'data_path', 'save_path', 'seed', 'device', 'resume',
-                  'checkpoint_every', 'align_corners', 'no_progress', 'real_chunk'),
+                  'checkpoint_every', 'align_corners', 'no_progress', 'real_chunk', 'cuda_graphs'),
               ipc=None, num_eval=3, epoch_eval_train=200, Iteration=1000, dsa_strategy=None, checkpoint_every=100)
     own = p.add_argument_group('IT-GAN')
     own.add_argument('--generator', '--pretrain-weight', '--weight', dest='generator', required=True,

@@ -93,7 +93,8 @@ def save_image_grid(path, images, mean, std, nrow):
 # Condensation experiments (main.py, main_DM.py)
 
 # Flags that may change between a run and its --resume.
-RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp')
+RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs',
+             'compile')
 
 
 def init_synset(data, ipc, init, generator):

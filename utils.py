@@ -117,7 +117,8 @@ AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16}
 def autocast(device, amp='off'):
     """The forward-pass precision context of --amp: 'off' (float32) or 'bf16' (bfloat16 autocast)."""
     dtype = AMP_DTYPES[amp or 'off']
-    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+    # no cast cache: a cached cast made while a CUDA graph records would outlive the recording
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None, cache_enabled=False)
 
 
 def class_means(rows, cls, num_classes):

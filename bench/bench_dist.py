@@ -5,7 +5,7 @@ peak memory.
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 bench/bench_dist.py
     torchrun --standalone --nproc_per_node 8 bench/bench_dist.py --device cuda --dataset-shape cifar100 --ipc 50
 
-Every process runs dm.dm_step, the step main_DM.py runs (its share of the classes; the image gradients summed
+Every process runs dm.DMStep, the step main_DM.py runs (its share of the classes; the image gradients summed
 over the processes), on random CIFAR-shaped images with ConvNet and DSA. Rank 0 prints one markdown table row:
 the world size, the threads per process, the median ms per iteration over --iters iterations after --warmup, and
 every rank's peak memory: the process's max RSS on a CPU (the data and torch itself included),
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 import main_DM  # noqa: E402
 import parallel  # noqa: E402
-from dm import dm_step  # noqa: E402
+from dm import DMStep  # noqa: E402
 from runner import init_synset  # noqa: E402
 
 SHAPES = {'cifar10': 10, 'cifar100': 100}  # --dataset-shape -> classes (500 random 32x32 images each)
@@ -69,8 +69,10 @@ def main():
     if args.device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats(args.device)
 
+    dm = DMStep(args, data, image_syn, syn_cls, optimizer)
+
     def step(it):
-        dm_step(args, data, image_syn, syn_cls, optimizer, args.seed, (0, it))
+        dm(args.seed, (0, it))
 
     for it in range(a.warmup):  # kernels chosen, allocator filled
         step(it)

@@ -29,19 +29,20 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 import main as main_dc  # noqa: E402
 import main_DM  # noqa: E402
 from data import Data  # noqa: E402
-from dc import dc_step  # noqa: E402
-from dm import dm_step  # noqa: E402
+from dc import DCStep  # noqa: E402
+from dm import DMStep, dm_step  # noqa: E402
 from evaluation import EvalRecipe, evaluate_pool  # noqa: E402
 from runner import init_synset  # noqa: E402
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
-# DM variants: name -> extra attributes of the parsed args (dm.dm_step reads amp, channels_last, resident)
+# DM variants: name -> (extra flags, dm.DMStep options)
 VARIANTS = {
-    'fp32': {},
-    'bf16': dict(amp='bf16'),
-    'fp32 channels-last': dict(channels_last=True),
-    'bf16 channels-last': dict(amp='bf16', channels_last=True),
-    'fp32 host-drawn': dict(resident=False),  # the CPU streams on the GPU: what the device-resident step buys
+    'fp32': ([], {}),
+    'bf16': (['--amp', 'bf16'], {}),
+    'fp32 channels-last': ([], dict(channels_last=True)),
+    'bf16 channels-last': (['--amp', 'bf16'], dict(channels_last=True)),
+    'fp32 eager': (['--cuda_graphs', 'off'], {}),  # without CUDA graph replay
+    'fp32 host-drawn': ([], dict(resident=False)),  # the CPU streams on the GPU: what the device-resident step buys
 }
 
 
@@ -100,23 +101,23 @@ def fake_cifar(device, num_classes=10, n_per_class=500):
 
 
 def bench_dm(data, device, ipc, batch_real, iters, model, variant, per_class=False):
+    flags, options = VARIANTS[variant]
     args = main_DM.parse_args(['--dataset', 'CIFAR10', '--model', model, '--ipc', str(ipc), '--device', device,
-                               '--batch_real', str(batch_real), '--dsa_strategy', STRATEGY]
+                               '--batch_real', str(batch_real), '--dsa_strategy', STRATEGY, *flags]
                               + (['--per_class'] if per_class else []))
-    vars(args).update(VARIANTS[variant])
     image_syn, syn_cls = init_synset(data, ipc, 'real', torch.Generator().manual_seed(0))
     image_syn = image_syn.to(device).requires_grad_(True)
     opt = torch.optim.SGD([image_syn], lr=1.0, momentum=0.5)
     with FlopCounterMode(display=False) as counter:
-        dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 0))
+        dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 0), **options)
     flops = counter.get_total_flops()
-    for it in range(2):  # warm-up: kernels chosen, allocator filled
-        dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 1 + it))
+    step = DMStep(args, data, image_syn, syn_cls, opt, **options)
+    for it in range(3):  # warm-up: kernels chosen, allocator filled, the CUDA graph recorded
+        step(args.seed, (0, 1 + it))
     peak_reset(device)
     # the loop as main_DM.py runs it: the loss is read once every 10 iterations
     losses = []
-    t = timed(device, lambda: losses.extend(dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 3 + it))
-                                            for it in range(iters)))
+    t = timed(device, lambda: losses.extend(step(args.seed, (0, 4 + it)) for it in range(iters)))
     float(losses[-1])
     s = t / iters
     return dict(ms=1e3 * s, img_per_s=data.num_classes * (batch_real + ipc) / s, tflops=flops / s / 1e12,
@@ -145,7 +146,9 @@ def bench_dc(data, device, ipc, method, outer_loop):
     image_syn = image_syn.to(device).requires_grad_(True)
     opt = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
     peak_reset(device)
-    t = timed(device, lambda: dc_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 0)))
+    step = DCStep(args, data, image_syn, syn_cls, opt)
+    step(args.seed, (0, 0))  # warm-up (and, on CUDA, the graphs recorded)
+    t = timed(device, lambda: step(args.seed, (0, 1)))
     return t, args.outer_loop, args.inner_loop, peak_gib(device)
 
 

@@ -121,4 +121,4 @@ for it in range(a.iters):
         G.train()
         print(json.dumps(dict(tag=a.tag, it=it + 1, train_s=round(train_time, 1), eval_s=round(time.time() - t, 1),
                               raw={k: round(v, 3) for k, v in raw.items()}, ema={k: round(v, 3) for k, v in avg.items()},
-                              parts={k: round(v, 3) for k, v in parts.items()})), flush=True)
+                              parts={k: round(float(v), 3) for k, v in parts.items()})), flush=True)

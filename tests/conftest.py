@@ -88,10 +88,14 @@ def condense_toy(step, args, data, iterations, ipc=2):
     return initial, image_syn.detach(), syn_cls
 
 
-def interrupt_at(step, at):
-    """`step` (a dm_step/dc_step-like function) that raises KeyboardInterrupt at iteration `at`, as Ctrl-C would."""
-    def interrupted(args, data, image_syn, syn_cls, optimizer, seed, keys):
-        if keys[-1] == at:
-            raise KeyboardInterrupt
-        return step(args, data, image_syn, syn_cls, optimizer, seed, keys)
-    return interrupted
+def interrupt_at(make_step, at):
+    """A step class (dm.DMStep, dc.DCStep) whose steps raise KeyboardInterrupt at iteration `at`, as Ctrl-C would."""
+    def make(*args, **kwargs):
+        step = make_step(*args, **kwargs)
+
+        def interrupted(seed, keys):
+            if keys[-1] == at:
+                raise KeyboardInterrupt
+            return step(seed, keys)
+        return interrupted
+    return make

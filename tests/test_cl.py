@@ -179,12 +179,12 @@ def test_interrupted_synthesis_resumes_to_the_same_memory(tmp_path, monkeypatch)
     order = cl.class_order(0, 10)
     args = _args(tmp_path, '--method', 'DM', '--Iteration', '5', '--checkpoint_every', '2')
     full = cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'a.partial.pt'), _quiet)
-    real = cl.dm_step
-    monkeypatch.setattr(cl, 'dm_step', interrupt_at(real, 3))
+    real = cl.DMStep
+    monkeypatch.setattr(cl, 'DMStep', interrupt_at(real, 3))
     with pytest.raises(KeyboardInterrupt):
         cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'b.partial.pt'), _quiet)
     assert torch.load(tmp_path / 'b.partial.pt', weights_only=True)['it'] == 2
-    monkeypatch.setattr(cl, 'dm_step', real)
+    monkeypatch.setattr(cl, 'DMStep', real)
     resumed = cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'b.partial.pt'), _quiet)
     assert torch.equal(full[0], resumed[0]) and torch.equal(full[1], resumed[1])
     assert not torch.equal(full[0][:2], data.images(data.indices_class[order[0]][:2]))

@@ -285,11 +285,11 @@ def test_same_seed_same_set(prepared_mnist, method):
 
 def test_resume_after_interruption_gives_the_same_set(prepared_mnist, monkeypatch):
     full = _run(prepared_mnist, '--method', 'DSA')
-    real_step = main.dc_step
-    monkeypatch.setattr(main, 'dc_step', interrupt_at(real_step, 2))  # after the checkpoint of iteration 2
+    real_step = main.DCStep
+    monkeypatch.setattr(main, 'DCStep', interrupt_at(real_step, 2))  # after the checkpoint of iteration 2
     with pytest.raises(KeyboardInterrupt):
         _run(prepared_mnist, '--method', 'DSA')
-    monkeypatch.setattr(main, 'dc_step', real_step)
+    monkeypatch.setattr(main, 'DCStep', real_step)
     resumed = _run(prepared_mnist, '--method', 'DSA', '--resume')
     assert torch.equal(full['data'][0][0], resumed['data'][0][0])
     assert full['accs_all_exps'] == resumed['accs_all_exps']

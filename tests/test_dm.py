@@ -56,10 +56,12 @@ def test_batched_and_per_class_give_the_same_loss_and_gradient(model):
     params = sample_dsa_params(STRATEGY, data.num_classes, g, param)
 
     grads, losses = [], []
+    rows = dm.class_rows(real_cls, syn_cls, range(data.num_classes))
     for per_class, chunk in ((False, None), (True, None), (False, 5)):
         syn = syn0.clone().requires_grad_(True)
         losses.append(float(dm.dm_backward(net, real, real_cls, syn, syn_cls, data.num_classes, params, param, chunk,
-                                                per_class)))  # a detached tensor: no host sync inside a step
+                                           rows if per_class else None)))  # a detached tensor: no host sync
+
         grads.append(syn.grad)
     # The per-class reference: one forward per class with its own Siamese parameters, as the original loops.
     ref = 0.0
@@ -114,11 +116,11 @@ def test_same_seed_same_set_and_outputs(prepared_mnist):
 
 def test_resume_after_interruption_gives_the_same_set(prepared_mnist, monkeypatch):
     full = _run(prepared_mnist)
-    real_step = main_DM.dm_step
-    monkeypatch.setattr(main_DM, 'dm_step', interrupt_at(real_step, 5))
+    real_step = main_DM.DMStep
+    monkeypatch.setattr(main_DM, 'DMStep', interrupt_at(real_step, 5))
     with pytest.raises(KeyboardInterrupt):
         _run(prepared_mnist)
-    monkeypatch.setattr(main_DM, 'dm_step', real_step)
+    monkeypatch.setattr(main_DM, 'DMStep', real_step)
     resumed = _run(prepared_mnist, '--resume')
     assert torch.equal(full['data'][0][0], resumed['data'][0][0])
     assert full['accs_all_exps'] == resumed['accs_all_exps']

@@ -67,7 +67,7 @@ def one(toy):
     for name, (script, argv) in scenarios(path).items():
         SCRIPTS[script](argv + ['--save_path', str(root / 'one' / name)])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(main_DM, 'dm_step', interrupt_at(main_DM.dm_step, 3))
+        mp.setattr(main_DM, 'DMStep', interrupt_at(main_DM.DMStep, 3))
         with pytest.raises(KeyboardInterrupt):
             main_DM.main(scenarios(path)['dm'][1] + ['--save_path', str(root / 'interrupted')])
     return root / 'one'
