@@ -191,14 +191,17 @@ def test_evaluate_synset_learns_and_is_repeatable():
 
 
 def test_evaluate_synset_schedule_and_eval_mode(monkeypatch):
-    """lr ×0.1 with a fresh optimiser after epoch index E//2+1; testing in eval mode without gradients."""
-    made = []
-    real_sgd = torch.optim.SGD
+    """SGD (momentum 0.9, weight decay 5e-4); lr ×0.1 after epoch index E//2+1, with the momentum started again as
+    the original's fresh optimiser does; testing in eval mode without gradients."""
+    steps = []
+    real_step = torch.optim.SGD.step
 
-    def spy(params, lr, **kw):
-        made.append((lr, kw))
-        return real_sgd(params, lr=lr, **kw)
-    monkeypatch.setattr(torch.optim, 'SGD', spy)
+    def spy(self, *a, **kw):
+        group = self.param_groups[0]
+        restarted = bool(self.state) and all(not s['momentum_buffer'].any() for s in self.state.values())
+        steps.append((group['lr'], group['momentum'], group['weight_decay'], restarted))
+        return real_step(self, *a, **kw)
+    monkeypatch.setattr(torch.optim.SGD, 'step', spy)
     seen = {}
     real_test = evaluation.test_accuracy
 
@@ -209,9 +212,10 @@ def test_evaluate_synset_schedule_and_eval_mode(monkeypatch):
                 yield b
         return real_test(net, batches(), device)
     monkeypatch.setattr(evaluation, 'test_accuracy', spy_test)
-    _toy_eval(0, epoch_eval_train=4, dsa=False)
-    assert [round(m[0], 6) for m in made] == [0.01, 0.001]
-    assert made[0][1] == dict(momentum=0.9, weight_decay=5e-4)
+    _toy_eval(0, epoch_eval_train=4, dsa=False)  # 50 images, batch 256: one step per epoch, 5 epochs
+    assert [round(lr, 6) for lr, *_ in steps] == [0.01] * 4 + [0.001]
+    assert all(s[1:3] == (0.9, 5e-4) for s in steps)
+    assert [s[3] for s in steps] == [False] * 4 + [True]
     assert seen == dict(grad=False, training=False)
 
 
