@@ -58,7 +58,9 @@ def parse_args(argv=None):
                         '0 = untrained')
     g = p.add_argument_group('DSA / DM condensation (default Iteration and lr_img: DSA 1000 and 0.1, DM 20000 and 1)')
     add_flags(g, ('Iteration', 'lr_img', 'batch_real', 'outer_loop', 'inner_loop', 'dis_metric', 'compat',
-                  'per_class', 'real_chunk'), Iteration=None, lr_img=None)
+                  'per_class', 'real_chunk'), Iteration=None, lr_img=None,
+              helps=dict(Iteration='synthesis iterations (default: DSA 1000, DM 20000)',
+                         lr_img='learning rate of the images (default: DSA 0.1, DM 1)'))
     # DiM's memory has no published CL numbers to keep: the label path, critic, averaging, mode-seeking term and
     # penalty schedule default to the best variant measured (DiM's own GAN, --gan_cond overwrite --gan_critic ac
     # --gan_ema 0 --gan_mode_seeking 0 --gan_gp_every 1, ended far below random memories; docs/results.md); the

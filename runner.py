@@ -13,6 +13,7 @@ The second section serves main.py and main_DM.py, whose loops read (see either s
             run.step_done(exp, it, loss, image_syn, optimizer)      # log, progress, checkpoint
     run.finish()
 """
+import json
 import math
 import os
 import time
@@ -21,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 import parallel
-from data import denormalise
+from data import denormalise, file_label
 from evaluation import evaluate_pool, progress_lines
 from utils import Log, UserError, atomic_save, atomic_write, make_generator, mean_std, remove_stale_temps, \
     sample_std, unreadable, versions, write_json
@@ -67,6 +68,34 @@ def resume_state(path, ours):
     state = load_state(path)
     check_same_run(path, state.pop('fingerprint', {}), ours)
     return state
+
+
+def recorded_args(path):
+    """The arguments a run recorded in one of its files: `args` of a JSON summary or config, `fingerprint` of a
+    checkpoint, `meta['args']` of a results file (tensors memory-mapped, not read); {} when unreadable."""
+    try:
+        if path.endswith('.json'):
+            with open(path) as f:
+                obj = json.load(f)
+            return obj.get('args') or {}
+        obj = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        return obj.get('fingerprint') or (obj.get('meta') or {}).get('args') or {}
+    except Exception:  # a foreign or damaged file says nothing about its data; the run replaces it as before
+        return {}
+
+
+def check_same_data(args, paths, remedy):
+    """UserError when one of `paths`, the files this run would write, holds a run on other data: another folder or
+    file of the same base name, or another --im_size. A rerun replaces its own results, never another dataset's."""
+    ours = (args.dataset, args.im_size)
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        made = recorded_args(path)
+        theirs = (made.get('dataset', ours[0]), made.get('im_size', ours[1]))
+        if theirs != ours:
+            words = [f'{d}' + (f' at --im_size {s}' if s else '') for d, s in (theirs, ours)]
+            raise UserError(f'{path} holds a run on {words[0]}, this run is on {words[1]}; {remedy}')
 
 
 def save_results(path, data, accs_all_exps, meta=None, accs_iters=None):
@@ -130,15 +159,17 @@ class CondensationRun:
             raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); '
                             f'lower --ipc or use --init noise')
         self.args, self.method, self.data, self.recipes = args, method, data, recipes
-        self.name = f'{method}_{data.name}_{args.model}_{args.ipc}ipc'
+        self.name = f'{method}_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc}ipc'
         self.results_path, self.summary_path, self.log_path, self.ckpt_path = (
             os.path.join(args.save_path, f) for f in (f'res_{self.name}.pt', f'{self.name}.json', f'{self.name}.log',
                                                       f'{self.name}.ckpt.pt'))
         self.fingerprint = dict(fingerprint(args, RESUMABLE), method=method)
         self.state = resume_state(self.ckpt_path, self.fingerprint) if args.resume else None
+        check_same_data(args, (self.results_path, self.summary_path, self.ckpt_path),
+                        'pass another --save_path or move those files away')
         remove_stale_temps(args.save_path, f'res_{self.name}.', f'{self.name}.', f'vis_{self.name}_')
         # The log opens only now that the inputs are checked, so a rejected command leaves an earlier log alone.
-        self.log = Log(self.log_path, append=args.resume)
+        self.log = Log(self.log_path)
         self.eval_its = eval_iterations(args, reference_every)
         epochs = sorted({r.epoch_eval_train for r in recipes.values()})
         self.log(f'plan: {args.num_exp} experiment(s) x {args.Iteration} iterations on {args.device}{parallel.processes()}; at each of '
