@@ -35,7 +35,7 @@ from dm import dm_step
 from evaluation import EvalRecipe, evaluate_networks, evaluate_synset
 from networks import get_network
 from plots import plot_curves
-from runner import check_same_data, fingerprint, init_synset, resume_state
+from runner import check_same_data, fingerprint, init_synset, resume_state, warn_fresh_start
 from utils import Log, UserError, atomic_save, atomic_write_text, derive_seed, make_generator, mean_std, \
     remove_stale_temps, sample_std, versions, write_json
 
@@ -579,6 +579,7 @@ def run(args):
     log(f'evaluation: {args.num_eval} x {args.model} ({data.num_classes}-way), {args.epoch_eval_train} epochs, lr '
         f'{args.lr_net}, batch {args.batch_train}, DSA {args.dsa_strategy}')
     log(f'hyper-parameters: {fingerprint(args, RESUMABLE)}')
+    warn_fresh_start(args.resume, ckpt_path, log)
     if args.resume and not os.path.isfile(ckpt_path):
         log(f'--resume: no finished step recorded in {ckpt_path}; starting from step 0 (cached memories are reused)')
 

@@ -595,4 +595,4 @@ if __name__ == '__main__':
         spec = user_spec(canonical_dataset(a.dataset))
         prepared = (folder_cache_path(spec[1], a.im_size) if spec else _prepared_candidates(d.name, a.data_path)[0])
         print(f'{d}; mean {d.mean}, std {d.std}; prepared file: {prepared}')
-    run_cli(_prepare)
+    run_cli(_prepare, resumable=False)

@@ -408,6 +408,8 @@ class Run:
         self.log.open(os.path.join(self.log_dir, 'logs.txt'))
         for line in self.args.notes:
             self.log(f'warning: {line}')
+        if self.args.stage in (1, 2):
+            runner.warn_fresh_start(self.args.resume, self.path('last.pth'), self.log)
 
     def write_config(self):
         """config.json, written with the run's first checkpoint or results (not when it starts), so that it always
@@ -435,7 +437,7 @@ def _link(src, dst):
     """dst as a second name of src (a copy where hard links are not possible): same bytes, no second write."""
     if not parallel.is_main():
         return
-    tmp = dst + '.tmp'
+    tmp = os.path.join(os.path.dirname(dst), f'.{os.path.basename(dst)}.link.tmp')  # swept by Run.open if left
     if os.path.exists(tmp):
         os.unlink(tmp)
     try:

@@ -185,6 +185,7 @@ class ITGANRun:
         runner.check_same_data(args, (self.results_path, self.summary_path, self.ckpt_path),
                                'pass another --save_path or move those files away')
         self.log = Log(self.log_path)
+        runner.warn_fresh_start(args.resume, self.ckpt_path, self.log)
         if self.state.get('eval_fingerprint', self.eval_fingerprint) != self.eval_fingerprint:
             self.log(f'evaluation flags changed ({self.state["eval_fingerprint"]} -> {self.eval_fingerprint}): the '
                      f'stored latents are evaluated anew')

@@ -98,6 +98,14 @@ def check_same_data(args, paths, remedy):
             raise UserError(f'{path} holds a run on {words[0]}, this run is on {words[1]}; {remedy}')
 
 
+def warn_fresh_start(resume, path, log):
+    """A run without --resume where an earlier run left its checkpoint starts afresh and replaces it: say so at
+    once, while the user can still stop it and continue the earlier run with --resume."""
+    if not resume and os.path.isfile(path):
+        log(f'warning: {path} holds the checkpoint of an earlier run; this run starts afresh and replaces it (stop '
+            f'it and add --resume to continue that run instead)')
+
+
 def save_results(path, data, accs_all_exps, meta=None, accs_iters=None):
     """The original results layout, `data` = [[images, labels]] per experiment and `accs_all_exps` =
     {arch: [accuracies]}, plus `meta` (arguments, seed, versions, protocol), per-architecture mean/std and the
@@ -180,6 +188,7 @@ class CondensationRun:
         self.log(f'hyper-parameters: {self.fingerprint}')
         for line in notes:
             self.log(line)
+        warn_fresh_start(args.resume, self.ckpt_path, self.log)
         self.state = self.state or dict(exp=0, it=0, data=[], accs_all_exps={}, accs_iters={}, times=[])
 
     def experiments(self):

@@ -51,10 +51,10 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {message}\n')
 
 
-def run_cli(main):
+def run_cli(main, resumable=True):
     """Run main(); bad input becomes one line on stderr and exit code 2, never a traceback: a UserError, a file
     system error on reading or writing (the path and the reason), or running out of memory. The line also ends
-    the run's log when one is open."""
+    the run's log when one is open. resumable: the script has --resume (Ctrl-C's line then advises it)."""
     prog = os.path.basename(sys.argv[0])
     _OPEN_LOGS.clear()  # logs an earlier main() left open in this process are not this run's
     try:
@@ -71,8 +71,9 @@ def run_cli(main):
             raise
         _fail(prog, 'out of memory; lower --ipc, the batch sizes (--batch_real, --batch_train) or use a smaller model')
     except KeyboardInterrupt:
-        print(f'\n{prog}: interrupted; rerun with --resume to continue', file=sys.stderr)
-        _to_logs('interrupted; rerun with --resume to continue')
+        line = 'interrupted' + ('; rerun with --resume to continue' if resumable else '')
+        print(f'\n{prog}: {line}', file=sys.stderr)
+        _to_logs(line)
         sys.exit(130)
 
 

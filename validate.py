@@ -51,4 +51,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    utils.run_cli(main)
+    utils.run_cli(main, resumable=False)  # no --resume: a stage-3 run is started again

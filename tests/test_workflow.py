@@ -128,6 +128,7 @@ def test_a_failed_run_appends_its_error_to_the_log_of_the_run_before(prepared_mn
     text = log.read_text()
     assert text.startswith(first) and text.count('\n==== ') == 1 and text.rstrip().endswith(error.split(': ', 1)[1])
     assert text.splitlines()[len(first.splitlines())].startswith('==== ')  # the second run's header line
+    assert 'DC_MNIST_ConvNetW32_1ipc.ckpt.pt holds the checkpoint of an earlier run; this run starts afresh' in text
 
 
 def test_a_dim_run_that_fails_at_its_first_step_keeps_the_config_and_log_before(prepared_mnist, capsys):
@@ -142,6 +143,17 @@ def test_a_dim_run_that_fails_at_its_first_step_keeps_the_config_and_log_before(
     assert config.read_text() == before and json.loads(before)['args']['batch_size'] == 8
     text = log.read_text()
     assert text.startswith(first) and text.rstrip().endswith(error.split(': ', 1)[1])
+    assert 'last.pth holds the checkpoint of an earlier run; this run starts afresh' in text
+
+
+def test_ctrl_c_advises_resume_only_where_the_script_has_it(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+    for resumable, line in ((True, 'interrupted; rerun with --resume to continue'), (False, 'interrupted')):
+        with pytest.raises(SystemExit) as e:
+            utils.run_cli(interrupted, resumable)
+        assert e.value.code == 130 and capsys.readouterr().err.strip().endswith(f': {line}')
+    assert '--resume' not in dim_run.parser(3, 'x').format_help()  # validate.py, which passes resumable=False
 
 
 # ------------------------------------------------------------------------------------ 4. the data cache's temporaries
