@@ -37,7 +37,10 @@ def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split('\n')[0])
     g = p.add_argument_group('original flags')
     g.add_argument('--method', type=method_name, default='random', help=', '.join(cl.METHODS))
-    add_flags(g, ('dataset', 'model', 'ipc'), dataset='CIFAR100', ipc=20)
+    add_flags(g, ('dataset', 'model', 'ipc'), dataset='CIFAR100', ipc=20,
+              helps=dict(model='network trained on the memories at every step; also the feature network of herding '
+                               'and k-center and the matching network of DSA and DM memories (see networks.NETWORKS)',
+                         ipc='memory images per class'))
     g.add_argument('--steps', type=int, default=5, help='number of steps; each adds K/steps classes (K divisible)')
     add_flags(g, ('num_eval', 'epoch_eval_train', 'lr_net', 'batch_train', 'data_path'), num_eval=3,
               epoch_eval_train=1000)
@@ -48,7 +51,9 @@ def parse_args(argv=None):
                    help="scratch: a fresh network per step (the protocol); finetune: continue the previous step's")
     add_flags(g, ('device', 'resume', 'no_progress', 'dsa_strategy', 'align_corners', 'checkpoint_every',
                   'eval_one_by_one'),
-              dsa_strategy='color_crop_cutout_flip_scale_rotate', checkpoint_every=200)
+              dsa_strategy='color_crop_cutout_flip_scale_rotate', checkpoint_every=200,
+              helps=dict(checkpoint_every='DSA and DM memories: synthesis iterations between checkpoints of the memory '
+                                          'being built (the run itself is checkpointed after every step)'))
     g = p.add_argument_group('herding / kcenter')
     g.add_argument('--feature_net', default=None,
                    help="checkpoint of a fixed --model network for the features (default: one trained per step on the "

@@ -588,11 +588,14 @@ if __name__ == '__main__':
         p = ArgumentParser(description='write the prepared tensor file of a dataset once (TinyImageNet: from the '
                                        'tiny-imagenet-200/ folder), so later loads skip torchvision and decoding')
         p.add_argument('dataset', help='a dataset name, or folder:PATH for an image folder')
-        p.add_argument('--data_path', default='data')
-        p.add_argument('--im_size', type=int, default=None, help='folder: resize every image to this square size')
+        p.add_argument('--data_path', default='data', help='the folder holding the dataset (not used for folder:PATH)')
+        p.add_argument('--im_size', type=int, default=None,
+                       help="folder: resize every image to this square size (default: the images' own size)")
         a = p.parse_args()
         d = get_dataset(a.dataset, a.data_path, im_size=a.im_size)
-        spec = user_spec(canonical_dataset(a.dataset))
-        prepared = (folder_cache_path(spec[1], a.im_size) if spec else _prepared_candidates(d.name, a.data_path)[0])
-        print(f'{d}; mean {d.mean}, std {d.std}; prepared file: {prepared}')
+        kind, path = user_spec(canonical_dataset(a.dataset)) or (None, None)
+        prepared = {'folder': lambda: folder_cache_path(path, a.im_size), 'file': lambda: path,
+                    None: lambda: _prepared_candidates(d.name, a.data_path)[0]}[kind]()
+        where = prepared if os.path.isfile(prepared) else f'not written ({os.path.dirname(prepared)} is read-only)'
+        print(f'{d}; mean {d.mean}, std {d.std}; prepared file: {where}')
     run_cli(_prepare, resumable=False)

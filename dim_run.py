@@ -80,7 +80,7 @@ def parser(stage, description):
     ref.add_argument('--data-dir', '--data_path', dest='data_dir', default='data', help='dataset folder')
     ref.add_argument('--output-dir', '--save_path', dest='output_dir', default='./results/',
                      help='checkpoints and pictures go to <output-dir>/<tag>')
-    ref.add_argument('--logs-dir', default='./logs/', help='logs.txt goes to <logs-dir><tag>')
+    ref.add_argument('--logs-dir', default='./logs/', help='logs.txt goes to <logs-dir>/<tag> (each run appends to it)')
     ref.add_argument('--tag', default='test', help='run name')
     ref.add_argument('--seed', type=int, default=3407, help='one seed makes the whole run repeatable')
     ref.add_argument('--ipc', type=int, default=50, help='evaluation budget in images per class')

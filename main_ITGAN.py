@@ -64,7 +64,7 @@ def parse_args(argv=None):
                           '--generator is a gen_condense.py / pool_match.py checkpoint)')
     for name, kw in (('dim_noise', dict(type=int)), ('cond', dict(choices=DIM_CONDITIONINGS)),
                      ('gan_width', dict(type=int))):
-        own.add_argument(f'--{name}', f'--{name.replace("_", "-")}', dest=name, default=None,
+        own.add_argument(*dict.fromkeys((f'--{name}', f'--{name.replace("_", "-")}')), dest=name, default=None,
                          help="the GAN's shape (default: as recorded in the checkpoint)", **kw)
     own.add_argument('--eval_model', '--eval-model', nargs='+', default=['ResNet18BN'],
                      help='evaluation architectures (networks.py names)')

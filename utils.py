@@ -32,7 +32,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     "decided at run time" (the help says how), and a required flag has none."""
 
     def _get_help_string(self, action):
-        if action.required or action.default is None or 'default' in (action.help or ''):
+        if action.required or action.default is None or re.search(r'\(default\b|\bdefault:', action.help or ''):
             return action.help
         return super()._get_help_string(action)
 
