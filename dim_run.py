@@ -296,12 +296,14 @@ NEXT_TAG = {2: 'match', 3: 'test'}  # the next stage's tag: this run's tag with 
 
 def next_command(args, stage, weight, num_classes):
     """The command line of DiM stage `stage` (2 or 3) on this run's checkpoint `weight`, runnable as printed (from
-    the same directory): CARRIED flags, the device when it is not the default, and for validate.py --auto_bs when
-    its default batch would exceed K*ipc."""
+    the same directory): the script's path from there, CARRIED flags, the device when it is not the default, and
+    for validate.py --auto_bs when its default batch would exceed K*ipc."""
     actions = {a.dest: a for a in parser(stage, '')._actions}
     ignored = IGNORED + (STAGE3_IGNORED if stage == 3 else ())
-    argv = ['python', f'{SCRIPTS[stage]}.py', {2: '--weight', 3: '--pretrain-weight'}[stage], weight,
-            '--tag', f'{args.tag}_{NEXT_TAG[stage]}']
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{SCRIPTS[stage]}.py')
+    relative = os.path.relpath(script)
+    argv = ['python', script if relative.startswith('..') else relative, {2: '--weight', 3: '--pretrain-weight'}[stage],
+            weight, '--tag', f'{args.tag}_{NEXT_TAG[stage]}']
     for name in CARRIED:
         action, value = actions.get(name), getattr(args, name, None)
         if action is None or name in ignored or value == action.default:

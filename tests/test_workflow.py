@@ -34,11 +34,12 @@ def _dim(tmp, *extra):
 
 
 def _printed(log_path, prefix):
-    """The command a log line 'prefix: python SCRIPT ARGS' prints, as argv after the script; the script exists."""
+    """The command a log line 'prefix: python SCRIPT ARGS' prints: the script's name (its path from here is right)
+    and the arguments."""
     line = next(line for line in open(log_path).read().splitlines() if line.startswith(prefix))
     argv = shlex.split(line[len(prefix):])
-    assert argv[0] == 'python' and os.path.isfile(os.path.join(ROOT, argv[1])), line
-    return argv[1], argv[2:]
+    assert argv[0] == 'python' and os.path.samefile(argv[1], os.path.join(ROOT, os.path.basename(argv[1]))), line
+    return os.path.basename(argv[1]), argv[2:]
 
 
 def _flags(argv):
