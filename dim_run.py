@@ -40,7 +40,7 @@ from utils import UserError, make_generator
 
 GAN_KEYS = ('generator', 'discriminator', 'optim_g', 'optim_d')  # what a GAN checkpoint must hold
 # Arguments that fix the GAN's shape: a checkpoint made with other values is foreign.
-GAN_ARGS = ('dataset', 'dim_noise', 'cond', 'gan_width', 'critic')
+GAN_ARGS = ('dataset', 'im_size', 'dim_noise', 'cond', 'gan_width', 'critic')
 # Arguments that may change when a run is resumed.
 RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',
              'logs_dir', 'notes', 'cas')
@@ -470,8 +470,9 @@ def check_foreign(ck, args, flag, path):
     for k in GAN_ARGS:
         if k in made and made[k] != getattr(args, k):
             cli = {'dataset': 'data', 'dim_noise': 'dim-noise'}.get(k, k)
-            raise UserError(f'{flag} {path} was made with --{cli} {made[k]}, this run has {getattr(args, k)}; pass '
-                            f'--{cli} {made[k]}')
+            theirs = f'--{cli} {made[k]}' if made[k] is not None else f'no --{cli}'
+            raise UserError(f'{flag} {path} was made with {theirs}, this run has {getattr(args, k)}; '
+                            + (f'pass {theirs}' if made[k] is not None else f'drop --{cli}'))
 
 
 def load_into(model, state, flag, path, what):

@@ -101,6 +101,9 @@ def test_a_generator_trained_on_an_own_folder_feeds_itgan(tmp_path):
         main_ITGAN.main(['--dataset', f'folder:{elsewhere}'] + itgan)
     with pytest.raises(utils.UserError, match='resized to 28, this run resizes to 32; pass --im_size 28'):
         main_ITGAN.main(['--dataset', f'folder:{root}', '--im_size', '32'] + itgan)
+    with pytest.raises(utils.UserError, match='was made with --im_size 28, this run has 32; pass --im_size 28'):
+        validate.main(_dim(tmp_path, '--data', f'folder:{root}', '--im_size', '32', '--pretrain-weight', weight,
+                           '--gan_width', W, '--cond', 'embed', '--ipc', '2', '--auto_bs'))
 
 
 # ------------------------------------------------------------------------------------ 3. logs and files survive
