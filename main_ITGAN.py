@@ -30,7 +30,7 @@ from data import canonical_dataset, file_label, get_dataset  # noqa: E402
 from evaluation import EvalRecipe, evaluate_pool, test_accuracy  # noqa: E402
 from networks import DIM_CONDITIONINGS  # noqa: E402
 from utils import (ArgumentParser, Log, UserError, atomic_save, check_positive, make_generator,  # noqa: E402
-                   mean_std, run_cli, versions, write_json)
+                   mean_std, remove_stale_temps, run_cli, versions, write_json)
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
 # Flags that may change between a run and its --resume.
@@ -184,6 +184,7 @@ class ITGANRun:
                       dict(chunks=[], mse=[], it=0, losses=[], times={}))
         runner.check_same_data(args, (self.results_path, self.summary_path, self.ckpt_path),
                                'pass another --save_path or move those files away')
+        remove_stale_temps(args.save_path, f'res_{self.name}.', f'{self.name}.', f'vis_{self.name}.')
         self.log = Log(self.log_path)
         runner.warn_fresh_start(args.resume, self.ckpt_path, self.log)
         if self.state.get('eval_fingerprint', self.eval_fingerprint) != self.eval_fingerprint:

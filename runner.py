@@ -87,12 +87,15 @@ def recorded_args(path):
 def check_same_data(args, paths, remedy):
     """UserError when one of `paths`, the files this run would write, holds a run on other data: another folder or
     file of the same base name, or another --im_size. A rerun replaces its own results, never another dataset's."""
-    ours = (args.dataset, args.im_size)
+    def key(dataset, im_size):  # --im_size resizes folders only; elsewhere it can only repeat the data's own size
+        return dataset, im_size if str(dataset).startswith('folder:') else None
+
+    ours = key(args.dataset, args.im_size)
     for path in paths:
         if not os.path.isfile(path):
             continue
         made = recorded_args(path)
-        theirs = (made.get('dataset', ours[0]), made.get('im_size', ours[1]))
+        theirs = key(made.get('dataset', args.dataset), made.get('im_size', args.im_size))
         if theirs != ours:
             words = [f'{d}' + (f' at --im_size {s}' if s else '') for d, s in (theirs, ours)]
             raise UserError(f'{path} holds a run on {words[0]}, this run is on {words[1]}; {remedy}')

@@ -90,8 +90,11 @@ def test_a_generator_trained_on_an_own_folder_feeds_itgan(tmp_path):
     itgan = ['--save_path', str(tmp_path / 'out'), '--device', 'cpu', '--no_progress', '--ipc', '2', '--Iteration',
              '2', '--invert_iters', '2', '--batch_real', '2', '--num_eval', '1', '--epoch_eval_train', '1', '--model',
              'ConvNetW32', '--eval_model', 'ConvNetW32', '--curve_at', '1', '--generator', weight]
+    stale = tmp_path / 'out' / '.ITGAN_good_28px_ConvNetW32_2ipc.ckpt.pt.k2j3.tmp'  # of a killed run
+    stale.parent.mkdir()
+    stale.write_bytes(b'half')
     summary = main_ITGAN.main(['--dataset', f'folder:{root}'] + itgan)
-    assert set(summary) == set(main_ITGAN.SETS)
+    assert set(summary) == set(main_ITGAN.SETS) and not stale.exists()
     res = torch.load(tmp_path / 'out' / 'res_ITGAN_good_28px_ConvNetW32_2ipc.pt')
     assert res['meta']['im_size'] == [28, 28] and res['meta']['dataset'] == 'good'
 
