@@ -356,8 +356,8 @@ def _cpu(state):
 # Memory files: `data` = list over steps of [images, labels]
 
 def memory_name(args, seed):
-    return (f'cl_{KIND[args.method]}_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc}ipc_{args.steps}steps_'
-            f'seed{seed}.pt')
+    return (f'cl_{KIND[args.method]}_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc}ipc_'
+            f'{args.steps}steps_seed{seed}.pt')
 
 
 def builder_fingerprint(args):
@@ -729,7 +729,7 @@ def collect_curves(folder, dataset, model, ipc, steps, im_size=None):
             with open(os.path.join(folder, f)) as fh:
                 s = json.load(fh)
             if ((s['dataset'], s['model'], s['ipc'], s['steps']) != (dataset, model, ipc, steps) or not s['table']
-                    or s['args'].get('im_size') != im_size):
+                    or s.get('args', {}).get('im_size') != im_size):
                 continue
             t = s['table']
             curves.append((s['method'], [r['classes'] for r in t], [r['mean'] for r in t], [r['std'] for r in t]))

@@ -200,8 +200,8 @@ def parser(stage, description):
         _both_spellings(own, 'num_eval', type=int, default=5, help='evaluation networks per architecture (and per set)')
         _both_spellings(own, 'num_exp', type=int, default=1, help='fixed mode: independently generated sets')
         _both_spellings(own, 'dsa_strategy', default=None,
-                        help='fixed mode: DSA strategy of evaluate_synset (default: color_crop_cutout_flip_scale_rotate, '
-                             'without flip for MNIST and SVHN)')
+                        help='fixed mode: DSA strategy of evaluate_synset (default: '
+                             'color_crop_cutout_flip_scale_rotate, without flip for MNIST and SVHN)')
         _both_spellings(own, 'batch_train', type=int, default=256, help='fixed mode: batch of evaluate_synset')
     return p
 

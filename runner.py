@@ -179,7 +179,7 @@ class CondensationRun:
         check_same_data(args, (self.results_path, self.summary_path, self.ckpt_path),
                         'pass another --save_path or move those files away')
         remove_stale_temps(args.save_path, f'res_{self.name}.', f'{self.name}.', f'vis_{self.name}_')
-        # The log opens only now that the inputs are checked, so a rejected command leaves an earlier log alone.
+        # The log opens (and is appended to) only now that the inputs are checked.
         self.log = Log(self.log_path)
         self.eval_its = eval_iterations(args, reference_every)
         epochs = sorted({r.epoch_eval_train for r in recipes.values()})

@@ -69,7 +69,8 @@ def test_the_next_stage_commands_dim_prints_run_as_printed(prepared_mnist):
     script, direct = _printed(log, 'or stage 3 on this generator: ')
     assert script == 'validate.py' and '--auto_bs' in direct  # K*ipc = 10 < validate.py's default batch of 128
     script, stage3 = _printed(tmp / 'logs' / 'gan_match' / 'logs.txt', 'stage 3: ')
-    assert script == 'validate.py' and stage3[stage3.index('--pretrain-weight') + 1] == f'{tmp}/results/gan_match/best.pth'
+    assert script == 'validate.py'
+    assert stage3[stage3.index('--pretrain-weight') + 1] == f'{tmp}/results/gan_match/best.pth'
     assert '--g_ema' not in stage3 and '--val_split' not in stage3  # what validate.py does not take or use
     res = validate.main(stage3)
     assert res['dataset'] == 'MNIST' and len(res['onthefly']['models']['convnet']['final']['all']) == 5
@@ -100,7 +101,8 @@ def test_a_generator_trained_on_an_own_folder_feeds_itgan(tmp_path):
 
     elsewhere = tmp_path / 'copy' / 'good'
     shutil.copytree(root, elsewhere)
-    with pytest.raises(utils.UserError, match=re.escape(f'was trained on folder:{root}, this run is on folder:{elsewhere}')):
+    moved = re.escape(f'was trained on folder:{root}, this run is on folder:{elsewhere}')
+    with pytest.raises(utils.UserError, match=moved):
         main_ITGAN.main(['--dataset', f'folder:{elsewhere}'] + itgan)
     with pytest.raises(utils.UserError, match='resized to 28, this run resizes to 32; pass --im_size 28'):
         main_ITGAN.main(['--dataset', f'folder:{root}', '--im_size', '32'] + itgan)
@@ -204,8 +206,9 @@ def test_runs_on_other_data_keep_their_own_files(tmp_path):
         assert res['data'][0][0].shape[-1] == size and res['meta']['args']['im_size'] == size
     before = sorted(os.listdir(out))
     elsewhere = write_folder(tmp_path / 'other' / 'flowers', channel=1)
-    with pytest.raises(utils.UserError, match=re.escape(f'holds a run on folder:{root} at --im_size 16, this run is on '
-                                                        f'folder:{elsewhere} at --im_size 16; pass another --save_path')):
+    other = re.escape(f'holds a run on folder:{root} at --im_size 16, this run is on folder:{elsewhere} at --im_size '
+                      f'16; pass another --save_path')
+    with pytest.raises(utils.UserError, match=other):
         _dm_folder(tmp_path, elsewhere, '--im_size', '16')
     assert sorted(os.listdir(out)) == before  # refused before anything was written
 
