@@ -296,6 +296,7 @@ class CondensationRun:
         for arch, s in acc.items():
             self.log(f'Run {args.num_exp} experiments, train on {args.model}, evaluate {len(s["all"])} random '
                      f'{arch}, mean = {s["mean"]:.2f}%  std = {s["std"]:.2f}%')
+        self.log(f'results: {self.results_path}, {self.summary_path}')
         self.log.close()
         return summary
 
