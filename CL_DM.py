@@ -37,7 +37,10 @@ def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split('\n')[0])
     g = p.add_argument_group('original flags')
     g.add_argument('--method', type=method_name, default='random', help=', '.join(cl.METHODS))
-    add_flags(g, ('dataset', 'model', 'ipc'), dataset='CIFAR100', ipc=20)
+    add_flags(g, ('dataset', 'model', 'ipc'), dataset='CIFAR100', ipc=20,
+              helps=dict(model='network trained on the memories at every step; also the feature network of herding '
+                               'and k-center and the matching network of DSA and DM memories (see networks.NETWORKS)',
+                         ipc='memory images per class'))
     g.add_argument('--steps', type=int, default=5, help='number of steps; each adds K/steps classes (K divisible)')
     add_flags(g, ('num_eval', 'epoch_eval_train', 'lr_net', 'batch_train', 'data_path'), num_eval=3,
               epoch_eval_train=1000)
@@ -48,7 +51,9 @@ def parse_args(argv=None):
                    help="scratch: a fresh network per step (the protocol); finetune: continue the previous step's")
     add_flags(g, ('device', 'resume', 'no_progress', 'dsa_strategy', 'align_corners', 'checkpoint_every',
                   'eval_one_by_one', 'cuda_graphs'),
-              dsa_strategy='color_crop_cutout_flip_scale_rotate', checkpoint_every=200)
+              dsa_strategy='color_crop_cutout_flip_scale_rotate', checkpoint_every=200,
+              helps=dict(checkpoint_every='DSA and DM memories: synthesis iterations between checkpoints of the memory '
+                                          'being built (the run itself is checkpointed after every step)'))
     g = p.add_argument_group('herding / kcenter')
     g.add_argument('--feature_net', default=None,
                    help="checkpoint of a fixed --model network for the features (default: one trained per step on the "
@@ -58,7 +63,9 @@ def parse_args(argv=None):
                         '0 = untrained')
     g = p.add_argument_group('DSA / DM condensation (default Iteration and lr_img: DSA 1000 and 0.1, DM 20000 and 1)')
     add_flags(g, ('Iteration', 'lr_img', 'batch_real', 'outer_loop', 'inner_loop', 'dis_metric', 'compat',
-                  'per_class', 'real_chunk'), Iteration=None, lr_img=None)
+                  'per_class', 'real_chunk'), Iteration=None, lr_img=None,
+              helps=dict(Iteration='synthesis iterations (default: DSA 1000, DM 20000)',
+                         lr_img='learning rate of the images (default: DSA 0.1, DM 1)'))
     # DiM's memory has no published CL numbers to keep: the label path, critic, averaging, mode-seeking term and
     # penalty schedule default to the best variant measured (DiM's own GAN, --gan_cond overwrite --gan_critic ac
     # --gan_ema 0 --gan_mode_seeking 0 --gan_gp_every 1, ended far below random memories; docs/results.md); the

@@ -29,14 +29,14 @@ from tqdm import tqdm
 
 import dim
 import parallel
-from data import TensorLoader, dataset_label, get_dataset
+from data import TensorLoader, file_label, get_dataset
 from dc import DCStep
 from dm import DMStep
 from evaluation import EvalRecipe, evaluate_networks, evaluate_synset
 from graphs import graphs_enabled
 from networks import get_network
 from plots import plot_curves
-from runner import fingerprint, init_synset, resume_state
+from runner import check_same_data, fingerprint, init_synset, resume_state, warn_fresh_start
 from utils import Log, UserError, atomic_save, atomic_write_text, derive_seed, make_generator, mean_std, \
     remove_stale_temps, sample_std, versions, write_json
 
@@ -356,8 +356,8 @@ def _cpu(state):
 # Memory files: `data` = list over steps of [images, labels]
 
 def memory_name(args, seed):
-    return (f'cl_{KIND[args.method]}_{dataset_label(args.dataset)}_{args.model}_{args.ipc}ipc_{args.steps}steps_'
-            f'seed{seed}.pt')
+    return (f'cl_{KIND[args.method]}_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc}ipc_'
+            f'{args.steps}steps_seed{seed}.pt')
 
 
 def builder_fingerprint(args):
@@ -402,6 +402,9 @@ class Memories:
         elif os.path.isfile(self.path):
             raw = self._load(self.path)
             meta = raw.get('meta', {})
+            if meta.get('source', args.dataset) != args.dataset:  # another folder or file of the same base name
+                raise UserError(f'{self.path} was built from {meta["source"]}, this run is on {args.dataset}; delete '
+                                f'it or pass another --save_path')
             if meta.get('builder') != builder_fingerprint(args) or meta.get('class_order') != list(order):
                 theirs, ours = meta.get('builder', {}), builder_fingerprint(args)
                 diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k)) or ['class order']
@@ -459,7 +462,8 @@ class Memories:
         self.times = self.times[:s] + [time.time() - t0] * (len(self.memory) - s)
         self.log(f'seed {self.seed} step {s}: memory built in {time.time() - t0:.1f} s -> {self.path}')
         self.source = 'built'
-        meta = dict(kind=KIND[args.method], dataset=data.name, model=args.model, ipc=args.ipc, steps=args.steps,
+        meta = dict(kind=KIND[args.method], dataset=data.name, source=args.dataset, model=args.model, ipc=args.ipc,
+                    steps=args.steps,
                     seed=self.seed, class_order=list(self.order), builder=builder_fingerprint(args),
                     normalised=True, mean=data.mean, std=data.std, classes=data.class_names,
                     world_size=parallel.world_size(),
@@ -545,7 +549,7 @@ def net_states(nets):
 
 def run_name(args):
     mode = '' if args.train_mode == 'scratch' else '_finetune'
-    return f'{args.method}{mode}_{dataset_label(args.dataset)}_{args.model}_{args.ipc}ipc_{args.steps}steps'
+    return f'{args.method}{mode}_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc}ipc_{args.steps}steps'
 
 
 def run(args):
@@ -562,9 +566,9 @@ def run(args):
     state = None
     if args.resume and os.path.isfile(ckpt_path):
         state = resume_state(ckpt_path, fingerprint(args, RESUMABLE))
+    check_same_data(args, (paths['json'], ckpt_path), 'pass another --save_path or move those files away')
     state = state or dict(accs={}, budget={}, times={}, sources={}, nets=None, nets_seed=None)
-    # Appending: a rerun that is rejected later (a foreign memory cache, a bad --feature_net) keeps the earlier log.
-    log = Log(paths['log'], append=True)
+    log = Log(paths['log'])
     k = data.num_classes // args.steps
     builder = {'DSA': f', {args.Iteration} DSA iterations', 'DM': f', {args.Iteration} DM iterations',
                'DiM': f', {args.gan_iters} GAN iterations'}.get(args.method, '')
@@ -575,6 +579,7 @@ def run(args):
     log(f'evaluation: {args.num_eval} x {args.model} ({data.num_classes}-way), {args.epoch_eval_train} epochs, lr '
         f'{args.lr_net}, batch {args.batch_train}, DSA {args.dsa_strategy}')
     log(f'hyper-parameters: {fingerprint(args, RESUMABLE)}')
+    warn_fresh_start(args.resume, ckpt_path, log)
     if args.resume and not os.path.isfile(ckpt_path):
         log(f'--resume: no finished step recorded in {ckpt_path}; starting from step 0 (cached memories are reused)')
 
@@ -697,7 +702,8 @@ def human_bytes(n):
 
 def write_outputs(args, state, data, paths):
     summary = summarise(args, state, data)
-    plot = os.path.join(args.save_path, f'cl_{data.name}_{args.model}_{args.ipc}ipc_{args.steps}steps.png')
+    label = file_label(args.dataset, args.im_size)
+    plot = os.path.join(args.save_path, f'cl_{label}_{args.model}_{args.ipc}ipc_{args.steps}steps.png')
     summary['plot'] = plot
     write_json(paths['json'], summary)
     buf = io.StringIO()
@@ -707,13 +713,14 @@ def write_outputs(args, state, data, paths):
     for r in summary['table']:
         w.writerow([summary['method'], data.name, args.model, args.ipc, args.steps] + [r[c] for c in cols])
     atomic_write_text(paths['csv'], buf.getvalue())
-    curves = collect_curves(args.save_path, data.name, args.model, args.ipc, args.steps)
+    curves = collect_curves(args.save_path, data.name, args.model, args.ipc, args.steps, args.im_size)
     plot_curves(plot, curves, f'{data.name}, {args.model}, {args.ipc} ipc, {args.steps} steps')
     return summary
 
 
-def collect_curves(folder, dataset, model, ipc, steps):
-    """Every CL result in folder for this setting: [(method, [classes], [mean], [std])], sorted by method."""
+def collect_curves(folder, dataset, model, ipc, steps, im_size=None):
+    """Every CL result in folder for this setting (and --im_size): [(method, [classes], [mean], [std])], sorted by
+    method."""
     curves = []
     for f in sorted(os.listdir(folder)):
         if not (f.startswith('cl_') and f.endswith('.json')):
@@ -721,7 +728,8 @@ def collect_curves(folder, dataset, model, ipc, steps):
         try:
             with open(os.path.join(folder, f)) as fh:
                 s = json.load(fh)
-            if (s['dataset'], s['model'], s['ipc'], s['steps']) != (dataset, model, ipc, steps) or not s['table']:
+            if ((s['dataset'], s['model'], s['ipc'], s['steps']) != (dataset, model, ipc, steps) or not s['table']
+                    or s.get('args', {}).get('im_size') != im_size):
                 continue
             t = s['table']
             curves.append((s['method'], [r['classes'] for r in t], [r['mean'] for r in t], [r['std'] for r in t]))

@@ -60,7 +60,7 @@ FLAGS = {
                                                     "(default: the original's table by ipc)"),
     'per_class': dict(action=argparse.BooleanOptionalAction, default=None,
                       help="DM: one class's graph at a time (the original README's out-of-memory trick; the same "
-                           "gradient for models without BN)"),
+                           "gradient for models without BN; default: off)"),
     'real_chunk': dict(type=int, default=None,
                        help='DM: embed the real images in chunks of this many (exact for models without BN; saves '
                             'memory; default: 256 on CPU, where it is also faster, all at once on CUDA)'),
@@ -86,12 +86,14 @@ POSITIVE = ('im_size', 'ipc', 'num_exp', 'num_eval', 'epoch_eval_train', 'lr_img
             'checkpoint_every', 'eval_every', 'real_chunk')
 
 
-def add_flags(group, names, **defaults):
-    """Add the FLAGS `names` to an argparse group, with per-script defaults."""
+def add_flags(group, names, helps=None, **defaults):
+    """Add the FLAGS `names` to an argparse group, with per-script defaults and, where a script's default is decided
+    at run time, per-script help texts (`helps`: name -> text) that say how."""
     for name in names:
         kw = dict(FLAGS[name])
         if name in defaults:
             kw['default'] = defaults[name]
+        kw['help'] = (helps or {}).get(name, kw['help'])
         group.add_argument(f'--{name}', *kw.pop('aliases', ()), dest=name, **kw)
 
 
@@ -144,10 +146,11 @@ CONDENSE_ORIGINAL = ('dataset', 'model', 'ipc', 'eval_mode', 'num_exp', 'num_eva
                      'save_path', 'dis_metric')
 
 
-def condense_parser(description, **defaults):
-    """The flags of the original main.py / main_DM.py, with per-script defaults, plus the project's additions."""
+def condense_parser(description, helps=None, **defaults):
+    """The flags of the original main.py / main_DM.py, with per-script defaults (and help texts, add_flags), plus
+    the project's additions."""
     p = ArgumentParser(description=description)
-    add_flags(p.add_argument_group('original flags'), CONDENSE_ORIGINAL, **defaults)
+    add_flags(p.add_argument_group('original flags'), CONDENSE_ORIGINAL, helps, **defaults)
     g = p.add_argument_group('project additions')
     add_flags(g, ('seed', 'im_size'))
     g.add_argument('--eval_every', type=int, default=defaults.get('eval_every'),

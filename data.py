@@ -17,7 +17,7 @@ from collections import namedtuple
 import numpy as np
 import torch
 
-from utils import ArgumentParser, UserError, atomic_save, run_cli
+from utils import ArgumentParser, UserError, atomic_save, remove_stale_temps, run_cli
 
 # name -> (channels, (H, W), classes, mean, std): the normalisation constants of the original code.
 DATASETS = {
@@ -78,6 +78,14 @@ def dataset_label(name):
     if user is None:
         return canonical_dataset(name)
     return os.path.splitext(os.path.basename(os.path.normpath(user[1])))[0]
+
+
+def file_label(name, im_size=None):
+    """The dataset's part of a run's file names: dataset_label, plus the size a folder's images are resized to, so
+    that runs on one folder at two sizes keep their own files (res_DM_flowers_32px_ConvNet_10ipc.pt)."""
+    user = user_spec(name)
+    resized = im_size and user is not None and user[0] == 'folder'
+    return f'{dataset_label(name)}_{im_size}px' if resized else dataset_label(name)
 
 
 def dataset_info(dataset, data_path, im_size=None):
@@ -231,6 +239,7 @@ def get_dataset(dataset, data_path, device='cpu', download=True, im_size=None):
         return Data(dataset_label(name), raw['classes'], raw['images_train'], raw['labels_train'],
                     raw['images_val'], raw['labels_val'], device, stats)
     _check_im_size(name, DATASETS[name][1], im_size)
+    _remove_cache_temps(os.path.join(data_path, f'{name}.pt'))
     raw = _load_prepared(name, data_path)
     if raw is None:
         raw = _load_tinyimagenet_folder(data_path) if name == 'TinyImageNet' else _load_torchvision(name, data_path, download)
@@ -384,6 +393,12 @@ def _remove_new_empty_folders(path, before):
             os.rmdir(root)
 
 
+def _remove_cache_temps(path):
+    """The temporary files a process killed while writing the prepared file `path` left beside it (55 MB for
+    MNIST), and only those: the data folder may hold other files of the user's."""
+    remove_stale_temps(os.path.dirname(os.path.abspath(path)), os.path.basename(path) + '.')
+
+
 def _cache_prepared(raw, path, replace=False):
     """Write the prepared tensor file next to the data; a read-only data folder simply goes without. replace: over
     an outdated one. Returns whether it was written."""
@@ -478,6 +493,7 @@ def _load_folder(root, im_size, mmap=False):
     splits = _scan_folder(root)
     source = _folder_source(root, splits, im_size)
     path = folder_cache_path(root, im_size)
+    _remove_cache_temps(path)
     if os.path.isfile(path):
         raw = _read_tensor_file(path, 'delete it to rebuild it from the images', mmap)
         if isinstance(raw, dict) and raw.get('source') == source:
@@ -583,11 +599,14 @@ if __name__ == '__main__':
         p = ArgumentParser(description='write the prepared tensor file of a dataset once (TinyImageNet: from the '
                                        'tiny-imagenet-200/ folder), so later loads skip torchvision and decoding')
         p.add_argument('dataset', help='a dataset name, or folder:PATH for an image folder')
-        p.add_argument('--data_path', default='data')
-        p.add_argument('--im_size', type=int, default=None, help='folder: resize every image to this square size')
+        p.add_argument('--data_path', default='data', help='the folder holding the dataset (not used for folder:PATH)')
+        p.add_argument('--im_size', type=int, default=None,
+                       help="folder: resize every image to this square size (default: the images' own size)")
         a = p.parse_args()
         d = get_dataset(a.dataset, a.data_path, im_size=a.im_size)
-        spec = user_spec(canonical_dataset(a.dataset))
-        prepared = (folder_cache_path(spec[1], a.im_size) if spec else _prepared_candidates(d.name, a.data_path)[0])
-        print(f'{d}; mean {d.mean}, std {d.std}; prepared file: {prepared}')
-    run_cli(_prepare)
+        kind, path = user_spec(canonical_dataset(a.dataset)) or (None, None)
+        prepared = {'folder': lambda: folder_cache_path(path, a.im_size), 'file': lambda: path,
+                    None: lambda: _prepared_candidates(d.name, a.data_path)[0]}[kind]()
+        where = prepared if os.path.isfile(prepared) else f'not written ({os.path.dirname(prepared)} is read-only)'
+        print(f'{d}; mean {d.mean}, std {d.std}; prepared file: {where}')
+    run_cli(_prepare, resumable=False)

@@ -18,8 +18,9 @@ so a resumed run repeats an uninterrupted one.
 """
 import argparse
 import os
-import sys
+import shlex
 import shutil
+import sys
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ from utils import UserError, make_generator
 
 GAN_KEYS = ('generator', 'discriminator', 'optim_g', 'optim_d')  # what a GAN checkpoint must hold
 # Arguments that fix the GAN's shape: a checkpoint made with other values is foreign.
-GAN_ARGS = ('dataset', 'dim_noise', 'cond', 'gan_width', 'critic')
+GAN_ARGS = ('dataset', 'im_size', 'dim_noise', 'cond', 'gan_width', 'critic')
 # Arguments that may change when a run is resumed.
 RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',
              'logs_dir', 'notes', 'cas', 'cuda_graphs')
@@ -57,14 +58,17 @@ def _both_spellings(group, name, **kw):
     group.add_argument(*flags, dest=name, **kw)
 
 
-def _accepted_and_ignored(group, flag, why='unused, as in the reference'):
+def _accepted_and_ignored(group, name, why='unused, as in the reference'):
+    """--name-with-hyphens (and --name_with_underscores for the project's flags, PROJECT_SPELLING)."""
+    flags = ['--' + name.replace('_', '-')] + (['--' + name] if name in PROJECT_SPELLING else [])
     # nargs='?' so that both the switch form (--fix-disc) and the valued form (--epochs-match 5) parse
-    group.add_argument(flag, default=None, nargs='?', const=True, help=f'accepted and ignored ({why})')
+    group.add_argument(*flags, dest=name, default=None, nargs='?', const=True, help=f'accepted and ignored ({why})')
 
 
 IGNORED = ('epochs_match', 'match_model', 'fix_disc')  # reference flags no stage uses
 STAGE3_IGNORED = ('epochs', 'lr', 'epochs_match_train', 'match', 'match_aug', 'match_coeff', 'metric', 'bias', 'fc',
-                  'weight')  # training flags, meaningless to validate.py
+                  'weight', 'print_freq', 'eval_interval', 'val_split')  # training flags, meaningless to validate.py
+PROJECT_SPELLING = ('val_split',)  # of these, the project's spelling is accepted too
 
 
 def parser(stage, description):
@@ -78,24 +82,23 @@ def parser(stage, description):
     ref.add_argument('--data-dir', '--data_path', dest='data_dir', default='data', help='dataset folder')
     ref.add_argument('--output-dir', '--save_path', dest='output_dir', default='./results/',
                      help='checkpoints and pictures go to <output-dir>/<tag>')
-    ref.add_argument('--logs-dir', default='./logs/', help='logs.txt goes to <logs-dir><tag>')
+    ref.add_argument('--logs-dir', default='./logs/', help='logs.txt goes to <logs-dir>/<tag> (each run appends to it)')
     ref.add_argument('--tag', default='test', help='run name')
     ref.add_argument('--seed', type=int, default=3407, help='one seed makes the whole run repeatable')
     ref.add_argument('--ipc', type=int, default=50, help='evaluation budget in images per class')
     ref.add_argument('--batch-size', type=int, default={1: 128, 2: 64, 3: 128}[stage],
-                     help='GAN batch; also the batch of evaluation networks')
+                     help='batch of the evaluation networks' + ('' if stage == 3 else ' and of the GAN'))
     ref.add_argument('--epochs-eval', type=int, default=1000, help='epochs of every evaluation network')
     ref.add_argument('--eval-lr', type=float, default=0.01, help='SGD lr of evaluation (and pool) networks')
-    ref.add_argument('--momentum', type=float, default=0.9)
-    ref.add_argument('--weight-decay', type=float, default=5e-4)
+    ref.add_argument('--momentum', type=float, default=0.9, help='SGD momentum of evaluation (and pool) networks')
+    ref.add_argument('--weight-decay', type=float, default=5e-4,
+                     help='SGD weight decay of evaluation (and pool) networks')
     ref.add_argument('--eval-model', nargs='+', default=['convnet'],
                      help='evaluation architectures: DiM names (convnet, resnet10, resnet18, resnet10_ap, ...) or '
                           'any networks.py name (ConvNet, ResNet18BN, ...)')
     ref.add_argument('--dim-noise', type=int, default=100, help='generator input width')
     ref.add_argument('--num-workers', type=int, default=4,
                      help='accepted for compatibility; ignored (batches come from tensors on the device)')
-    ref.add_argument('--print-freq', type=int, default=50, help='iterations between log lines')
-    ref.add_argument('--eval-interval', type=int, default=10, help='epochs between validations and checkpoints')
     ref.add_argument('--test-interval', type=int, default=200, help='evaluation epochs between test passes')
     ref.add_argument('--aug-type', default='color_crop_cutout', help='DiM DiffAug strategy')
     ref.add_argument('--mixup-net', default='cut', choices=['cut', 'vanilla'],
@@ -104,6 +107,8 @@ def parser(stage, description):
     ref.add_argument('--mix-p', type=float, default=-1.0, help='probability of mixing a batch (< 0: off)')
     ref.add_argument('--beta', type=float, default=1.0, help='Beta(beta, beta) of the mixing ratio')
     if stage in (1, 2):
+        ref.add_argument('--print-freq', type=int, default=50, help='GAN iterations between log lines')
+        ref.add_argument('--eval-interval', type=int, default=10, help='epochs between validations and checkpoints')
         ref.add_argument('--epochs', type=int, default={1: 150, 2: 100}[stage], help='GAN epochs')
         ref.add_argument('--lr', type=float, default={1: 1e-4, 2: 5e-6}[stage],
                          help='Adam lr of G and D (stage 2 overrides the lr of the loaded optimiser states)')
@@ -122,9 +127,9 @@ def parser(stage, description):
     if stage == 3:
         ref.add_argument('--pretrain-weight', required=True, help='generator checkpoint (stage 1 or 2)')
         for name in STAGE3_IGNORED:
-            _accepted_and_ignored(ref, '--' + name.replace('_', '-'), 'a training flag; validate.py trains no GAN')
+            _accepted_and_ignored(ref, name, 'a training flag; validate.py trains no GAN')
     for name in IGNORED:
-        _accepted_and_ignored(ref, '--' + name.replace('_', '-'))
+        _accepted_and_ignored(ref, name)
 
     own = p.add_argument_group('project additions')
     _both_spellings(own, 'device', default=None, help='cuda, cuda:1, cpu ... (default: cuda when available)')
@@ -134,9 +139,6 @@ def parser(stage, description):
                          "the reference's evaluation protocol (test-set selection, train-mode BN tests; "
                          "docs/design.md D-B1 D-B2 D-B5); 'clean': sound protocol and every number-moving fix "
                          "(--match_norm consistent, --match_joint_bn)")
-    _both_spellings(own, 'val_split', type=int, default=None,
-                    help='validation images per class held out of the training set for selecting checkpoints '
-                         '(default: 10%% of the smallest class, at most 500); ignored with --compat reference')
     _both_spellings(own, 'resnet_stem', default='auto', choices=['auto', 'cifar', 'imagenet'],
                     help="DiM ResNet stem; 'auto' is the reference rule (CIFAR stem iff the dataset name starts "
                          "with cifar)")
@@ -152,11 +154,16 @@ def parser(stage, description):
                          "docs/results.md)")
     _both_spellings(own, 'no_progress', action='store_true', help='no progress bars')
     _both_spellings(own, 'im_size', type=int, default=None,
-                    help="folder: data: resize every image to this square size (the GAN makes 28, 32 or 64)")
+                    help="folder: data: resize every image to this square size (the GAN makes 28, 32 or 64; default: "
+                         "the images' own size)")
     if stage in (1, 2):
+        _both_spellings(own, 'val_split', type=int, default=None,
+                        help='validation images per class held out of the training set for selecting checkpoints '
+                             '(default: 10%% of the smallest class, at most 500); ignored with --compat reference')
         _both_spellings(own, 'resume', action='store_true', help="continue from <output-dir><tag>/last.pth")
         _both_spellings(own, 'iters_per_epoch', type=int, default=None,
-                        help='at most this many GAN iterations per epoch')
+                        help='at most this many GAN iterations per epoch (default: a whole pass over the training '
+                             'images)')
         _both_spellings(own, 'n_critic', type=int, default=1,
                         help='critic steps per generator step, each on its own real batch (reference: 1)')
         _both_spellings(own, 'gp_every', type=int, default=1,
@@ -196,7 +203,8 @@ def parser(stage, description):
         _both_spellings(own, 'num_eval', type=int, default=5, help='evaluation networks per architecture (and per set)')
         _both_spellings(own, 'num_exp', type=int, default=1, help='fixed mode: independently generated sets')
         _both_spellings(own, 'dsa_strategy', default=None,
-                        help='fixed mode: DSA strategy of evaluate_synset (default: no flip for MNIST and SVHN)')
+                        help='fixed mode: DSA strategy of evaluate_synset (default: '
+                             'color_crop_cutout_flip_scale_rotate, without flip for MNIST and SVHN)')
         _both_spellings(own, 'batch_train', type=int, default=256, help='fixed mode: batch of evaluate_synset')
     return p
 
@@ -206,13 +214,13 @@ def check_args(args, stage):
     device, protocol, ResNet stem, stage defaults, validate.py's batch size under --auto_bs, and `notes`, the
     warnings the run's log opens with. Nothing writes to args after this."""
     notes = []
+    ignored = IGNORED + (STAGE3_IGNORED if stage == 3 else ())
     args.stage = stage
     args.dataset = data_mod.canonical_dataset(args.data)
     info = data_mod.dataset_info(args.dataset, args.data_dir, args.im_size)
     im_size, num_classes = info.im_size, info.num_classes
-    positive = ['ipc', 'batch_size', 'epochs_eval', 'eval_lr', 'dim_noise', 'print_freq', 'eval_interval',
-                'test_interval', 'gan_width']
-    gan = ['epochs', 'lr', 'n_critic', 'gp_every']
+    positive = ['ipc', 'batch_size', 'epochs_eval', 'eval_lr', 'dim_noise', 'test_interval', 'gan_width']
+    gan = ['epochs', 'lr', 'n_critic', 'gp_every', 'print_freq', 'eval_interval']
     positive += {1: gan, 2: gan + ['epochs_match_train'], 3: ['num_eval', 'num_exp', 'batch_train']}[stage]
     utils.check_finite(args)
     utils.check_output_folder(args.output_dir, '--output-dir')
@@ -222,7 +230,7 @@ def check_args(args, stage):
     for name in positive:
         utils.check_positive(name.replace('_', '-'), getattr(args, name))
     for name in ('val_split', 'iters_per_epoch', 'num_classes', 'im_size'):
-        if getattr(args, name, None) is not None:
+        if getattr(args, name, None) is not None and name not in ignored:
             utils.check_positive(name, getattr(args, name))
     if getattr(args, 'mode_seeking', 0.0) < 0:
         raise UserError(f'--mode_seeking must be >= 0 (0: off), got {args.mode_seeking}')
@@ -238,7 +246,7 @@ def check_args(args, stage):
         check_model_name(name)
     args.protocol = 'reference' if args.compat == 'reference' else 'sound'
     args.stem = resolve_stem(args.resnet_stem, args.dataset)
-    for flag in IGNORED + (STAGE3_IGNORED if stage == 3 else ()):
+    for flag in ignored:
         if getattr(args, flag, None) is not None:
             notes.append(f'--{flag.replace("_", "-")} is ignored by {SCRIPTS[stage]}.py')
     if stage == 2:
@@ -275,6 +283,41 @@ def _stage3_batch_size(args, num_classes, notes):
 
 def parse_args(stage, description, argv=None):
     return check_args(parser(stage, description).parse_args(argv), stage)
+
+
+# What the command a stage prints for the next one carries over, where it differs from the next stage's default:
+# the data, the GAN's shape (a checkpoint made with other values is refused), where the outputs go, and the
+# experiment's evaluation protocol and GAN training options. Not carried: the run's own flags (tag, resume,
+# checkpoints), the stage-specific ones (batch size, epochs, lr: their defaults differ between stages) and what
+# the next stage ignores.
+CARRIED = ('data', 'num_classes', 'data_dir', 'im_size', 'output_dir', 'logs_dir', 'dim_noise', 'cond', 'gan_width',
+           'critic', 'seed', 'compat', 'resnet_stem', 'ipc', 'eval_model', 'epochs_eval', 'eval_lr', 'momentum',
+           'weight_decay', 'aug_type', 'mixup_net', 'mix_p', 'beta', 'test_interval', 'eval_interval', 'print_freq',
+           'val_split', 'iters_per_epoch', 'n_critic', 'gp_every', 'mode_seeking', 'g_ema')
+NEXT_TAG = {2: 'match', 3: 'test'}  # the next stage's tag: this run's tag with this suffix
+
+
+def next_command(args, stage, weight, num_classes):
+    """The command line of DiM stage `stage` (2 or 3) on this run's checkpoint `weight`, runnable as printed (from
+    the same directory): the script's path from there, CARRIED flags, the device when it is not the default, and
+    for validate.py --auto_bs when its default batch would exceed K*ipc."""
+    actions = {a.dest: a for a in parser(stage, '')._actions}
+    ignored = IGNORED + (STAGE3_IGNORED if stage == 3 else ())
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{SCRIPTS[stage]}.py')
+    relative = os.path.relpath(script)
+    argv = ['python', script if relative.startswith('..') else relative, {2: '--weight', 3: '--pretrain-weight'}[stage],
+            weight, '--tag', f'{args.tag}_{NEXT_TAG[stage]}']
+    for name in CARRIED:
+        action, value = actions.get(name), getattr(args, name, None)
+        if action is None or name in ignored or value == action.default:
+            continue
+        argv += [action.option_strings[0], *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    device = args.device if parallel.world_size() == 1 else torch.device(args.device).type  # torchrun: cuda:<rank>
+    if device != utils.default_device():
+        argv += ['--device', device]
+    if stage == 3 and num_classes * args.ipc < actions['batch_size'].default:
+        argv.append('--auto_bs')
+    return shlex.join(argv)
 
 
 def config(args):
@@ -348,26 +391,39 @@ def storage_line(s):
 
 class Run:
     """<output-dir><tag>/ holds checkpoints, config.json and outputs/img_<epoch>.png; <logs-dir><tag>/logs.txt the
-    log. The log file is opened only once the inputs are checked, so a rejected command leaves earlier logs alone."""
+    log. The log file is opened only once the inputs are checked, and appended to."""
 
     def __init__(self, args):
         self.args = args
         self.dir = os.path.join(args.output_dir, args.tag)
         self.log_dir = os.path.join(args.logs_dir, args.tag)
         self.log = utils.Log()
+        self._config_written = False
 
     def path(self, name):
         return os.path.join(self.dir, name)
 
-    def open(self, append=False):
+    def open(self):
+        """Start the log (appended to logs.txt, after a header line); refuse a run folder that holds a run on
+        other data."""
+        runner.check_same_data(self.args, [self.path('config.json')], 'pass another --tag or --output-dir')
         os.makedirs(self.dir, exist_ok=True)
         utils.remove_stale_temps(self.dir)
         os.makedirs(self.log_dir, exist_ok=True)
-        self.log.open(os.path.join(self.log_dir, 'logs.txt'), append)
-        utils.write_json(self.path('config.json'), dict(args=config(self.args), protocol=protocol_label(self.args),
-                                                        versions=utils.versions(), world_size=parallel.world_size()))
+        self.log.open(os.path.join(self.log_dir, 'logs.txt'))
         for line in self.args.notes:
             self.log(f'warning: {line}')
+        if self.args.stage in (1, 2):
+            runner.warn_fresh_start(self.args.resume, self.path('last.pth'), self.log)
+
+    def write_config(self):
+        """config.json, written with the run's first checkpoint or results (not when it starts), so that it always
+        describes the files beside it: a run that fails at its first step leaves an earlier run's config alone."""
+        if not self._config_written:
+            utils.write_json(self.path('config.json'), dict(args=config(self.args), protocol=protocol_label(self.args),
+                                                            versions=utils.versions(),
+                                                            world_size=parallel.world_size()))
+            self._config_written = True
 
     def close(self):
         self.log.close()
@@ -386,7 +442,7 @@ def _link(src, dst):
     """dst as a second name of src (a copy where hard links are not possible): same bytes, no second write."""
     if not parallel.is_main():
         return
-    tmp = dst + '.tmp'
+    tmp = os.path.join(os.path.dirname(dst), f'.{os.path.basename(dst)}.link.tmp')  # swept by Run.open if left
     if os.path.exists(tmp):
         os.unlink(tmp)
     try:
@@ -417,8 +473,9 @@ def check_foreign(ck, args, flag, path):
     for k in GAN_ARGS:
         if k in made and made[k] != getattr(args, k):
             cli = {'dataset': 'data', 'dim_noise': 'dim-noise'}.get(k, k)
-            raise UserError(f'{flag} {path} was made with --{cli} {made[k]}, this run has {getattr(args, k)}; pass '
-                            f'--{cli} {made[k]}')
+            theirs = f'--{cli} {made[k]}' if made[k] is not None else f'no --{cli}'
+            raise UserError(f'{flag} {path} was made with {theirs}, this run has {getattr(args, k)}; '
+                            + (f'pass {theirs}' if made[k] is not None else f'drop --{cli}'))
 
 
 def load_into(model, state, flag, path, what):
@@ -568,6 +625,7 @@ def train_gan(args, run, data, G, D, opt_g, opt_d, state=None, matcher=None, ema
     os.makedirs(run.path('outputs'), exist_ok=True)
 
     def save(path, epoch, **extra):
+        run.write_config()
         save_checkpoint(path, G, D, opt_g, opt_d, epoch, args, ema, **extra)
 
     cas = None
@@ -715,6 +773,7 @@ def evaluate_fixed(G, args, data, run):
     real = data.real
     sets, accs = [], {}
     testloader = real.testloader()
+    stem = f'DiM_{data_mod.file_label(args.dataset, args.im_size)}'
     for exp in range(args.num_exp):
         images, labels = fixed_set(G, data, args.ipc, make_generator(args.seed, 'fixed_set', exp))
         sets.append([images, labels])
@@ -730,9 +789,10 @@ def evaluate_fixed(G, args, data, run):
             results, _ = evaluation.evaluate_networks(args.num_eval, build, images, labels, testloader, recipe, report)
             accs.setdefault(name, []).extend(acc for _, acc, _ in results)
         keep = (torch.arange(len(labels)) % args.ipc < 50).nonzero()[:, 0]  # at most 50 per class in a picture
-        runner.save_image_grid(run.path(f'vis_DiM_{data.name}_{args.ipc}ipc_exp{exp}.png'), images[keep],
-                               real.mean, real.std, nrow=min(args.ipc, 50))
-    path = run.path(f'res_DiM_{data.name}_GAN_{args.ipc}ipc.pt')
+        run.write_config()
+        runner.save_image_grid(run.path(f'vis_{stem}_{args.ipc}ipc_exp{exp}.png'), images[keep], real.mean, real.std,
+                               nrow=min(args.ipc, 50))
+    path = run.path(f'res_{stem}_GAN_{args.ipc}ipc.pt')
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=real.mean, std=real.std,
                 classes=real.class_names, normalised=True, method='DiM', model='GAN', ipc=args.ipc, args=config(args),
                 seed=args.seed, versions=utils.versions(), world_size=parallel.world_size(),

@@ -25,7 +25,7 @@ def main(argv=None):
     data, run, G, D, opt_g, opt_d = dim_run.prepare_gan_run(args)
     ema = dim_run.new_ema(args, G)
     state = dim_run.resume_state(args, run, G, D, opt_g, opt_d, ema=ema) if args.resume else None
-    run.open(append=args.resume)
+    run.open()
     dim_run.log_header(args, run, data, G)
     if state:
         run.log(f'resumed from {run.path("last.pth")} at epoch {state["epoch"]}')
@@ -33,8 +33,9 @@ def main(argv=None):
     for name, best in state['best'].items():
         run.log(f'best {name}: epoch {best["epoch"]}, accuracy {100 * best["score"]:.2f}% -> '
                 f'{run.path(f"best_{name}.pth")}')
-    run.log(f'stage 2: python pool_match.py --data {args.data} --weight {run.path("best.pth")} --tag match '
-            f'--match logit --match-aug')
+    best = run.path('best.pth')
+    run.log(f'stage 2: {dim_run.next_command(args, 2, best, data.num_classes)}')
+    run.log(f'or stage 3 on this generator: {dim_run.next_command(args, 3, best, data.num_classes)}')
     run.close()
     return state
 

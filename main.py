@@ -49,7 +49,12 @@ def parse_args(argv=None, notes=None):
     """The original main.py's flags and defaults plus the project's; notes collects lines for the run log."""
     notes = [] if notes is None else notes
     p = condense_parser(__doc__.split('\n')[0], ipc=1, eval_mode='S', epoch_eval_train=None, Iteration=1000,
-                        lr_img=0.1, init='noise', dsa_strategy=None)
+                        lr_img=0.1, init='noise', dsa_strategy=None, helps=dict(
+                            epoch_eval_train='epochs to train each evaluation network (default: DSA 1000; DC 300, or '
+                                             '1000 where DC augments: MNIST, ConvNetBN)',
+                            dsa_strategy="DSA ops joined by '_' (color, crop, cutout, flip, scale, rotate) (default: "
+                                         "with --method DSA color_crop_cutout_flip_scale_rotate, without flip for "
+                                         "MNIST and SVHN; DC: none)"))
     g = p.add_argument_group('DC/DSA')
     g.add_argument('--method', default='DC', type=str.upper, choices=['DC', 'DSA'],
                    help='DC: gradient matching; DSA: with differentiable Siamese augmentation')

@@ -34,7 +34,8 @@ def parse_args(argv=None):
     g = p.add_argument_group('DM')
     add_flags(g, ('per_class', 'real_chunk', 'compile'))
     g.add_argument('--preset', choices=['readme'], default=None,
-                   help="'readme': lr_img from the reference README's table for this dataset and ipc")
+                   help="'readme': lr_img from the reference README's table for this dataset and ipc (default: none, "
+                        "--lr_img as given)")
     args = check_condense_args(p.parse_args(argv))
     if args.preset == 'readme':
         args.lr_img = 10.0 if args.dataset == 'CIFAR10' and args.ipc >= 100 else 1.0

@@ -26,11 +26,11 @@ import itgan  # noqa: E402
 import parallel  # noqa: E402
 import runner  # noqa: E402
 from cli import add_flags, check_args, check_network  # noqa: E402
-from data import canonical_dataset, get_dataset  # noqa: E402
+from data import canonical_dataset, file_label, get_dataset  # noqa: E402
 from evaluation import EvalRecipe, evaluate_pool, test_accuracy  # noqa: E402
 from networks import DIM_CONDITIONINGS  # noqa: E402
 from utils import (ArgumentParser, Log, UserError, atomic_save, check_positive, make_generator,  # noqa: E402
-                   mean_std, run_cli, versions, write_json)
+                   mean_std, remove_stale_temps, run_cli, versions, write_json)
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
 # Flags that may change between a run and its --resume.
@@ -44,20 +44,28 @@ FLAG = '--generator'
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split('\n')[0])
     g = p.add_argument_group('project flags')
-    add_flags(g, ('dataset', 'model', 'ipc', 'num_eval', 'epoch_eval_train', 'Iteration', 'lr_net', 'batch_real',
-                  'batch_train', 'dsa_strategy', 'data_path', 'save_path', 'seed', 'device', 'resume',
+    add_flags(g, ('dataset', 'im_size', 'model', 'ipc', 'num_eval', 'epoch_eval_train', 'Iteration', 'lr_net',
+                  'batch_real', 'batch_train', 'dsa_strategy', 'data_path', 'save_path', 'seed', 'device', 'resume',
                   'checkpoint_every', 'align_corners', 'no_progress', 'real_chunk', 'cuda_graphs'),
-              ipc=None, num_eval=3, epoch_eval_train=200, Iteration=1000, dsa_strategy=None, checkpoint_every=100)
+              ipc=None, num_eval=3, epoch_eval_train=200, Iteration=1000, dsa_strategy=None, checkpoint_every=100,
+              helps=dict(ipc='real images per class to invert and condense (default: every training image, the '
+                             "paper's setting)",
+                         im_size="folder: datasets: resize every image to this square size (default: the size "
+                                 "recorded in the generator checkpoint, else the images' own)",
+                         dsa_strategy="DSA ops joined by '_' (color, crop, cutout, flip, scale, rotate); None "
+                                      "disables DSA (default: color_crop_cutout_flip_scale_rotate, without flip for "
+                                      "MNIST and SVHN)"))
     own = p.add_argument_group('IT-GAN')
     own.add_argument('--generator', '--pretrain-weight', '--weight', dest='generator', required=True,
                      help='generator checkpoint of gen_condense.py / pool_match.py (or the file --generator_factory '
                           'reads)')
     own.add_argument('--generator_factory', default=None,
                      help='MODULE:FUNCTION returning any generator, FUNCTION(path, data, device) -> module with '
-                          'forward(z, y) in [-1, 1] and dim_noise (or dim_z); e.g. a pretrained BigGAN')
+                          'forward(z, y) in [-1, 1] and dim_noise (or dim_z); e.g. a pretrained BigGAN (default: '
+                          '--generator is a gen_condense.py / pool_match.py checkpoint)')
     for name, kw in (('dim_noise', dict(type=int)), ('cond', dict(choices=DIM_CONDITIONINGS)),
                      ('gan_width', dict(type=int))):
-        own.add_argument(f'--{name}', f'--{name.replace("_", "-")}', dest=name, default=None,
+        own.add_argument(*dict.fromkeys((f'--{name}', f'--{name.replace("_", "-")}')), dest=name, default=None,
                          help="the GAN's shape (default: as recorded in the checkpoint)", **kw)
     own.add_argument('--eval_model', '--eval-model', nargs='+', default=['ResNet18BN'],
                      help='evaluation architectures (networks.py names)')
@@ -105,13 +113,25 @@ def file_hash(path):
     return h.hexdigest()
 
 
+def recorded_im_size(args):
+    """--im_size, or the size the generator checkpoint's data was resized to (a DiM run's --im_size)."""
+    if args.im_size is not None or args.generator_factory:
+        return args.im_size
+    return (dim_run.load_checkpoint(args.generator, FLAG).get('args') or {}).get('im_size')
+
+
 def project_generator(args, data):
     """G from a gen_condense.py / pool_match.py checkpoint, its shape as the checkpoint records it."""
     ck = dim_run.load_checkpoint(args.generator, FLAG)
     made = ck.get('args') or {}
-    if made.get('dataset', data.name) != data.name:
-        raise UserError(f'{FLAG} {args.generator} was trained on {made["dataset"]}, this run is on {data.name}; '
+    # Both sides as data.canonical_dataset spells them (a folder: its absolute path), as the DiM stages record it.
+    if made.get('dataset', args.dataset) != args.dataset:
+        raise UserError(f'{FLAG} {args.generator} was trained on {made["dataset"]}, this run is on {args.dataset}; '
                         f'pass --dataset {made["dataset"]} or another generator')
+    if made.get('im_size', args.im_size) != args.im_size:
+        size = made['im_size']
+        raise UserError(f'{FLAG} {args.generator} was trained on images resized to {size or "their own size"}, this '
+                        f'run resizes to {args.im_size}; ' + (f'pass --im_size {size}' if size else 'drop --im_size'))
     shape = {k: getattr(args, k) if getattr(args, k) is not None else made.get(k, default)
              for k, default in (('dim_noise', 100), ('cond', 'overwrite'), ('gan_width', 196))}
     G, _ = dim.build_gan(data, shape['dim_noise'], shape['cond'], shape['gan_width'], args.device,
@@ -154,8 +174,7 @@ class ITGANRun:
 
     def __init__(self, args, data, gen_info):
         self.args, self.data, self.gen = args, data, gen_info
-        ipc = args.ipc or 'all'
-        self.name = f'ITGAN_{data.name}_{args.model}_{ipc}ipc'
+        self.name = f'ITGAN_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc or "all"}ipc'
         path = lambda f: os.path.join(args.save_path, f)  # noqa: E731
         self.results_path, self.summary_path = path(f'res_{self.name}.pt'), path(f'{self.name}.json')
         self.log_path, self.ckpt_path, self.vis_path = (path(f'{self.name}.log'), path(f'{self.name}.ckpt.pt'),
@@ -164,7 +183,11 @@ class ITGANRun:
         self.eval_fingerprint = runner.fingerprint(args, set(vars(args)) - set(EVAL_FLAGS))
         self.state = (runner.resume_state(self.ckpt_path, self.fingerprint) if args.resume else
                       dict(chunks=[], mse=[], it=0, losses=[], times={}))
-        self.log = Log(self.log_path, append=args.resume)
+        runner.check_same_data(args, (self.results_path, self.summary_path, self.ckpt_path),
+                               'pass another --save_path or move those files away')
+        remove_stale_temps(args.save_path, f'res_{self.name}.', f'{self.name}.', f'vis_{self.name}.')
+        self.log = Log(self.log_path)
+        runner.warn_fresh_start(args.resume, self.ckpt_path, self.log)
         if self.state.get('eval_fingerprint', self.eval_fingerprint) != self.eval_fingerprint:
             self.log(f'evaluation flags changed ({self.state["eval_fingerprint"]} -> {self.eval_fingerprint}): the '
                      f'stored latents are evaluated anew')
@@ -258,7 +281,8 @@ def save_grid(args, data, run, sets, real_idx, labels):
 
 def main(argv=None):
     args = parse_args(argv)
-    data = get_dataset(args.dataset, args.data_path, device=args.device)
+    args.im_size = recorded_im_size(args)
+    data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     smallest = min(len(i) for i in data.indices_class)
     if args.ipc is not None and args.ipc > smallest:
         raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); lower it')

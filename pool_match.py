@@ -30,7 +30,7 @@ def main(argv=None):
         state = None
         dim_run.load_weight(args, G, D, opt_g, opt_d, ema)
     dim_run.set_lr(args.lr, opt_g, opt_d)  # the loaded optimiser states carry stage 1's lr
-    run.open(append=args.resume)
+    run.open()
     dim_run.log_header(args, run, data, G)
     run.log(f'pool: {", ".join(matcher.pool)} ({args.stem} stem); match {args.match} x {args.match_coeff}, '
             f'match-aug {args.match_aug}, {args.epochs_match_train} pool steps per generator step')
@@ -42,7 +42,7 @@ def main(argv=None):
     for name, best in state['best'].items():
         run.log(f'best {name}: epoch {best["epoch"]}, accuracy {100 * best["score"]:.2f}% -> '
                 f'{run.path(f"best_{name}.pth")}')
-    run.log(f'stage 3: python validate.py --data {args.data} --pretrain-weight {run.path("best.pth")} --tag test')
+    run.log(f'stage 3: {dim_run.next_command(args, 3, run.path("best.pth"), data.num_classes)}')
     run.close()
     return state
 

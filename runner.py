@@ -13,6 +13,7 @@ The second section serves main.py and main_DM.py, whose loops read (see either s
             run.step_done(exp, it, loss, image_syn, optimizer)      # log, progress, checkpoint
     run.finish()
 """
+import json
 import math
 import os
 import time
@@ -21,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 import parallel
-from data import denormalise
+from data import denormalise, file_label
 from evaluation import evaluate_pool, progress_lines
 from utils import Log, UserError, atomic_save, atomic_write, make_generator, mean_std, remove_stale_temps, \
     sample_std, unreadable, versions, write_json
@@ -67,6 +68,45 @@ def resume_state(path, ours):
     state = load_state(path)
     check_same_run(path, state.pop('fingerprint', {}), ours)
     return state
+
+
+def recorded_args(path):
+    """The arguments a run recorded in one of its files: `args` of a JSON summary or config, `fingerprint` of a
+    checkpoint, `meta['args']` of a results file (tensors memory-mapped, not read); {} when unreadable."""
+    try:
+        if path.endswith('.json'):
+            with open(path) as f:
+                obj = json.load(f)
+            return obj.get('args') or {}
+        obj = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        return obj.get('fingerprint') or (obj.get('meta') or {}).get('args') or {}
+    except Exception:  # a foreign or damaged file says nothing about its data; the run replaces it as before
+        return {}
+
+
+def check_same_data(args, paths, remedy):
+    """UserError when one of `paths`, the files this run would write, holds a run on other data: another folder or
+    file of the same base name, or another --im_size. A rerun replaces its own results, never another dataset's."""
+    def key(dataset, im_size):  # --im_size resizes folders only; elsewhere it can only repeat the data's own size
+        return dataset, im_size if str(dataset).startswith('folder:') else None
+
+    ours = key(args.dataset, args.im_size)
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        made = recorded_args(path)
+        theirs = key(made.get('dataset', args.dataset), made.get('im_size', args.im_size))
+        if theirs != ours:
+            words = [f'{d}' + (f' at --im_size {s}' if s else '') for d, s in (theirs, ours)]
+            raise UserError(f'{path} holds a run on {words[0]}, this run is on {words[1]}; {remedy}')
+
+
+def warn_fresh_start(resume, path, log):
+    """A run without --resume where an earlier run left its checkpoint starts afresh and replaces it: say so at
+    once, while the user can still stop it and continue the earlier run with --resume."""
+    if not resume and os.path.isfile(path):
+        log(f'warning: {path} holds the checkpoint of an earlier run; this run starts afresh and replaces it (stop '
+            f'it and add --resume to continue that run instead)')
 
 
 def save_results(path, data, accs_all_exps, meta=None, accs_iters=None):
@@ -131,15 +171,17 @@ class CondensationRun:
             raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); '
                             f'lower --ipc or use --init noise')
         self.args, self.method, self.data, self.recipes = args, method, data, recipes
-        self.name = f'{method}_{data.name}_{args.model}_{args.ipc}ipc'
+        self.name = f'{method}_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc}ipc'
         self.results_path, self.summary_path, self.log_path, self.ckpt_path = (
             os.path.join(args.save_path, f) for f in (f'res_{self.name}.pt', f'{self.name}.json', f'{self.name}.log',
                                                       f'{self.name}.ckpt.pt'))
         self.fingerprint = dict(fingerprint(args, RESUMABLE), method=method)
         self.state = resume_state(self.ckpt_path, self.fingerprint) if args.resume else None
+        check_same_data(args, (self.results_path, self.summary_path, self.ckpt_path),
+                        'pass another --save_path or move those files away')
         remove_stale_temps(args.save_path, f'res_{self.name}.', f'{self.name}.', f'vis_{self.name}_')
-        # The log opens only now that the inputs are checked, so a rejected command leaves an earlier log alone.
-        self.log = Log(self.log_path, append=args.resume)
+        # The log opens (and is appended to) only now that the inputs are checked.
+        self.log = Log(self.log_path)
         self.eval_its = eval_iterations(args, reference_every)
         epochs = sorted({r.epoch_eval_train for r in recipes.values()})
         self.log(f'plan: {args.num_exp} experiment(s) x {args.Iteration} iterations on {args.device}{parallel.processes()}; at each of '
@@ -150,6 +192,7 @@ class CondensationRun:
         self.log(f'hyper-parameters: {self.fingerprint}')
         for line in notes:
             self.log(line)
+        warn_fresh_start(args.resume, self.ckpt_path, self.log)
         self.state = self.state or dict(exp=0, it=0, data=[], accs_all_exps={}, accs_iters={}, times=[])
 
     def experiments(self):
@@ -254,6 +297,7 @@ class CondensationRun:
         for arch, s in acc.items():
             self.log(f'Run {args.num_exp} experiments, train on {args.model}, evaluate {len(s["all"])} random '
                      f'{arch}, mean = {s["mean"]:.2f}%  std = {s["std"]:.2f}%')
+        self.log(f'results: {self.results_path}, {self.summary_path}')
         self.log.close()
         return summary
 

@@ -11,8 +11,10 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -25,13 +27,23 @@ class UserError(Exception):
     """Bad input from the user: reported as one line on stderr with exit code 2, never a traceback."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default at the end of its help, unless the help already says what it is: a None default means
+    "decided at run time" (the help says how), and a required flag has none."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default is None or re.search(r'\(default\b|\bdefault:', action.help or ''):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr and exit code 2 (no usage dump), defaults shown in --help,
     and values such as -1e-4 parse as numbers (argparse takes them for flags), so that the flag's own check can
     say what is wrong with them."""
 
     def __init__(self, *a, **kw):
-        kw.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)
+        kw.setdefault('formatter_class', HelpFormatter)
         super().__init__(*a, **kw)
         self._negative_number_matcher = re.compile(r'^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$', re.I)
 
@@ -39,10 +51,12 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {message}\n')
 
 
-def run_cli(main):
+def run_cli(main, resumable=True):
     """Run main(); bad input becomes one line on stderr and exit code 2, never a traceback: a UserError, a file
-    system error on reading or writing (the path and the reason), or running out of memory."""
+    system error on reading or writing (the path and the reason), or running out of memory. The line also ends
+    the run's log when one is open. resumable: the script has --resume (Ctrl-C's line then advises it)."""
     prog = os.path.basename(sys.argv[0])
+    _OPEN_LOGS.clear()  # logs an earlier main() left open in this process are not this run's
     try:
         main()
     except UserError as e:
@@ -57,13 +71,25 @@ def run_cli(main):
             raise
         _fail(prog, 'out of memory; lower --ipc, the batch sizes (--batch_real, --batch_train) or use a smaller model')
     except KeyboardInterrupt:
-        print(f'\n{prog}: interrupted; rerun with --resume to continue', file=sys.stderr)
+        line = 'interrupted' + ('; rerun with --resume to continue' if resumable else '')
+        print(f'\n{prog}: {line}', file=sys.stderr)
+        _to_logs(line)
         sys.exit(130)
 
 
 def _fail(prog, message):
     print(f'{prog}: error: {message}', file=sys.stderr)
+    _to_logs(f'error: {message}')
     sys.exit(2)
+
+
+def _to_logs(line):
+    for log in list(_OPEN_LOGS):
+        try:
+            log(line, echo=False)
+            log.close()
+        except OSError:
+            pass  # a full disk: the line is on stderr
 
 
 def check_positive(name, value):
@@ -227,7 +253,19 @@ def atomic_write_text(path, text):
 
 
 def write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + '\n')
+    """obj as JSON; a non-finite float (the sample std of one value, a diverged loss) is written as null: NaN and
+    Infinity are not JSON, and strict readers (jq, JavaScript, Go) reject the file."""
+    atomic_write_text(path, json.dumps(_finite(obj), indent=2, default=str, allow_nan=False) + '\n')
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def versions():
@@ -240,21 +278,29 @@ def versions():
 # ----------------------------------------------------------------------------------------------
 # The run log
 
+_OPEN_LOGS = set()  # the logs of the running main(), which run_cli's error line also ends
+
+
 class Log:
     """Messages to the console (above any progress bar) and, once opened, to a log file. Under torchrun only
-    rank 0 logs."""
+    rank 0 logs. A log file is appended to, never replaced: each run adds its lines after a header line (the
+    time and the command), so an earlier run's log survives a later run, failed or not, in the same place."""
 
-    def __init__(self, path=None, append=False):
+    def __init__(self, path=None):
         self._file = None
         self._silent = not is_main()
         if path is not None:
-            self.open(path, append)
+            self.open(path)
 
-    def open(self, path, append=False):
+    def open(self, path):
         if self._silent:
             return
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._file = open(path, 'a' if append else 'w')
+        self._file = open(path, 'a')
+        command = shlex.join([os.path.basename(sys.argv[0])] + sys.argv[1:])
+        self._file.write(f'==== {time.strftime("%Y-%m-%d %H:%M:%S")} {command}\n')
+        self._file.flush()
+        _OPEN_LOGS.add(self)
 
     def __call__(self, msg, echo=True):
         if echo and not self._silent:
@@ -265,6 +311,7 @@ class Log:
             self._file.flush()
 
     def close(self):
+        _OPEN_LOGS.discard(self)
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -43,6 +43,7 @@ def main(argv=None):
             results['onthefly'] = dim_run.evaluate_onthefly(G, args, data, run.log)
         else:
             results['fixed'] = dim_run.evaluate_fixed(G, args, data, run)
+    run.write_config()
     utils.write_json(run.path('results.json'), results)
     run.log(f'results: {run.path("results.json")}')
     run.close()
@@ -50,4 +51,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    utils.run_cli(main)
+    utils.run_cli(main, resumable=False)  # no --resume: a stage-3 run is started again

@@ -242,8 +242,9 @@ def test_a_redirected_run_has_no_progress_bars_and_states_its_plan(prepared_mnis
     argv = [a for a in _dm(prepared_mnist) if a != '--no_progress']
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'main_DM.py'), *argv], capture_output=True, text=True)
     assert r.returncode == 0 and '\r' not in r.stderr and '%|' not in r.stderr
-    log = (prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_1ipc.log').read_text()
-    assert log.startswith('plan: 1 experiment(s) x 4 iterations on cpu; at each of 1 evaluation point(s), 1 network')
+    header, plan = (prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_1ipc.log').read_text().splitlines()[:2]
+    assert header.startswith('==== ') and 'main_DM.py --dataset MNIST' in header  # the time and the command
+    assert plan.startswith('plan: 1 experiment(s) x 4 iterations on cpu; at each of 1 evaluation point(s), 1 network')
 
 
 def test_one_vocabulary_across_scripts(prepared_mnist):

@@ -60,7 +60,7 @@ def _dc(tmp, dataset, *extra):
 def test_folder_runs_dm_and_dc_end_to_end_with_its_classes_and_statistics(tmp_path, channel):
     root = write_folder(tmp_path / 'fruit', channel)
     _dm(tmp_path, f'folder:{root}', '--im_size', '28')
-    res = torch.load(tmp_path / 'out' / 'res_DM_fruit_ConvNetW32_2ipc.pt')  # a plain load: plain types only
+    res = torch.load(tmp_path / 'out' / 'res_DM_fruit_28px_ConvNetW32_2ipc.pt')  # a plain load: plain types only
     meta = res['meta']
     assert meta['classes'] == ['apple', 'bird', 'cat'] and meta['dataset'] == 'fruit'
     assert meta['channel'] == channel and meta['im_size'] == [28, 28]
@@ -73,7 +73,7 @@ def test_folder_runs_dm_and_dc_end_to_end_with_its_classes_and_statistics(tmp_pa
     assert meta['std'] == pytest.approx(x.transpose(0, 1).flatten(1).std(1, unbiased=False).tolist(), abs=1e-9)
     assert meta['mean'] != pytest.approx(data_mod.DATASETS['CIFAR10'][3][:channel], abs=1e-3)
     _dc(tmp_path, f'folder:{root}', '--im_size', '28')
-    res = torch.load(tmp_path / 'out_dc' / 'res_DSA_fruit_ConvNetW32_1ipc.pt')
+    res = torch.load(tmp_path / 'out_dc' / 'res_DSA_fruit_28px_ConvNetW32_1ipc.pt')
     assert res['meta']['classes'] == ['apple', 'bird', 'cat'] and res['meta']['mean'] == meta['mean']
 
 

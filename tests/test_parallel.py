@@ -138,9 +138,10 @@ def log_text(folder):
 
 
 def masked_log(folder, root):
-    """A run's log without what may differ between process counts: times, the output folder, the plan line's
-    'x N torchrun processes' and the per-epoch progress lines (under torchrun only rank 0's own networks')."""
-    lines = log_text(folder).replace(str(root), '<out>').splitlines()
+    """A run's log without what may differ between process counts: the header line (the time and the command),
+    times, the output folder, the plan line's 'x N torchrun processes' and the per-epoch progress lines (under
+    torchrun only rank 0's own networks')."""
+    lines = [line for line in log_text(folder).replace(str(root), '<out>').splitlines() if not line.startswith('==== ')]
     lines = [re.sub(r' x \d+ torchrun processes \([^)]*\)', '', line) for line in lines]
     return [re.sub(r'\d+(\.\d+)? s\b', 'T s', line) for line in lines if not re.search(r'epoch \d+/\d+$', line)]
 
