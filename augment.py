@@ -138,7 +138,7 @@ def sample_dsa_params(strategy, n, generator=None, param=None, one_token=False):
 def select_params(params, index):
     """Rows `index` of every tensor in a parameter dict (e.g. index = class id of each image)."""
     device = next((v.device for v in params.values() if torch.is_tensor(v)), 'cpu')
-    index = torch.as_tensor(index, dtype=torch.long).to(device)
+    index = index.to(device, torch.long) if torch.is_tensor(index) else torch.as_tensor(index, device=device)
     return {k: (v[index] if torch.is_tensor(v) else v) for k, v in params.items()}
 
 
@@ -283,8 +283,9 @@ def _expand_to_batch(params, N, what):
     n = params['choice'].shape[0] if 'choice' in params else params['flip'].shape[0]
     if n == N:
         return params
-    if n == 1:  # one shared (Siamese) set
-        return select_params(params, torch.zeros(N, dtype=torch.long))
+    if n == 1:  # one shared (Siamese) set, expanded where the parameters live
+        device = (params['choice'] if 'choice' in params else params['flip']).device
+        return select_params(params, torch.zeros(N, dtype=torch.long, device=device))
     raise ValueError(f'{what}: parameters hold {n} sets but the batch has {N} images; sample 1 or {N} sets, '
                      f'or expand per-class sets with select_params(params, labels)')
 

@@ -113,7 +113,8 @@ class Audit(TorchDispatchMode):
     checked and its aten ops counted (audit.ops[name] over audit.checked[name] calls): audit.problems lists, per
     step name, each op that reads a value back to the host, each random draw from a generator the step was not
     given (a recording would replay a stale state) or from the global generator, each tensor made from Python data
-    and each copy between the host and a device."""
+    and each copy between the host and a device. A tensor made without naming its device is made on the meta
+    device during a checked call, so such a step fails where it meets the step's own tensors."""
 
     def __init__(self):
         super().__init__()
@@ -131,7 +132,9 @@ class Audit(TorchDispatchMode):
         outer = self._name, self._generators
         self._name, self._generators = name, tuple(generators)
         try:
-            with self:
+            # A tensor made without naming its device would be made on the host in a GPU step; here it is made
+            # on the meta device, so that the step fails where it would meet the step's own tensors.
+            with self, torch.device('meta'):
                 yield
         finally:
             self._name, self._generators = outer

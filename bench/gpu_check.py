@@ -86,12 +86,12 @@ def dm_args(device, ipc, graphs='on', amp='off', compile_='off', batch_real=256,
                                '--amp', amp, '--compile', compile_])
 
 
-def run_dm(data, args, iters, channels_last=None, start=0):
+def run_dm(data, args, iters, channels_last=None, start=0, resident=None):
     """A DMStep on a fixed initial set for `iters` iterations: (final set, seconds per iteration after `start`)."""
     image_syn, syn_cls = init_synset(data, args.ipc, 'real', torch.Generator().manual_seed(0))
     image_syn = image_syn.to(args.device).requires_grad_(True)
     opt = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
-    step = DMStep(args, data, image_syn, syn_cls, opt, channels_last=channels_last)
+    step = DMStep(args, data, image_syn, syn_cls, opt, channels_last=channels_last, resident=resident)
     for it in range(start):
         step(args.seed, (0, it))
     sync(args.device)
@@ -215,8 +215,8 @@ def check_equivalence(c, device, smoke):
         augment._group_on_host = lambda choice: False  # the GPU's way of applying DSA, on the CPU
     try:
         with audited() as audit:
-            run_dm(data, dm_args(device, 2, 'on', batch_real=4), 2)
-            run_dm(data, dm_args(device, 2, 'on', batch_real=4, amp='bf16' if cuda else 'off'), 2)
+            run_dm(data, dm_args(device, 2, 'on', batch_real=4), 2, resident=True)
+            run_dm(data, dm_args(device, 2, 'on', batch_real=4, amp='bf16' if cuda else 'off'), 2, resident=True)
             run_dc(data, dc_args(device, 'DSA', 2, 'on', outer_loop=2, inner_loop=1, batch_real=4), 2)
             run_eval(data, device, 2, 2, 2, 'on')
             run_gan(device, 1, 28, 8, 8, 4, False)

@@ -52,11 +52,11 @@ def test_the_audit_finds_what_would_break_a_recording():
     other = torch.Generator().manual_seed(1)
 
     def bad():
-        x = torch.rand(4, generator=g)
+        x = torch.rand(4, generator=g, device="cpu")
         x.sum().item()                      # host read
         (x > 0.5).nonzero()                 # data-dependent shape
         x[x > 0.5]                          # boolean mask
-        torch.tensor([1.0, 2.0])            # Python data
+        torch.tensor([1.0, 2.0], device="cpu")  # Python data
         torch.randn(3)                      # global generator
         torch.rand(2, generator=other)      # a stream the step was not given
         return x
@@ -70,6 +70,15 @@ def test_the_audit_finds_what_would_break_a_recording():
     for what in ('reads a value back', 'boolean-mask', 'Python data', 'global random generator',
                  'not given'):
         assert what in found, (what, audit.problems)
+
+    def implicit():  # a tensor made without a device is made on the host, even in a GPU step
+        return torch.rand(2, generator=g, device='cpu') + torch.zeros(2)
+
+    with graphs.audited():
+        step = graphs.Graphed(implicit, [g], name='implicit')
+        step()
+        with pytest.raises((RuntimeError, NotImplementedError)):
+            step()
 
 
 @pytest.mark.parametrize('extra', [(), ('--per_class',), ('--model', 'ConvNetBN', '--real_chunk', '0')],
