@@ -119,11 +119,13 @@ def refresh_bn(net, real, mode='momentum'):
     elif mode != 'momentum':
         raise ValueError(f"bn_stats must be 'momentum' or 'exact', got {mode!r}")
     net.train()
-    with torch.no_grad():
-        net(real)
-    for m, momentum in zip(bns, momenta):
-        m.momentum = momentum
-        m.eval()
+    try:
+        with torch.no_grad():
+            net(real)
+    finally:  # also when the forward fails (a CUDA graph recording that falls back to eager runs it again)
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+            m.eval()
 
 
 def train_epochs(net, optimizer, images, labels, epochs, batch, generator, dsa_strategy=None, param=None):
