@@ -88,6 +88,19 @@ def condense_toy(step, args, data, iterations, ipc=2):
     return initial, image_syn.detach(), syn_cls
 
 
+def over_seeds(measure, holds, n=5, need=3):
+    """A claim about a random process, checked over seeds instead of one seed's luck: measure(seed) for the seeds
+    0, 1, ... until it is decided whether holds(value) is true for at least `need` of `n` seeds (need 3 of 5: the
+    median holds). Returns (decided true, the values measured)."""
+    values, hits = [], 0
+    for seed in range(n):
+        values.append(measure(seed))
+        hits += bool(holds(values[-1]))
+        if hits >= need or len(values) - hits > n - need:
+            break
+    return hits >= need, values
+
+
 def interrupt_at(step, at):
     """`step` (a dm_step/dc_step-like function) that raises KeyboardInterrupt at iteration `at`, as Ctrl-C would."""
     def interrupted(args, data, image_syn, syn_cls, optimizer, seed, keys):
