@@ -25,7 +25,7 @@ def toy_images(n_per_class, num_classes, channel, size, seed=0, noise=40):
 
 
 def write_prepared(folder, name, n_train=10, n_test=4, num_classes=10, channel=3, size=32, seed=0, noise=40):
-    """A prepared tensor file `<folder>/<name>.pt` in the layout of ../shared/data/README.md. A larger noise
+    """A prepared tensor file `<folder>/<name>.pt` in the prepared layout (docs/design.md, section 2). A larger noise
     hides the class bands (toy_images), for a toy whose accuracies are not all 100 %."""
     xtr, ytr = toy_images(n_train, num_classes, channel, size, seed, noise)
     xte, yte = toy_images(n_test, num_classes, channel, size, seed + 1, noise)

@@ -248,6 +248,16 @@ def test_help_shows_defaults_and_is_self_contained(script):
         assert os.path.isfile(os.path.join(ROOT, doc)), doc
 
 
+def test_the_docs_hold_no_placeholders_and_point_to_no_file_outside_the_repository():
+    for doc in ['README.md'] + [os.path.join('docs', f) for f in os.listdir(os.path.join(ROOT, 'docs'))
+                                if f.endswith('.md')]:
+        with open(os.path.join(ROOT, doc), encoding='utf-8') as f:
+            text = f.read()
+        for placeholder in ('TODO', 'TBD', 'FIXED %', 'XX'):
+            assert placeholder not in text, (doc, placeholder)
+        assert not re.findall(r'\.\./[\w./-]+\.md\b', text), doc  # a document the reader of a clone does not have
+
+
 def test_a_redirected_run_has_no_progress_bars_and_states_its_plan(prepared_mnist):
     argv = [a for a in _dm(prepared_mnist) if a != '--no_progress']
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'main_DM.py'), *argv], capture_output=True, text=True)
