@@ -18,6 +18,7 @@ from collections import namedtuple
 import numpy as np
 import torch
 
+from footprint import check_fits
 from utils import ArgumentParser, UserError, atomic_save, run_cli
 
 # name -> (channels, (H, W), classes, mean, std): the normalisation constants of the original code.
@@ -479,7 +480,6 @@ def _load_folder(root, im_size, mmap=False):
     if (root, im_size, source) in _UNCACHED:
         return _UNCACHED[(root, im_size, source)]
     if im_size:  # every image decoded into one uint8 tensor, one resized image at a time beside it
-        from footprint import check_fits
         files = [f for entries in splits.values() for _, fs in entries for f in fs]
         channels = 1 if _image_mode(files[0]) in GREY_MODES else 3
         check_fits((len(files) + 4) * channels * im_size ** 2, 'cpu',

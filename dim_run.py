@@ -674,9 +674,9 @@ def evaluate_onthefly(G, args, data, log):
     label = f'on-the-fly (ipc {args.ipc} = {n_it} x {args.batch_size} fresh samples per epoch), ' + (
         'reference protocol' if ref else 'sound protocol')
     out = dict(mode='onthefly', label=label, steps_per_epoch=n_it, epochs=args.epochs_eval, models={})
-    log(f'plan: {args.num_eval} network(s) x {len(args.eval_model)} architecture(s), each {args.epochs_eval} epochs of '
-        f'{n_it:,} steps on {args.batch_size} fresh samples ({args.num_eval * len(args.eval_model) * args.epochs_eval * n_it:,} '
-        f'steps in all; --ipc sets the steps per epoch)')
+    networks = args.num_eval * len(args.eval_model)
+    log(f'plan: {networks} network(s), each {args.epochs_eval} epochs of {n_it:,} steps on {args.batch_size} fresh '
+        f'samples ({networks * args.epochs_eval * n_it:,} steps in all; --ipc sets the steps per epoch)')
     for name in args.eval_model:
         def train_one(i, name=name):
             rng = make_generator(args.seed, 'onthefly', name, i)

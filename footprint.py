@@ -52,8 +52,9 @@ def _read_int(path, field=None):
 
 def _cpu_available():
     limits = [_read_int('/proc/meminfo', 'MemAvailable')]
+    v1 = '/sys/fs/cgroup/memory/memory.'
     for limit, usage in (('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory.current'),  # cgroup v2
-                         ('/sys/fs/cgroup/memory/memory.limit_in_bytes', '/sys/fs/cgroup/memory/memory.usage_in_bytes')):
+                         (v1 + 'limit_in_bytes', v1 + 'usage_in_bytes')):
         cap, used = _read_int(limit), _read_int(usage)
         if cap is not None and used is not None:
             limits.append(max(cap - used, 0))
