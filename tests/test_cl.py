@@ -277,7 +277,8 @@ def test_generative_replay_keeps_the_old_classes_of_a_toy_set(tmp_path, options)
     images of a class are nearly one image, and the full weight's push for spread blurs the bands toward their
     neighbours). A run's outcome depends on its seed and the CPU's rounding: over seeds and two CPU instruction
     sets most runs keep both old classes (94-100% right) and the others part of them (47-84% seen, more often with
-    the mode-seeking term), so the claim is the median of 5 seeds: at least 40% right, chance being 25%."""
+    the mode-seeking term; none below 40% in 34 runs), so the claim is the median of 3 seeds: at least 40% right,
+    chance being 25%."""
     data = toy_data(64, 4, n_test=2)
     args = _args(tmp_path, '--method', 'DiM', '--steps', '2', '--ipc', '16', '--gan_iters', '100',
                  '--gan_batch', '16', '--gan_lr', '4e-3', '--gan_width', '8', '--gan_cond', 'embed',
@@ -295,7 +296,7 @@ def test_generative_replay_keeps_the_old_classes_of_a_toy_set(tmp_path, options)
         old = labels < 2
         return (guess[old] == labels[old]).float().mean().item()
 
-    ok, kept = over_seeds(old_classes_kept, lambda acc: acc >= 0.4)
+    ok, kept = over_seeds(old_classes_kept, lambda acc: acc >= 0.4, n=3, need=2)
     assert ok, kept
 
 
