@@ -33,12 +33,14 @@ from data import TensorLoader, file_label, get_dataset
 from dc import DCStep
 from dm import DMStep
 from evaluation import EvalRecipe, evaluate_networks, evaluate_synset
+from footprint import check_fits, condensation_bytes, set_bytes
 from graphs import graphs_enabled
 from networks import get_network
 from plots import plot_curves
 from runner import check_same_data, fingerprint, init_synset, resume_state, warn_fresh_start
-from utils import Log, UserError, atomic_save, atomic_write_text, derive_seed, make_generator, mean_std, \
-    remove_stale_temps, sample_std, versions, write_json
+from utils import Log, UserError, atomic_save, atomic_write_text, check_losses, derive_seed, hold_lock, \
+    make_generator, mean_std, non_finite, refuse_non_finite, release_lock, remove_stale_temps, sample_std, versions, \
+    write_json
 
 METHODS = ('random', 'herding', 'kcenter', 'DSA', 'DM', 'DiM')
 # The file kind in a memory's name, per method: the reference named its DSA memories 'res_DSA'.
@@ -156,6 +158,7 @@ def load_feature_net(args, data):
         state = torch.load(args.feature_net, map_location='cpu', weights_only=True)
     except Exception as e:
         raise UserError(f'--feature_net {args.feature_net} is not a readable checkpoint ({type(e).__name__})') from None
+    refuse_non_finite(state, f'--feature_net {args.feature_net}', 'pass the weights of a network that did not diverge')
     for key in ('state_dict', 'net', 'model'):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -240,7 +243,7 @@ def condense_memory(args, data, classes, seed, step, partial_path, log):
     if os.path.isfile(partial_path):
         try:
             part = torch.load(partial_path, map_location='cpu', weights_only=True)
-            ok = part['step'] == step and part['builder'] == fingerprint
+            ok = part['step'] == step and part['builder'] == fingerprint and non_finite(part) is None
         except Exception:
             ok = False
         if ok:
@@ -335,8 +338,10 @@ def dim_memory(args, data, order, step, seed, gan, log):
                 x = torch.cat([x, dim.generate(G_old, y_old, g)])
             y = torch.cat([y, y_old])
         parts = gan(it, x, y)
-        if it % 100 == 0:  # reading the losses makes the host wait
+        if it % 100 == 0 or it + 1 == args.gan_iters:  # reading the losses makes the host wait
             parts = {k: float(v) for k, v in parts.items()}
+            # A diverged GAN stays diverged: checked where the losses are logged and before the memory is drawn.
+            check_losses(parts, f'seed {seed} step {step} GAN iteration {it}', f'lower --gan_lr (now {args.gan_lr})')
             bar.set_postfix({k: f'{v:.3f}' for k, v in parts.items() if k in ('g', 'd')})
             log(f'  step {step} GAN iter {it:05d}: ' + ', '.join(f'{n} {v:.4f}' for n, v in parts.items()), echo=False)
     bar.close()
@@ -426,6 +431,7 @@ class Memories:
         except Exception as e:
             raise UserError(f'{path} is not a readable CL memory file with the key "data" ({type(e).__name__}); '
                             f'delete it to rebuild it') from None
+        refuse_non_finite(raw, f'the CL memory file {path}', 'delete it to rebuild it')
         return raw
 
     def step(self, s):
@@ -558,9 +564,17 @@ def run(args):
     smallest = min(len(i) for i in data.indices_class)
     if args.method != 'DiM' and args.ipc > smallest:
         raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); lower --ipc')
+    shape = (data.channel, *data.im_size)
+    # Every memory together (as stored, as the training set and on the device) and one step's synthesis.
+    need = 3 * set_bytes(data.num_classes * args.ipc, shape) + (condensation_bytes(
+        args, class_view(data, range(data.num_classes // args.steps)), args.method) if args.method in ('DSA', 'DM')
+        else 0)
+    check_fits(need, args.device, f'CL {args.method} with --ipc {args.ipc}', 'lower --ipc')
     name = run_name(args)
     paths = {ext: os.path.join(args.save_path, f'cl_{name}.{ext}') for ext in ('json', 'csv', 'log')}
     ckpt_path = os.path.join(args.save_path, f'cl_{name}.ckpt.pt')
+    lock_path = os.path.join(args.save_path, f'cl_{name}.lock')
+    hold_lock(lock_path, os.path.join(args.save_path, f'cl_{name}.*'), 'pass another --save_path')
     remove_stale_temps(args.save_path, f'cl_{name}.', f'cl_{data.name}_')
     remove_stale_temps(os.path.join(args.save_path, 'cl_data'), f'cl_{KIND[args.method]}_{data.name}_')
     state = None
@@ -632,6 +646,7 @@ def run(args):
     finally:
         bar.close()
         log.close()
+    release_lock(lock_path)
     return summary
 
 

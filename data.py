@@ -12,11 +12,13 @@ unless the file gives them. `dataset_info` tells a dataset's shape and classes w
 """
 import hashlib
 import os
+import sys
 from collections import namedtuple
 
 import numpy as np
 import torch
 
+from footprint import check_fits
 from utils import ArgumentParser, UserError, atomic_save, remove_stale_temps, run_cli
 
 # name -> (channels, (H, W), classes, mean, std): the normalisation constants of the original code.
@@ -282,7 +284,10 @@ def _check_prepared(raw, path, channel=None, im_size=None, num_classes=None):
     if not all(isinstance(raw[k], torch.Tensor) for k in keys[1:]):
         raise UserError(f'{path}: {", ".join(keys[1:])} must be tensors')
     x = raw['images_train']
-    channel = channel or (int(x.shape[1]) if x.dim() == 4 else 0)
+    if x.dim() != 4:
+        raise UserError(f'{path}: images_train must be uint8 N×C×H×W, got {x.dtype} {tuple(x.shape)}; a set of '
+                        f'greyscale images needs its channel axis (images[:, None])')
+    channel = channel or int(x.shape[1])
     im_size = im_size or tuple(x.shape[2:])
     num_classes = num_classes or len(raw['classes'])
     for split in ('train', 'val'):
@@ -406,8 +411,9 @@ def _cache_prepared(raw, path, replace=False):
         try:
             atomic_save(raw, path)
             return True
-        except OSError:
-            pass
+        except OSError as e:  # a full disk: the run needs no cache, but the user should know why it is missing
+            print(f'warning: {path}: {e.strerror or e}; the data was not cached, so the next run decodes it again',
+                  file=sys.stderr)
     return False
 
 
@@ -500,6 +506,11 @@ def _load_folder(root, im_size, mmap=False):
             return raw
     if (root, im_size, source) in _UNCACHED:
         return _UNCACHED[(root, im_size, source)]
+    if im_size:  # every image decoded into one uint8 tensor, one resized image at a time beside it
+        files = [f for entries in splits.values() for _, fs in entries for f in fs]
+        channels = 1 if _image_mode(files[0]) in GREY_MODES else 3
+        check_fits((len(files) + 4) * channels * im_size ** 2, 'cpu',
+                   f'{root} at --im_size {im_size} ({len(files)} images)', 'pass a smaller --im_size')
     raw = _build_folder(root, splits, im_size)
     raw['source'] = source
     if not _cache_prepared(raw, path, replace=True):  # kept for this process only, so it is built once here too
@@ -574,6 +585,16 @@ def _build_folder(root, splits, im_size):
                labels_val=torch.tensor(labels['test']))
     raw['mean'], raw['std'] = channel_stats(raw['images_train'])
     return raw
+
+
+def _image_mode(path):
+    """The PIL mode of an image, from its header (None when unreadable: decoding will say why)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return im.mode
+    except Exception:
+        return None
 
 
 def _read_image(path, im_size):

@@ -408,6 +408,7 @@ class Run:
         other data."""
         runner.check_same_data(self.args, [self.path('config.json')], 'pass another --tag or --output-dir')
         os.makedirs(self.dir, exist_ok=True)
+        utils.hold_lock(self.path('run.lock'), self.dir, 'pass another --tag')
         utils.remove_stale_temps(self.dir)
         os.makedirs(self.log_dir, exist_ok=True)
         self.log.open(os.path.join(self.log_dir, 'logs.txt'))
@@ -427,6 +428,7 @@ class Run:
 
     def close(self):
         self.log.close()
+        utils.release_lock(self.path('run.lock'))
 
 
 def save_checkpoint(path, G, D, opt_g, opt_d, epoch, args, ema=None, **extra):
@@ -464,6 +466,8 @@ def load_checkpoint(path, flag, keys=('generator',)):
         raise UserError(f'{flag}: {utils.unreadable(path, e)}; {advice}') from None
     if not isinstance(ck, dict) or any(k not in ck for k in keys):
         raise UserError(f'{flag} {path} is not a DiM checkpoint (it needs the keys {", ".join(keys)})')
+    utils.refuse_non_finite(ck, f'{flag} {path}', 'delete it and rerun with a lower --lr' if flag == '--resume' else
+                            'pass a checkpoint of a run that did not diverge (an earlier model_dict_<epoch>.pth)')
     return ck
 
 
@@ -678,6 +682,8 @@ def _train_epoch(args, run, data, gan, stage, epoch, matcher):
         if it % args.print_freq == 0 or it + 1 == len(batches):  # reading the losses makes the host wait
             parts = {k: float(v) for k, v in parts.items()}
             bar.set_postfix({k: f'{v:.3f}' for k, v in parts.items()})
+            # A diverged GAN stays diverged: checked where the losses are logged, and before every checkpoint.
+            utils.check_losses(parts, f'stage {stage} epoch {epoch} iteration {it}', f'lower --lr (now {args.lr})')
             run.log(f'epoch {epoch} iter {it + 1}/{len(batches)}: ' +
                     ', '.join(f'{k} {v:.4f}' for k, v in parts.items()))
     bar.close()
@@ -729,6 +735,9 @@ def evaluate_onthefly(G, args, data, log):
     label = f'on-the-fly (ipc {args.ipc} = {n_it} x {args.batch_size} fresh samples per epoch), ' + (
         'reference protocol' if ref else 'sound protocol')
     out = dict(mode='onthefly', label=label, steps_per_epoch=n_it, epochs=args.epochs_eval, models={})
+    networks = args.num_eval * len(args.eval_model)
+    log(f'plan: {networks} network(s), each {args.epochs_eval} epochs of {n_it:,} steps on {args.batch_size} fresh '
+        f'samples ({networks * args.epochs_eval * n_it:,} steps in all; --ipc sets the steps per epoch)')
     for name in args.eval_model:
         def train_one(i, name=name):
             rng = make_generator(args.seed, 'onthefly', name, i)

@@ -11,6 +11,7 @@ The method is itgan.py; docs/results.md has measured numbers.
 import argparse
 import hashlib
 import importlib
+import inspect
 import math
 import os
 import time
@@ -29,8 +30,8 @@ from cli import add_flags, check_args, check_network  # noqa: E402
 from data import canonical_dataset, file_label, get_dataset  # noqa: E402
 from evaluation import EvalRecipe, evaluate_pool, test_accuracy  # noqa: E402
 from networks import DIM_CONDITIONINGS  # noqa: E402
-from utils import (ArgumentParser, Log, UserError, atomic_save, check_positive, make_generator,  # noqa: E402
-                   mean_std, remove_stale_temps, run_cli, versions, write_json)
+from utils import (ArgumentParser, Log, UserError, atomic_save, check_positive, hold_lock,  # noqa: E402
+                   make_generator, mean_std, release_lock, remove_stale_temps, run_cli, versions, write_json)
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
 # Flags that may change between a run and its --resume.
@@ -148,9 +149,20 @@ def factory_generator(args, data):
         make = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as e:
         raise UserError(f'--generator_factory {args.generator_factory}: cannot import it ({e})') from None
+    try:
+        inspect.signature(make).bind(args.generator, data, args.device)
+    except TypeError:  # not callable, or another signature
+        raise UserError(f'--generator_factory {args.generator_factory} is not a function of (path, data, device)') \
+            from None
+    except ValueError:
+        pass  # a builtin without a signature: called as it is
     if not os.path.isfile(args.generator):
         raise UserError(f'{FLAG} {args.generator}: no such file')
-    return make(args.generator, data, args.device).to(args.device), dict(factory=args.generator_factory)
+    G = make(args.generator, data, args.device)
+    if not isinstance(G, torch.nn.Module):
+        raise UserError(f'--generator_factory {args.generator_factory} returned a {type(G).__name__}, not a '
+                        f'torch.nn.Module generator')
+    return G.to(args.device), dict(factory=args.generator_factory)
 
 
 def load_generator(args, data):
@@ -180,6 +192,8 @@ class ITGANRun:
         self.log_path, self.ckpt_path, self.vis_path = (path(f'{self.name}.log'), path(f'{self.name}.ckpt.pt'),
                                                         path(f'vis_{self.name}.png'))
         self.fingerprint = dict(runner.fingerprint(args, RESUMABLE + EVAL_FLAGS), generator_sha256=gen_info['sha256'])
+        self.lock_path = path(f'{self.name}.lock')
+        hold_lock(self.lock_path, path(f'{self.name}.*'), 'pass another --save_path')
         self.eval_fingerprint = runner.fingerprint(args, set(vars(args)) - set(EVAL_FLAGS))
         self.state = (runner.resume_state(self.ckpt_path, self.fingerprint) if args.resume else
                       dict(chunks=[], mse=[], it=0, losses=[], times={}))
@@ -206,6 +220,9 @@ def invert_all(args, data, G, run, real_idx, labels):
     chunks = list(zip(real_idx.split(args.invert_batch), labels.split(args.invert_batch)))
     for k in range(len(state['chunks']), len(chunks)):
         z, mse = itgan.invert(args, data, G, *chunks[k], args.seed, k)
+        if not (math.isfinite(mse[1]) and torch.isfinite(z).all()):
+            raise UserError(f'inversion chunk {k + 1}: the latents diverged (reconstruction error {mse[1]}); lower '
+                            f'--lr_invert (now {args.lr_invert})')
         state['chunks'].append(z)
         state['mse'].append(mse)
         state['times']['inversion_s'] = state['times'].get('inversion_s', 0.0) + time.time() - t0
@@ -332,6 +349,7 @@ def main(argv=None):
                     + ', '.join(f'{a:.2f}' for a in curve_means[name][arch]))
     run.log(f'results: {run.results_path}')
     run.log.close()
+    release_lock(run.lock_path)
     return summary
 
 

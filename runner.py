@@ -24,8 +24,9 @@ from tqdm import tqdm
 import parallel
 from data import denormalise, file_label
 from evaluation import evaluate_pool, progress_lines
-from utils import Log, UserError, atomic_save, atomic_write, make_generator, mean_std, remove_stale_temps, \
-    sample_std, unreadable, versions, write_json
+from footprint import check_fits, condensation_bytes
+from utils import Log, UserError, atomic_save, atomic_write, hold_lock, make_generator, mean_std, refuse_non_finite, \
+    release_lock, remove_stale_temps, sample_std, unreadable, versions, write_json
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -57,6 +58,7 @@ def load_state(path):
     if not isinstance(state, dict) or 'fingerprint' not in state:
         raise UserError(f'cannot resume: {path} is not a checkpoint of this project (no fingerprint); move it away '
                         f'or pass another --save_path')
+    refuse_non_finite(state, f'cannot resume: {path}', 'delete it and rerun with a lower learning rate')
     return state
 
 
@@ -171,14 +173,24 @@ class CondensationRun:
             raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); '
                             f'lower --ipc or use --init noise')
         self.args, self.method, self.data, self.recipes = args, method, data, recipes
+        per_class = '' if method != 'DM' or args.per_class or 'BN' in args.model else ', pass --per_class'
+        check_fits(condensation_bytes(args, data, method), args.device,
+                   f'{method} with --ipc {args.ipc} ({data.num_classes * args.ipc} images)',
+                   f'lower --ipc{per_class} or use a smaller --model')
         self.name = f'{method}_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc}ipc'
         self.results_path, self.summary_path, self.log_path, self.ckpt_path = (
             os.path.join(args.save_path, f) for f in (f'res_{self.name}.pt', f'{self.name}.json', f'{self.name}.log',
                                                       f'{self.name}.ckpt.pt'))
         self.fingerprint = dict(fingerprint(args, RESUMABLE), method=method)
-        self.state = resume_state(self.ckpt_path, self.fingerprint) if args.resume else None
-        check_same_data(args, (self.results_path, self.summary_path, self.ckpt_path),
-                        'pass another --save_path or move those files away')
+        self.lock_path = os.path.join(args.save_path, f'{self.name}.lock')
+        hold_lock(self.lock_path, os.path.join(args.save_path, f'{self.name}.*'), 'pass another --save_path')
+        try:
+            self.state = resume_state(self.ckpt_path, self.fingerprint) if args.resume else None
+            check_same_data(args, (self.results_path, self.summary_path, self.ckpt_path),
+                            'pass another --save_path or move those files away')
+        except UserError:
+            release_lock(self.lock_path)  # a refused run leaves nothing behind, its lock file included
+            raise
         remove_stale_temps(args.save_path, f'res_{self.name}.', f'{self.name}.', f'vis_{self.name}_')
         # The log opens (and is appended to) only now that the inputs are checked.
         self.log = Log(self.log_path)
@@ -299,6 +311,7 @@ class CondensationRun:
                      f'{arch}, mean = {s["mean"]:.2f}%  std = {s["std"]:.2f}%')
         self.log(f'results: {self.results_path}, {self.summary_path}')
         self.log.close()
+        release_lock(self.lock_path)
         return summary
 
     def meta(self, extra=None):

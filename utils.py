@@ -54,31 +54,45 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_cli(main, resumable=True):
     """Run main(); bad input becomes one line on stderr and exit code 2, never a traceback: a UserError, a file
     system error on reading or writing (the path and the reason), or running out of memory. The line also ends
-    the run's log when one is open. resumable: the script has --resume (Ctrl-C's line then advises it)."""
+    the run's log when one is open. Under torchrun every process meets the same bad input, and rank 0 alone prints
+    it; a fault of one process's own (a file system error, memory) is printed by that process, with its rank. The
+    run's lock files are released on every exit. resumable: the script has --resume (Ctrl-C's line then advises
+    it)."""
     prog = os.path.basename(sys.argv[0])
     _OPEN_LOGS.clear()  # logs an earlier main() left open in this process are not this run's
     try:
         main()
     except UserError as e:
-        _fail(prog, e)
+        _fail(prog, e, own=False)
     except OSError as e:
         where = f'{e.filename}: ' if e.filename else ''
         hint = {errno.ENOSPC: '; free some space or pass another output folder',
                 errno.EACCES: '; pass a folder you can write to', errno.EROFS: '; pass a writable folder'}
         _fail(prog, f'{where}{e.strerror or e}{hint.get(e.errno, "")}')
     except (MemoryError, RuntimeError) as e:
+        if 'without overflow' in str(e):  # a float32 in a step overflowed: a learning rate near float32's largest
+            _fail(prog, f'a value overflowed float32 inside a training step ({str(e).strip()}); lower the learning '
+                        f'rates', own=False)
         if not isinstance(e, MemoryError) and 'out of memory' not in str(e) and "can't allocate" not in str(e):
             raise
         _fail(prog, 'out of memory; lower --ipc, the batch sizes (--batch_real, --batch_train) or use a smaller model')
     except KeyboardInterrupt:
         line = 'interrupted' + ('; rerun with --resume to continue' if resumable else '')
-        print(f'\n{prog}: {line}', file=sys.stderr)
+        if is_main():
+            print(f'\n{prog}: {line}', file=sys.stderr)
         _to_logs(line)
         sys.exit(130)
+    finally:
+        release_lock()
 
 
-def _fail(prog, message):
-    print(f'{prog}: error: {message}', file=sys.stderr)
+def _fail(prog, message, own=True):
+    """One line on stderr and exit code 2, also ending the run's log; under torchrun from rank 0, or from the
+    process whose own fault it is."""
+    if is_main():
+        print(f'{prog}: error: {message}', file=sys.stderr)
+    elif own:
+        print(f'{prog}: error (rank {parallel.rank()}): {message}', file=sys.stderr)
     _to_logs(f'error: {message}')
     sys.exit(2)
 
@@ -98,11 +112,19 @@ def check_positive(name, value):
         raise UserError(f'--{name} must be positive and finite, got {value}')
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def check_finite(args):
-    """Every float flag must be a finite number: nan slips through any comparison, inf through most."""
+    """Every float flag must be a finite number: nan slips through any comparison, inf through most. The tensors
+    it reaches are float32, so a finite float64 beyond float32's range (1e300) is refused too: torch would fail
+    deep inside a step ('cannot be converted to type float without overflow')."""
     for name, value in sorted(vars(args).items()):
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f'--{name} must be a finite number, got {value}')
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            raise UserError(f'--{name} {value} is beyond the float32 range (largest {FLOAT32_MAX:.4g}); pass a '
+                            f'smaller value')
 
 
 def default_device():
@@ -110,11 +132,20 @@ def default_device():
 
 
 def resolve_device(device):
-    """--device as a run uses it: the default (cuda when available), checked, and under torchrun this process's
-    own device (parallel.start joins the process group)."""
+    """--device as a run uses it: the default (cuda when available), checked (cpu, cuda or cuda:N of a device this
+    machine has), and under torchrun this process's own device (parallel.start joins the process group)."""
     device = device or default_device()
-    if str(device).startswith('cuda') and not torch.cuda.is_available():
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"--device {device} is not a device name; use cpu, cuda or cuda:N") from None
+    if kind.type not in ('cpu', 'cuda'):
+        raise UserError(f'--device {device}: the scripts run on cpu or cuda[:N]')
+    if kind.type == 'cuda' and not torch.cuda.is_available():
         raise UserError(f'--device {device} asked for, but no CUDA device is available; use --device cpu')
+    if kind.type == 'cuda' and kind.index is not None and kind.index >= torch.cuda.device_count():
+        raise UserError(f'--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), '
+                        f'cuda:0 to cuda:{torch.cuda.device_count() - 1}')
     return parallel.start(device)
 
 
@@ -192,10 +223,24 @@ def atomic_write(path, write):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        cause = _os_error(e) if isinstance(e, Exception) else None
+        if cause is not None and (cause is not e or not cause.filename):
+            # torch.save's zip writer reports a failed write (a full disk) as a RuntimeError whose context is the
+            # OSError: raise that, naming the file, so that run_cli gives its one line and advice.
+            raise OSError(cause.errno, cause.strerror or str(cause), path) from None
         raise
+
+
+def _os_error(e):
+    """The OSError behind an exception: itself, or the one it was raised while handling (its cause or context)."""
+    seen = set()
+    while e is not None and not isinstance(e, OSError) and id(e) not in seen:
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return e if isinstance(e, OSError) else None
 
 
 def remove_stale_temps(folder, *stems):
@@ -219,6 +264,36 @@ def unreadable(path, error):
     if not head or head.startswith(b'PK') or head.startswith(b'\x80'):
         return f'{path} is not a readable checkpoint: it is corrupt (truncated or partly written; {type(error).__name__})'
     return f'{path} is not a readable checkpoint: it is not a PyTorch file ({type(error).__name__})'
+
+
+def non_finite(obj, where=''):
+    """The key path ('generator/fc1.weight') of the first floating-point tensor in obj (a tensor or nested dicts,
+    lists and tuples) that holds nan or inf; None when there is none."""
+    if torch.is_tensor(obj):
+        return where or 'tensor' if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = non_finite(value, f'{where}/{key}' if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def refuse_non_finite(obj, what, advice):
+    """UserError when a loaded checkpoint holds nan or inf: a diverged run wrote it, and every number it would give
+    is meaningless."""
+    where = non_finite(obj)
+    if where is not None:
+        raise UserError(f'{what} holds non-finite values (nan or inf, in {where}): the run that wrote it diverged; '
+                        f'{advice}')
+
+
+def check_losses(parts, where, advice):
+    """UserError when a training step's loss (parts: name -> float) is nan or inf: the models diverged, and they
+    stay so, so the run stops before a diverged model reaches a checkpoint."""
+    for name, value in parts.items():
+        if not math.isfinite(value):
+            raise UserError(f'{where}: the {name} loss is {value}, the training diverged; {advice}')
 
 
 def check_output_folder(path, flag):
@@ -273,6 +348,68 @@ def versions():
     return {'python': sys.version.split()[0], 'torch': str(torch.__version__), 'torchvision': str(torchvision.__version__),
             'numpy': np.__version__}
 
+
+
+# ----------------------------------------------------------------------------------------------
+# One run per output: a lock file that holds the pid of the run writing there
+
+_LOCKS = {}  # lock path -> file descriptor of a lock this process holds
+
+
+def hold_lock(path, what, advice):
+    """Make this run the only one writing `what` (e.g. 'result/DM_MNIST_ConvNet_10ipc.*'), through the lock file
+    `path`, which holds this process's pid, until release_lock (or the process ends). UserError, naming the pid,
+    when another live run holds it. The lock is the kernel's (flock), so a lock file left by a run that was killed
+    is taken over, and two runs that start at once cannot both take it. Under torchrun rank 0 takes it for the
+    run and every process gets its verdict. A process may take its own lock again (a resumed run in one
+    process). Where the file system cannot lock (no flock), runs go unlocked."""
+    error = _take_lock(os.path.abspath(path), what, advice) if is_main() else None
+    errors = [e for e in parallel.gather(error) if e]
+    if errors:
+        raise UserError(errors[0])
+
+
+def _take_lock(path, what, advice):
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        return None
+    if path in _LOCKS:
+        return None
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors='replace').strip() or 'unknown'
+            os.close(fd)
+            return f'another run (pid {pid}) is writing {what} (lock file {path}); wait for it to finish, or {advice}'
+        except OSError:
+            os.close(fd)
+            return None
+        try:  # the run that held it may have removed the file between our open and flock: lock the one there now
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f'{os.getpid()}\n'.encode())
+    _LOCKS[path] = fd
+    return None
+
+
+def release_lock(path=None):
+    """Give up the lock file `path` (every lock this process holds when None) and remove it."""
+    for held in [os.path.abspath(path)] if path else list(_LOCKS):
+        fd = _LOCKS.pop(held, None)
+        if fd is not None:
+            try:
+                os.unlink(held)  # while still locked, so that nobody takes the file being removed
+            except OSError:
+                pass
+            os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 
 import dim  # noqa: E402
 import dim_run  # noqa: E402
+import footprint  # noqa: E402
 import parallel  # noqa: E402
 import utils  # noqa: E402
 
@@ -23,6 +24,9 @@ import utils  # noqa: E402
 def main(argv=None):
     args = dim_run.parse_args(3, __doc__.split('\n')[0], argv)  # also fits --batch-size to K*ipc (--auto_bs)
     data = dim_run.load_data(args, val_split=False)
+    if args.dim_eval != 'onthefly':  # a fixed set is generated whole, and held as drawn, standardised and on the device
+        footprint.check_fits(3 * footprint.set_bytes(data.num_classes * args.ipc, (data.channel, *data.im_size)),
+                             args.device, f'a fixed set of --ipc {args.ipc} per class', 'lower --ipc')
     for name in args.eval_model:
         dim.build_model(name, data, args.stem, device='meta')
     run = dim_run.Run(args)

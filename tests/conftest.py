@@ -25,7 +25,7 @@ def toy_images(n_per_class, num_classes, channel, size, seed=0, noise=40):
 
 
 def write_prepared(folder, name, n_train=10, n_test=4, num_classes=10, channel=3, size=32, seed=0, noise=40):
-    """A prepared tensor file `<folder>/<name>.pt` in the layout of ../shared/data/README.md. A larger noise
+    """A prepared tensor file `<folder>/<name>.pt` in the prepared layout (docs/design.md, section 2). A larger noise
     hides the class bands (toy_images), for a toy whose accuracies are not all 100 %."""
     xtr, ytr = toy_images(n_train, num_classes, channel, size, seed, noise)
     xte, yte = toy_images(n_test, num_classes, channel, size, seed + 1, noise)
@@ -86,6 +86,19 @@ def condense_toy(step, args, data, iterations, ipc=2):
     for it in range(iterations):
         step(args, data, image_syn, syn_cls, opt, args.seed, (0, it))
     return initial, image_syn.detach(), syn_cls
+
+
+def over_seeds(measure, holds, n=5, need=3):
+    """A claim about a random process, checked over seeds instead of one seed's luck: measure(seed) for the seeds
+    0, 1, ... until it is decided whether holds(value) is true for at least `need` of `n` seeds (need 3 of 5: the
+    median holds). Returns (decided true, the values measured)."""
+    values, hits = [], 0
+    for seed in range(n):
+        values.append(measure(seed))
+        hits += bool(holds(values[-1]))
+        if hits >= need or len(values) - hits > n - need:
+            break
+    return hits >= need, values
 
 
 def interrupt_at(make_step, at):

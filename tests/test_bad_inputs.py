@@ -15,6 +15,7 @@ import CL_DM
 import gen_condense
 import main
 import main_DM
+import main_ITGAN
 import pool_match
 import validate
 from conftest import ROOT, toy_images, write_idx
@@ -131,6 +132,15 @@ def test_an_impossible_allocation_is_one_line():
     assert r.returncode == 2 and 'Traceback' not in r.stderr and r.stderr.count('\n') == 1, r.stderr
 
 
+def test_run_cli_turns_a_float32_overflow_into_one_line(capsys):
+    def overflow():  # what Adam's bias correction raises for a learning rate within 10x of float32's largest
+        raise RuntimeError('value cannot be converted to type float without overflow')
+    with pytest.raises(SystemExit) as e:
+        run_cli(overflow)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1 and 'lower the learning rates' in err
+
+
 def test_run_cli_turns_out_of_memory_into_one_line(capsys):
     def oom():
         raise RuntimeError('[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can\'t allocate memory')
@@ -238,6 +248,16 @@ def test_help_shows_defaults_and_is_self_contained(script):
         assert os.path.isfile(os.path.join(ROOT, doc)), doc
 
 
+def test_the_docs_hold_no_placeholders_and_point_to_no_file_outside_the_repository():
+    for doc in ['README.md'] + [os.path.join('docs', f) for f in os.listdir(os.path.join(ROOT, 'docs'))
+                                if f.endswith('.md')]:
+        with open(os.path.join(ROOT, doc), encoding='utf-8') as f:
+            text = f.read()
+        for placeholder in ('TODO', 'TBD', 'FIXED %', 'XX'):
+            assert placeholder not in text, (doc, placeholder)
+        assert not re.findall(r'\.\./[\w./-]+\.md\b', text), doc  # a document the reader of a clone does not have
+
+
 def test_a_redirected_run_has_no_progress_bars_and_states_its_plan(prepared_mnist):
     argv = [a for a in _dm(prepared_mnist) if a != '--no_progress']
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'main_DM.py'), *argv], capture_output=True, text=True)
@@ -268,3 +288,272 @@ def test_a_long_evaluation_network_reports_its_progress():
     for ep in range(1001):
         hook('ConvNet', 0, ep, None)
     assert lines == [f'  ConvNet #0: epoch {e}/1000' for e in (200, 400, 600, 800)]
+
+
+# ---------------------------------------------------------------------------------------------- 12. numbers, devices
+
+@pytest.mark.parametrize('script, argv', [
+    (main_DM.main, ['--lr_img', '1e300']), (gen_condense.main, ['--lr', '1e300']),
+    (main_ITGAN.main, ['--generator', 'g.pth', '--lr_latent', '1e300']), (main.main, ['--lr_net', '-1e39']),
+])
+def test_finite_numbers_beyond_float32_are_refused(script, argv, capsys):
+    assert 'beyond the float32 range' in _error(script, argv + ['--device', 'cpu'], capsys)
+
+
+@pytest.mark.parametrize('script, argv', [
+    (main_DM.main, []), (main.main, []), (CL_DM.main, []), (gen_condense.main, []),
+    (pool_match.main, ['--weight', 'w.pth']), (validate.main, ['--pretrain-weight', 'w.pth']),
+    (main_ITGAN.main, ['--generator', 'g.pth']),
+])
+@pytest.mark.parametrize('device, words', [('gpu', 'is not a device name'), ('cuda:x', 'is not a device name'),
+                                           ('meta', 'run on cpu or cuda')])
+def test_a_malformed_device_is_one_line(script, argv, device, words, capsys):
+    assert words in _error(script, argv + ['--device', device], capsys)
+
+
+# ---------------------------------------------------------------------------------------------- 13. a full disk
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """full_disk(pattern): every atomic write of a file whose name contains pattern fails as a full disk does,
+    after part of the file is written (the temporary file's name is read back from /proc)."""
+    if not os.path.isdir('/proc/self/fd'):
+        pytest.skip('needs /proc to tell which file a descriptor writes')
+    real = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.budget = f, 100
+
+        def write(self, b):
+            if len(b) > self.budget:
+                raise OSError(errno.ENOSPC, 'No space left on device')
+            self.budget -= len(b)
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+    def arm(pattern):
+        def fdopen(fd, *a, **k):
+            f = real(fd, *a, **k)
+            return Full(f) if pattern in os.readlink(f'/proc/self/fd/{fd}') else f
+        monkeypatch.setattr(os, 'fdopen', fdopen)
+    return arm
+
+
+def _snapshot(folder, skip=('.log', 'logs.txt')):
+    """Every file under folder and its bytes (logs aside: a new run starts its own)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*'))
+            if p.is_file() and not str(p).endswith(skip)}
+
+
+def test_a_full_disk_while_torch_save_writes_a_dm_checkpoint_keeps_the_earlier_files(prepared_mnist, full_disk,
+                                                                                      capsys):
+    tmp = prepared_mnist
+    main_DM.main(_dm(tmp))
+    before = _snapshot(tmp / 'out')
+    full_disk('.ckpt.pt.')  # torch.save's zip writer fails with a RuntimeError, not an OSError
+    err = _error(main_DM.main, _dm(tmp), capsys)
+    assert f'{tmp / "out" / "DM_MNIST_ConvNetW32_1ipc.ckpt.pt"}: No space left on device; free some space' in err
+    assert _snapshot(tmp / 'out') == before  # no temporary file left, no earlier file touched
+
+
+def test_a_full_disk_while_torch_save_writes_a_dim_checkpoint_keeps_the_earlier_files(prepared_mnist, full_disk,
+                                                                                       capsys):
+    tmp = prepared_mnist
+    argv = _dim(tmp, '--tag', 'g', '--epochs', '1', '--iters-per-epoch', '2', '--val_split', '2')
+    gen_condense.main(argv)
+    before = _snapshot(tmp / 'results')
+    full_disk('.pth.')
+    assert 'No space left on device; free some space' in _error(gen_condense.main, argv, capsys)
+    assert _snapshot(tmp / 'results') == before
+
+
+def test_a_full_disk_while_caching_a_folder_leaves_no_half_file_and_says_so(tmp_path, full_disk, capsys):
+    from PIL import Image
+    from data import get_dataset
+    x, y = toy_images(2, 2, 3, 8)
+    for split in ('train', 'test'):
+        for i, (img, label) in enumerate(zip(x, y)):
+            (tmp_path / split / f'c{label}').mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp_path / split / f'c{label}' / f'{i}.png')
+    get_dataset(f'folder:{tmp_path}', 'unused')
+    before = _snapshot(tmp_path)
+    full_disk('prepared-')
+    data = get_dataset(f'folder:{tmp_path}', 'unused', im_size=4)  # the run goes on without the cache
+    err = capsys.readouterr().err
+    assert data.im_size == (4, 4) and err.count('\n') == 1 and 'No space left on device; the data was not cached' in err
+    assert _snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------- 14. own data, plugs
+
+def test_a_tensor_file_of_3d_images_is_one_line(tmp_path, capsys):
+    x, y = toy_images(3, 2, 1, 8)
+    torch.save(dict(classes=['a', 'b'], images_train=x[:, 0], labels_train=y, images_val=x[:, 0], labels_val=y),
+               tmp_path / 'flat.pt')
+    err = _error(main_DM.main, _dm(tmp_path, '--dataset', f'file:{tmp_path / "flat.pt"}'), capsys)
+    assert 'images_train must be uint8 N×C×H×W, got torch.uint8 (6, 8, 8)' in err
+
+
+# ---------------------------------------------------------------------------------------------- 15. divergence
+
+def _poison(path, key):
+    """A copy of a checkpoint with one weight set to nan, as a diverged run leaves it."""
+    ck = torch.load(path)
+    state = ck[key] if key else ck
+    name = next(k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point())
+    state[name] = state[name].clone().fill_(float('nan'))
+    poisoned = f'{path}.nan.pth'
+    torch.save(ck, poisoned)
+    return poisoned
+
+
+def test_a_diverging_gan_stops_and_no_loader_takes_non_finite_weights(prepared_mnist, capsys):
+    """Stage 1 and stage 2 stop at a non-finite loss before a checkpoint is written; validate.py, pool_match.py,
+    a resumed stage and main_ITGAN.py refuse a generator with nan weights; all in one line."""
+    tmp = prepared_mnist
+    short = ['--epochs', '1', '--iters-per-epoch', '3', '--val_split', '2']
+    gen_condense.main(_dim(tmp, '--tag', 'g', *short))
+    good = tmp / 'results' / 'g' / 'best.pth'
+    assert 'the training diverged; lower --lr' in _error(gen_condense.main, _dim(tmp, '--tag', 'd', *short, '--lr',
+                                                                                   '1e30'), capsys)
+    assert not list((tmp / 'results' / 'd').glob('*.pth'))
+    assert 'the training diverged; lower --lr' in _error(pool_match.main, _dim(
+        tmp, '--tag', 'm', *short, '--weight', str(good), '--lr', '1e30', '--pool', 'convnet',
+        '--epochs-match-train', '1'), capsys)
+    assert not list((tmp / 'results' / 'm').glob('*.pth'))
+    bad = _poison(good, 'generator')
+    assert 'holds non-finite values' in _error(validate.main, _dim(tmp, '--tag', 'v', '--pretrain-weight', bad), capsys)
+    assert 'holds non-finite values' in _error(pool_match.main, _dim(tmp, '--tag', 'm2', *short, '--weight', bad),
+                                               capsys)
+    os.replace(_poison(tmp / 'results' / 'g' / 'last.pth', 'discriminator'), tmp / 'results' / 'g' / 'last.pth')
+    assert 'holds non-finite values' in _error(gen_condense.main, _dim(tmp, '--tag', 'g', *short, '--epochs', '2',
+                                                                       '--resume'), capsys)
+    assert 'holds non-finite values' in _error(main_ITGAN.main, [
+        '--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'it'), '--generator', bad,
+        '--gan_width', '8', '--device', 'cpu'], capsys)
+
+
+def test_a_dm_checkpoint_with_non_finite_images_is_not_resumed(prepared_mnist, capsys):
+    tmp = prepared_mnist
+    main_DM.main(_dm(tmp, '--Iteration', '2'))
+    ckpt = tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.ckpt.pt'
+    state = torch.load(ckpt)
+    state['data'][0][0][0, 0, 0, 0] = float('inf')
+    torch.save(state, ckpt)
+    before = _snapshot(tmp / 'out')
+    assert 'holds non-finite values (nan or inf, in data/0/0)' in _error(main_DM.main, _dm(tmp, '--Iteration', '2',
+                                                                                             '--resume'), capsys)
+    assert _snapshot(tmp / 'out') == before
+
+
+def test_a_diverging_cl_gan_memory_stops_before_it_is_cached(prepared_mnist, capsys):
+    err = _error(CL_DM.main, _cl(prepared_mnist, '--method', 'DiM', '--gan_iters', '3', '--gan_batch', '8',
+                                 '--gan_width', '8', '--gan_lr', '1e30'), capsys)
+    assert 'GAN iteration' in err and 'the training diverged; lower --gan_lr' in err
+    assert not list((prepared_mnist / 'out').rglob('cl_DiM_*.pt'))
+
+
+# ---------------------------------------------------------------------------------------------- 16. sizes
+
+@pytest.mark.parametrize('script, argv', [
+    (main_DM.main, ['--ipc', '10000000', '--init', 'noise']),  # 100 million images: terabytes on any machine
+    (main_DM.main, ['--ipc', '2']), (main.main, ['--ipc', '1']), (CL_DM.main, ['--method', 'DM', '--Iteration', '2']),
+])
+def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_starts(prepared_mnist, script, argv, monkeypatch,
+                                                                     capsys):
+    """The estimate against the machine's memory, and on toy sizes against a limit lowered through the environment;
+    nothing is written."""
+    make = _cl if script is CL_DM.main else _dm
+    if argv[1] != '10000000':
+        monkeypatch.setenv('CONDENSE_MEMORY_LIMIT', '64K')
+    err = _error(script, make(prepared_mnist, *argv), capsys)
+    assert re.search(r'needs at least [\d.]+ [MG]iB of memory, more than the [\d.]+ [MG]iB of '
+                     r'(CONDENSE_MEMORY_LIMIT|CPU memory available)', err), err
+    assert not (prepared_mnist / 'out').exists()
+
+
+def test_sizes_that_cannot_fit_folder_images_and_a_fixed_dim_set(prepared_mnist, monkeypatch, capsys):
+    from PIL import Image
+    tmp = prepared_mnist
+    for split in ('train', 'test'):
+        for c in ('a', 'b'):
+            (tmp / 'f' / split / c).mkdir(parents=True)
+            Image.new('L', (8, 8)).save(tmp / 'f' / split / c / '0.png')
+    err = _error(main_DM.main, _dm(tmp, '--dataset', f'folder:{tmp / "f"}', '--im_size', '1000000'), capsys)
+    assert 'at --im_size 1000000 (4 images) needs at least 7450.6 GiB' in err  # 4 images + 4 resizing, 1 channel
+    assert sorted(p.name for p in (tmp / 'f').iterdir()) == ['test', 'train']
+    monkeypatch.setenv('CONDENSE_MEMORY_LIMIT', '1M')
+    err = _error(validate.main, _dim(tmp, '--tag', 'v', '--pretrain-weight', 'w.pth', '--dim_eval', 'fixed',
+                                     '--ipc', '100'), capsys)
+    assert 'a fixed set of --ipc 100 per class needs at least 9.0 MiB of memory, more than the 1.0 MiB of ' \
+           'CONDENSE_MEMORY_LIMIT; lower --ipc' in err
+    monkeypatch.setenv('CONDENSE_MEMORY_LIMIT', 'plenty')
+    assert 'expected a size such as 512M' in _error(main_DM.main, _dm(tmp), capsys)
+
+
+# ---------------------------------------------------------------------------------------------- 17. one run at a time
+
+HOLD = '''import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b'%d' % os.getpid())
+print('held', flush=True)
+sys.stdin.read()'''
+
+
+def _hold(lock):
+    """Another run holding the lock file (a process that takes it as utils.hold_lock does, without torch's start-up
+    time), until it is killed."""
+    os.makedirs(lock.parent, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, '-c', HOLD, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline() == 'held\n'
+    return holder
+
+
+def test_a_second_run_into_the_same_outputs_is_refused_until_the_first_is_gone(prepared_mnist, capsys):
+    tmp = prepared_mnist
+    main_DM.main(_dm(tmp))
+    lock = tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.lock'
+    assert not lock.exists()  # a finished run leaves no lock behind
+    holder = _hold(lock)
+    try:
+        before = _snapshot(tmp / 'out')
+        err = _error(main_DM.main, _dm(tmp), capsys)
+        assert f'another run (pid {holder.pid}) is writing {tmp / "out" / "DM_MNIST_ConvNetW32_1ipc.*"}' in err
+        assert 'pass another --save_path' in err and _snapshot(tmp / 'out') == before
+        # another run's outputs in the same folder are not held
+        main_DM.main(_dm(tmp, '--ipc', '2'))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock.read_text().strip() == str(holder.pid)  # left by the killed run: taken over now that it is gone
+    main_DM.main(_dm(tmp))
+    assert not lock.exists()
+
+
+def test_a_dim_stage_holds_its_run_folder(prepared_mnist, capsys):
+    from utils import hold_lock, release_lock
+    tmp = prepared_mnist
+    argv = _dim(tmp, '--tag', 'g', '--epochs', '1', '--iters-per-epoch', '2', '--val_split', '2')
+    lock = tmp / 'results' / 'g' / 'run.lock'
+    holder = _hold(lock)
+    try:
+        assert f'another run (pid {holder.pid}) is writing' in _error(gen_condense.main, argv, capsys)
+        assert os.listdir(tmp / 'results' / 'g') == ['run.lock']
+    finally:
+        holder.kill()
+        holder.wait()
+    hold_lock(str(lock), 'x', 'y')  # this process holds it: its own runs may take it again (in-process resume)
+    gen_condense.main(argv)
+    release_lock(str(lock))
+    assert not lock.exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dm
-from utils import UserError
+from utils import UserError, run_cli
 import main_DM
 from augment import ParamDiffAug
 from networks import get_network
@@ -131,6 +131,13 @@ def _cli(*args, cwd=ROOT):
                           cwd=cwd)
 
 
+def _refused(capsys, *args):
+    """The script's bad-input path in this process (run_cli, as `python main_DM.py` runs it): (exit code, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main_DM.main(list(args)))
+    return e.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize('extra, message', [
     (['--ipc', '0'], '--ipc must be positive'),
     (['--ipc', '11'], 'exceeds the smallest class'),
@@ -140,35 +147,39 @@ def _cli(*args, cwd=ROOT):
     (['--lr_img', '-1'], '--lr_img must be positive'),
     (['--resume'], 'no checkpoint'),
 ])
-def test_bad_input_is_one_line_and_exit_2(prepared_mnist, extra, message):
+def test_bad_input_is_one_line_and_exit_2(prepared_mnist, extra, message, capsys):
     out = prepared_mnist / 'out'
-    r = _cli('--dataset', 'MNIST', '--data_path', str(prepared_mnist), '--save_path', str(out), '--device', 'cpu',
-             '--ipc', '2', *extra)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], r.stderr
+    code, err = _refused(capsys, '--dataset', 'MNIST', '--data_path', str(prepared_mnist), '--save_path', str(out),
+                         '--device', 'cpu', '--ipc', '2', *extra)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0] and 'Traceback' not in err, err
     assert not out.exists() or not any(f.endswith(('.pt', '.json')) for f in os.listdir(out))
 
 
-def test_foreign_or_corrupt_checkpoint_is_rejected(prepared_mnist):
+def test_the_script_itself_answers_bad_input_with_one_line(prepared_mnist):
+    r = _cli('--dataset', 'MNIST', '--data_path', str(prepared_mnist), '--device', 'cpu', '--ipc', '0')
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and '--ipc must be positive' in r.stderr, r.stderr
+
+
+def test_foreign_or_corrupt_checkpoint_is_rejected(prepared_mnist, capsys):
     _run(prepared_mnist)
     ckpt = prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_2ipc.ckpt.pt'
     log = (prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_2ipc.log').read_text()
     common = ['--dataset', 'MNIST', '--data_path', str(prepared_mnist), '--save_path', str(prepared_mnist / 'out'),
               '--model', 'ConvNetW32', '--ipc', '2', '--Iteration', '6', '--batch_real', '4', '--device', 'cpu',
               '--resume', '--seed', '7']
-    r = _cli(*common, '--lr_img', '3')
-    assert r.returncode == 2 and 'belongs to another run' in r.stderr and 'lr_img' in r.stderr
+    code, err = _refused(capsys, *common, '--lr_img', '3')
+    assert code == 2 and 'belongs to another run' in err and 'lr_img' in err
     ckpt.write_bytes(ckpt.read_bytes()[:100])
-    r = _cli(*common)
-    assert r.returncode == 2 and 'corrupt' in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    code, err = _refused(capsys, *common)
+    assert code == 2 and 'corrupt' in err and len(err.strip().splitlines()) == 1
     assert (prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_2ipc.log').read_text() == log  # nothing overwritten
 
 
 @pytest.mark.parametrize('value', ['nan', 'inf'])
-def test_non_finite_learning_rate_is_refused(value):
-    r = _cli('--lr_img', value, '--device', 'cpu')
-    assert r.returncode == 2 and '--lr_img must be a finite number' in r.stderr and 'Traceback' not in r.stderr
+def test_non_finite_learning_rate_is_refused(value, capsys):
+    code, err = _refused(capsys, '--lr_img', value, '--device', 'cpu')
+    assert code == 2 and '--lr_img must be a finite number' in err and 'Traceback' not in err
 
 
 def test_a_diverging_run_stops_before_writing_results(prepared_mnist):

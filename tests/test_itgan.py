@@ -176,10 +176,21 @@ def test_an_interrupted_run_resumes_to_the_same_latents(prepared_mnist, monkeypa
     assert torch.equal(a['latents']['itgan'], b['latents']['itgan'])
 
 
-def test_bad_inputs_exit_2_with_one_line(prepared_mnist):
+def test_bad_inputs_exit_2_with_one_line(prepared_mnist, monkeypatch):
     tmp = prepared_mnist
     torch.save(dict(weights=1), tmp / 'foreign.pth')
+    nan = _write_generator(str(tmp), name='nan.pth')
+    ck = torch.load(nan)
+    ck['generator']['label_embedding.weight'][0, 0] = float('nan')
+    torch.save(ck, nan)
+    module = types.ModuleType('not_a_gan')
+    module.load = lambda path, data, device: 'a path'
+    monkeypatch.setitem(sys.modules, 'not_a_gan', module)
     cases = {
+        'not a function of \\(path, data, device\\)': ['--generator', nan, '--generator_factory', 'os:path'],
+        'returned a str, not a torch.nn.Module': ['--generator', nan, '--generator_factory', 'not_a_gan:load'],
+        'holds non-finite values': ['--generator', nan],
+        'beyond the float32 range': ['--generator', nan, '--lr_latent', '1e300'],
         'no such file': ['--generator', str(tmp / 'missing.pth')],
         'not a DiM checkpoint': ['--generator', str(tmp / 'foreign.pth')],
         'trained on CIFAR10': ['--generator', _write_generator(str(tmp), 'CIFAR10', 10, 32, 3, 'cifar.pth')],
@@ -191,6 +202,9 @@ def test_bad_inputs_exit_2_with_one_line(prepared_mnist):
         with pytest.raises(UserError, match=words):
             main_ITGAN.main(_cli(tmp, *extra))
     assert not (tmp / 'out').exists()  # nothing written for a rejected command
+    with pytest.raises(UserError, match='the latents diverged'):
+        main_ITGAN.main(_cli(tmp, '--generator', _write_generator(str(tmp)), '--lr_invert', '1e37',
+                                 '--invert_iters', '40'))
     env = dict(os.environ, OMP_NUM_THREADS='1')
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'main_ITGAN.py')] + _cli(tmp, *cases['no such file']),
                        capture_output=True, text=True, env=env, cwd=str(tmp))

@@ -3,6 +3,7 @@ the device-resident DM step computes today's loss and gradient, --amp bf16 runs.
 
 import pytest
 import torch
+from torch.nn.utils import parameters_to_vector
 
 import augment
 import dm
@@ -37,15 +38,20 @@ def test_networks_trained_together_equal_one_by_one(aug):
         return [torch.Generator().manual_seed(i) for i in range(3)]
 
     loader = TensorLoader(x, y, 7)
+    start = [parameters_to_vector(net.parameters()) for net in nets()]
     alone = [evaluate_synset(i, net, x, y, loader, recipe, generator=g) for i, (net, g) in
              enumerate(zip(nets(), gens()))]
     together_nets = nets()
     together = train_together(together_nets, x, y, loader, recipe, gens())
-    # Same draws, same updates: the weights agree up to the float rounding of the vectorised convolutions.
-    for (net, acc_train, acc), net_t, (acc_train_t, acc_t) in zip(alone, together_nets, together):
-        for p, q in zip(net.parameters(), net_t.parameters()):
-            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
-        assert (acc_train, acc) == (acc_train_t, acc_t)
+    # Same draws, same updates: the weights agree up to the float rounding of the vectorised convolutions, which sum
+    # in another order. Rounding alone leaves them about 1e-6 of the way training moved them apart; when it tips an
+    # activation over a ReLU's or a crop's edge at one of the 12 steps, up to 3e-3 (seen over 48 networks and three
+    # CPU instruction sets); a network trained on other draws ends a whole training's way off (about 1). So: 2 %.
+    # An accuracy may then differ by one example, a near-tie tipped the other way.
+    for (net, acc_train, acc), net_t, (acc_train_t, acc_t), p0 in zip(alone, together_nets, together, start):
+        p, q = parameters_to_vector(net.parameters()), parameters_to_vector(net_t.parameters())
+        assert (p - q).norm() <= 0.02 * (p - p0).norm(), ((p - q).norm() / (p - p0).norm()).item()
+        assert abs(acc_train - acc_train_t) <= 1 / len(x) and abs(acc - acc_t) <= 1 / len(x)
     assert len({tuple(p.flatten()[:5].tolist()) for p in (n.features[0].weight for n in together_nets)}) == 3
 
 
@@ -158,8 +164,9 @@ def test_cl_and_dim_fixed_set_evaluations_train_together_where_a_gpu_would(tmp_p
     def dim_accs(tag):
         return validate.main(stage3 + ['--tag', tag])['fixed']['models']['convnet']['final']['all']
 
-    alone = cl_accs(), dim_accs('alone')
+    alone = cl_accs() + dim_accs('alone')
     assert groups == []
     monkeypatch.setattr(evaluation, 'trains_together', lambda recipe, on_epoch=None: on_epoch is None)
-    together = cl_accs(), dim_accs('together')
-    assert groups == [3, 3] and together == alone
+    together = cl_accs() + dim_accs('together')
+    # Both test on 30 images; float rounding (test_networks_trained_together_equal_one_by_one) may tip a near-tie.
+    assert groups == [3, 3] and all(abs(a - b) <= 1 / 30 + 1e-9 for a, b in zip(alone, together)), (alone, together)

@@ -11,7 +11,7 @@ import evaluation
 from evaluation import evaluate_synset, get_eval_pool
 from networks import NETWORKS, get_network
 from runner import save_image_grid, save_results
-from conftest import toy_images, write_idx, write_prepared
+from conftest import over_seeds, toy_images, write_idx, write_prepared
 from utils import UserError
 
 
@@ -184,10 +184,10 @@ def _toy_eval(seed, **kw):
 
 
 def test_evaluate_synset_learns_and_is_repeatable():
-    net, acc_train, acc_test = _toy_eval(0)
-    assert acc_test > 0.6  # chance is 0.1
-    _, acc_train2, acc_test2 = _toy_eval(0)
-    assert (acc_train, acc_test) == (acc_train2, acc_test2)
+    # (train accuracy, test accuracy) of seeds 0, 1, ...: the median of 5 seeds tests above 60%; chance is 10%
+    ok, accs = over_seeds(lambda seed: _toy_eval(seed)[1:], lambda acc: acc[1] > 0.6)
+    assert ok, accs
+    assert _toy_eval(0)[1:] == accs[0]
 
 
 def test_evaluate_synset_schedule_and_eval_mode(monkeypatch):
