@@ -302,9 +302,9 @@ def describe(arch, r):
 
 
 def random_real(data, counts, generator):
-    """counts[c] random real images of class c (standardised) and their labels."""
-    images = torch.cat([data.get_images(c, int(n), generator) for c, n in enumerate(counts)]).cpu()
-    return images, torch.arange(len(counts)).repeat_interleave(torch.as_tensor(counts))
+    """counts[c] random real images of class c (all of a smaller class; standardised) and their labels."""
+    picks = [data.get_images(c, int(n), generator).cpu() for c, n in enumerate(counts)]
+    return torch.cat(picks), torch.cat([torch.full((len(x),), c) for c, x in enumerate(picks)])
 
 
 def per_class(counts):

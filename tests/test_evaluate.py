@@ -11,7 +11,7 @@ import evaluate
 import main_DM
 from conftest import toy_images, write_prepared
 from data import get_dataset
-from utils import make_generator, run_cli
+from utils import UserError, make_generator, run_cli
 
 PROTOCOL = ['--models', 'ConvNetW32', '--num_eval', '2', '--epoch_eval_train', '4', '--device', 'cpu',
             '--no_progress']
@@ -46,7 +46,7 @@ def test_a_main_dm_set_evaluates_to_the_accuracy_its_run_recorded(prepared_mnist
     assert 'sha1' in (stem.parent / (stem.name + '.log')).read_text()
 
 
-def test_the_random_baseline_is_random_real_images_evaluated_by_the_same_networks(prepared_mnist):
+def test_the_random_baseline_is_random_real_images_evaluated_by_the_same_networks(prepared_mnist, monkeypatch):
     tmp = prepared_mnist
     data = get_dataset('MNIST', str(tmp))
     x, y = toy_images(3, 10, 1, 28, seed=5)
@@ -59,6 +59,11 @@ def test_the_random_baseline_is_random_real_images_evaluated_by_the_same_network
     assert mine['gain'] == pytest.approx(100 * (np.mean(mine['accuracy']['all']) - np.mean(rand['accuracy']['all'])))
     # every class counted as the set holds it
     assert mine['images_per_class'] == '3'
+    # --resume reads every finished pool from the checkpoint instead of training it again
+    monkeypatch.setattr(evaluate, 'evaluate_pool', None)
+    assert _evaluate(tmp, tmp / 'set.pt', tmp / 'random.pt', extra=('--resume',)) == [mine, rand]
+    with pytest.raises(UserError, match='differs in num_eval'):
+        _evaluate(tmp, tmp / 'set.pt', tmp / 'random.pt', extra=('--resume', '--num_eval', '3'))
 
 
 def _png(path, a):
