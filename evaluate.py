@@ -74,7 +74,8 @@ def parse_args(argv=None):
     if args.dsa_strategy is None:
         args.dsa_strategy = 'None' if args.dc_aug else recommended_dsa_strategy(canonical_dataset(args.dataset))
     args.explicit_epochs = args.epoch_eval_train is not None
-    args.epoch_eval_train = args.epoch_eval_train or 1000
+    if not args.explicit_epochs:
+        args.epoch_eval_train = 1000
     check_args(args)
     if args.exp != 'all' and not args.exp.isdigit():
         raise UserError(f"--exp must be an experiment index (0, 1, ...) or 'all', got {args.exp}")
@@ -295,8 +296,8 @@ def eval_recipes(args, data):
 
 
 def describe(arch, r):
-    aug = (f'DSA {r.dsa_strategy}' if r.dsa else f'DC {r.dc_aug_param["strategy"]}' if r.dc_aug_param
-           else 'no augmentation')
+    dc = (r.dc_aug_param or {}).get('strategy', 'none')
+    aug = f'DSA {r.dsa_strategy}' if r.dsa else f'DC {dc}' if dc != 'none' else 'no augmentation'
     return (f'{arch}: {r.epoch_eval_train} epochs (+1), SGD lr {r.lr_net} (x0.1 after epoch {r.epoch_eval_train // 2 + 1}), '
             f'momentum 0.9, weight decay 5e-4, batch {r.batch_train}, {aug}')
 

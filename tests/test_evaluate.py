@@ -1,6 +1,7 @@
 """evaluate.py: any set format under one protocol, the random baseline, and bad set files."""
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -64,6 +65,25 @@ def test_the_random_baseline_is_random_real_images_evaluated_by_the_same_network
     assert _evaluate(tmp, tmp / 'set.pt', tmp / 'random.pt', extra=('--resume',)) == [mine, rand]
     with pytest.raises(UserError, match='differs in num_eval'):
         _evaluate(tmp, tmp / 'set.pt', tmp / 'random.pt', extra=('--resume', '--num_eval', '3'))
+
+
+def test_protocol_flags_name_the_recipes(tmp_path):
+    mnist = types.SimpleNamespace(name='MNIST', channel=1, im_size=(28, 28), num_classes=10)  # what they read
+    cifar = types.SimpleNamespace(name='CIFAR10', channel=3, im_size=(32, 32), num_classes=10)
+    base = ['--set', 'x', '--data_path', str(tmp_path), '--device', 'cpu']
+    recipes = evaluate.eval_recipes(evaluate.parse_args(base + ['--dataset', 'MNIST', '--dc_aug', '--eval_mode', 'N']),
+                                    mnist)
+    assert list(recipes) == ['ConvNetNN', 'ConvNetBN', 'ConvNetLN', 'ConvNetIN', 'ConvNetGN']
+    assert recipes['ConvNetBN'].dc_aug_param['strategy'] == 'crop_noise' and not recipes['ConvNetBN'].dsa
+    assert recipes['ConvNetIN'].dc_aug_param['strategy'] == 'crop_scale_rotate'
+    assert {r.epoch_eval_train for r in recipes.values()} == {1000}
+    args = evaluate.parse_args(base + ['--dataset', 'CIFAR10', '--dc_aug', '--models', 'ConvNet', 'ConvNetBN'])
+    recipes = evaluate.eval_recipes(args, cifar)
+    assert (recipes['ConvNet'].epoch_eval_train, recipes['ConvNetBN'].epoch_eval_train) == (300, 1000)
+    dsa = evaluate.eval_recipes(evaluate.parse_args(base + ['--dataset', 'MNIST']), mnist)['ConvNet']
+    assert dsa.dsa and dsa.dsa_strategy == 'color_crop_cutout_scale_rotate' and dsa.epoch_eval_train == 1000
+    with pytest.raises(UserError, match='drop --dsa_strategy'):
+        evaluate.parse_args(base + ['--dataset', 'MNIST', '--dc_aug', '--dsa_strategy', 'crop'])
 
 
 def _png(path, a):
