@@ -1,5 +1,7 @@
-"""Evaluate condensed sets under one stated protocol: fresh networks are trained on each set and tested on the real
-test set, next to random real images of the same size evaluated by the same networks.
+"""Evaluate condensed sets under one stated protocol, next to random real images of the same size.
+
+Fresh networks are trained on each set and tested on the real test set; the random real images are trained by the
+same networks (the same initial weights and batch orders), so the gain is a paired comparison.
 
     python evaluate.py --set result/res_DM_CIFAR10_ConvNet_10ipc.pt --dataset CIFAR10 --data_path data
 
@@ -48,13 +50,15 @@ def parse_args(argv=None):
                    help="results files: the experiment to evaluate (0, 1, ...), or 'all' (each experiment's set, "
                         "the accuracies pooled, as the papers report)")
     g.add_argument('--normalized', choices=['yes', 'no'], default=None,
-                   help='float images: standardised with the dataset\'s mean and std (yes) or pixels in [0, 1] (no) '
-                        '(default: yes, as the original and this project save sets; a results file of this project '
-                        'says which; uint8 images are always pixels 0..255)')
+                   help="float images: standardised with the dataset's mean and std (yes) or pixels in [0, 1] (no); "
+                        "None: yes, as the original and this project save sets, unless a results file of this project "
+                        "says otherwise (uint8 images are always pixels 0..255)")
     add_flags(p.add_argument_group('dataset'), ('dataset', 'data_path', 'im_size'))
-    g = p.add_argument_group('protocol')
+    g = p.add_argument_group('protocol', "a default of None below means: --models ConvNet; --dsa_strategy the papers' "
+                                         "strategy for the dataset (no flip on MNIST and SVHN); --epoch_eval_train "
+                                         "1000 (with --dc_aug: 300 without augmentation, 1000 with)")
     g.add_argument('--models', nargs='+', default=None, metavar='NAME',
-                   help='architectures to train (networks.NETWORKS; default: ConvNet unless --eval_mode is given)')
+                   help='architectures to train (networks.NETWORKS); with --eval_mode, added to its pool')
     add_flags(g, ('eval_mode',), eval_mode=None)
     add_flags(g, ('num_eval', 'epoch_eval_train', 'lr_net', 'batch_train', 'dsa_strategy', 'seed'),
               epoch_eval_train=None, dsa_strategy=None)

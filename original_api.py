@@ -34,6 +34,7 @@ from data import get_dataset as _get_dataset
 from evaluation import get_eval_pool  # noqa: F401
 from utils import UserError, _fail, default_device, make_generator
 
+
 def _exits_on_bad_input(fn):
     """The original exit()s on bad input; here that is one line on stderr and exit code 2."""
     @functools.wraps(fn)
