@@ -452,3 +452,19 @@ class Log:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+# ----------------------------------------------------------------------------------------------
+# The original DC repository's utils API (`from utils import get_dataset, evaluate_synset, DiffAugment, ...`)
+
+ORIGINAL_API = ('get_loops', 'get_dataset', 'get_network', 'get_eval_pool', 'evaluate_synset', 'get_daparam',
+                'match_loss', 'get_time', 'TensorDataset', 'epoch', 'DiffAugment', 'ParamDiffAug')
+
+
+def __getattr__(name):
+    # They live in original_api.py, which imports data, networks and evaluation; those import this module, so the
+    # names are looked up on first use instead of imported here (no import cycle).
+    if name in ORIGINAL_API:
+        import original_api
+        return getattr(original_api, name)
+    raise AttributeError(f"module 'utils' has no attribute {name!r}")

@@ -1,0 +1,169 @@
+"""evaluate.py: any set format under one protocol, the random baseline, and bad set files."""
+import json
+import os
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import evaluate
+import main_DM
+from conftest import toy_images, write_prepared
+from data import get_dataset
+from utils import UserError, make_generator, run_cli
+
+PROTOCOL = ['--models', 'ConvNetW32', '--num_eval', '2', '--epoch_eval_train', '4', '--device', 'cpu',
+            '--no_progress']
+
+
+def _evaluate(tmp, *sets, extra=()):
+    argv = ['--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'ev'), *PROTOCOL, *extra]
+    for s in sets:
+        argv += ['--set', str(s)]
+    return evaluate.main(argv)
+
+
+def test_a_main_dm_set_evaluates_to_the_accuracy_its_run_recorded(prepared_mnist):
+    tmp = prepared_mnist
+    main_DM.main(['--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'out'), '--model',
+                  'ConvNetW32', '--ipc', '2', '--Iteration', '2', '--batch_real', '4', '--num_exp', '2', '--num_eval',
+                  '2', '--epoch_eval_train', '4', '--eval_final_only', '--device', 'cpu', '--no_progress'])
+    res = tmp / 'out' / 'res_DM_MNIST_ConvNetW32_2ipc.pt'
+    recorded = torch.load(res)['accs_all_exps']['ConvNetW32']
+    # main_DM.py's DSA strategy (MNIST's own default here would leave out flip)
+    same = ('--dsa_strategy', 'color_crop_cutout_flip_scale_rotate')
+    [row] = _evaluate(tmp, res, extra=same)
+    assert row['accuracy']['all'] == recorded and row['n'] == 4  # same seeds, same device: the same numbers
+    [one] = _evaluate(tmp, res, extra=same + ('--exp', '1', '--baseline', 'none'))
+    assert one['accuracy']['all'] == recorded[2:] and one['random'] is None
+    # the outputs: a markdown table, its JSON twin, the log
+    stem = tmp / 'ev' / 'eval_MNIST_res_DM_MNIST_ConvNetW32_2ipc'
+    table = (stem.parent / (stem.name + '.md')).read_text()
+    assert '| set | images/class | architecture | accuracy (%) | n | random real (%) | gain (points) |' in table
+    summary = json.loads((stem.parent / (stem.name + '.json')).read_text())
+    assert summary['results'][0]['accuracy']['all'] == recorded[2:] and summary['sets'][0]['kind'] == 'results file'
+    assert 'sha1' in (stem.parent / (stem.name + '.log')).read_text()
+
+
+def test_the_random_baseline_is_random_real_images_evaluated_by_the_same_networks(prepared_mnist, monkeypatch):
+    tmp = prepared_mnist
+    data = get_dataset('MNIST', str(tmp))
+    x, y = toy_images(3, 10, 1, 28, seed=5)
+    torch.save(dict(images=x, labels=y), tmp / 'set.pt')
+    # The baseline of a 3-per-class set of experiment 0, written as a set of its own.
+    rx, ry = evaluate.random_real(data, [3] * 10, make_generator(0, 'random_real', 0))
+    torch.save(dict(images=rx, labels=ry), tmp / 'random.pt')
+    mine, rand = _evaluate(tmp, tmp / 'set.pt', tmp / 'random.pt')
+    assert mine['random']['all'] == rand['accuracy']['all'] == rand['random']['all']
+    assert mine['gain'] == pytest.approx(100 * (np.mean(mine['accuracy']['all']) - np.mean(rand['accuracy']['all'])))
+    # every class counted as the set holds it
+    assert mine['images_per_class'] == '3'
+    # --resume reads every finished pool from the checkpoint instead of training it again
+    monkeypatch.setattr(evaluate, 'evaluate_pool', None)
+    assert _evaluate(tmp, tmp / 'set.pt', tmp / 'random.pt', extra=('--resume',)) == [mine, rand]
+    with pytest.raises(UserError, match='differs in num_eval'):
+        _evaluate(tmp, tmp / 'set.pt', tmp / 'random.pt', extra=('--resume', '--num_eval', '3'))
+
+
+def test_protocol_flags_name_the_recipes(tmp_path):
+    mnist = types.SimpleNamespace(name='MNIST', channel=1, im_size=(28, 28), num_classes=10)  # what they read
+    cifar = types.SimpleNamespace(name='CIFAR10', channel=3, im_size=(32, 32), num_classes=10)
+    base = ['--set', 'x', '--data_path', str(tmp_path), '--device', 'cpu']
+    recipes = evaluate.eval_recipes(evaluate.parse_args(base + ['--dataset', 'MNIST', '--dc_aug', '--eval_mode', 'N']),
+                                    mnist)
+    assert list(recipes) == ['ConvNetNN', 'ConvNetBN', 'ConvNetLN', 'ConvNetIN', 'ConvNetGN']
+    assert recipes['ConvNetBN'].dc_aug_param['strategy'] == 'crop_noise' and not recipes['ConvNetBN'].dsa
+    assert recipes['ConvNetIN'].dc_aug_param['strategy'] == 'crop_scale_rotate'
+    assert {r.epoch_eval_train for r in recipes.values()} == {1000}
+    args = evaluate.parse_args(base + ['--dataset', 'CIFAR10', '--dc_aug', '--models', 'ConvNet', 'ConvNetBN'])
+    recipes = evaluate.eval_recipes(args, cifar)
+    assert (recipes['ConvNet'].epoch_eval_train, recipes['ConvNetBN'].epoch_eval_train) == (300, 1000)
+    dsa = evaluate.eval_recipes(evaluate.parse_args(base + ['--dataset', 'MNIST']), mnist)['ConvNet']
+    assert dsa.dsa and dsa.dsa_strategy == 'color_crop_cutout_scale_rotate' and dsa.epoch_eval_train == 1000
+    with pytest.raises(UserError, match='drop --dsa_strategy'):
+        evaluate.parse_args(base + ['--dataset', 'MNIST', '--dc_aug', '--dsa_strategy', 'crop'])
+
+
+def _png(path, a):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(a).save(path)
+
+
+def test_original_layout_file_tensor_files_and_a_folder_load_the_same_tensors(prepared_mnist):
+    tmp = prepared_mnist
+    data = get_dataset('MNIST', str(tmp))
+    x, y = toy_images(2, 10, 1, 28, seed=3)
+    expected = (x.float() / 255 - 0.1307) / 0.3081
+    # the original's layout: standardised float images, its accuracies saved as numpy floats
+    torch.save({'data': [[expected.clone(), y.clone()]], 'accs_all_exps': {'ConvNet': [np.float64(0.5)]}},
+               tmp / 'res_DM_MNIST_ConvNet_2ipc.pt')
+    torch.save(dict(images=x, labels=y), tmp / 'uint8.pt')
+    torch.save(dict(images=x.float() / 255, labels=y), tmp / 'unit.pt')
+    for i, (image, label) in enumerate(zip(x, y)):
+        a = image[0].numpy()
+        # one image saved as RGB with equal channels, as torchvision's save_image writes greyscale
+        _png(str(tmp / 'folder' / str(int(label)) / f'{i:03d}.png'), np.stack([a] * 3, 2) if i == 0 else a)
+    args = evaluate.parse_args(['--set', 'x', '--dataset', 'MNIST', '--data_path', str(tmp), '--device', 'cpu'])
+    loaded = {name: evaluate.read_set(str(tmp / name), args, data)
+              for name in ('res_DM_MNIST_ConvNet_2ipc.pt', 'uint8.pt', 'folder')}
+    args.normalized = 'no'
+    loaded['unit.pt'] = evaluate.read_set(str(tmp / 'unit.pt'), args, data)
+    for name, s in loaded.items():
+        [(exp, images, labels)] = s['exps']
+        assert torch.equal(labels, y), name
+        assert torch.allclose(images, expected, atol=1e-6), name
+    assert loaded['res_DM_MNIST_ConvNet_2ipc.pt']['kind'] == 'original results file'
+    assert 'by index' in loaded['folder']['note']
+
+
+def _bad_files(tmp):
+    """name -> (how to make it, a phrase of its error line)."""
+    x, y = toy_images(2, 10, 1, 28)
+    f = x.float() / 255
+    nan = f.clone()
+    nan[3, 0, 5, 5] = float('nan')
+    return {
+        'nan.pt': (lambda p: torch.save(dict(images=nan, labels=y), p), 'NaN'),
+        'range.pt': (lambda p: torch.save(dict(images=x, labels=y + 1), p), 'labels out of range'),
+        'classes.pt': (lambda p: torch.save(dict(images=x[:18], labels=y[:18]), p), 'holds images of 9 classes'),
+        'shape.pt': (lambda p: torch.save(dict(images=torch.zeros(20, 3, 32, 32), labels=y), p), 'needs Nx1x28x28'),
+        'notaset.pt': (lambda p: torch.save(dict(weights=torch.zeros(3)), p), 'not a set (keys: weights)'),
+        'garbage.pt': (lambda p: p.write_bytes(b'hello'), 'not a readable PyTorch file'),
+        'other.pt': (lambda p: torch.save(dict(data=[[f, y]], meta=dict(dataset='CIFAR10')), p),
+                     'made for CIFAR10; pass --dataset CIFAR10'),
+        'folder': (lambda p: [_png(str(p / str(c) / '0.png'), x[c * 2, 0].numpy()) for c in range(9)],
+                   'holds 9 class folders, MNIST has 10'),
+    }
+
+
+@pytest.mark.parametrize('name', list(_bad_files(None)))
+def test_each_bad_set_file_is_one_line_and_exit_2(prepared_mnist, capsys, name):
+    tmp = prepared_mnist
+    make, phrase = _bad_files(tmp)[name]
+    make(tmp / name)
+    argv = ['--set', str(tmp / name), '--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'ev'),
+            '--device', 'cpu']
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: evaluate.main(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1 and 'Traceback' not in err, err
+    assert phrase in err and str(tmp / name) in err, err
+    assert not (tmp / 'ev').exists()  # nothing written
+
+
+def test_every_bad_set_gets_its_own_line(prepared_mnist, capsys):
+    tmp = prepared_mnist
+    files = _bad_files(tmp)
+    for name in ('nan.pt', 'range.pt'):
+        files[name][0](tmp / name)
+    x, y = toy_images(2, 10, 1, 28)
+    torch.save(dict(images=x, labels=y), tmp / 'good.pt')
+    argv = ['--dataset', 'MNIST', '--data_path', str(tmp), '--device', 'cpu', '--set', str(tmp / 'nan.pt'),
+            '--set', str(tmp / 'good.pt'), '--set', str(tmp / 'range.pt'), '--exp', '3']
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: evaluate.main(argv))
+    lines = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and len(lines) == 2 and all(': error: ' in line for line in lines)
+    assert 'NaN' in lines[0] and 'out of range' in lines[1]
