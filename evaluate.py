@@ -37,7 +37,7 @@ from utils import (ArgumentParser, Log, UserError, atomic_save, atomic_write_tex
                    remove_stale_temps, run_cli, sample_std, versions, write_json)
 
 # Flags that may change between a run and its --resume.
-RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path')
+RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'cuda_graphs')
 
 
 def parse_args(argv=None):
@@ -69,7 +69,8 @@ def parse_args(argv=None):
                    help='random: also evaluate the same number of random real images per class (drawn from --seed) '
                         'with the same networks, and report the gain')
     g = p.add_argument_group('run')
-    add_flags(g, ('device', 'save_path', 'resume', 'align_corners', 'no_progress', 'amp', 'eval_one_by_one'))
+    add_flags(g, ('device', 'save_path', 'resume', 'align_corners', 'no_progress', 'amp', 'eval_one_by_one',
+                  'cuda_graphs'))
     args = p.parse_args(argv)
     # Defaults that depend on other flags: DSA with the strategy the papers use for the dataset, 1000 epochs.
     explicit_strategy = args.dsa_strategy is not None

@@ -21,7 +21,8 @@ import validate
 from conftest import ROOT, toy_images, write_idx
 from utils import atomic_save, atomic_write_text, run_cli
 
-SCRIPTS = ('main.py', 'main_DM.py', 'CL_DM.py', 'gen_condense.py', 'pool_match.py', 'validate.py', 'main_ITGAN.py')
+SCRIPTS = ('main.py', 'main_DM.py', 'CL_DM.py', 'gen_condense.py', 'pool_match.py', 'validate.py', 'main_ITGAN.py',
+           'evaluate.py')
 
 
 def _error(main_fn, argv, capsys):
