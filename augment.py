@@ -21,6 +21,8 @@ import operator
 import torch
 import torch.nn.functional as F
 
+from utils import draw_device
+
 DSA_TOKENS = ('color', 'crop', 'cutout', 'flip', 'scale', 'rotate')
 DIM_TOKENS = DSA_TOKENS + ('translate',)
 DIM_SINGLE_TOKENS = ('crop', 'scale', 'rotate', 'translate')  # DiM applies one of these per call
@@ -74,12 +76,12 @@ def parse_strategy(strategy, valid=DSA_TOKENS):
 def _rand(shape, generator):
     # Draw on the generator's own device: a CPU generator (normal use) gives CPU parameters; a CUDA generator keeps
     # them on the GPU, so a device-resident step never copies them across (apply_dsa then needs no host sync).
-    device = generator.device if generator is not None else 'cpu'
+    device = draw_device(generator)
     return torch.rand(shape, generator=generator, device=device)
 
 
 def _randn(shape, generator, device):
-    gdev = generator.device if generator is not None else 'cpu'
+    gdev = draw_device(generator)
     return torch.randn(shape, generator=generator, device=gdev).to(device)
 
 

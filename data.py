@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from footprint import check_fits
-from utils import ArgumentParser, UserError, atomic_save, remove_stale_temps, run_cli
+from utils import ArgumentParser, UserError, atomic_save, draw_device, remove_stale_temps, run_cli
 
 # name -> (channels, (H, W), classes, mean, std): the normalisation constants of the original code.
 DATASETS = {
@@ -159,7 +159,7 @@ class Data:
     def get_images(self, c, n, generator=None):
         """n images of class c drawn uniformly without replacement (all of them if the class is smaller), drawn on
         the generator's device (a GPU generator never sends the draw through the host)."""
-        device = generator.device if generator is not None else torch.device('cpu')
+        device = draw_device(generator)
         idx = self.indices_class[c] if device.type == 'cpu' else self._class_index(c, device)
         return self.images(idx[torch.randperm(len(idx), generator=generator, device=device)[:n]])
 

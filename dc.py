@@ -11,7 +11,7 @@ import parallel
 from augment import DiffAugment, apply_dsa, sample_dsa_params
 from graphs import Graphed, graphs_enabled
 from networks import get_network, init_weights
-from utils import UserError, derive_seed
+from utils import UserError, derive_seed, draw_device
 
 # The original's table, ipc -> (outer_loop, inner_loop); inner_loop counts epochs over the synthetic set.
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -135,7 +135,7 @@ def train_epochs(net, optimizer, images, labels, epochs, batch, generator, dsa_s
     net.train()
     n = len(images)
     for _ in range(epochs):
-        order = torch.randperm(n, generator=generator, device=generator.device).to(images.device)
+        order = torch.randperm(n, generator=generator, device=draw_device(generator)).to(images.device)
         for i in range(0, n, batch):
             idx = order[i:i + batch]
             x = images[idx]

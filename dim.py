@@ -200,7 +200,7 @@ class CyclingBatches:
 
 def _draw(fn, *args, generator):
     """fn(*args) drawn with generator on its own device (a CPU generator: on the CPU, as the reference streams)."""
-    return fn(*args, generator=generator, device=generator.device)
+    return fn(*args, generator=generator, device=utils.draw_device(generator))
 
 
 def generate(G, y, generator):

@@ -356,7 +356,7 @@ def main(argv=None):
     ours = dict(fingerprint(args, RESUMABLE), digests=[s['digest'] for s in sets])
     done = resume_state(paths['ckpt.pt'], ours)['done'] if args.resume else {}
     remove_stale_temps(args.save_path, stem)
-    log = Log(paths['log'], append=args.resume)
+    log = Log(paths['log'])
     log(f'evaluate {len(sets)} set(s) on {data}; device {args.device}; seed {args.seed}; {args.num_eval} network(s) '
         f'per architecture and experiment; baseline {args.baseline}')
     for arch, r in recipes.items():

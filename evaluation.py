@@ -20,7 +20,7 @@ import parallel
 from augment import ParamDiffAug, augment_dc, parse_strategy, sample_dsa_params, apply_dsa
 from graphs import Graphed, graphs_enabled
 from networks import get_network
-from utils import autocast, make_generator, mean_std
+from utils import autocast, draw_device, make_generator, mean_std
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +124,7 @@ def _train(params, forward, images, labels, args, generators, on_epoch=None):
     correct = torch.zeros(len(generators), dtype=torch.long, device=device)
 
     def epoch():
-        order = torch.stack([torch.randperm(n, generator=g, device=g.device) for g in generators]).to(device)
+        order = torch.stack([torch.randperm(n, generator=g, device=draw_device(g)) for g in generators]).to(device)
         for i in range(0, n, batch):
             idx = order[:, i:i + batch]
             x, y = _augment(images[idx], args, generators), labels[idx]
@@ -136,7 +136,7 @@ def _train(params, forward, images, labels, args, generators, on_epoch=None):
             optimizer.step()
             correct.add_((out.argmax(2) == y).sum(1))
 
-    capturable = all(g.device == device for g in generators) and not _dc_augmented(args)
+    capturable = all(draw_device(g) == device for g in generators) and not _dc_augmented(args)
     step = Graphed(epoch, generators, capturable and graphs_enabled(device, getattr(args, 'cuda_graphs', 'on')),
                    name='evaluation epoch')
     for ep in range(epochs + 1):
@@ -294,7 +294,7 @@ def _streams_on_device(net, generator, device):
     epoch never waits for the host (other numbers than the same stream on the CPU). build(i) gives a fresh stream,
     whose seed names it."""
     device = torch.device(device)
-    if device.type == 'cpu' or generator.device == device:
+    if device.type == 'cpu' or generator is None or generator.device == device:
         return net, generator
     return net, torch.Generator(device).manual_seed(generator.initial_seed())
 

@@ -162,6 +162,11 @@ def derive_seed(seed, *keys):
     return int.from_bytes(digest[:8], 'little') >> 1
 
 
+def draw_device(generator):
+    """Where `generator` draws: its device, or the CPU for None (torch's global generator)."""
+    return generator.device if generator is not None else torch.device('cpu')
+
+
 def make_generator(seed, *keys, device='cpu'):
     """A torch.Generator for the stream named by keys (see derive_seed); on `device` to draw there without host
     copies. A CUDA generator gives other numbers than a CPU one for the same keys."""
