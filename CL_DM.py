@@ -16,13 +16,23 @@ import os
 os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 
 import argparse  # noqa: E402
+import time  # noqa: E402
+
+from tqdm import tqdm  # noqa: E402
 
 import cl  # noqa: E402
+import cl_report  # noqa: E402
+import parallel  # noqa: E402
 from cli import add_flags, check_args, check_network  # noqa: E402
-from data import dataset_info  # noqa: E402
+from data import dataset_info, get_dataset  # noqa: E402
 from dc import get_loops  # noqa: E402
 from networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, get_network  # noqa: E402
-from utils import ArgumentParser, UserError, check_positive, run_cli  # noqa: E402
+from runner import Run  # noqa: E402
+from utils import ArgumentParser, UserError, check_positive, mean_std, remove_stale_temps, run_cli  # noqa: E402
+
+# Arguments that may differ between a run and its resumption.
+RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
+             'eval_one_by_one', 'per_class', 'real_chunk', 'cuda_graphs')
 
 
 def method_name(value):
@@ -158,9 +168,78 @@ def validate(args):
     return args
 
 
+
+
 def main(argv=None):
     args = parse_args(argv)
-    return cl.run(args)
+    data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
+    cl.check_budget(args, data)
+    name = cl.run_name(args)
+    paths = {ext: os.path.join(args.save_path, f'cl_{name}.{ext}') for ext in ('json', 'csv', 'log', 'ckpt.pt', 'lock')}
+    run = Run(args, RESUMABLE, args.save_path, checkpoint=paths['ckpt.pt'], log=paths['log'], lock=paths['lock'],
+              lock_what=os.path.join(args.save_path, f'cl_{name}.*'), results=(paths['json'],),
+              stale=(f'cl_{name}.', f'cl_{data.name}_'), missing_ok=True)
+    remove_stale_temps(os.path.join(args.save_path, 'cl_data'), f'cl_{cl.KIND[args.method]}_{data.name}_')
+    log = run.log
+    builder = {'DSA': f', {args.Iteration} DSA iterations', 'DM': f', {args.Iteration} DM iterations',
+               'DiM': f', {args.gan_iters} GAN iterations'}.get(args.method, '')
+    log(f'plan: {len(args.seeds)} seed(s) x {args.steps} steps on {args.device}{parallel.processes()}; per step a '
+        f'memory{builder}, then {args.num_eval} network(s) trained {args.epoch_eval_train} epochs')
+    log(f'CL {name}: {data}; {args.steps} steps of {data.num_classes // args.steps} classes, ipc {args.ipc}, seeds '
+        f'{args.seeds}, train mode {args.train_mode}, device {args.device}')
+    log(f'evaluation: {args.num_eval} x {args.model} ({data.num_classes}-way), {args.epoch_eval_train} epochs, lr '
+        f'{args.lr_net}, batch {args.batch_train}, DSA {args.dsa_strategy}')
+    log(f'hyper-parameters: {run.fingerprint}')
+    run.warn_fresh_start()
+    if args.resume and run.resumed is None:
+        log(f'--resume: no finished step recorded in {run.ckpt_path}; starting from step 0 (cached memories are '
+            f'reused)')
+    state = run.resumed or dict(accs={}, budget={}, times={}, sources={}, nets=None, nets_seed=None)
+
+    # For each seed (a class order), step by step: the memory of the step's new classes (built, or read from the
+    # cache), then --num_eval networks trained on every memory so far and tested on the classes seen so far.
+    bar = tqdm(total=len(args.seeds) * args.steps, desc=f'CL {args.method}', disable=args.no_progress,
+               dynamic_ncols=True)
+    for seed in args.seeds:
+        order = cl.class_order(seed, data.num_classes)
+        log(f'seed {seed}: class order {order}')
+        done = state['accs'].setdefault(str(seed), [])
+        memories, nets = None, None
+        bar.update(len(done))
+        for step in range(len(done), args.steps):  # the steps a resumed run has not finished
+            memories = memories or cl.Memories(args, data, seed, order, log)
+            seen = cl.seen_classes(order, args.steps, step)
+            t0 = time.time()
+            images, labels = memories.training_set(step)
+            t_mem = time.time() - t0
+            if args.train_mode == 'finetune' and step > 0 and nets is None:
+                nets = cl.restore_nets(args, data, state, seed)
+            hook, drawn = None, ''
+            if args.method == 'DiM' and args.dim_replay == 'fresh':
+                images, hook = cl.fresh_replay(args, data, memories, order, step, seed, images)
+                drawn = ', drawn afresh from the generator after every epoch'
+            log(f'seed {seed} step {step}: {len(seen)} classes seen, training on {len(images)} memory images{drawn}')
+            t0 = time.time()
+            accs, nets = cl.evaluate_step(args, data, images, labels, seen, seed, step, nets, log, hook)
+            m, s = mean_std(accs)
+            log(f'seed {seed} step {step}: test acc {m:.2f} ± {s:.2f} over {len(accs)} networks ({len(seen)} classes)')
+            done.append(accs)
+            state['budget'][f'{step}'] = list(memories.budget(step))
+            state['times'].setdefault(str(seed), []).append(dict(memory_s=t_mem, evaluation_s=time.time() - t0))
+            state['sources'][str(seed)] = memories.source
+            if args.train_mode == 'finetune':
+                state['nets'], state['nets_seed'] = cl.net_states(nets), seed
+            run.save(state)
+            cl_report.write_outputs(args, state, data, paths, run.fingerprint)
+            bar.update(1)
+    bar.close()
+    summary = cl_report.write_outputs(args, state, data, paths, run.fingerprint)
+    for line in cl_report.table_lines(summary):
+        log(line)
+    log(f'LaTeX row ({args.method}): {summary["latex"]}')
+    log(f'results: {paths["json"]}, {paths["csv"]}, {summary["plot"]}')
+    run.close()
+    return summary
 
 
 if __name__ == '__main__':

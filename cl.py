@@ -16,10 +16,6 @@ would give, without touching numpy's global state), everything else from torch g
 (seed, purpose, step, ...).
 """
 import copy
-import csv
-import io
-import json
-import math
 import os
 import time
 
@@ -27,20 +23,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import dim
+import gan
 import parallel
-from data import TensorLoader, file_label, get_dataset
+from data import TensorLoader, file_label
 from dc import DCStep
 from dm import DMStep
 from evaluation import EvalRecipe, evaluate_networks, evaluate_synset
 from footprint import check_fits, condensation_bytes, set_bytes
 from graphs import graphs_enabled
 from networks import get_network
-from plots import plot_curves
-from runner import check_same_data, fingerprint, init_synset, resume_state, warn_fresh_start
-from utils import Log, UserError, atomic_save, atomic_write_text, check_losses, derive_seed, hold_lock, \
-    make_generator, mean_std, non_finite, refuse_non_finite, release_lock, remove_stale_temps, sample_std, versions, \
-    write_json
+from runner import SyntheticSet
+from utils import UserError, atomic_save, check_losses, cpu_state, derive_seed, make_generator, non_finite, \
+    refuse_non_finite
 
 METHODS = ('random', 'herding', 'kcenter', 'DSA', 'DM', 'DiM')
 # The file kind in a memory's name, per method: the reference named its DSA memories 'res_DSA'.
@@ -59,9 +53,7 @@ BUILDER_ARGS = {
 # Builder arguments added after caches were written: recorded only when they differ from the value those caches
 # were built with, so that the older caches stay valid.
 LATER_ARGS = {'gan_gp_every': 1, 'gan_mode_seeking': 0.0}
-# Arguments that may differ between a run and its resumption.
-RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
-             'eval_one_by_one', 'per_class', 'real_chunk', 'cuda_graphs')
+
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -235,43 +227,40 @@ def condense_memory(args, data, classes, seed, step, partial_path, log):
     resumed synthesis equals an uninterrupted one."""
     view = class_view(data, classes)
     synthesis_seed = derive_seed(seed, 'cl', args.method)
-    image_syn, syn_cls = init_synset(view, args.ipc, 'real', make_generator(synthesis_seed, 'init', step))
-    image_syn.requires_grad_(True)
-    optimizer = torch.optim.SGD([image_syn], lr=args.lr_img, momentum=0.5)
-    start = 0
     fingerprint = builder_fingerprint(args)
-    if os.path.isfile(partial_path):
-        try:
-            part = torch.load(partial_path, map_location='cpu', weights_only=True)
-            ok = part['step'] == step and part['builder'] == fingerprint and non_finite(part) is None
-        except Exception:
-            ok = False
-        if ok:
-            with torch.no_grad():
-                image_syn.copy_(part['image_syn'].to(image_syn.device))
-            optimizer.load_state_dict(part['optimizer'])
-            start = part['it']
-            log(f'  resuming the synthesis of step {step} at iteration {start} from {partial_path}')
-    step_fn = (DMStep if args.method == 'DM' else DCStep)(args, view, image_syn, syn_cls, optimizer)
+    part = _partial(partial_path, step, fingerprint)
+    syn = SyntheticSet(view, args.ipc, 'real', args.lr_img, make_generator(synthesis_seed, 'init', step), part,
+                       'the memory diverged')
+    start = part['it'] if part else 0
+    if part:
+        log(f'  resuming the synthesis of step {step} at iteration {start} from {partial_path}')
+    step_fn = (DMStep if args.method == 'DM' else DCStep)(args, view, syn.images, syn.labels, syn.optimizer)
     bar = tqdm(range(start, args.Iteration), desc=f'{args.method} seed {seed} step {step}', initial=start,
                total=args.Iteration, disable=args.no_progress, leave=False, dynamic_ncols=True)
     for it in bar:
         loss = step_fn(synthesis_seed, (step, it))
         save = (it + 1) % args.checkpoint_every == 0 and it + 1 < args.Iteration
-        if it % 10 and not save and it + 1 < args.Iteration:
-            continue  # reading the loss makes a GPU wait for it: every 10 iterations, and before a checkpoint
-        loss = float(loss)
-        if not math.isfinite(loss):
-            raise UserError(f'seed {seed} step {step} iteration {it}: the {args.method} loss is {loss}, the memory '
-                            f'diverged; lower --lr_img (now {args.lr_img})')
-        bar.set_postfix(loss=f'{loss / len(classes):.4f}')
-        if it % 100 == 0:
+        loss = syn.read_loss(it, loss, save or it + 1 == args.Iteration, f'seed {seed} step {step} ({args.method})',
+                             bar)
+        if loss is not None and it % 100 == 0:
             log(f'  step {step} iter {it:05d}: loss {loss:.4f} (per class {loss / len(classes):.4f})', echo=False)
         if save:
-            atomic_save(dict(step=step, it=it + 1, builder=fingerprint, image_syn=image_syn.detach().cpu(),
-                                   optimizer=optimizer.state_dict()), partial_path)
+            atomic_save(dict(step=step, it=it + 1, builder=fingerprint, **syn.state_dict()), partial_path)
     bar.close()
-    return [image_syn.detach().cpu(), torch.as_tensor(classes)[syn_cls]]
+    return [syn.images.detach().cpu(), torch.as_tensor(classes)[syn.labels]]
+
+
+def _partial(path, step, fingerprint):
+    """The partial synthesis of this step and builder at path; None when there is none (or it is another's, or
+    unreadable, or diverged: the synthesis then starts afresh)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        part = torch.load(path, map_location='cpu', weights_only=True)
+        ok = part['step'] == step and part['builder'] == fingerprint and non_finite(part) is None
+    except Exception:
+        ok = False
+    return part if ok else None
 
 
 def dim_noise(args, num_classes):
@@ -284,32 +273,28 @@ def dim_noise(args, num_classes):
 def sample_memory(G, data, order, n_seen, ipc, generator, chunk=500):
     """ipc images of each of the first n_seen classes of `order` from G (labelled by class-order position), as a
     real set would be standardised; the labels are the original class ids."""
-    images, pos = dim.sample_standardised(G, n_seen, ipc, data.mean, data.std, data.device, generator, chunk)
+    images, pos = gan.sample_standardised(G, n_seen, ipc, data.mean, data.std, data.device, generator, chunk)
     return images, torch.as_tensor(order)[pos]
 
 
-def build_gan(args, data, seed):
+def memory_gan(args, data, seed):
     """(G, D, opt_g, opt_d): the CL GAN, K-way over all classes, initialised from (seed, 'cl_gan_init')."""
-    G, D = dim.build_gan(data, dim_noise(args, data.num_classes), args.gan_cond, args.gan_width, args.device,
+    G, D = gan.build_gan(data, dim_noise(args, data.num_classes), args.gan_cond, args.gan_width, args.device,
                          make_generator(seed, 'cl_gan_init'), flags='--dim_noise, --gan_cond', critic=args.gan_critic)
-    return G, D, dim.adam(G, args.gan_lr), dim.adam(D, args.gan_lr)
+    return G, D, gan.adam(G, args.gan_lr), gan.adam(D, args.gan_lr)
 
 
-def dim_memory(args, data, order, step, seed, gan, log):
+def dim_memory(args, data, order, step, seed, state, log):
     """One CL step of the generative memory. The GAN (K-way conditioning on class-order positions, so labels are
     0..seen−1 at every step and the critic's random labels stay among the seen classes) continues from the previous
-    step; each batch mixes real images of the new classes with samples of the old classes from a frozen copy of the
-    previous generator, in proportion to their class counts. With --gan_ema the averaged generator (continued
-    across steps) is the frozen copy, and the one the memory is sampled from. Returns (memory, gan state)."""
-    G, D, opt_g, opt_d = build_gan(args, data, derive_seed(seed, 'cl', 'DiM'))
-    ema = dim.GeneratorEMA(G, args.gan_ema) if args.gan_ema else None
-    if gan is not None:
-        G.load_state_dict(gan['generator'])
-        D.load_state_dict(gan['discriminator'])
-        opt_g.load_state_dict(gan['optim_g'])
-        opt_d.load_state_dict(gan['optim_d'])
-        if ema is not None:
-            ema.load_state_dict(gan['generator_ema'])
+    step's `state` (gan.gan_state); each batch mixes real images of the new classes with samples of the old classes
+    from a frozen copy of the previous generator, in proportion to their class counts. With --gan_ema the averaged
+    generator (continued across steps) is the frozen copy, and the one the memory is sampled from. Returns (memory,
+    gan state)."""
+    G, D, opt_g, opt_d = memory_gan(args, data, derive_seed(seed, 'cl', 'DiM'))
+    ema = gan.GeneratorEMA(G, args.gan_ema) if args.gan_ema else None
+    if state is not None:
+        gan.load_gan_state(state, G, D, opt_g, opt_d, ema)
     sampler = G if ema is None else ema.G
     k = data.num_classes // args.steps
     n_old, n_seen = step * k, (step + 1) * k
@@ -321,9 +306,9 @@ def dim_memory(args, data, order, step, seed, gan, log):
     if replay:
         G_old = copy.deepcopy(sampler).eval()
         G_old.requires_grad_(False)
-    gan = dim.GANStep(G, D, opt_g, opt_d, n_seen, args.gan_n_critic, args.gan_gp_every, args.gan_mode_seeking, ema,
-                      graphs=graphs_enabled(args.device, args.cuda_graphs))
-    g = gan.use_stream(make_generator(seed, 'cl_gan', step))  # the batches are drawn from the same stream
+    gan_step = gan.GANStep(G, D, opt_g, opt_d, n_seen, args.gan_n_critic, args.gan_gp_every, args.gan_mode_seeking,
+                           ema, graphs=graphs_enabled(args.device, args.cuda_graphs))
+    g = gan_step.use_stream(make_generator(seed, 'cl_gan', step))  # the batches are drawn from the same stream
     new_idx = torch.cat([data.indices_class[c] for c in step_classes(order, args.steps, step)]).to(g.device)
     bar = tqdm(range(args.gan_iters), desc=f'DiM seed {seed} step {step}', disable=args.no_progress, leave=False,
                dynamic_ncols=True)
@@ -335,9 +320,9 @@ def dim_memory(args, data, order, step, seed, gan, log):
         if replay:
             y_old = torch.randint(n_old, (replay,), generator=g, device=g.device).to(data.device)
             with torch.no_grad():
-                x = torch.cat([x, dim.generate(G_old, y_old, g)])
+                x = torch.cat([x, gan.generate(G_old, y_old, g)])
             y = torch.cat([y, y_old])
-        parts = gan(it, x, y)
+        parts = gan_step(it, x, y)
         if it % 100 == 0 or it + 1 == args.gan_iters:  # reading the losses makes the host wait
             parts = {k: float(v) for k, v in parts.items()}
             # A diverged GAN stays diverged: checked where the losses are logged and before the memory is drawn.
@@ -346,15 +331,7 @@ def dim_memory(args, data, order, step, seed, gan, log):
             log(f'  step {step} GAN iter {it:05d}: ' + ', '.join(f'{n} {v:.4f}' for n, v in parts.items()), echo=False)
     bar.close()
     memory = list(sample_memory(sampler, data, order, n_seen, args.ipc, make_generator(seed, 'cl_gan_sample', step)))
-    state = dict(generator=_cpu(G.state_dict()), discriminator=_cpu(D.state_dict()), optim_g=opt_g.state_dict(),
-                 optim_d=opt_d.state_dict(), step=step, generator_bytes=dim.generator_bytes(G))
-    if ema is not None:
-        state['generator_ema'] = dict(ema.state_dict(), generator=_cpu(ema.G.state_dict()))
-    return memory, state
-
-
-def _cpu(state):
-    return {k: v.detach().cpu() for k, v in state.items()}
+    return memory, dict(gan.gan_state(G, D, opt_g, opt_d, ema), step=step, generator_bytes=gan.generator_bytes(G))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -503,7 +480,7 @@ def fresh_replay(args, data, memories, order, step, seed, images):
     if len(memories.samplers) <= step:
         raise UserError(f'{memories.path} holds no generator per step (written before they were stored); delete it '
                         f'or pass --dim_replay stored')
-    G = build_gan(args, data, derive_seed(seed, 'cl', 'DiM'))[0]
+    G = memory_gan(args, data, derive_seed(seed, 'cl', 'DiM'))[0]
     G.load_state_dict(memories.samplers[step])
     buffer = images.to(args.device).clone()
     n_seen = len(images) // args.ipc  # the memory holds --ipc images of every class seen
@@ -544,110 +521,31 @@ def evaluate_step(args, data, images, labels, seen, seed, step, nets, log, on_ep
 
 def net_states(nets):
     """Every network's weights (CPU), gathered from the processes that trained them."""
-    states = {i: _cpu(n.state_dict()) for i, n in enumerate(nets) if n is not None}
+    states = {i: cpu_state(n.state_dict()) for i, n in enumerate(nets) if n is not None}
     for part in parallel.gather(states):
         states.update(part)
     return [states[i] for i in range(len(nets))]
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The run: seeds × steps, resumable
+# The run's files and its memory budget
 
 def run_name(args):
     mode = '' if args.train_mode == 'scratch' else '_finetune'
     return f'{args.method}{mode}_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc}ipc_{args.steps}steps'
 
 
-def run(args):
-    """The whole experiment; returns the summary written to cl_<run>.json."""
-    data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
+def check_budget(args, data):
+    """UserError when --ipc exceeds the smallest class (a selected or condensed memory), or when every memory
+    together (as stored, as the training set and on the device) and one step's synthesis would not fit."""
     smallest = min(len(i) for i in data.indices_class)
     if args.method != 'DiM' and args.ipc > smallest:
         raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); lower --ipc')
     shape = (data.channel, *data.im_size)
-    # Every memory together (as stored, as the training set and on the device) and one step's synthesis.
     need = 3 * set_bytes(data.num_classes * args.ipc, shape) + (condensation_bytes(
         args, class_view(data, range(data.num_classes // args.steps)), args.method) if args.method in ('DSA', 'DM')
         else 0)
     check_fits(need, args.device, f'CL {args.method} with --ipc {args.ipc}', 'lower --ipc')
-    name = run_name(args)
-    paths = {ext: os.path.join(args.save_path, f'cl_{name}.{ext}') for ext in ('json', 'csv', 'log')}
-    ckpt_path = os.path.join(args.save_path, f'cl_{name}.ckpt.pt')
-    lock_path = os.path.join(args.save_path, f'cl_{name}.lock')
-    hold_lock(lock_path, os.path.join(args.save_path, f'cl_{name}.*'), 'pass another --save_path')
-    remove_stale_temps(args.save_path, f'cl_{name}.', f'cl_{data.name}_')
-    remove_stale_temps(os.path.join(args.save_path, 'cl_data'), f'cl_{KIND[args.method]}_{data.name}_')
-    state = None
-    if args.resume and os.path.isfile(ckpt_path):
-        state = resume_state(ckpt_path, fingerprint(args, RESUMABLE))
-    check_same_data(args, (paths['json'], ckpt_path), 'pass another --save_path or move those files away')
-    state = state or dict(accs={}, budget={}, times={}, sources={}, nets=None, nets_seed=None)
-    log = Log(paths['log'])
-    k = data.num_classes // args.steps
-    builder = {'DSA': f', {args.Iteration} DSA iterations', 'DM': f', {args.Iteration} DM iterations',
-               'DiM': f', {args.gan_iters} GAN iterations'}.get(args.method, '')
-    log(f'plan: {len(args.seeds)} seed(s) x {args.steps} steps on {args.device}{parallel.processes()}; per step a '
-        f'memory{builder}, then {args.num_eval} network(s) trained {args.epoch_eval_train} epochs')
-    log(f'CL {name}: {data}; {args.steps} steps of {k} classes, ipc {args.ipc}, seeds {args.seeds}, train mode '
-        f'{args.train_mode}, device {args.device}')
-    log(f'evaluation: {args.num_eval} x {args.model} ({data.num_classes}-way), {args.epoch_eval_train} epochs, lr '
-        f'{args.lr_net}, batch {args.batch_train}, DSA {args.dsa_strategy}')
-    log(f'hyper-parameters: {fingerprint(args, RESUMABLE)}')
-    warn_fresh_start(args.resume, ckpt_path, log)
-    if args.resume and not os.path.isfile(ckpt_path):
-        log(f'--resume: no finished step recorded in {ckpt_path}; starting from step 0 (cached memories are reused)')
-
-    bar = tqdm(total=len(args.seeds) * args.steps, desc=f'CL {args.method}', disable=args.no_progress,
-               dynamic_ncols=True)
-    try:
-        for seed in args.seeds:
-            order = class_order(seed, data.num_classes)
-            log(f'seed {seed}: class order {order}')
-            done = state['accs'].setdefault(str(seed), [])
-            memories = None
-            nets = None
-            for step in range(args.steps):
-                if step < len(done):
-                    bar.update(1)
-                    continue
-                memories = memories or Memories(args, data, seed, order, log)
-                seen = seen_classes(order, args.steps, step)
-                t0 = time.time()
-                images, labels = memories.training_set(step)
-                t_mem = time.time() - t0
-                if args.train_mode == 'finetune' and step > 0 and nets is None:
-                    nets = restore_nets(args, data, state, seed)
-                hook, drawn = None, ''
-                if args.method == 'DiM' and args.dim_replay == 'fresh':
-                    images, hook = fresh_replay(args, data, memories, order, step, seed, images)
-                    drawn = ', drawn afresh from the generator after every epoch'
-                log(f'seed {seed} step {step}: {len(seen)} classes seen, training on {len(images)} memory images'
-                    f'{drawn}')
-                t0 = time.time()
-                accs, nets = evaluate_step(args, data, images, labels, seen, seed, step, nets, log, hook)
-                m, s = mean_std(accs)
-                log(f'seed {seed} step {step}: test acc {m:.2f} ± {s:.2f} over {len(accs)} networks '
-                    f'({len(seen)} classes)')
-                done.append(accs)
-                state['budget'][f'{step}'] = list(memories.budget(step))
-                state['times'].setdefault(str(seed), []).append(dict(memory_s=t_mem, evaluation_s=time.time() - t0))
-                state['sources'][str(seed)] = memories.source
-                if args.train_mode == 'finetune':
-                    state['nets'], state['nets_seed'] = net_states(nets), seed
-                state['fingerprint'] = fingerprint(args, RESUMABLE)
-                atomic_save(state, ckpt_path)
-                write_outputs(args, state, data, paths)
-                bar.update(1)
-        summary = write_outputs(args, state, data, paths)
-        for line in table_lines(summary):
-            log(line)
-        log(f'LaTeX row ({args.method}): {summary["latex"]}')
-        log(f'results: {paths["json"]}, {paths["csv"]}, {summary["plot"]}')
-    finally:
-        bar.close()
-        log.close()
-    release_lock(lock_path)
-    return summary
 
 
 def restore_nets(args, data, state, seed):
@@ -661,93 +559,3 @@ def restore_nets(args, data, state, seed):
         net.load_state_dict(sd)
         nets.append(net)
     return nets
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Outputs: JSON, CSV, table, LaTeX row, plot
-
-def summarise(args, state, data):
-    rows = []
-    for step in range(args.steps):
-        accs = []
-        for seed in args.seeds:
-            per_step = state['accs'].get(str(seed), [])
-            accs += per_step[step] if step < len(per_step) else []
-        if not accs:
-            continue
-        m, s = mean_std(accs)
-        images, nbytes = state['budget'].get(str(step), [None, None])
-        rows.append(dict(step=step, classes=(step + 1) * data.num_classes // args.steps, mean=m, std=s,
-                         std_ddof1=sample_std(accs),
-                         n=len(accs), memory_images=images, memory_bytes=nbytes))
-    latex = ' '.join(f'& {r["mean"]:.1f}±{r["std"]:.1f}' for r in rows)
-    label = args.method + ('' if args.train_mode == 'scratch' else '-finetune')
-    return dict(method=label, dataset=data.name, classes=data.class_names, mean=data.mean, std=data.std,
-                model=args.model, ipc=args.ipc, steps=args.steps,
-                classes_per_step=data.num_classes // args.steps, train_mode=args.train_mode,
-                memory_unit='generator float32 bytes' if args.method == 'DiM' else 'uint8 image bytes',
-                table=rows, latex=latex, seeds=[s for s in args.seeds if str(s) in state['accs']],
-                class_orders={str(s): class_order(s, data.num_classes) for s in args.seeds},
-                accs=state['accs'], memory_source=state['sources'], times=state['times'],
-                protocol=dict(epoch_eval_train=args.epoch_eval_train, lr_net=args.lr_net,
-                              batch_train=args.batch_train, dsa_strategy=args.dsa_strategy, num_eval=args.num_eval,
-                              head=f'{data.num_classes}-way'),
-                args=fingerprint(args, RESUMABLE), versions=versions(), world_size=parallel.world_size())
-
-
-def table_lines(summary):
-    lines = [f'{summary["method"]} on {summary["dataset"]} ({summary["model"]}, {summary["ipc"]} ipc, '
-             f'{summary["steps"]} steps): mean ± std over seeds × networks',
-             f'{"step":>4} {"classes":>7} {"memory":>34} {"accuracy (%)":>16} {"n":>3}']
-    for r in summary['table']:
-        mem = '' if r['memory_images'] is None else f'{r["memory_images"]} images'
-        if r['memory_bytes'] is not None:
-            unit = 'generator' if summary['memory_unit'].startswith('generator') else 'as uint8'
-            mem += f', {human_bytes(r["memory_bytes"])} {unit}'
-        lines.append(f'{r["step"]:>4} {r["classes"]:>7} {mem:>34} {r["mean"]:>8.2f} ± {r["std"]:5.2f} {r["n"]:>3}')
-    return lines
-
-
-def human_bytes(n):
-    for unit, size in (('MiB', 2 ** 20), ('KiB', 2 ** 10)):
-        if n >= size:
-            return f'{n / size:.1f} {unit}'
-    return f'{n} B'
-
-
-def write_outputs(args, state, data, paths):
-    summary = summarise(args, state, data)
-    label = file_label(args.dataset, args.im_size)
-    plot = os.path.join(args.save_path, f'cl_{label}_{args.model}_{args.ipc}ipc_{args.steps}steps.png')
-    summary['plot'] = plot
-    write_json(paths['json'], summary)
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    cols = ['step', 'classes', 'mean', 'std', 'std_ddof1', 'n', 'memory_images', 'memory_bytes']
-    w.writerow(['method', 'dataset', 'model', 'ipc', 'steps'] + cols)
-    for r in summary['table']:
-        w.writerow([summary['method'], data.name, args.model, args.ipc, args.steps] + [r[c] for c in cols])
-    atomic_write_text(paths['csv'], buf.getvalue())
-    curves = collect_curves(args.save_path, data.name, args.model, args.ipc, args.steps, args.im_size)
-    plot_curves(plot, curves, f'{data.name}, {args.model}, {args.ipc} ipc, {args.steps} steps')
-    return summary
-
-
-def collect_curves(folder, dataset, model, ipc, steps, im_size=None):
-    """Every CL result in folder for this setting (and --im_size): [(method, [classes], [mean], [std])], sorted by
-    method."""
-    curves = []
-    for f in sorted(os.listdir(folder)):
-        if not (f.startswith('cl_') and f.endswith('.json')):
-            continue
-        try:
-            with open(os.path.join(folder, f)) as fh:
-                s = json.load(fh)
-            if ((s['dataset'], s['model'], s['ipc'], s['steps']) != (dataset, model, ipc, steps) or not s['table']
-                    or s.get('args', {}).get('im_size') != im_size):
-                continue
-            t = s['table']
-            curves.append((s['method'], [r['classes'] for r in t], [r['mean'] for r in t], [r['std'] for r in t]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return sorted(curves)

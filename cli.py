@@ -1,19 +1,26 @@
-"""Command-line flags shared by main.py, main_DM.py and CL_DM.py, declared once, and one validation function.
+"""The command lines of every script: flags declared once, and their validation.
 
 Each flag is declared once in FLAGS with its help text; a script adds the flags it takes with `add_flags`, giving
-its own defaults (the original scripts differ: main.py ipc 1, main_DM.py ipc 50, CL_DM.py ipc 20, ...).
-`check_args` validates whichever of them a script has and derives the settings they imply (canonical dataset
-name, device, DSA parameters), so no script repeats a check.
+its own defaults (the original scripts differ: main.py ipc 1, main_DM.py ipc 50, CL_DM.py ipc 20, DiM seed 3407,
+...). `check_args` validates whichever of them a script has and derives the settings they imply (canonical dataset
+name, device, DSA parameters), so no script repeats a check. The DiM stages keep DiM's own hyphenated flags beside
+the shared ones (`dim_parser`, `check_dim_args`), and each stage prints the command of the next (`next_command`).
 """
 import argparse
+import os
+import shlex
 import sys
 
+import torch
+
 import parallel
-from augment import ParamDiffAug, parse_strategy
+from augment import DIM_TOKENS, ParamDiffAug, parse_strategy
 from data import canonical_dataset, dataset_info
+from dim import MATCH_COEFF, POOL, check_model_name, default_pool
 from evaluation import get_eval_pool
-from networks import NETWORKS, get_network
-from utils import ArgumentParser, UserError, check_finite, check_output_folder, check_positive, resolve_device
+from networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, NETWORKS, get_network, resolve_stem
+from utils import ArgumentParser, UserError, check_finite, check_output_folder, check_positive, default_device, \
+    resolve_device
 
 FLAGS = {
     'dataset': dict(default='CIFAR10', aliases=('--data',),
@@ -86,15 +93,17 @@ POSITIVE = ('im_size', 'ipc', 'num_exp', 'num_eval', 'epoch_eval_train', 'lr_img
             'checkpoint_every', 'eval_every', 'real_chunk')
 
 
-def add_flags(group, names, helps=None, **defaults):
+def add_flags(group, names, helps=None, hyphens=False, **defaults):
     """Add the FLAGS `names` to an argparse group, with per-script defaults and, where a script's default is decided
-    at run time, per-script help texts (`helps`: name -> text) that say how."""
+    at run time, per-script help texts (`helps`: name -> text) that say how. hyphens: also accept --name-with-hyphens
+    (the DiM stages' spelling)."""
     for name in names:
         kw = dict(FLAGS[name])
         if name in defaults:
             kw['default'] = defaults[name]
         kw['help'] = (helps or {}).get(name, kw['help'])
-        group.add_argument(f'--{name}', *kw.pop('aliases', ()), dest=name, **kw)
+        spellings = [f'--{name}'] + ([f'--{name.replace("_", "-")}'] if hyphens and '_' in name else [])
+        group.add_argument(*spellings, *kw.pop('aliases', ()), dest=name, **kw)
 
 
 def check_network(name, info=None):
@@ -174,3 +183,273 @@ def check_condense_args(args):
     for arch in [args.model] + get_eval_pool(args.eval_mode, args.model, strict=args.s_mode_strict):
         check_network(arch, info)
     return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The DiM stages (gen_condense.py, pool_match.py, validate.py): DiM's hyphenated flags and defaults, plus the
+# project's (underscore or hyphen spelling)
+
+def _both_spellings(group, name, **kw):
+    """A project flag under both spellings, --val_split and --val-split."""
+    flags = [f'--{name}'] + ([f'--{name.replace("_", "-")}'] if '_' in name else [])
+    group.add_argument(*flags, dest=name, **kw)
+
+
+def _accepted_and_ignored(group, name, why='unused, as in the reference'):
+    """--name-with-hyphens (and --name_with_underscores for the project's flags, PROJECT_SPELLING)."""
+    flags = ['--' + name.replace('_', '-')] + (['--' + name] if name in PROJECT_SPELLING else [])
+    # nargs='?' so that both the switch form (--fix-disc) and the valued form (--epochs-match 5) parse
+    group.add_argument(*flags, dest=name, default=None, nargs='?', const=True, help=f'accepted and ignored ({why})')
+
+
+SCRIPTS = {1: 'gen_condense', 2: 'pool_match', 3: 'validate'}
+IGNORED = ('epochs_match', 'match_model', 'fix_disc')  # reference flags no stage uses
+STAGE3_IGNORED = ('epochs', 'lr', 'epochs_match_train', 'match', 'match_aug', 'match_coeff', 'metric', 'bias', 'fc',
+                  'weight', 'print_freq', 'eval_interval', 'val_split')  # training flags, meaningless to validate.py
+PROJECT_SPELLING = ('val_split',)  # of these, the project's spelling is accepted too
+
+
+def dim_parser(stage, description):
+    """The flags of stage 1 (gen_condense), 2 (pool_match) or 3 (validate)."""
+    p = ArgumentParser(description=description)
+    ref = p.add_argument_group('DiM flags (the reference names and defaults)')
+    ref.add_argument('--data', '--dataset', dest='data', default='cifar10',
+                     help="cifar10, svhn, mnist, fashion (DiM's names), any project dataset name, or folder:PATH / "
+                          "file:PATH.pt for your own data (README.md, 'Your own data')")
+    ref.add_argument('--num-classes', type=int, default=None, help="class count (default: the dataset's)")
+    ref.add_argument('--data-dir', '--data_path', dest='data_dir', default='data', help='dataset folder')
+    ref.add_argument('--output-dir', '--save_path', dest='output_dir', default='./results/',
+                     help='checkpoints and pictures go to <output-dir>/<tag>')
+    ref.add_argument('--logs-dir', default='./logs/', help='logs.txt goes to <logs-dir>/<tag> (each run appends to it)')
+    ref.add_argument('--tag', default='test', help='run name')
+    add_flags(ref, ('seed',), seed=3407)
+    ref.add_argument('--ipc', type=int, default=50, help='evaluation budget in images per class')
+    ref.add_argument('--batch-size', type=int, default={1: 128, 2: 64, 3: 128}[stage],
+                     help='batch of the evaluation networks' + ('' if stage == 3 else ' and of the GAN'))
+    ref.add_argument('--epochs-eval', type=int, default=1000, help='epochs of every evaluation network')
+    ref.add_argument('--eval-lr', type=float, default=0.01, help='SGD lr of evaluation (and pool) networks')
+    ref.add_argument('--momentum', type=float, default=0.9, help='SGD momentum of evaluation (and pool) networks')
+    ref.add_argument('--weight-decay', type=float, default=5e-4,
+                     help='SGD weight decay of evaluation (and pool) networks')
+    ref.add_argument('--eval-model', nargs='+', default=['convnet'],
+                     help='evaluation architectures: DiM names (convnet, resnet10, resnet18, resnet10_ap, ...) or '
+                          'any networks.py name (ConvNet, ResNet18BN, ...)')
+    ref.add_argument('--dim-noise', type=int, default=100, help='generator input width')
+    ref.add_argument('--num-workers', type=int, default=4,
+                     help='accepted for compatibility; ignored (batches come from tensors on the device)')
+    ref.add_argument('--test-interval', type=int, default=200, help='evaluation epochs between test passes')
+    ref.add_argument('--aug-type', default='color_crop_cutout', help='DiM DiffAug strategy')
+    ref.add_argument('--mixup-net', default='cut', choices=['cut', 'vanilla'],
+                     help="CutMix ('cut') or mixup ('vanilla') for evaluation networks; 'cut' also drops cutout "
+                          "from their augmentation, as the reference does")
+    ref.add_argument('--mix-p', type=float, default=-1.0, help='probability of mixing a batch (< 0: off)')
+    ref.add_argument('--beta', type=float, default=1.0, help='Beta(beta, beta) of the mixing ratio')
+    if stage in (1, 2):
+        ref.add_argument('--print-freq', type=int, default=50, help='GAN iterations between log lines')
+        ref.add_argument('--eval-interval', type=int, default=10, help='epochs between validations and checkpoints')
+        ref.add_argument('--epochs', type=int, default={1: 150, 2: 100}[stage], help='GAN epochs')
+        ref.add_argument('--lr', type=float, default={1: 1e-4, 2: 5e-6}[stage],
+                         help='Adam lr of G and D (stage 2 overrides the lr of the loaded optimiser states)')
+    if stage == 2:
+        ref.add_argument('--weight', required=True, help='stage-1 checkpoint (e.g. results/gan/best.pth)')
+        ref.add_argument('--epochs-match-train', type=int, default=16, help='pool-model SGD steps per generator step')
+        ref.add_argument('--match', default='logit', choices=['logit', 'grad', 'feat'],
+                         help='matching loss (the reference defaults to grad; the README recipe uses logit)')
+        ref.add_argument('--match-aug', default=True, action=argparse.BooleanOptionalAction,
+                         help='match on augmented images (the README recipe; --no-match-aug to switch off)')
+        ref.add_argument('--match-coeff', type=float, default=None,
+                         help='weight of the matching loss (default 0.01 for logit, 0.001 for grad and feat)')
+        ref.add_argument('--metric', default='l1', choices=['l1', 'l2', 'cos'], help='gradient distance (grad mode)')
+        ref.add_argument('--bias', action='store_true', help='grad mode: also match conv (and fc) biases')
+        ref.add_argument('--fc', action='store_true', help='grad mode: also match the linear layers')
+    if stage == 3:
+        ref.add_argument('--pretrain-weight', required=True, help='generator checkpoint (stage 1 or 2)')
+        for name in STAGE3_IGNORED:
+            _accepted_and_ignored(ref, name, 'a training flag; validate.py trains no GAN')
+    for name in IGNORED:
+        _accepted_and_ignored(ref, name)
+
+    own = p.add_argument_group('project additions')
+    add_flags(own, ('device', 'cuda_graphs', 'compat', 'no_progress', 'im_size'), hyphens=True, compat=None, helps=dict(
+        compat="default: the reference's training with the sound evaluation protocol; 'reference': also "
+                         "the reference's evaluation protocol (test-set selection, train-mode BN tests; "
+                         "docs/design.md D-B1 D-B2 D-B5); 'clean': sound protocol and every number-moving fix "
+                "(--match_norm consistent, --match_joint_bn)",
+        im_size="folder: data: resize every image to this square size (the GAN makes 28, 32 or 64; default: the "
+                "images' own size)"))
+    _both_spellings(own, 'resnet_stem', default='auto', choices=['auto', 'cifar', 'imagenet'],
+                    help="DiM ResNet stem; 'auto' is the reference rule (CIFAR stem iff the dataset name starts "
+                         "with cifar)")
+    _both_spellings(own, 'cond', default='overwrite', choices=DIM_CONDITIONINGS,
+                    help="label conditioning: 'overwrite', one-hot overwrite of the first K noise entries (reference); "
+                         "'embed', a learned class embedding added to the noise; 'cbn', the embedding plus "
+                         "class-conditional batch norm in every generator layer")
+    _both_spellings(own, 'gan_width', type=int, default=196, help='channels of every GAN layer (196: the reference)')
+    _both_spellings(own, 'critic', default='ac', choices=DIM_CRITIC_HEADS,
+                    help="the critic's head: 'ac' (the reference's AC-GAN: a class head trained with cross-entropy on "
+                         "real and generated images, which G must also satisfy) or 'projection' (a class-dependent "
+                         "score, no classification loss; more diverse samples within a class at small budgets, "
+                         "docs/results.md)")
+    if stage in (1, 2):
+        _both_spellings(own, 'val_split', type=int, default=None,
+                        help='validation images per class held out of the training set for selecting checkpoints '
+                             '(default: 10%% of the smallest class, at most 500); ignored with --compat reference')
+        add_flags(own, ('resume',), helps=dict(resume='continue from <output-dir><tag>/last.pth'))
+        _both_spellings(own, 'iters_per_epoch', type=int, default=None,
+                        help='at most this many GAN iterations per epoch (default: a whole pass over the training '
+                             'images)')
+        _both_spellings(own, 'n_critic', type=int, default=1,
+                        help='critic steps per generator step, each on its own real batch (reference: 1)')
+        _both_spellings(own, 'gp_every', type=int, default=1,
+                        help='apply the gradient penalty on every k-th critic step only, weighted by k (lazy '
+                             'regularisation; 1: every step, the reference). k = 4 saves about 28 %% of a CPU '
+                             'iteration (docs/benchmarks.md)')
+        _both_spellings(own, 'mode_seeking', type=float, default=0.0,
+                        help="weight of a mode-seeking term in the generator's loss (MSGAN, Mao et al. 2019: two "
+                             "noises of one class must give different images; 1 is MSGAN's; 0: off, the reference)")
+        _both_spellings(own, 'g_ema', type=float, default=0.0,
+                        help='sample from an exponential moving average of the generator weights with this decay '
+                             '(e.g. 0.999, with a warm-up (1+t)/(10+t) over the first updates; 0: off, the reference): '
+                             'validation, previews and checkpoints then use the averaged generator, and validate.py '
+                             'samples from it')
+        _both_spellings(own, 'cas', action='store_true',
+                        help='log a classification accuracy score after every epoch: the share of generator samples of '
+                             'class c that a small ConvNet, trained once at the start on the real training images, '
+                             'labels c (about a minute on a CPU core for MNIST; no effect on training)')
+    if stage == 2:
+        _both_spellings(own, 'pool', nargs='+', default=None,
+                        help=f'pool architectures (default: {" ".join(POOL)}; without _ap on 28x28 data with the '
+                             f'ImageNet stem, where they collapse)')
+        _both_spellings(own, 'match_reduce', default='pair', choices=['pair', 'classmean'],
+                        help="'pair': real i vs generated i (reference); 'classmean': class-mean log-probabilities")
+        _both_spellings(own, 'match_joint_bn', action='store_true',
+                        help='one forward pass over real and generated images (shared BN statistics)')
+        _both_spellings(own, 'match_norm', default='reference', choices=['reference', 'consistent'],
+                        help="'consistent': map [-1, 1] to [0, 1] before standardising, as evaluation does "
+                             "(docs/design.md, D-B11)")
+        _both_spellings(own, 'feat_from', type=int, default=1, help='feat mode: first block matched')
+        _both_spellings(own, 'feat_to', type=int, default=None, help='feat mode: blocks before this one (default: all)')
+    if stage == 3:
+        _both_spellings(own, 'dim_eval', default='onthefly', choices=['onthefly', 'fixed', 'both'],
+                        help="'onthefly': fresh samples every step, ipc a per-epoch budget (reference); 'fixed': ipc "
+                             "images per class generated once and evaluated like DC/DM sets")
+        _both_spellings(own, 'auto_bs', action='store_true', help='shrink --batch-size to K*ipc instead of failing')
+        add_flags(own, ('num_eval', 'num_exp', 'dsa_strategy', 'batch_train'), hyphens=True, num_eval=5, num_exp=1,
+                  dsa_strategy=None, helps=dict(
+                      num_eval='evaluation networks per architecture (and per set)',
+                      num_exp='fixed mode: independently generated sets',
+                      dsa_strategy='fixed mode: DSA strategy of evaluate_synset (default: '
+                                   'color_crop_cutout_flip_scale_rotate, without flip for MNIST and SVHN)',
+                      batch_train='fixed mode: batch of evaluate_synset'))
+    return p
+
+
+def check_dim_args(args, stage):
+    """Validate the flags (UserError: one line) and derive everything the run needs from them: dataset name,
+    device, protocol, ResNet stem, stage defaults, validate.py's batch size under --auto_bs, and `notes`, the
+    warnings the run's log opens with. Nothing writes to args after this."""
+    notes = []
+    ignored = IGNORED + (STAGE3_IGNORED if stage == 3 else ())
+    args.stage = stage
+    args.dataset = canonical_dataset(args.data)
+    info = dataset_info(args.dataset, args.data_dir, args.im_size)
+    im_size, num_classes = info.im_size, info.num_classes
+    positive = ['ipc', 'batch_size', 'epochs_eval', 'eval_lr', 'dim_noise', 'test_interval', 'gan_width']
+    gan = ['epochs', 'lr', 'n_critic', 'gp_every', 'print_freq', 'eval_interval']
+    positive += {1: gan, 2: gan + ['epochs_match_train'], 3: ['num_eval', 'num_exp', 'batch_train']}[stage]
+    check_finite(args)
+    check_output_folder(args.output_dir, '--output-dir')
+    check_output_folder(args.logs_dir, '--logs-dir')
+    if not sys.stderr.isatty():
+        args.no_progress = True  # carriage-return bar updates would fill a redirected log
+    for name in positive:
+        check_positive(name.replace('_', '-'), getattr(args, name))
+    for name in ('val_split', 'iters_per_epoch', 'num_classes', 'im_size'):
+        if getattr(args, name, None) is not None and name not in ignored:
+            check_positive(name, getattr(args, name))
+    if getattr(args, 'mode_seeking', 0.0) < 0:
+        raise UserError(f'--mode_seeking must be >= 0 (0: off), got {args.mode_seeking}')
+    if not 0 <= getattr(args, 'g_ema', 0.0) < 1:
+        raise UserError(f'--g_ema must be in [0, 1) (0: off), got {args.g_ema}')
+    args.device = resolve_device(args.device)
+    args.no_progress = args.no_progress or not parallel.is_main()
+    try:
+        parse_strategy(args.aug_type, valid=DIM_TOKENS)
+    except ValueError as e:
+        raise UserError(f'--aug-type: {e}') from None
+    for name in args.eval_model:
+        check_model_name(name)
+    args.protocol = 'reference' if args.compat == 'reference' else 'sound'
+    args.stem = resolve_stem(args.resnet_stem, args.dataset)
+    for flag in ignored:
+        if getattr(args, flag, None) is not None:
+            notes.append(f'--{flag.replace("_", "-")} is ignored by {SCRIPTS[stage]}.py')
+    if stage == 2:
+        if args.match_coeff is None:
+            args.match_coeff = MATCH_COEFF[args.match]
+        if args.compat == 'clean':
+            args.match_norm, args.match_joint_bn = 'consistent', True
+        if not args.pool and default_pool(args.stem, im_size[0]) != POOL:
+            notes.append(f'pool without the _ap ResNets on {info.name} (their ImageNet stem collapses '
+                         f'{im_size[0]}x{im_size[1]} inputs); --resnet_stem cifar keeps the full pool')
+    if stage == 3:
+        if args.dsa_strategy is not None:
+            try:
+                parse_strategy(args.dsa_strategy)
+            except ValueError as e:
+                raise UserError(f'--dsa_strategy: {e}') from None
+        args.batch_size = _stage3_batch_size(args, num_classes, notes)
+    args.notes = tuple(notes)  # recorded in config.json and checkpoints, logged as warnings by Run.open
+    return args
+
+
+def _stage3_batch_size(args, num_classes, notes):
+    """validate.py trains n_it = ⌊K·ipc/bs⌋ steps per epoch: bs > K·ipc would train nothing (docs/design.md,
+    D-B3). The batch size to use: --batch-size, or K·ipc with --auto_bs; UserError otherwise."""
+    budget = num_classes * args.ipc
+    if args.batch_size <= budget:
+        return args.batch_size
+    if not args.auto_bs:
+        raise UserError(f'--batch-size {args.batch_size} exceeds K*ipc = {budget}, so an epoch would train 0 '
+                        f'steps; pass --batch-size {budget} or less, or --auto_bs')
+    notes.append(f'--auto_bs: batch size {args.batch_size} -> {budget} (K*ipc)')
+    return budget
+
+
+def parse_dim_args(stage, description, argv=None):
+    return check_dim_args(dim_parser(stage, description).parse_args(argv), stage)
+
+
+# What the command a stage prints for the next one carries over, where it differs from the next stage's default:
+# the data, the GAN's shape (a checkpoint made with other values is refused), where the outputs go, and the
+# experiment's evaluation protocol and GAN training options. Not carried: the run's own flags (tag, resume,
+# checkpoints), the stage-specific ones (batch size, epochs, lr: their defaults differ between stages) and what
+# the next stage ignores.
+CARRIED = ('data', 'num_classes', 'data_dir', 'im_size', 'output_dir', 'logs_dir', 'dim_noise', 'cond', 'gan_width',
+           'critic', 'seed', 'compat', 'resnet_stem', 'ipc', 'eval_model', 'epochs_eval', 'eval_lr', 'momentum',
+           'weight_decay', 'aug_type', 'mixup_net', 'mix_p', 'beta', 'test_interval', 'eval_interval', 'print_freq',
+           'val_split', 'iters_per_epoch', 'n_critic', 'gp_every', 'mode_seeking', 'g_ema')
+NEXT_TAG = {2: 'match', 3: 'test'}  # the next stage's tag: this run's tag with this suffix
+
+
+def next_command(args, stage, weight, num_classes):
+    """The command line of DiM stage `stage` (2 or 3) on this run's checkpoint `weight`, runnable as printed (from
+    the same directory): the script's path from there, CARRIED flags, the device when it is not the default, and
+    for validate.py --auto_bs when its default batch would exceed K*ipc."""
+    actions = {a.dest: a for a in dim_parser(stage, '')._actions}
+    ignored = IGNORED + (STAGE3_IGNORED if stage == 3 else ())
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{SCRIPTS[stage]}.py')
+    relative = os.path.relpath(script)
+    argv = ['python', script if relative.startswith('..') else relative, {2: '--weight', 3: '--pretrain-weight'}[stage],
+            weight, '--tag', f'{args.tag}_{NEXT_TAG[stage]}']
+    for name in CARRIED:
+        action, value = actions.get(name), getattr(args, name, None)
+        if action is None or name in ignored or value == action.default:
+            continue
+        argv += [action.option_strings[0], *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    device = args.device if parallel.world_size() == 1 else torch.device(args.device).type  # torchrun: cuda:<rank>
+    if device != default_device():
+        argv += ['--device', device]
+    if stage == 3 and num_classes * args.ipc < actions['batch_size'].default:
+        argv.append('--auto_bs')
+    return shlex.join(argv)

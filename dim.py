@@ -2,10 +2,10 @@
 
 A class-conditional AC-WGAN-GP is trained on the real images (stage 1), fine-tuned so that a pool of classifiers
 sees its samples as it sees real images (stage 2), and judged by classifiers trained from scratch on its samples
-(stage 3). This module holds the method: the data as the GAN sees it, the GAN and its losses, the pool matching,
-and the training of evaluation networks on generator samples. The run plumbing (flags, run folder, checkpoints,
-the training loop, the evaluation modes) is dim_run.py; the stage scripts are gen_condense.py, pool_match.py and
-validate.py. cl.py builds its generative memories from the same GAN helpers.
+(stage 3). This module holds the method: the data as the GAN sees it, the evaluation and pool classifiers, the
+pool matching, and the training of evaluation networks on generator samples. The GAN itself is gan.py; a stage's
+run (folder, checkpoints, selection) is dim_run.py; the stage loops are gen_condense.py, pool_match.py and
+validate.py.
 
 Image spaces. The GAN works in [-1, 1] (real images x/127.5 - 1, tanh output). Evaluation and pool networks see
 (x + 1)/2 standardised with DiM's dataset constants (DIM_CONSTANTS); stage 2's pool keeps the reference's double
@@ -13,8 +13,6 @@ normalisation of [-1, 1] images unless --match_norm consistent (docs/design.md, 
 
 Randomness: every draw comes from a torch.Generator passed in by the caller, never the global RNG.
 """
-import copy
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -25,8 +23,8 @@ import data as data_mod
 import evaluation
 import utils
 from augment import ParamDiffAug, make_dim_augs
-from graphs import Graphed
-from networks import DIM_NETWORKS, NETWORKS, define_gan, define_model, get_network
+from gan import generate, sample_standardised
+from networks import DIM_NETWORKS, NETWORKS, define_model, get_network
 from utils import UserError, make_generator
 
 # DiM's normalisation of evaluation and pool-model inputs, by dataset name (args.dataset); other datasets use the
@@ -77,29 +75,6 @@ def pool_members(args, data):
         build_model(n, data, args.stem, device='meta')
     return names
 
-
-def build_gan(data, dim_noise, cond, width, device, generator, flags='--dim-noise, --cond', critic='ac'):
-    """(G, D) for data's shape and classes, freshly initialised from `generator`; UserError naming `flags` (the
-    caller's spelling of the noise and conditioning flags) when the shape is impossible. critic: D's head, 'ac'
-    (the reference) or 'projection'."""
-    try:
-        return define_gan(data.channel, data.num_classes, data.im_size, dim_noise, cond, width, device=device,
-                          generator=generator, critic=critic)
-    except ValueError as e:
-        raise UserError(f'GAN for {data.name}: {e} (flags {flags})') from None
-
-
-def adam(model, lr):
-    """The Adam of both GAN players (betas 0.0, 0.9, as the reference). On CUDA its step count lives on the device
-    (capturable), so that a step can be replayed as a CUDA graph; the same update either way, float rounding of the
-    bias correction aside."""
-    cuda = next(model.parameters()).device.type == 'cuda'
-    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.0, 0.9), capturable=cuda)
-
-
-def generator_bytes(G):
-    """The distilled artefact's size: every parameter and buffer of G, in bytes."""
-    return sum(t.numel() * t.element_size() for t in list(G.parameters()) + list(G.buffers()))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -194,242 +169,6 @@ class CyclingBatches:
     def load_state_dict(self, state):
         self.pass_, self.pos, self._order = state['pass_'], state['pos'], None
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# AC-WGAN-GP: sampling, losses and one step of each player
-
-def _draw(fn, *args, generator):
-    """fn(*args) drawn with generator on its own device (a CPU generator: on the CPU, as the reference streams)."""
-    return fn(*args, generator=generator, device=utils.draw_device(generator))
-
-
-def generate(G, y, generator):
-    """G(z(y)): fresh N(0, I) noise (drawn on the generator's device), conditioned on labels y."""
-    z = _draw(torch.randn, len(y), G.dim_noise, generator=generator).to(y.device)
-    return G(z, y)
-
-
-@torch.no_grad()
-def sample_standardised(G, num_classes, ipc, mean, std, device, generator, chunk=500):
-    """(images, labels): ipc samples of each class 0..num_classes-1 (class-major labels) from G in eval mode,
-    mapped to [0, 1] and standardised with (mean, std) as a real set would be. CPU tensors; G's mode is restored.
-    Drawn in chunks of `chunk` labels from one generator, so the samples do not depend on the chunking."""
-    was = G.training
-    G.eval()
-    labels = torch.arange(num_classes).repeat_interleave(ipc)
-    x = torch.cat([generate(G, y.to(device), generator) for y in labels.split(chunk)])
-    G.train(was)
-    x01 = (x + 1) / 2
-    return data_mod.standardise(x01, mean, std, x01.device).cpu(), labels
-
-
-def gradient_penalty(D, real, fake, alpha, y=None):
-    """10 · mean_i (‖∂s(x̂_i)/∂x̂_i‖₂ − 1)² with x̂_i = α_i x_i + (1 − α_i) x̃_i, on the critic score only (the
-    projection critic's score under label y_i, the label of both x_i and x̃_i). The graph is kept (create_graph)
-    so that the penalty trains D through a double backward."""
-    a = alpha.to(real.device, real.dtype).view(-1, *[1] * (real.dim() - 1))
-    x_hat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
-    score = D(x_hat, y)[0]
-    grad, = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
-    return 10 * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
-
-
-def generator_loss(D, fake, y):
-    """L_G = −mean s(G(z(y))) + CE(c(G(z(y))), y); the projection critic: −mean s(G(z(y)), y), no CE."""
-    score, logits = D(fake, y)
-    return -score.mean() + (0 if logits is None else F.cross_entropy(logits, y))
-
-
-def critic_loss(D, real, y, fake, y_fake, alpha, gp_weight=1):
-    """L_D = mean s(x̃) − mean s(x) + CE(c(x̃), ỹ) + CE(c(x), y) + gp_weight · GP; the projection critic scores
-    each image under its label and has no CE (its fakes carry the real batch's labels, ỹ = y). gp_weight 0 skips
-    the penalty (and its double backward). Also its parts for the log."""
-    s_real, c_real = D(real, y)
-    s_fake, c_fake = D(fake, y_fake)
-    wd = s_real.mean() - s_fake.mean()
-    loss, parts = -wd, dict(wd=wd.detach())
-    if gp_weight:
-        gp = gradient_penalty(D, real, fake, alpha, y)
-        loss, parts['gp'] = loss + gp_weight * gp, gp.detach()
-    if c_real is None:
-        return loss, parts
-    ce = F.cross_entropy(c_fake, y_fake) + F.cross_entropy(c_real, y)
-    return loss + ce, dict(parts, d_ce=ce.detach())
-
-
-def lazy_penalty(step, every):
-    """The gradient penalty's weight at critic step `step` when it is applied every `every` steps: `every` on those
-    steps, 0 between them, so that its average pull is unchanged (lazy regularisation, Karras et al. 2020,
-    StyleGAN2). every 1 is the reference: the penalty on every step. Saves most of the double backward, which is
-    about half of a CPU iteration (docs/benchmarks.md)."""
-    return every if step % every == 0 else 0
-
-
-def mode_seeking_loss(G, y, generator, pairs):
-    """(fake, L_ms): G(z(y)) for the batch and, for its first `pairs` labels, a second draw z'; L_ms =
-    1 / (mean|G(z, y) − G(z', y)| / mean|z − z'| + 1e-5), the mode-seeking term of Mao et al. 2019 (MSGAN), which
-    G minimises so that two noises of one class give different images. Both draws share one forward, so G's batch
-    norm sees one batch."""
-    z = _draw(torch.randn, len(y) + pairs, G.dim_noise, generator=generator).to(y.device)
-    out = G(z, torch.cat([y, y[:pairs]]))
-    fake, again = out[:len(y)], out[len(y):]
-    ratio = (fake[:pairs] - again).abs().mean() / (z[:pairs] - z[len(y):]).abs().mean()
-    return fake, 1 / (ratio + 1e-5)
-
-
-def generator_step(G, D, opt_g, y, generator, extra=None, mode_seeking=0.0):
-    """One Adam step on G with L_G (+ extra(fake), stage 2's matching loss; + mode_seeking · L_ms on a quarter of
-    the batch, mode_seeking_loss). D takes no gradient here: the reference computes D's and clears them before D's
-    own step, which is the same update."""
-    D.eval()  # a no-op for the LayerNorm critic, kept from the reference
-    D.requires_grad_(False)
-    try:
-        if mode_seeking:
-            fake, ms = mode_seeking_loss(G, y, generator, max(1, len(y) // 4))
-        else:
-            fake = generate(G, y, generator)
-        loss = generator_loss(D, fake, y)
-        parts = dict(g=loss.detach())
-        if mode_seeking:
-            loss = loss + mode_seeking * ms
-            parts['ms'] = ms.detach()
-        if extra is not None:
-            match = extra(fake)
-            loss = loss + match
-            parts['match'] = match.detach()
-        opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_g.step()
-    finally:
-        D.requires_grad_(True)
-        D.train()
-    return parts
-
-
-def critic_step(G, D, opt_d, x, y, num_classes, generator, gp_weight=1):
-    """One Adam step on D: x̃ = G(z(ỹ)) without gradients (G stays in train mode), ỹ uniform random labels (the
-    reference's AC critic) or the real batch's labels (the projection critic, so that every interpolate of the
-    gradient penalty has one label). gp_weight: see lazy_penalty."""
-    y_fake = y if D.head == 'projection' else _draw(torch.randint, num_classes, (len(x),), generator=generator).to(
-        x.device)
-    with torch.no_grad():
-        fake = generate(G, y_fake, generator)
-    alpha = _draw(torch.rand, len(x), generator=generator)
-    loss, parts = critic_loss(D, x, y, fake, y_fake, alpha, gp_weight)
-    opt_d.zero_grad(set_to_none=True)
-    loss.backward()
-    opt_d.step()
-    return dict(d=loss.detach(), **parts)
-
-
-class GANStep:
-    """One GAN iteration, the one DiM's stages 1-2 and CL's generative memories run: every n_critic-th iteration a
-    generator step (with `extra`, stage 2's matching loss, and the mode-seeking term) and the generator average's
-    update, then a critic step with the lazy penalty's weight.
-
-        gan = GANStep(G, D, opt_g, opt_d, num_classes, n_critic=1, gp_every=1, mode_seeking=0.0, ema=ema)
-        gan.use_stream(make_generator(seed, 'stage1', epoch))
-        parts = gan(it, x, y)     # this iteration's losses, detached 0-d tensors (read them when logging)
-
-    Every noise vector, fake label and interpolation weight comes from the stream, which continues from call to
-    call. On CUDA the draws are made on the device (use_stream seeds a generator there with the stream's seed) and,
-    with graphs, each of an iteration's up to four forms (with or without the generator step, with or without the
-    penalty) is replayed as a CUDA graph (graphs.Graphed) from static copies of x and y. The losses returned by a
-    replay are overwritten by the next call.
-    """
-
-    def __init__(self, G, D, opt_g, opt_d, num_classes, n_critic=1, gp_every=1, mode_seeking=0.0, ema=None,
-                 extra=None, graphs=False):
-        self.G, self.D, self.opt_g, self.opt_d, self.num_classes = G, D, opt_g, opt_d, num_classes
-        self.n_critic, self.gp_every, self.mode_seeking, self.ema, self.extra = n_critic, gp_every, mode_seeking, \
-            ema, extra
-        self.device = next(G.parameters()).device
-        self.generator = torch.Generator(self.device) if self.device.type != 'cpu' else None
-        # stage 2's matching loss chooses its pool model and augmentation on the host: such steps run eagerly
-        self.graphs = graphs and extra is None
-        self.forms, self.x, self.y = {}, None, None
-
-    def use_stream(self, generator):
-        """Draw from `generator`'s stream from now on; returns the generator that draws it (on CUDA, a generator
-        on the device seeded as the stream; on the CPU the stream itself)."""
-        if self.generator is None or self.device.type == 'cpu':
-            self.generator = generator
-        else:
-            self.generator.manual_seed(generator.initial_seed())
-        return self.generator
-
-    def __call__(self, it, x, y):
-        g_turn, gp_weight = it % self.n_critic == 0, lazy_penalty(it, self.gp_every)
-        if self.graphs:
-            if self.x is None or self.x.shape != x.shape or self.y.shape != y.shape:
-                self.forms, self.x, self.y = {}, torch.empty_like(x), torch.empty_like(y)  # new static inputs
-            self.x.copy_(x)
-            self.y.copy_(y)
-        else:
-            self.x, self.y = x, y
-        if g_turn and self.ema is not None:
-            self.ema.advance()
-        form = (g_turn, gp_weight)
-        if form not in self.forms:
-            self.forms[form] = Graphed(lambda: self._iteration(*form), [self.generator], self.graphs,
-                                       name=f'GAN iteration ({"G and " if g_turn else ""}D step'
-                                            f'{", penalty" if gp_weight else ""})')
-        return self.forms[form]()
-
-    def _iteration(self, g_turn, gp_weight):
-        parts = {}
-        if g_turn:
-            extra = None if self.extra is None else (lambda fake: self.extra(self.x, self.y, fake))
-            parts.update(generator_step(self.G, self.D, self.opt_g, self.y, self.generator, extra,
-                                        self.mode_seeking))
-            if self.ema is not None:
-                self.ema.apply(self.G)
-        parts.update(critic_step(self.G, self.D, self.opt_d, self.x, self.y, self.num_classes, self.generator,
-                                 gp_weight))
-        return parts
-
-
-class GeneratorEMA:
-    """An exponential moving average of G's weights, for sampling (Yazici et al. 2019, "The unusual effectiveness
-    of averaging in GAN training"): after each generator step w_ema <- d·w_ema + (1 − d)·w, with the warm-up
-    d_t = min(decay, (1 + t)/(10 + t)) at update t = 1, 2, ..., so that a run of a few hundred steps is not
-    dominated by the initial weights. G's BatchNorm running statistics are averaged the same way (its step counter
-    is copied). `G` is the averaged generator, in eval mode and without gradients."""
-
-    def __init__(self, G, decay):
-        self.decay, self.steps = decay, 0
-        self.G = copy.deepcopy(G).eval().requires_grad_(False)
-        self.weight = torch.zeros((), device=next(G.parameters()).device)  # 1 − d_t of the coming update
-
-    def rate(self, t):
-        """d_t, the weight kept at update t."""
-        return min(self.decay, (1 + t) / (10 + t))
-
-    def update(self, G):
-        self.advance()
-        self.apply(G)
-
-    def advance(self):
-        """Count the coming update and set its weight (on the host, before a recorded step that applies it)."""
-        self.steps += 1
-        self.weight.fill_(1 - self.rate(self.steps))
-
-    @torch.no_grad()
-    def apply(self, G):
-        """w_ema <- lerp(w_ema, w, 1 − d_t), the weight read from a tensor, so that a recorded step follows d_t."""
-        for mine, theirs in zip(list(self.G.parameters()) + list(self.G.buffers()),
-                                list(G.parameters()) + list(G.buffers())):
-            if mine.is_floating_point():
-                mine.lerp_(theirs, self.weight)
-            else:
-                mine.copy_(theirs)
-
-    def state_dict(self):
-        return dict(generator=self.G.state_dict(), steps=self.steps, decay=self.decay)
-
-    def load_state_dict(self, state):
-        self.G.load_state_dict(state['generator'])
-        self.steps = state['steps']
 
 
 class ClassScore:
@@ -656,6 +395,29 @@ def train_onthefly(G, net, args, data, n_it, generator, loader, test_every=None,
             history.append((ep, *evaluation.test_accuracy(net, loader, device, top5=True, train_mode=train_mode_test)))
     best = max(history, key=lambda h: h[1])
     return dict(final=history[-1][1:], best=best[1:], history=history)
+
+
+def validate_generator(G, args, data, stage, epoch):
+    """The in-training validation of stages 1 and 2: one fresh network per --eval-model trained on samples
+    (n_it = ⌊K·ipc/bs⌋ + 1) and scored. Sound protocol: final accuracy on the validation split. Reference
+    protocol: the best test accuracy over the test points. Returns {model: dict(score, top5, split, history)}."""
+    n_it = iterations_per_epoch(data.num_classes, args.ipc, args.batch_size, stage)
+    was = G.training
+    out = {}
+    for name in args.eval_model:
+        rng = make_generator(args.seed, 'validate', stage, epoch, name)
+        net = build_model(name, data, args.stem, args.device, rng)
+        if args.protocol == 'reference':
+            r = train_onthefly(G, net, args, data, n_it, rng, data.test_loader(args.batch_size, reference_norm=True),
+                               args.test_interval, train_mode_test=True, desc=f'validate {name}')
+            out[name] = dict(score=r['best'][0], top5=r['best'][1], split='test (best of test points)',
+                             history=r['history'])
+        else:
+            r = train_onthefly(G, net, args, data, n_it, rng, data.val_loader(args.batch_size), None,
+                               desc=f'validate {name}')
+            out[name] = dict(score=r['final'][0], top5=r['final'][1], split='validation', history=r['history'])
+    G.train(was)
+    return out
 
 
 def fixed_set(G, data, ipc, generator, chunk=500):

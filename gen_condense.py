@@ -16,26 +16,47 @@ import os
 # (docs/benchmarks.md, as main_DM.py). Read when torch allocates, so set before the first import of torch.
 os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 
+import cli  # noqa: E402
+import dim  # noqa: E402
 import dim_run  # noqa: E402
+import gan  # noqa: E402
 import utils  # noqa: E402
+from graphs import graphs_enabled  # noqa: E402
+
+# Arguments that may change when a run is resumed.
+RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',
+             'logs_dir', 'notes', 'cas', 'cuda_graphs')
 
 
 def main(argv=None):
-    args = dim_run.parse_args(1, __doc__.split('\n')[0], argv)
-    data, run, G, D, opt_g, opt_d = dim_run.prepare_gan_run(args)
-    ema = dim_run.new_ema(args, G)
-    state = dim_run.resume_state(args, run, G, D, opt_g, opt_d, ema=ema) if args.resume else None
-    run.open()
-    dim_run.log_header(args, run, data, G)
-    if state:
-        run.log(f'resumed from {run.path("last.pth")} at epoch {state["epoch"]}')
-    state = dim_run.train_gan(args, run, data, G, D, opt_g, opt_d, state, ema=ema)
-    for name, best in state['best'].items():
-        run.log(f'best {name}: epoch {best["epoch"]}, accuracy {100 * best["score"]:.2f}% -> '
-                f'{run.path(f"best_{name}.pth")}')
+    args = cli.parse_dim_args(1, __doc__.split('\n')[0], argv)
+    data = dim_run.load_data(args)
+    G, D, opt_g, opt_d = dim_run.new_gan(args, data)
+    ema = dim_run.new_ema(args, G)  # --g_ema: the averaged generator is the one previewed, validated and sampled
+    run = dim_run.StageRun(args, RESUMABLE, G, D, opt_g, opt_d, ema)  # --resume: the GAN as in last.pth
+    run.header(data, G)
+    state = run.resumed['state'] if run.resumed else dict(epoch=0, best={}, best_all=None, history=[])
+    if run.resumed:
+        run.log(f'resumed from {run.ckpt_path} at epoch {state["epoch"]}')
+    run.start_training(data, state)  # checks the batch size; with --cas the classifier the CAS is scored by
+    step = gan.GANStep(G, D, opt_g, opt_d, data.num_classes, args.n_critic, args.gp_every, args.mode_seeking, ema,
+                       graphs=graphs_enabled(args.device, args.cuda_graphs))  # on CUDA: replayed as CUDA graphs
+
+    for epoch in range(state['epoch'], args.epochs):
+        for it, x, y in run.batches(epoch, step):  # a shuffled pass over the training images (this process's share)
+            run.iteration_done(epoch, it, step(it, x, y))  # every --print-freq: the losses logged, divergence checked
+        run.epoch_done(epoch)  # rank 0's BN statistics on every process, the preview, with --cas the score
+        # Every --eval-interval epochs: a classifier trained on samples scores the generator; the best is kept.
+        if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs:
+            run.save(f'model_dict_{epoch}.pth', epoch)
+            dim_run.select(run, state, dim.validate_generator(run.sampler, args, data, 1, epoch), epoch)
+        state['epoch'] = epoch + 1
+        run.save('last.pth', epoch, state=dict(state, matcher=None))
+
+    dim_run.log_best(run, state)
     best = run.path('best.pth')
-    run.log(f'stage 2: {dim_run.next_command(args, 2, best, data.num_classes)}')
-    run.log(f'or stage 3 on this generator: {dim_run.next_command(args, 3, best, data.num_classes)}')
+    run.log(f'stage 2: {cli.next_command(args, 2, best, data.num_classes)}')
+    run.log(f'or stage 3 on this generator: {cli.next_command(args, 3, best, data.num_classes)}')
     run.close()
     return state
 

@@ -20,8 +20,14 @@ Adapter: any module with forward(z, y) -> N x C x H x W images in [-1, 1] and a 
 attribute can stand in for G (main_ITGAN.py --generator_factory). Randomness: every draw comes from a
 torch.Generator passed in or named by (seed, *keys), never the global RNG.
 """
+import hashlib
+import importlib
+import inspect
+import os
+
 import torch
 
+import gan
 from augment import apply_dsa, sample_dsa_params, select_params
 from data import standardise
 from dm import dm_loss, embed_real, frozen_network, sample_real
@@ -72,6 +78,80 @@ def render_set(G, z, y, mean, std, chunk=500):
     """The images of a stored latent set, CPU tensors. Always in chunks of `chunk`, so that the same latents give
     the same floats on every call."""
     return torch.cat([render(G, zc, yc, mean, std).cpu() for zc, yc in zip(z.split(chunk), y.split(chunk))])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading the generator (main_ITGAN.py --generator): this project's checkpoints, or any module through
+# --generator_factory
+
+def file_hash(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def recorded_im_size(args):
+    """--im_size, or the size the generator checkpoint's data was resized to (a DiM run's --im_size)."""
+    if args.im_size is not None or args.generator_factory:
+        return args.im_size
+    return (gan.read_checkpoint(args.generator, '--generator').get('args') or {}).get('im_size')
+
+
+def project_generator(args, data):
+    """G from a gen_condense.py / pool_match.py checkpoint, its shape as the checkpoint records it."""
+    ck = gan.read_checkpoint(args.generator, '--generator')
+    made = ck.get('args') or {}
+    # Both sides as data.canonical_dataset spells them (a folder: its absolute path), as the DiM stages record it.
+    if made.get('dataset', args.dataset) != args.dataset:
+        raise UserError(f'--generator {args.generator} was trained on {made["dataset"]}, this run is on {args.dataset}; '
+                        f'pass --dataset {made["dataset"]} or another generator')
+    if made.get('im_size', args.im_size) != args.im_size:
+        size = made['im_size']
+        raise UserError(f'--generator {args.generator} was trained on images resized to {size or "their own size"}, this '
+                        f'run resizes to {args.im_size}; ' + (f'pass --im_size {size}' if size else 'drop --im_size'))
+    shape = {k: getattr(args, k) if getattr(args, k) is not None else made.get(k, default)
+             for k, default in (('dim_noise', 100), ('cond', 'overwrite'), ('gan_width', 196))}
+    G, _ = gan.build_gan(data, shape['dim_noise'], shape['cond'], shape['gan_width'], args.device,
+                         make_generator(args.seed, 'gan_init'), flags='--dim_noise, --cond, --gan_width')
+    state, what = gan.sampling_weights(ck)  # a --g_ema run's averaged weights
+    gan.load_into(G, state, '--generator', args.generator, what)
+    return G, shape
+
+
+def factory_generator(args, data):
+    """G from a user's FUNCTION(path, data, device) named as MODULE:FUNCTION."""
+    module, _, name = args.generator_factory.partition(':')
+    try:
+        make = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise UserError(f'--generator_factory {args.generator_factory}: cannot import it ({e})') from None
+    try:
+        inspect.signature(make).bind(args.generator, data, args.device)
+    except TypeError:  # not callable, or another signature
+        raise UserError(f'--generator_factory {args.generator_factory} is not a function of (path, data, device)') \
+            from None
+    except ValueError:
+        pass  # a builtin without a signature: called as it is
+    if not os.path.isfile(args.generator):
+        raise UserError(f'--generator {args.generator}: no such file')
+    G = make(args.generator, data, args.device)
+    if not isinstance(G, torch.nn.Module):
+        raise UserError(f'--generator_factory {args.generator_factory} returned a {type(G).__name__}, not a '
+                        f'torch.nn.Module generator')
+    return G.to(args.device), dict(factory=args.generator_factory)
+
+
+def load_generator(args, data):
+    """(frozen G, description with path, sha256, shape and bytes); UserError for a missing, foreign or
+    mismatched generator."""
+    G, shape = (factory_generator if args.generator_factory else project_generator)(args, data)
+    G = freeze(G)
+    check_generator(G, data, args.device)
+    info = dict(path=os.path.abspath(args.generator), sha256=file_hash(args.generator), bytes=gan.generator_bytes(G),
+                **dict(shape, dim_noise=latent_width(G)))
+    return G, info
 
 
 # ----------------------------------------------------------------------------------------------------------------

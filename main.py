@@ -28,6 +28,9 @@ from evaluation import EvalRecipe, get_eval_pool  # noqa: E402
 from runner import CondensationRun  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
 
+# Flags that may change between a run and its --resume.
+RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs')
+
 
 def eval_settings(args, explicit_epochs):
     """Per evaluation architecture: epochs and DC augmentation. The original overwrites epoch_eval_train for every
@@ -119,15 +122,17 @@ def main(argv=None):
     args = parse_args(argv, notes)
     data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     recipes = {arch: EvalRecipe.from_args(args, **s) for arch, s in args.eval_settings.items()}
-    run = CondensationRun(args, args.method, data, reference_every=500, recipes=recipes, notes=notes + describe(args))
-    # Each experiment starts from Gaussian noise (--init noise) or random real images; its final set is saved.
-    for exp, image_syn, syn_cls, optimizer in run.experiments():
+    run = CondensationRun(args, RESUMABLE, args.method, data, reference_every=500, recipes=recipes,
+                          notes=notes + describe(args))
+    for exp in run.experiments():
+        syn = run.synthetic_set(exp)  # Gaussian noise (--init noise) or random real images, or as checkpointed
         # Each iteration: a fresh network, outer_loop x (match gradients class by class, one image step, train the
         # network inner_loop epochs on the set); evaluations every 500 iterations (S/SS modes) and at the end.
-        step = DCStep(args, data, image_syn, syn_cls, optimizer)  # on CUDA: its passes replayed as CUDA graphs
-        for it in run.iterations(exp, image_syn, syn_cls):
+        step = DCStep(args, data, syn.images, syn.labels, syn.optimizer)  # on CUDA: passes replayed as CUDA graphs
+        for it in run.iterations(exp, syn):
             loss = step(args.seed, (exp, it))
-            run.step_done(exp, it, loss, image_syn, optimizer)
+            run.step_done(exp, it, loss, syn)  # log, progress, checkpoint
+        run.experiment_done(exp, syn)  # the final set joins the results file
     return run.finish()
 
 

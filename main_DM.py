@@ -27,6 +27,10 @@ from evaluation import EvalRecipe, get_eval_pool  # noqa: E402
 from runner import CondensationRun  # noqa: E402
 from utils import UserError, run_cli  # noqa: E402
 
+# Flags that may change between a run and its --resume.
+RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs',
+             'compile')
+
 
 def parse_args(argv=None):
     p = condense_parser(__doc__.split('\n')[0], ipc=50, eval_mode='SS', epoch_eval_train=1000, Iteration=20000,
@@ -59,13 +63,14 @@ def main(argv=None):
     data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     recipes = {arch: EvalRecipe.from_args(args) for arch in get_eval_pool(args.eval_mode, args.model,
                                                                          strict=args.s_mode_strict)}
-    run = CondensationRun(args, 'DM', data, reference_every=2000, recipes=recipes)
-    # Each experiment starts from random real images (--init real) or noise; its final set is saved.
-    for exp, image_syn, syn_cls, optimizer in run.experiments():
-        step = DMStep(args, data, image_syn, syn_cls, optimizer)  # on CUDA: replayed as one CUDA graph
-        for it in run.iterations(exp, image_syn, syn_cls):  # evaluates the set every 2000 iterations and at the end
+    run = CondensationRun(args, RESUMABLE, 'DM', data, reference_every=2000, recipes=recipes)
+    for exp in run.experiments():
+        syn = run.synthetic_set(exp)  # random real images (--init real) or noise, or as checkpointed
+        step = DMStep(args, data, syn.images, syn.labels, syn.optimizer)  # on CUDA: replayed as one CUDA graph
+        for it in run.iterations(exp, syn):  # evaluates the set every 2000 iterations and at the end
             loss = step(args.seed, (exp, it))
-            run.step_done(exp, it, loss, image_syn, optimizer)
+            run.step_done(exp, it, loss, syn)  # log, progress, checkpoint
+        run.experiment_done(exp, syn)  # the final set joins the results file
     return run.finish()
 
 

@@ -9,9 +9,6 @@ The method is itgan.py; docs/results.md has measured numbers.
     python main_ITGAN.py --dataset MNIST --data_path ../shared/data --generator results/mnist_gan/best.pth --ipc 10
 """
 import argparse
-import hashlib
-import importlib
-import inspect
 import math
 import os
 import time
@@ -21,17 +18,16 @@ os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 
 import torch  # noqa: E402
 
-import dim  # noqa: E402
-import dim_run  # noqa: E402
 import itgan  # noqa: E402
 import parallel  # noqa: E402
-import runner  # noqa: E402
 from cli import add_flags, check_args, check_network  # noqa: E402
 from data import canonical_dataset, file_label, get_dataset  # noqa: E402
+from dc import recommended_dsa_strategy  # noqa: E402
 from evaluation import EvalRecipe, evaluate_pool, test_accuracy  # noqa: E402
 from networks import DIM_CONDITIONINGS  # noqa: E402
-from utils import (ArgumentParser, Log, UserError, atomic_save, check_positive, hold_lock,  # noqa: E402
-                   make_generator, mean_std, release_lock, remove_stale_temps, run_cli, versions, write_json)
+from runner import Run, fingerprint, save_image_grid  # noqa: E402
+from utils import ArgumentParser, UserError, atomic_save, check_positive, make_generator, mean_std, run_cli, \
+    versions, write_json  # noqa: E402
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
 # Flags that may change between a run and its --resume.
@@ -39,7 +35,6 @@ RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'check
              'cuda_graphs')
 # Flags of the evaluation only: a --resume with other values keeps the latents and evaluates them anew.
 EVAL_FLAGS = ('num_eval', 'epoch_eval_train', 'eval_model', 'curve_at', 'lr_net', 'batch_train')
-FLAG = '--generator'
 
 
 def parse_args(argv=None):
@@ -89,8 +84,7 @@ def parse_args(argv=None):
                           help=f'= --{dest}')
     args = p.parse_args(argv)
     if args.dsa_strategy is None:  # no flipped digits, as the DSA papers recommend
-        flip = canonical_dataset(args.dataset) not in ('MNIST', 'SVHN')
-        args.dsa_strategy = 'color_crop_cutout_flip_scale_rotate' if flip else 'color_crop_cutout_scale_rotate'
+        args.dsa_strategy = recommended_dsa_strategy(canonical_dataset(args.dataset))
     check_args(args)
     for name in ('invert_iters', 'lr_invert', 'invert_batch', 'lr_latent', 'batch_syn'):
         check_positive(name, getattr(args, name))
@@ -103,120 +97,45 @@ def parse_args(argv=None):
     return args
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The generator: this project's checkpoints, or any module through --generator_factory
+def main(argv=None):
+    args = parse_args(argv)
+    args.im_size = itgan.recorded_im_size(args)
+    data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
+    smallest = min(len(i) for i in data.indices_class)
+    if args.ipc is not None and args.ipc > smallest:
+        raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); lower it')
+    G, gen = itgan.load_generator(args, data)  # frozen, in eval mode
 
-def file_hash(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
+    # <save_path>/ITGAN_<dataset>_<model>_<ipc>ipc.{json,log,ckpt.pt}, res_….pt and vis_….png. The checkpoint is
+    # written after every inverted chunk, every --checkpoint_every iterations and every evaluated set; every draw
+    # is named by (seed, phase, ...), so a resumed run repeats the uninterrupted one.
+    name = f'ITGAN_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc or "all"}ipc'
+    path = lambda f: os.path.join(args.save_path, f)  # noqa: E731
+    run = Run(args, RESUMABLE + EVAL_FLAGS, args.save_path, checkpoint=path(f'{name}.ckpt.pt'), log=path(f'{name}.log'),
+              lock=path(f'{name}.lock'), lock_what=path(f'{name}.*'), results=(path(f'res_{name}.pt'),
+              path(f'{name}.json')), stale=(f'res_{name}.', f'{name}.', f'vis_{name}.'), generator_sha256=gen['sha256'])
+    run.warn_fresh_start()
+    state = run.resumed or dict(chunks=[], mse=[], it=0, losses=[], times={})
+    # A --resume with other evaluation flags keeps the latents and evaluates them anew.
+    eval_fingerprint = fingerprint(args, set(vars(args)) - set(EVAL_FLAGS))
+    if state.get('eval_fingerprint', eval_fingerprint) != eval_fingerprint:
+        run.log(f'evaluation flags changed ({state["eval_fingerprint"]} -> {eval_fingerprint}): the stored latents '
+                f'are evaluated anew')
+        state.update(accs={}, curves={})
+    state.update(eval_fingerprint=eval_fingerprint)
+    state.setdefault('accs', {})
+    state.setdefault('curves', {})
+    real_idx, labels = itgan.choose_subset(data, args.ipc, make_generator(args.seed, 'subset'))
+    width = gen['dim_noise']
+    size = itgan.storage(gen['bytes'], len(labels), width, data)
+    run.log(f'IT-GAN {name}: {data}; {len(labels)} latents of width {width}; generator {gen["path"]} '
+            f'(sha256 {gen["sha256"][:12]}); device {args.device}{parallel.processes()}; seed {args.seed}')
+    run.log(f'storage: generator {size["generator_bytes"] / 2 ** 10:.1f} KiB + latents {size["latent_bytes"] / 2 ** 10:.1f}'
+            f' KiB against {size["image_bytes"] / 2 ** 10:.1f} KiB of uint8 images (x{size["ratio"]:.2f})')
+    run.log(f'arguments: {dict(run.fingerprint, **eval_fingerprint)}')
 
-
-def recorded_im_size(args):
-    """--im_size, or the size the generator checkpoint's data was resized to (a DiM run's --im_size)."""
-    if args.im_size is not None or args.generator_factory:
-        return args.im_size
-    return (dim_run.load_checkpoint(args.generator, FLAG).get('args') or {}).get('im_size')
-
-
-def project_generator(args, data):
-    """G from a gen_condense.py / pool_match.py checkpoint, its shape as the checkpoint records it."""
-    ck = dim_run.load_checkpoint(args.generator, FLAG)
-    made = ck.get('args') or {}
-    # Both sides as data.canonical_dataset spells them (a folder: its absolute path), as the DiM stages record it.
-    if made.get('dataset', args.dataset) != args.dataset:
-        raise UserError(f'{FLAG} {args.generator} was trained on {made["dataset"]}, this run is on {args.dataset}; '
-                        f'pass --dataset {made["dataset"]} or another generator')
-    if made.get('im_size', args.im_size) != args.im_size:
-        size = made['im_size']
-        raise UserError(f'{FLAG} {args.generator} was trained on images resized to {size or "their own size"}, this '
-                        f'run resizes to {args.im_size}; ' + (f'pass --im_size {size}' if size else 'drop --im_size'))
-    shape = {k: getattr(args, k) if getattr(args, k) is not None else made.get(k, default)
-             for k, default in (('dim_noise', 100), ('cond', 'overwrite'), ('gan_width', 196))}
-    G, _ = dim.build_gan(data, shape['dim_noise'], shape['cond'], shape['gan_width'], args.device,
-                         make_generator(args.seed, 'gan_init'), flags='--dim_noise, --cond, --gan_width')
-    state, what = dim_run.sampling_weights(ck)  # a --g_ema run's averaged weights
-    dim_run.load_into(G, state, FLAG, args.generator, what)
-    return G, shape
-
-
-def factory_generator(args, data):
-    """G from a user's FUNCTION(path, data, device) named as MODULE:FUNCTION."""
-    module, _, name = args.generator_factory.partition(':')
-    try:
-        make = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise UserError(f'--generator_factory {args.generator_factory}: cannot import it ({e})') from None
-    try:
-        inspect.signature(make).bind(args.generator, data, args.device)
-    except TypeError:  # not callable, or another signature
-        raise UserError(f'--generator_factory {args.generator_factory} is not a function of (path, data, device)') \
-            from None
-    except ValueError:
-        pass  # a builtin without a signature: called as it is
-    if not os.path.isfile(args.generator):
-        raise UserError(f'{FLAG} {args.generator}: no such file')
-    G = make(args.generator, data, args.device)
-    if not isinstance(G, torch.nn.Module):
-        raise UserError(f'--generator_factory {args.generator_factory} returned a {type(G).__name__}, not a '
-                        f'torch.nn.Module generator')
-    return G.to(args.device), dict(factory=args.generator_factory)
-
-
-def load_generator(args, data):
-    """(frozen G, description with path, sha256, shape and bytes); UserError for a missing, foreign or
-    mismatched generator."""
-    G, shape = (factory_generator if args.generator_factory else project_generator)(args, data)
-    G = itgan.freeze(G)
-    itgan.check_generator(G, data, args.device)
-    info = dict(path=os.path.abspath(args.generator), sha256=file_hash(args.generator), bytes=dim.generator_bytes(G),
-                **dict(shape, dim_noise=itgan.latent_width(G)))
-    return G, info
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The run: files, checkpoint, phases
-
-class ITGANRun:
-    """<save_path>/ITGAN_<dataset>_<model>_<ipc>ipc.{json,log,ckpt.pt}, res_….pt and vis_….png. The checkpoint is
-    written after every inverted chunk, every --checkpoint_every IT-GAN iterations and every evaluated set; every
-    draw is named by (seed, phase, ...), so a resumed run repeats the uninterrupted one."""
-
-    def __init__(self, args, data, gen_info):
-        self.args, self.data, self.gen = args, data, gen_info
-        self.name = f'ITGAN_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc or "all"}ipc'
-        path = lambda f: os.path.join(args.save_path, f)  # noqa: E731
-        self.results_path, self.summary_path = path(f'res_{self.name}.pt'), path(f'{self.name}.json')
-        self.log_path, self.ckpt_path, self.vis_path = (path(f'{self.name}.log'), path(f'{self.name}.ckpt.pt'),
-                                                        path(f'vis_{self.name}.png'))
-        self.fingerprint = dict(runner.fingerprint(args, RESUMABLE + EVAL_FLAGS), generator_sha256=gen_info['sha256'])
-        self.lock_path = path(f'{self.name}.lock')
-        hold_lock(self.lock_path, path(f'{self.name}.*'), 'pass another --save_path')
-        self.eval_fingerprint = runner.fingerprint(args, set(vars(args)) - set(EVAL_FLAGS))
-        self.state = (runner.resume_state(self.ckpt_path, self.fingerprint) if args.resume else
-                      dict(chunks=[], mse=[], it=0, losses=[], times={}))
-        runner.check_same_data(args, (self.results_path, self.summary_path, self.ckpt_path),
-                               'pass another --save_path or move those files away')
-        remove_stale_temps(args.save_path, f'res_{self.name}.', f'{self.name}.', f'vis_{self.name}.')
-        self.log = Log(self.log_path)
-        runner.warn_fresh_start(args.resume, self.ckpt_path, self.log)
-        if self.state.get('eval_fingerprint', self.eval_fingerprint) != self.eval_fingerprint:
-            self.log(f'evaluation flags changed ({self.state["eval_fingerprint"]} -> {self.eval_fingerprint}): the '
-                     f'stored latents are evaluated anew')
-            self.state.update(accs={}, curves={})
-        self.state.update(eval_fingerprint=self.eval_fingerprint)
-        self.state.setdefault('accs', {})
-        self.state.setdefault('curves', {})
-
-    def save(self):
-        atomic_save(dict(self.state, fingerprint=self.fingerprint), self.ckpt_path)
-
-
-def invert_all(args, data, G, run, real_idx, labels):
-    """Phase 1: the inverted latents, chunk by chunk (--invert_batch), resumable after every chunk."""
-    state, t0 = run.state, time.time()
+    # 1. Inversion: one latent per real image, chunk by chunk (--invert_batch); resumable after every chunk.
+    t0 = time.time()
     chunks = list(zip(real_idx.split(args.invert_batch), labels.split(args.invert_batch)))
     for k in range(len(state['chunks']), len(chunks)):
         z, mse = itgan.invert(args, data, G, *chunks[k], args.seed, k)
@@ -229,14 +148,11 @@ def invert_all(args, data, G, run, real_idx, labels):
         t0 = time.time()
         run.log(f'inversion chunk {k + 1}/{len(chunks)}: {len(z)} latents, reconstruction MSE {mse[0]:.4f} -> '
                 f'{mse[1]:.4f} (standardised pixels)')
-        run.save()
-    return torch.cat(state['chunks'])
+        run.save(state)
+    z_inv = torch.cat(state['chunks'])
 
-
-def optimise(args, data, G, run, z0, labels, real_idx):
-    """Phase 2: --Iteration IT-GAN steps on the latents, from the inverted ones."""
-    state = run.state
-    z = state.get('z_itgan', z0).clone().to(args.device).requires_grad_(True)
+    # 2. IT-GAN: --Iteration Adam steps on the latents, from the inverted ones (DM's loss plus the regulariser).
+    z = state.get('z_itgan', z_inv).clone().to(args.device).requires_grad_(True)
     opt = torch.optim.Adam([z], lr=args.lr_latent)
     if 'opt' in state:
         opt.load_state_dict(state['opt'])
@@ -254,20 +170,27 @@ def optimise(args, data, G, run, z0, labels, real_idx):
             state['times']['itgan_s'] = state['times'].get('itgan_s', 0.0) + time.time() - t0
             t0 = time.time()
             state.update(it=it + 1, z_itgan=z.detach().cpu(), opt=opt.state_dict())
-            run.save()
-    return z.detach().cpu()
+            run.save(state)
+    z_itgan = z.detach().cpu()
 
+    # The four sets, the same images each: real, random latents, inverted latents, IT-GAN latents.
+    z_rand = torch.randn(len(labels), width, generator=make_generator(args.seed, 'random_latents'))
+    latents = dict(random=z_rand, inverted=z_inv, itgan=z_itgan)
+    y = labels.to(args.device)
+    sets = {s: (itgan.render_set(G, z.to(args.device), y, data.mean, data.std), labels) for s, z in latents.items()}
+    sets['real'] = (data.images(real_idx).cpu(), labels)
+    n = min(args.ipc or 10, 10)  # the picture: one block per set (top to bottom), a row per class
+    keep = torch.cat([p[:n] for p in index_class])
+    blocks = [data.images(real_idx[keep]).cpu()] + [sets[s][0][keep] for s in SETS[1:]]
+    save_image_grid(path(f'vis_{name}.png'), torch.cat(blocks), data.mean, data.std, nrow=n)
 
-def evaluate_sets(args, data, run, sets):
-    """Phase 3: --num_eval networks per --eval_model trained from scratch on every set, with test accuracies
-    after the --curve_at epochs (the learning curve); resumable after every set."""
-    state = run.state
+    # 3. Evaluation: --num_eval networks per --eval_model trained from scratch on every set, tested after the
+    # --curve_at epochs too (the learning curve); resumable after every set.
     recipes = {arch: EvalRecipe.from_args(args) for arch in args.eval_model}
     testloader = data.testloader()
-    for name in SETS:
-        if name in state['accs']:
+    for s in SETS:
+        if s in state['accs']:
             continue
-        images, labels = sets[name]
         curve = {arch: [[] for _ in range(args.num_eval)] for arch in args.eval_model}
 
         def on_epoch(arch, i, ep, net):
@@ -275,81 +198,41 @@ def evaluate_sets(args, data, run, sets):
                 curve[arch][i].append(test_accuracy(net, testloader, args.device))
 
         t0 = time.time()
-        accs = evaluate_pool(recipes, args.num_eval, data, images, labels, args.seed, (name,), run.log,
-                             label=f'({name})', on_epoch=on_epoch)
+        accs = evaluate_pool(recipes, args.num_eval, data, *sets[s], args.seed, (s,), run.log, label=f'({s})',
+                             on_epoch=on_epoch)
         for part in parallel.gather(curve):  # under torchrun each process drew the curves of its own networks
             for arch, nets in part.items():
                 for i, points in enumerate(nets):
                     curve[arch][i] = curve[arch][i] or points
-        state['accs'][name] = accs
-        state['curves'][name] = {arch: [c + [a] for c, a in zip(curve[arch], accs[arch])] for arch in curve}
-        state['times'][f'eval_{name}_s'] = time.time() - t0
-        run.save()
-    return state['accs'], state['curves']
+        state['accs'][s] = accs
+        state['curves'][s] = {arch: [c + [a] for c, a in zip(curve[arch], accs[arch])] for arch in curve}
+        state['times'][f'eval_{s}_s'] = time.time() - t0
+        run.save(state)
+    accs, curves = state['accs'], state['curves']
 
-
-def save_grid(args, data, run, sets, real_idx, labels):
-    """Real, random-latent, inverted and IT-GAN images, one block each (top to bottom), a row per class."""
-    n = min(args.ipc or 10, 10)
-    keep = torch.cat([p[:n] for p in itgan.class_positions(labels, data.num_classes)])
-    blocks = [data.images(real_idx[keep]).cpu()] + [sets[s][0][keep] for s in SETS[1:]]
-    runner.save_image_grid(run.vis_path, torch.cat(blocks), data.mean, data.std, nrow=n)
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    args.im_size = recorded_im_size(args)
-    data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
-    smallest = min(len(i) for i in data.indices_class)
-    if args.ipc is not None and args.ipc > smallest:
-        raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); lower it')
-    G, gen = load_generator(args, data)
-    run = ITGANRun(args, data, gen)
-    real_idx, labels = itgan.choose_subset(data, args.ipc, make_generator(args.seed, 'subset'))
-    width = gen['dim_noise']
-    size = itgan.storage(gen['bytes'], len(labels), width, data)
-    run.log(f'IT-GAN {run.name}: {data}; {len(labels)} latents of width {width}; generator {gen["path"]} '
-            f'(sha256 {gen["sha256"][:12]}); device {args.device}{parallel.processes()}; seed {args.seed}')
-    run.log(f'storage: generator {size["generator_bytes"] / 2 ** 10:.1f} KiB + latents {size["latent_bytes"] / 2 ** 10:.1f}'
-            f' KiB against {size["image_bytes"] / 2 ** 10:.1f} KiB of uint8 images (x{size["ratio"]:.2f})')
-    run.log(f'arguments: {dict(run.fingerprint, **run.eval_fingerprint)}')
-
-    z_inv = invert_all(args, data, G, run, real_idx, labels)
-    z_itgan = optimise(args, data, G, run, z_inv, labels, real_idx)
-    z_rand = torch.randn(len(labels), width, generator=make_generator(args.seed, 'random_latents'))
-    latents = dict(random=z_rand, inverted=z_inv, itgan=z_itgan)
-    y = labels.to(args.device)
-    sets = {name: (itgan.render_set(G, z.to(args.device), y, data.mean, data.std), labels)
-            for name, z in latents.items()}
-    sets['real'] = (data.images(real_idx).cpu(), labels)
-    save_grid(args, data, run, sets, real_idx, labels)
-    accs, curves = evaluate_sets(args, data, run, sets)
-
-    summary = {name: {arch: dict(zip(('mean', 'std'), mean_std(a)), all=a) for arch, a in accs[name].items()}
-               for name in SETS}
-    curve_means = {name: {arch: [mean_std([c[j] for c in cs])[0] for j in range(len(cs[0]))]
-                          for arch, cs in curves[name].items()} for name in SETS}
+    summary = {s: {arch: dict(zip(('mean', 'std'), mean_std(a)), all=a) for arch, a in accs[s].items()} for s in SETS}
+    curve_means = {s: {arch: [mean_std([c[j] for c in cs])[0] for j in range(len(cs[0]))]
+                       for arch, cs in curves[s].items()} for s in SETS}
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean, std=data.std,
-                method='ITGAN', model=args.model, ipc=args.ipc, args=dict(run.fingerprint, **run.eval_fingerprint),
+                method='ITGAN', model=args.model, ipc=args.ipc, args=dict(run.fingerprint, **eval_fingerprint),
                 seed=args.seed, world_size=parallel.world_size(),
                 versions=versions(), render='standardise((G(z, y) + 1) / 2), G in eval mode, chunks of 500',
                 protocol=dict(epoch_eval_train=args.epoch_eval_train, dsa_strategy=args.dsa_strategy,
                               eval_model=args.eval_model, curve_epochs=args.curve_at + [args.epoch_eval_train + 1]))
     atomic_save(dict(latents=latents, labels=labels, real_index=real_idx, generator=gen, accs=accs, curves=curves,
-                     summary=summary, storage=size, inversion_mse=run.state['mse'], losses=run.state['losses'],
-                     meta=meta), run.results_path)
-    write_json(run.summary_path, dict(run=run.name, accuracy=summary, curve_epochs=meta['protocol']['curve_epochs'],
+                     summary=summary, storage=size, inversion_mse=state['mse'], losses=state['losses'], meta=meta),
+                path(f'res_{name}.pt'))
+    write_json(path(f'{name}.json'), dict(run=name, accuracy=summary, curve_epochs=meta['protocol']['curve_epochs'],
                                       curve_mean=curve_means, storage=size, generator=gen,
-                                      inversion_mse=run.state['mse'], times=run.state['times'], args=meta['args'],
+                                      inversion_mse=state['mse'], times=state['times'], args=meta['args'],
                                       versions=meta['versions']))
-    for name in SETS:
-        for arch, s in summary[name].items():
-            run.log(f'({name}) {len(labels)} images, {arch}: {s["mean"]:.2f} ± {s["std"]:.2f}% over {args.num_eval} '
+    for s in SETS:
+        for arch, r in summary[s].items():
+            run.log(f'({s}) {len(labels)} images, {arch}: {r["mean"]:.2f} ± {r["std"]:.2f}% over {args.num_eval} '
                     f'networks; learning curve at epochs {meta["protocol"]["curve_epochs"]}: '
-                    + ', '.join(f'{a:.2f}' for a in curve_means[name][arch]))
-    run.log(f'results: {run.results_path}')
-    run.log.close()
-    release_lock(run.lock_path)
+                    + ', '.join(f'{a:.2f}' for a in curve_means[s][arch]))
+    run.log(f'results: {path(f"res_{name}.pt")}')
+    run.close()
     return summary
 
 

@@ -14,35 +14,57 @@ import os
 # (docs/benchmarks.md, as main_DM.py). Read when torch allocates, so set before the first import of torch.
 os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 
+import cli  # noqa: E402
 import dim  # noqa: E402
 import dim_run  # noqa: E402
+import gan  # noqa: E402
 import utils  # noqa: E402
+
+# Arguments that may change when a run is resumed.
+RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',
+             'logs_dir', 'notes', 'cas', 'cuda_graphs')
 
 
 def main(argv=None):
-    args = dim_run.parse_args(2, __doc__.split('\n')[0], argv)
-    data, run, G, D, opt_g, opt_d = dim_run.prepare_gan_run(args)
+    args = cli.parse_dim_args(2, __doc__.split('\n')[0], argv)
+    data = dim_run.load_data(args)
+    G, D, opt_g, opt_d = dim_run.new_gan(args, data)
     matcher = dim.PoolMatcher(args, data)
-    ema = dim_run.new_ema(args, G)
-    if args.resume:
-        state = dim_run.resume_state(args, run, G, D, opt_g, opt_d, matcher, ema)
-    else:
-        state = None
-        dim_run.load_weight(args, G, D, opt_g, opt_d, ema)
-    dim_run.set_lr(args.lr, opt_g, opt_d)  # the loaded optimiser states carry stage 1's lr
-    run.open()
-    dim_run.log_header(args, run, data, G)
+    ema = dim_run.new_ema(args, G)  # --g_ema: continues stage 1's average (or starts one from its weights)
+    if not args.resume:
+        ck = gan.read_checkpoint(args.weight, '--weight', gan.GAN_KEYS)
+        gan.check_foreign(ck, args, '--weight', args.weight)
+        gan.load_gan_state(ck, G, D, opt_g, opt_d, ema, '--weight', args.weight)
+    run = dim_run.StageRun(args, RESUMABLE, G, D, opt_g, opt_d, ema)  # --resume: the GAN as in last.pth
+    if run.resumed:
+        matcher.load_state_dict(run.resumed['state']['matcher'])
+    for opt in (opt_g, opt_d):
+        for group in opt.param_groups:
+            group['lr'] = args.lr  # the loaded optimiser states carry stage 1's lr
+    run.header(data, G)
     run.log(f'pool: {", ".join(matcher.pool)} ({args.stem} stem); match {args.match} x {args.match_coeff}, '
             f'match-aug {args.match_aug}, {args.epochs_match_train} pool steps per generator step')
-    if state:
-        run.log(f'resumed from {run.path("last.pth")} at epoch {state["epoch"]}')
-    else:
-        run.log(f'loaded {args.weight}; Adam lr set to {args.lr}')
-    state = dim_run.train_gan(args, run, data, G, D, opt_g, opt_d, state, matcher, ema)
-    for name, best in state['best'].items():
-        run.log(f'best {name}: epoch {best["epoch"]}, accuracy {100 * best["score"]:.2f}% -> '
-                f'{run.path(f"best_{name}.pth")}')
-    run.log(f'stage 3: {dim_run.next_command(args, 3, run.path("best.pth"), data.num_classes)}')
+    state = run.resumed['state'] if run.resumed else dict(epoch=0, best={}, best_all=None, history=[])
+    run.log(f'resumed from {run.ckpt_path} at epoch {state["epoch"]}' if run.resumed else
+            f'loaded {args.weight}; Adam lr set to {args.lr}')
+    run.start_training(data, state)  # checks the batch size; with --cas the classifier the CAS is scored by
+    # Stage 1's GAN iteration, the generator's loss plus the pool model's matching loss (eager: the pool model and
+    # its augmentation are chosen on the host).
+    step = gan.GANStep(G, D, opt_g, opt_d, data.num_classes, args.n_critic, args.gp_every, args.mode_seeking, ema,
+                       matcher.loss)
+
+    for epoch in range(state['epoch'], args.epochs):
+        run.log(f'epoch {epoch}: pool model {matcher.start_epoch(epoch)}')  # a fresh member, trained on the fly
+        for it, x, y in run.batches(epoch, step):
+            run.iteration_done(epoch, it, step(it, x, y))
+        run.epoch_done(epoch)
+        if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs:  # best_<model>.pth, best.pth
+            dim_run.select(run, state, dim.validate_generator(run.sampler, args, data, 2, epoch), epoch)
+        state['epoch'] = epoch + 1
+        run.save('last.pth', epoch, state=dict(state, matcher=matcher.state_dict()))
+
+    dim_run.log_best(run, state)
+    run.log(f'stage 3: {cli.next_command(args, 3, run.path("best.pth"), data.num_classes)}')
     run.close()
     return state
 

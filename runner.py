@@ -1,16 +1,19 @@
-"""Runs: the files one run writes, its checkpoint and resume check, and the condensation experiment of DC/DSA/DM.
+"""The run layer of every script: the files one run writes, its checkpoint and resume check (`Run`), and the
+condensation experiment of DC/DSA/DM (`CondensationRun`, `SyntheticSet`).
 
-Every script (main.py, main_DM.py, CL_DM.py, the DiM stages) writes its outputs atomically and resumes the same
-way: a checkpoint stores the *fingerprint* of the arguments that determine the result, and `--resume` refuses a
-checkpoint whose fingerprint differs, naming the flags that differ. The helpers for that are the first section.
+Every script (main.py, main_DM.py, CL_DM.py, the DiM stages, main_ITGAN.py) writes its outputs atomically and
+resumes the same way: a checkpoint stores the *fingerprint* of the arguments that determine the result, and
+`--resume` refuses a checkpoint whose fingerprint differs, naming the flags that differ.
 
-The second section serves main.py and main_DM.py, whose loops read (see either script):
+main.py and main_DM.py read (see either script):
 
-    run = CondensationRun(args, 'DM', data, reference_every=2000, recipes=...)
-    for exp, image_syn, syn_cls, optimizer in run.experiments():    # saves each finished experiment's set
-        for it in run.iterations(exp, image_syn, syn_cls):          # evaluates the set at the evaluation points
-            loss = <one step of the method on image_syn>
-            run.step_done(exp, it, loss, image_syn, optimizer)      # log, progress, checkpoint
+    run = CondensationRun(args, RESUMABLE, 'DM', data, reference_every=2000, recipes=...)
+    for exp in run.experiments():
+        syn = run.synthetic_set(exp)                  # the images, their optimiser (or as checkpointed)
+        for it in run.iterations(exp, syn):           # evaluates the set at the evaluation points
+            loss = <one step of the method on syn.images>
+            run.step_done(exp, it, loss, syn)         # log, progress, checkpoint
+        run.experiment_done(exp, syn)                 # the final set joins the results file
     run.finish()
 """
 import json
@@ -49,26 +52,30 @@ def check_same_run(path, theirs, ours):
                         f'the same flags or delete it')
 
 
-def load_state(path):
-    """A run's own checkpoint (a dict of tensors and plain values); UserError when it is unreadable."""
+def load_state(path, needs=('fingerprint',)):
+    """A run's own checkpoint (a dict of tensors and plain values, holding the keys `needs`); UserError when it is
+    unreadable, foreign or holds non-finite values."""
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         raise UserError(f'cannot resume: {unreadable(path, e)}; delete or move it to start afresh') from None
-    if not isinstance(state, dict) or 'fingerprint' not in state:
-        raise UserError(f'cannot resume: {path} is not a checkpoint of this project (no fingerprint); move it away '
-                        f'or pass another --save_path')
+    missing = [k for k in needs if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UserError(f'cannot resume: {path} is not a checkpoint of this project (no {", ".join(missing)}); move '
+                        f'it away or pass another --save_path')
     refuse_non_finite(state, f'cannot resume: {path}', 'delete it and rerun with a lower learning rate')
     return state
 
 
-def resume_state(path, ours):
+def resume_state(path, ours, resumable=(), key='fingerprint', needs=('fingerprint',)):
     """The state of the checkpoint at path for --resume, without its fingerprint; UserError when there is none, it
-    is unreadable, or it belongs to a run with other flags (ours: this run's fingerprint)."""
+    is unreadable, or it belongs to a run with other flags (ours: this run's fingerprint; the checkpoint's, under
+    `key`, is compared without the `resumable` flags)."""
     if not os.path.exists(path):
         raise UserError(f'--resume: no checkpoint at {path}; run without --resume to start')
-    state = load_state(path)
-    check_same_run(path, state.pop('fingerprint', {}), ours)
+    state = load_state(path, needs)
+    stored = state.pop(key) if key == 'fingerprint' else state[key]
+    check_same_run(path, {k: v for k, v in (stored or {}).items() if k not in resumable}, ours)
     return state
 
 
@@ -131,13 +138,53 @@ def save_image_grid(path, images, mean, std, nrow):
     atomic_write(path, lambda f: save_image(grid, f, nrow=nrow, format='png'))
 
 
+class Run:
+    """The files of one run, for every script: the run's lock, its checkpoint and the resume check, the temporary
+    files a killed run left, and the log (appended to, after a header line). In the order a run meets them:
+
+        run = Run(args, RESUMABLE, folder, checkpoint=..., log=..., lock=...)  # refuses another run's files
+        state = run.resumed               # the checkpoint's state with --resume (None without)
+        run.log('...')
+        run.save(state)                   # the checkpoint, atomically, with the run's fingerprint (rank 0 writes)
+        run.close()                       # the log and the lock
+
+    The fingerprint is the arguments that determine the result (all but RESUMABLE, the flags a resumed run may
+    change) plus `identity` (e.g. the method); --resume refuses a checkpoint whose fingerprint differs, naming the
+    flags. `key`/`needs`: where a checkpoint keeps the arguments it was made with and the keys it must hold
+    (DiM's GAN checkpoints keep them all under 'args'). `results`: files of this run that a run on other data
+    must not replace. `missing_ok`: --resume without a checkpoint starts afresh (CL) instead of failing."""
+
+    def __init__(self, args, resumable, folder, *, checkpoint, log, lock, lock_what, stale=(), results=(),
+                 advice='pass another --save_path', key='fingerprint', needs=('fingerprint',), missing_ok=False,
+                 **identity):
+        self.args, self.folder, self.ckpt_path, self.lock_path = args, folder, checkpoint, lock
+        self.fingerprint = dict(fingerprint(args, resumable), **identity)
+        hold_lock(lock, lock_what, advice)
+        try:
+            resume = getattr(args, 'resume', False) and (os.path.isfile(checkpoint) or not missing_ok)
+            self.resumed = resume_state(checkpoint, self.fingerprint, resumable, key, needs) if resume else None
+            check_same_data(args, tuple(results) + (checkpoint,), f'{advice} or move those files away')
+        except UserError:
+            release_lock(lock)  # a refused run leaves nothing behind, its lock file included
+            raise
+        remove_stale_temps(folder, *stale)
+        # The log opens (and is appended to) only now that the inputs are checked.
+        self.log = Log(log)
+
+    def warn_fresh_start(self):
+        """After the log's opening lines: say at once that a run without --resume replaces an earlier checkpoint."""
+        warn_fresh_start(self.args.resume, self.ckpt_path, self.log)
+
+    def save(self, state):
+        atomic_save(dict(state, fingerprint=self.fingerprint), self.ckpt_path)
+
+    def close(self):
+        self.log.close()
+        release_lock(self.lock_path)
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Condensation experiments (main.py, main_DM.py)
-
-# Flags that may change between a run and its --resume.
-RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs',
-             'compile')
-
+# Condensation experiments (main.py, main_DM.py; CL's DSA and DM memories use SyntheticSet)
 
 def init_synset(data, ipc, init, generator):
     """K·ipc images with class-major labels: N(0, 1) noise; for init real each class block is then overwritten by
@@ -150,6 +197,37 @@ def init_synset(data, ipc, init, generator):
     return images, labels
 
 
+class SyntheticSet:
+    """A synthetic set being learned and the step bookkeeping of every condensation loop: K·ipc images (init_synset
+    from `generator`, or a checkpoint's `state`), their SGD (momentum 0.5 in every method), and `read_loss`."""
+
+    def __init__(self, data, ipc, init, lr_img, generator, state=None, diverged='the synthetic images diverged'):
+        self.images, self.labels = init_synset(data, ipc, init, generator)
+        if state is not None:
+            self.images = state['image_syn'].to(data.device)
+        self.images.requires_grad_(True)
+        self.optimizer = torch.optim.SGD([self.images], lr=lr_img, momentum=0.5)
+        if state is not None:
+            self.optimizer.load_state_dict(state['optimizer'])
+        self.num_classes, self.lr_img, self.diverged = data.num_classes, lr_img, diverged
+
+    def state_dict(self):
+        return dict(image_syn=self.images.detach().cpu(), optimizer=self.optimizer.state_dict())
+
+    def read_loss(self, it, loss, force, where, bar):
+        """The step's loss as a float every 10 iterations and whenever `force` (a checkpoint or the end follows),
+        else None: the loss may be a GPU tensor, and reading it every iteration would make the host wait each time.
+        A loss that is not finite stops the run before a diverged set (it stays so) reaches a checkpoint."""
+        if it % 10 and not force:
+            return None
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise UserError(f'{where} iteration {it}: the loss is {loss}, {self.diverged}; lower --lr_img (now '
+                            f'{self.lr_img})')
+        bar.set_postfix(loss=f'{loss / self.num_classes:.4f}')
+        return loss
+
+
 def eval_iterations(args, reference_every):
     """Iterations at which the set is evaluated: every `eval_every` (default: the original's `reference_every`)
     for eval modes S and SS, otherwise only the last one; always the last one."""
@@ -160,40 +238,29 @@ def eval_iterations(args, reference_every):
     return sorted(set(range(0, last + 1, every)) | {last})
 
 
-class CondensationRun:
+class CondensationRun(Run):
     """num_exp experiments of one method. Every file shares a prefix under --save_path: results, pictures,
     summary, log and checkpoint. Every random draw of an iteration must come from generators named by
     (args.seed, exp, it): then a run resumed from its checkpoint repeats the uninterrupted run exactly.
 
     recipes: {architecture: EvalRecipe}, the evaluation pool; notes: extra lines for the log's header."""
 
-    def __init__(self, args, method, data, reference_every, recipes, notes=()):
+    def __init__(self, args, resumable, method, data, reference_every, recipes, notes=()):
         smallest = min(len(i) for i in data.indices_class)
         if args.init == 'real' and args.ipc > smallest:
             raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); '
                             f'lower --ipc or use --init noise')
-        self.args, self.method, self.data, self.recipes = args, method, data, recipes
         per_class = '' if method != 'DM' or args.per_class or 'BN' in args.model else ', pass --per_class'
         check_fits(condensation_bytes(args, data, method), args.device,
                    f'{method} with --ipc {args.ipc} ({data.num_classes * args.ipc} images)',
                    f'lower --ipc{per_class} or use a smaller --model')
-        self.name = f'{method}_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc}ipc'
-        self.results_path, self.summary_path, self.log_path, self.ckpt_path = (
-            os.path.join(args.save_path, f) for f in (f'res_{self.name}.pt', f'{self.name}.json', f'{self.name}.log',
-                                                      f'{self.name}.ckpt.pt'))
-        self.fingerprint = dict(fingerprint(args, RESUMABLE), method=method)
-        self.lock_path = os.path.join(args.save_path, f'{self.name}.lock')
-        hold_lock(self.lock_path, os.path.join(args.save_path, f'{self.name}.*'), 'pass another --save_path')
-        try:
-            self.state = resume_state(self.ckpt_path, self.fingerprint) if args.resume else None
-            check_same_data(args, (self.results_path, self.summary_path, self.ckpt_path),
-                            'pass another --save_path or move those files away')
-        except UserError:
-            release_lock(self.lock_path)  # a refused run leaves nothing behind, its lock file included
-            raise
-        remove_stale_temps(args.save_path, f'res_{self.name}.', f'{self.name}.', f'vis_{self.name}_')
-        # The log opens (and is appended to) only now that the inputs are checked.
-        self.log = Log(self.log_path)
+        self.method, self.data, self.recipes = method, data, recipes
+        self.name = name = f'{method}_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc}ipc'
+        path = lambda f: os.path.join(args.save_path, f)  # noqa: E731
+        self.results_path, self.summary_path = path(f'res_{name}.pt'), path(f'{name}.json')
+        super().__init__(args, resumable, args.save_path, checkpoint=path(f'{name}.ckpt.pt'), log=path(f'{name}.log'),
+                         lock=path(f'{name}.lock'), lock_what=path(f'{name}.*'), results=(self.results_path,
+                         self.summary_path), stale=(f'res_{name}.', f'{name}.', f'vis_{name}_'), method=method)
         self.eval_its = eval_iterations(args, reference_every)
         epochs = sorted({r.epoch_eval_train for r in recipes.values()})
         self.log(f'plan: {args.num_exp} experiment(s) x {args.Iteration} iterations on {args.device}{parallel.processes()}; at each of '
@@ -204,35 +271,23 @@ class CondensationRun:
         self.log(f'hyper-parameters: {self.fingerprint}')
         for line in notes:
             self.log(line)
-        warn_fresh_start(args.resume, self.ckpt_path, self.log)
-        self.state = self.state or dict(exp=0, it=0, data=[], accs_all_exps={}, accs_iters={}, times=[])
+        self.warn_fresh_start()
+        self.state = self.resumed or dict(exp=0, it=0, data=[], accs_all_exps={}, accs_iters={}, times=[])
 
     def experiments(self):
-        """(exp, image_syn, syn_cls, optimizer) for each experiment still to run, the set initialised or as
-        checkpointed; once the caller's body is done with it, the experiment's set is saved."""
-        while self.state['exp'] < self.args.num_exp:
-            exp = self.state['exp']
-            image_syn, syn_cls, optimizer = self._synthetic_set(exp)
-            yield exp, image_syn, syn_cls, optimizer
-            self._experiment_done(exp, image_syn, syn_cls)
+        """The experiments still to run; each ends with experiment_done."""
+        return range(self.state['exp'], self.args.num_exp)
 
-    def _synthetic_set(self, exp):
-        """Initialised from the stream (seed, 'init', exp) as noise or random real images (--init), or as
-        checkpointed. The images' optimiser is SGD with momentum 0.5 in every method."""
-        state = self.state
-        if 'image_syn' in state:
-            image_syn, syn_cls = state['image_syn'].to(self.args.device), state['syn_cls']
-        else:
-            image_syn, syn_cls = init_synset(self.data, self.args.ipc, self.args.init,
-                                             make_generator(self.args.seed, 'init', exp))
-            state.update(t_syn=0.0, t_eval=0.0, syn_cls=syn_cls)
-        image_syn.requires_grad_(True)
-        optimizer = torch.optim.SGD([image_syn], lr=self.args.lr_img, momentum=0.5)
-        if 'optimizer' in state:
-            optimizer.load_state_dict(state['optimizer'])
-        return image_syn, syn_cls, optimizer
+    def synthetic_set(self, exp):
+        """The experiment's set (a SyntheticSet): initialised from the stream (seed, 'init', exp) as noise or random
+        real images (--init), or as checkpointed."""
+        if 'image_syn' not in self.state:
+            self.state.update(t_syn=0.0, t_eval=0.0)
+        return SyntheticSet(self.data, self.args.ipc, self.args.init, self.args.lr_img,
+                            make_generator(self.args.seed, 'init', exp),
+                            self.state if 'image_syn' in self.state else None)
 
-    def iterations(self, exp, image_syn, syn_cls):
+    def iterations(self, exp, syn):
         """The iterations still to run. Before iteration `it` (and after the last one) the set is evaluated when
         `it` is an evaluation point; the set saved at the end is the one evaluated last."""
         args = self.args
@@ -242,7 +297,7 @@ class CondensationRun:
         self._t0 = None
         for it in self._bar:
             if it in self.eval_its and f'{exp}/{it}' not in self.state['accs_iters']:
-                self.evaluate(exp, it, image_syn.detach(), syn_cls)
+                self.evaluate(exp, it, syn.images.detach(), syn.labels)
             if it == args.Iteration:
                 break
             self._t0 = time.time()
@@ -266,37 +321,29 @@ class CondensationRun:
             for arch, a in accs.items():
                 state['accs_all_exps'].setdefault(arch, []).extend(a)
 
-    def step_done(self, exp, it, loss, image_syn, optimizer):
+    def step_done(self, exp, it, loss, syn):
         """Progress, a log line every 10 iterations, a checkpoint every --checkpoint_every and before evaluations."""
-        args, num_classes = self.args, self.data.num_classes
+        args = self.args
         save = (it + 1) % args.checkpoint_every == 0 or it + 1 in self.eval_its
         self.state['t_syn'] += time.time() - self._t0
-        if it % 10 and not save:
-            return  # the loss may be a GPU tensor: reading it every iteration would make the host wait each time
-        loss = float(loss)
-        if not math.isfinite(loss):
-            # Stop before a diverged set reaches a checkpoint or the results (a diverged set stays non-finite).
-            raise UserError(f'exp {exp} iteration {it}: the loss is {loss}, the synthetic images diverged; lower '
-                            f'--lr_img (now {args.lr_img})')
-        self._bar.set_postfix(loss=f'{loss / num_classes:.4f}')
-        if it % 10 == 0:
+        loss = syn.read_loss(it, loss, save, f'exp {exp}', self._bar)
+        if loss is not None and it % 10 == 0:
             # Logged per class as the original does; the optimised loss is the sum over classes.
-            self.log(f'exp {exp} iter {it:05d}: loss {loss:.4f} (per class {loss / num_classes:.4f})')
+            self.log(f'exp {exp} iter {it:05d}: loss {loss:.4f} (per class {loss / syn.num_classes:.4f})')
         if save:
-            self._save_checkpoint(dict(self.state, it=it + 1, image_syn=image_syn.detach().cpu(),
-                                       optimizer=optimizer.state_dict()))
+            self.save(dict(self.state, it=it + 1, syn_cls=syn.labels, **syn.state_dict()))
 
-    def _experiment_done(self, exp, image_syn, syn_cls):
+    def experiment_done(self, exp, syn):
         """Append the experiment's set to the results file, which is rewritten after every experiment."""
         state = self.state
-        state['data'].append([image_syn.detach().cpu(), syn_cls.clone()])
+        state['data'].append([syn.images.detach().cpu(), syn.labels.clone()])
         state['times'].append(dict(synthesis_s=state['t_syn'], evaluation_s=state['t_eval']))
         self.log(f'exp {exp} done: synthesis {state["t_syn"]:.1f} s, evaluation {state["t_eval"]:.1f} s')
         save_results(self.results_path, state['data'], state['accs_all_exps'], self.meta(dict(times=state['times'])),
                      state['accs_iters'])
         self.state = {k: v for k, v in state.items() if k not in ('image_syn', 'syn_cls', 'optimizer')}
         self.state.update(exp=exp + 1, it=0)
-        self._save_checkpoint(self.state)
+        self.save(self.state)
 
     def finish(self):
         """The JSON summary and the closing lines of the log, in the original's words."""
@@ -310,8 +357,7 @@ class CondensationRun:
             self.log(f'Run {args.num_exp} experiments, train on {args.model}, evaluate {len(s["all"])} random '
                      f'{arch}, mean = {s["mean"]:.2f}%  std = {s["std"]:.2f}%')
         self.log(f'results: {self.results_path}, {self.summary_path}')
-        self.log.close()
-        release_lock(self.lock_path)
+        self.close()
         return summary
 
     def meta(self, extra=None):
@@ -322,6 +368,3 @@ class CondensationRun:
                     world_size=parallel.world_size(),
                     protocol=dict(epoch_eval_train=args.epoch_eval_train, eval_mode=args.eval_mode, dsa=args.dsa,
                                   dsa_strategy=args.dsa_strategy), **(extra or {}))
-
-    def _save_checkpoint(self, state):
-        atomic_save(dict(state, fingerprint=self.fingerprint), self.ckpt_path)

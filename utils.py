@@ -149,6 +149,11 @@ def resolve_device(device):
     return parallel.start(device)
 
 
+def cpu_state(state):
+    """A state dict's tensors, detached, on the CPU (for a checkpoint that outlives the run's device)."""
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
 def count_parameters(net):
     return sum(p.numel() for p in net.parameters())
 

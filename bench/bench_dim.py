@@ -1,5 +1,5 @@
 """Time DiM stage-1 iterations: one critic step (with the gradient penalty's double backward) and one generator
-step, with the project's own functions (dim.critic_step, dim.generator_step, dim.gradient_penalty).
+step, with the project's own functions (gan.critic_step, gan.generator_step, gan.gradient_penalty).
 
     python bench/bench_dim.py                          # CPU, and CUDA when present
     python bench/bench_dim.py --devices cpu --iters 3
@@ -24,7 +24,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from bench_dm import markdown_writer, sync  # noqa: E402
-from dim import adam, critic_step, generator_step, gradient_penalty, lazy_penalty  # noqa: E402
+from gan import adam, critic_step, generator_step, gradient_penalty, lazy_penalty  # noqa: E402
 from networks import define_gan  # noqa: E402
 
 # name -> (channel, image size, GAN width, batch): MNIST at the CPU runs' width 32 and at the reference's 196,

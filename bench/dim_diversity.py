@@ -3,7 +3,7 @@
     python bench/dim_diversity.py --critic projection --iters 600 --eval_at 300 600 --tag proj
 
 Trains the stage-1 GAN (width 32, --cond embed, Adam 2e-4, batch 64) with dim.py's steps for --iters
-iterations, keeping an average of the generator's weights (dim.GeneratorEMA, --ema), and at every --eval_at
+iterations, keeping an average of the generator's weights (gan.GeneratorEMA, --ema), and at every --eval_at
 scores both the raw and the averaged generator (one JSON line each point):
   cas    share of 50 samples per class that a ConvNetW32 trained one epoch on real images labels right (dim.ClassScore)
   div    mean pairwise L2 distance of 100 samples of a class over that of 100 real training images of the class,
@@ -23,7 +23,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import dim  # noqa: E402
+import cli  # noqa: E402
 import dim_run  # noqa: E402
+import gan  # noqa: E402
 from networks import get_network  # noqa: E402
 from utils import make_generator  # noqa: E402
 
@@ -45,13 +47,13 @@ p.add_argument('--tag', default='x')
 p.add_argument('--extra', nargs='*', default=[], help='more gen_condense.py flags')
 a = p.parse_args()
 
-args = dim_run.parse_args(1, 'exp', ['--data', 'mnist', '--data-dir', a.data_dir, '--gan_width', str(a.width),
+args = cli.parse_dim_args(1, 'exp', ['--data', 'mnist', '--data-dir', a.data_dir, '--gan_width', str(a.width),
                                      '--cond', a.cond, '--batch-size', str(a.batch), '--lr', str(a.lr),
                                      '--device', 'cpu', '--seed', str(a.seed), '--val_split', '100'] + a.extra)
 data = dim_run.load_data(args)
-G, D = dim.build_gan(data, 100, a.cond, a.width, 'cpu', make_generator(a.seed, 'gan_init'), critic=a.critic)
-opt_g, opt_d = dim.adam(G, a.lr), dim.adam(D, a.lr)
-ema = dim.GeneratorEMA(G, a.ema)
+G, D = gan.build_gan(data, 100, a.cond, a.width, 'cpu', make_generator(a.seed, 'gan_init'), critic=a.critic)
+opt_g, opt_d = gan.adam(G, a.lr), gan.adam(D, a.lr)
+ema = gan.GeneratorEMA(G, a.ema)
 stream = dim.CyclingBatches(len(data.train_idx), a.batch, a.seed, 'exp')
 rng = make_generator(a.seed, 'exp_train')
 t0 = time.time()
@@ -90,7 +92,7 @@ def score(Gs):
     Gs.eval()
     g = make_generator(a.seed, 'fixed')
     y = torch.arange(K).repeat_interleave(100)
-    x = dim.generate(Gs, y, g)
+    x = gan.generate(Gs, y, g)
     spread = torch.stack([torch.pdist(x[y == c].flatten(1)).mean() for c in range(K)])
     div = (spread / real_spread).mean().item()
     with torch.enable_grad():
@@ -99,7 +101,7 @@ def score(Gs):
         def fresh(s, g):
             yy = torch.randint(K, (100,), generator=g)
             with torch.no_grad():
-                return dim.generate(Gs, yy, g), yy
+                return gan.generate(Gs, yy, g), yy
         otf = train_net(fresh)
     return dict(cas=cas.score(Gs), div=div, fixed=fixed, otf=otf)
 
@@ -111,9 +113,9 @@ for it in range(a.iters):
     G.train(); D.train()
     x, y = data.batch(data.train_idx[stream.next()])
     if it % a.n_critic == 0:
-        dim.generator_step(G, D, opt_g, y, rng, mode_seeking=a.mode_seeking)
+        gan.generator_step(G, D, opt_g, y, rng, mode_seeking=a.mode_seeking)
         ema.update(G)
-    parts = dim.critic_step(G, D, opt_d, x, y, K, rng, dim.lazy_penalty(it, a.gp_every))
+    parts = gan.critic_step(G, D, opt_d, x, y, K, rng, gan.lazy_penalty(it, a.gp_every))
     train_time += time.time() - t
     if it + 1 in a.eval_at:
         t = time.time()

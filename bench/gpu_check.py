@@ -34,7 +34,7 @@ import main as main_dc  # noqa: E402
 import main_DM  # noqa: E402
 from bench_dm import fake_cifar, markdown_writer, sync  # noqa: E402
 from dc import DCStep  # noqa: E402
-from dim import GANStep, GeneratorEMA, adam  # noqa: E402
+from gan import GANStep, GeneratorEMA, adam  # noqa: E402
 from dm import DMStep  # noqa: E402
 from evaluation import EvalRecipe, evaluate_networks  # noqa: E402
 from graphs import audited  # noqa: E402
@@ -223,7 +223,7 @@ def check_equivalence(c, device, smoke):
     finally:
         augment._group_on_host = grouping
     problems = audit.problems
-    if not cuda:  # the CPU's Adam counts its steps on the host (dim.adam is capturable on CUDA)
+    if not cuda:  # the CPU's Adam counts its steps on the host (gan.adam is capturable on CUDA)
         problems = [p for p in problems if not ('GAN' in p and 'reads a value back' in p)]
     c.line('audit: nothing in a captured step reads back to the host, copies across it or draws from another '
            'generator', not problems, '; '.join(sorted(set(problems)))[:600] or

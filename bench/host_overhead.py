@@ -45,7 +45,7 @@ def measure(a, torch):
 
     import augment
     import dc
-    import dim
+    import gan
     import dm
     import evaluation
     import main as main_dc
@@ -122,12 +122,12 @@ def measure(a, torch):
 
     # GAN iteration: width 8, batch 8, MNIST shapes, gradient penalty
     G, D = networks.define_gan(1, 10, 28, 100, 'embed', 8, generator=g)
-    opt_g, opt_d = dim.adam(G, 2e-4), dim.adam(D, 2e-4)
+    opt_g, opt_d = gan.adam(G, 2e-4), gan.adam(D, 2e-4)
     xg, yg = torch.rand(8, 1, 28, 28, generator=g) * 2 - 1, torch.arange(8)
 
     def gan():
-        dim.generator_step(G, D, opt_g, yg, g)
-        dim.critic_step(G, D, opt_d, xg, yg, 10, g)
+        gan.generator_step(G, D, opt_g, yg, g)
+        gan.critic_step(G, D, opt_d, xg, yg, 10, g)
     rows['GAN iteration, G and D step (replayed)'] = ops_and_us(gan)
 
     # DC/DSA: one matching pass (outer_loop 1) and one inner epoch

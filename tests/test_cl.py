@@ -9,6 +9,7 @@ import torch
 
 import CL_DM
 import cl
+import cl_report
 import utils
 from conftest import ROOT, interrupt_at, over_seeds, toy_data, write_prepared
 
@@ -147,7 +148,7 @@ def test_end_to_end_outputs(tmp_path):
     assert len((out / 'cl_random_MNIST_ConvNetW32_2ipc_5steps.csv').read_text().strip().splitlines()) == 6
     s2 = _run(tmp_path, '--save_path', str(out), '--method', 'kcenter', '--train_mode', 'finetune')
     assert s2['method'] == 'kcenter-finetune'
-    curves = cl.collect_curves(str(out), 'MNIST', 'ConvNetW32', 2, 5)
+    curves = cl_report.collect_curves(str(out), 'MNIST', 'ConvNetW32', 2, 5)
     assert [c[0] for c in curves] == ['kcenter-finetune', 'random']  # one line per method in the plot
     from PIL import Image
     assert Image.open(out / 'cl_MNIST_ConvNetW32_2ipc_5steps.png').size == (760, 460)

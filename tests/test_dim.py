@@ -12,7 +12,9 @@ import torch.nn as nn
 
 import cl
 import dim
+import cli
 import dim_run
+import gan
 import gen_condense
 import networks
 import pool_match
@@ -44,7 +46,7 @@ def _count(m):
 def _args(stage, *extra):
     base = ['--data', 'mnist', '--device', 'cpu', '--no_progress', '--gan_width', str(W)]
     base += {1: [], 2: ['--weight', 'unused.pth'], 3: ['--pretrain-weight', 'unused.pth']}[stage]
-    args = dim_run.parse_args(stage, 'test', base + list(extra))
+    args = cli.parse_dim_args(stage, 'test', base + list(extra))
     args.stem = 'cifar'
     return args
 
@@ -124,7 +126,7 @@ def _class_accuracy_of_samples(G, means, num_classes, n=32):
     G.eval()
     y = torch.arange(num_classes).repeat_interleave(n)
     with torch.no_grad():
-        x = dim.generate(G, y, _gen(99)).flatten(1)
+        x = gan.generate(G, y, _gen(99)).flatten(1)
     G.train(was)
     return (torch.cdist(x, means).argmin(1) == y).float().mean().item()
 
@@ -171,12 +173,12 @@ def test_generator_learns_the_classes_of_a_toy_set(critic, cond, claim):
 
     def accuracy(seed):
         G, D = networks.define_gan(1, K, 28, dim_noise=32, cond=cond, width=W, generator=_gen(seed), critic=critic)
-        opt_g, opt_d = dim.adam(G, 4e-3), dim.adam(D, 4e-3)
+        opt_g, opt_d = gan.adam(G, 4e-3), gan.adam(D, 4e-3)
         g = _gen(100 + seed)
         for _ in range(100):
             b = torch.randperm(len(y_all), generator=g)[:bs]
-            dim.generator_step(G, D, opt_g, y_all[b], g)
-            dim.critic_step(G, D, opt_d, x_all[b], y_all[b], K, g)
+            gan.generator_step(G, D, opt_g, y_all[b], g)
+            gan.critic_step(G, D, opt_d, x_all[b], y_all[b], K, g)
         return _class_accuracy_of_samples(G, means, K)
 
     ok, accs = over_seeds(accuracy, lambda acc: acc >= threshold, n=n, need=need)
@@ -196,7 +198,7 @@ def test_projection_critic_scores_an_image_under_its_label():
     assert not torch.allclose(score, D(x, (y + 1) % 10)[0])
     with pytest.raises(ValueError, match='pass y'):
         D(x)
-    parts = dim.critic_step(G, D, dim.adam(D, 1e-3), x, y, 10, _gen(2))
+    parts = gan.critic_step(G, D, gan.adam(D, 1e-3), x, y, 10, _gen(2))
     assert 'd_ce' not in parts and {'wd', 'gp'} <= set(parts)
 
 
@@ -204,14 +206,14 @@ def test_lazy_penalty_keeps_the_average_weight_and_skips_the_double_backward():
     """--gp_every k: weight k on every k-th critic step, 0 between (the average pull stays 1); a 0-weight step
     has no penalty term at all, a k-weight step k times the penalty of the reference step."""
     for k in (1, 2, 4):
-        weights = [dim.lazy_penalty(t, k) for t in range(4 * k)]
+        weights = [gan.lazy_penalty(t, k) for t in range(4 * k)]
         assert sum(weights) == 4 * k and weights[0] == k and weights.count(0) == 4 * (k - 1)
     _, D = networks.define_gan(1, 10, 28, width=W, cond='embed', generator=_gen(0), critic='projection')
     real, fake = torch.randn(4, 1, 28, 28, generator=_gen(1)), torch.randn(4, 1, 28, 28, generator=_gen(2))
     y, alpha = torch.tensor([0, 1, 2, 3]), torch.rand(4, generator=_gen(3))
-    full, parts = dim.critic_loss(D, real, y, fake, y, alpha)
-    none, parts0 = dim.critic_loss(D, real, y, fake, y, alpha, gp_weight=0)
-    four, _ = dim.critic_loss(D, real, y, fake, y, alpha, gp_weight=4)
+    full, parts = gan.critic_loss(D, real, y, fake, y, alpha)
+    none, parts0 = gan.critic_loss(D, real, y, fake, y, alpha, gp_weight=0)
+    four, _ = gan.critic_loss(D, real, y, fake, y, alpha, gp_weight=4)
     assert 'gp' not in parts0 and parts['gp'] > 0
     assert torch.allclose(none, full - parts['gp'], atol=1e-5)
     assert torch.allclose(four, none + 4 * parts['gp'], atol=1e-4)
@@ -222,16 +224,16 @@ def test_mode_seeking_term_pushes_two_noises_of_a_class_apart():
     class; the pairs share the batch's labels and one forward, and the adversarial batch keeps its size."""
     G, _ = networks.define_gan(1, 10, 28, dim_noise=16, width=W, cond='embed', generator=_gen(0))
     y = torch.arange(8) % 4
-    fake, ms = dim.mode_seeking_loss(G, y, _gen(1), 2)
+    fake, ms = gan.mode_seeking_loss(G, y, _gen(1), 2)
     assert fake.shape == (8, 1, 28, 28)
     opt = torch.optim.SGD(G.parameters(), lr=0.05)
     before = ms.item()
     for t in range(5):
-        _, ms = dim.mode_seeking_loss(G, y, _gen(2 + t), 4)
+        _, ms = gan.mode_seeking_loss(G, y, _gen(2 + t), 4)
         opt.zero_grad()
         ms.backward()
         opt.step()
-    assert dim.mode_seeking_loss(G, y, _gen(1), 2)[1].item() < 0.8 * before
+    assert gan.mode_seeking_loss(G, y, _gen(1), 2)[1].item() < 0.8 * before
 
 
 def test_generator_ema_follows_the_closed_form():
@@ -239,7 +241,7 @@ def test_generator_ema_follows_the_closed_form():
     d_t = min(decay, (1 + t)/(10 + t)); it differs from the raw weights; integer buffers are copied."""
     G, _ = networks.define_gan(1, 4, 28, dim_noise=16, width=4, cond='embed', generator=_gen(0))
     w0 = G.fc1.weight.detach().clone()
-    ema = dim.GeneratorEMA(G, 0.95)
+    ema = gan.GeneratorEMA(G, 0.95)
     expected = w0.clone()
     for t in range(1, 31):
         with torch.no_grad():
@@ -270,7 +272,7 @@ def test_gradient_penalty_matches_a_hand_computation():
     real, fake = torch.randn(5, 1, 2, 3, generator=_gen(0)), torch.randn(5, 1, 2, 3, generator=_gen(1))
     alpha = torch.rand(5, generator=_gen(2))
     D = LinearCritic(torch.full((6,), 0.5))  # ‖w‖ = √1.5
-    gp = dim.gradient_penalty(D, real, fake, alpha)
+    gp = gan.gradient_penalty(D, real, fake, alpha)
     assert gp.item() == pytest.approx(10 * (1.5 ** 0.5 - 1) ** 2, rel=1e-6)
     # The graph is kept: d GP / dw = 20 (‖w‖ − 1) w / ‖w‖ (the double backward trains D)
     gp.backward()
@@ -282,7 +284,7 @@ def test_gradient_penalty_matches_a_hand_computation():
             return 0.5 * (x.flatten(1) ** 2).sum(1), x.new_zeros(len(x), 3)
     x_hat = alpha.view(-1, 1, 1, 1) * real + (1 - alpha.view(-1, 1, 1, 1)) * fake
     expected = 10 * ((x_hat.flatten(1).norm(dim=1) - 1) ** 2).mean()
-    assert dim.gradient_penalty(Quadratic(), real, fake, alpha).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert gan.gradient_penalty(Quadratic(), real, fake, alpha).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_a_few_critic_and_generator_steps_reduce_their_losses():
@@ -294,28 +296,28 @@ def test_a_few_critic_and_generator_steps_reduce_their_losses():
     fixed = _gen(3)
     y_fake = torch.randint(10, (16,), generator=fixed)
     with torch.no_grad():
-        fake = dim.generate(G, y_fake, fixed)
+        fake = gan.generate(G, y_fake, fixed)
     alpha = torch.rand(16, generator=fixed)
     z = torch.randn(16, 100, generator=fixed)
 
     def d_loss():
-        return dim.critic_loss(D, x, y, fake, y_fake, alpha)[0].item()
+        return gan.critic_loss(D, x, y, fake, y_fake, alpha)[0].item()
 
     opt_d = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.0, 0.9))
     before, g = d_loss(), _gen(4)
     for _ in range(10):
-        dim.critic_step(G, D, opt_d, x, y, 10, g)
+        gan.critic_step(G, D, opt_d, x, y, 10, g)
     assert d_loss() < before - 0.2
 
     def g_loss():
         with torch.no_grad():
-            return dim.generator_loss(D, G(z, y), y).item()
+            return gan.generator_loss(D, G(z, y), y).item()
 
     opt_g = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.9))
     d_before = [(p.detach().clone(), p.grad.clone()) for p in D.parameters()]
     before = g_loss()
     for _ in range(10):
-        dim.generator_step(G, D, opt_g, y, g)
+        gan.generator_step(G, D, opt_g, y, g)
     assert g_loss() < before - 0.1
     for (w, grad), p in zip(d_before, D.parameters()):  # the G step leaves D's weights and gradients alone
         assert torch.equal(w, p) and torch.equal(grad, p.grad) and p.requires_grad
@@ -415,14 +417,14 @@ def test_fixed_set_is_class_balanced_and_standardised():
 def test_cl_and_dim_share_the_gan_helpers():
     """One sampler and one GAN builder serve validate.py's fixed sets and cl.py's generative memories."""
     data = dim.DiMData(_toy_data(), _args(3))
-    G, _ = dim.build_gan(data, 100, 'overwrite', W, 'cpu', _gen(0))
+    G, _ = gan.build_gan(data, 100, 'overwrite', W, 'cpu', _gen(0))
     images, labels = dim.fixed_set(G, data, 2, _gen(5))
     order = list(range(10))[::-1]
     cl_images, cl_labels = cl.sample_memory(G, data.real, order, 10, 2, _gen(5))
     assert torch.equal(images, cl_images) and torch.equal(cl_labels, torch.as_tensor(order)[labels])
-    assert dim.generator_bytes(G) > 4 * _count(G)  # float32 parameters, plus the buffers
+    assert gan.generator_bytes(G) > 4 * _count(G)  # float32 parameters, plus the buffers
     with pytest.raises(utils.UserError, match=r'\(flags --dim_noise, --gan_cond\)'):
-        dim.build_gan(data, 8, 'overwrite', W, 'cpu', _gen(0), flags='--dim_noise, --gan_cond')
+        gan.build_gan(data, 8, 'overwrite', W, 'cpu', _gen(0), flags='--dim_noise, --gan_cond')
 
 
 def test_steps_per_epoch_never_zero_in_validate():
@@ -470,7 +472,7 @@ def test_stage1_selects_without_the_test_set_and_resumes_exactly(prepared_mnist,
         assert (run / f).is_file(), f
     assert (tmp / 'logs' / 'full' / 'logs.txt').read_text().count('convnet validation accuracy') == 2
     best = torch.load(run / 'best.pth', weights_only=True)
-    assert set(dim_run.GAN_KEYS) <= set(best) and best['selection']['split'] == 'validation'
+    assert set(gan.GAN_KEYS) <= set(best) and best['selection']['split'] == 'validation'
 
     gen_condense.main(_flags(tmp, 1, '--tag', 'cut', '--epochs', '1'))
     gen_condense.main(_flags(tmp, 1, '--tag', 'cut', '--epochs', '2', '--resume', '--cas'))  # --cas only logs
@@ -500,12 +502,12 @@ def test_critic_and_ema_options_round_trip_through_checkpoints(prepared_mnist):
     assert not torch.equal(a['generator_ema']['generator']['fc1.weight'], a['generator']['fc1.weight'])
 
     weight = str(tmp / 'results/ema/last.pth')
-    args = dim_run.parse_args(3, 'x', _flags(tmp, 3, '--pretrain-weight', weight, '--critic', 'projection'))
-    G, _ = dim_run.load_generator(weight, args, dim_run.load_data(args, val_split=False))
+    args = cli.parse_dim_args(3, 'x', _flags(tmp, 3, '--pretrain-weight', weight, '--critic', 'projection'))
+    G, _ = dim_run.load_sampler(weight, args, dim_run.load_data(args, val_split=False))
     assert torch.equal(G.fc1.weight, a['generator_ema']['generator']['fc1.weight'])
-    refused = dim_run.parse_args(3, 'x', _flags(tmp, 3, '--pretrain-weight', weight))
+    refused = cli.parse_dim_args(3, 'x', _flags(tmp, 3, '--pretrain-weight', weight))
     with pytest.raises(utils.UserError, match='--critic projection'):
-        dim_run.load_generator(weight, refused, dim_run.load_data(refused, val_split=False))
+        dim_run.load_sampler(weight, refused, dim_run.load_data(refused, val_split=False))
 
     pool_match.main(_flags(tmp, 2, '--weight', weight, '--epochs-match-train', '1', '--pool', 'convnet', '--tag',
                            'ema_match', '--epochs', '1', *opts))

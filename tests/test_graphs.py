@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import augment
-import dim
+import gan
 import graphs
 import main as main_dc
 import main_DM
@@ -124,16 +124,16 @@ def test_evaluation_epoch_holds_nothing_a_recording_cannot(aug, device_path):
 @pytest.mark.parametrize('critic,gp_every', [('ac', 2), ('projection', 1)])
 def test_gan_iteration_holds_nothing_a_recording_cannot(critic, gp_every, monkeypatch):
     G, D = networks.define_gan(1, 4, 28, dim_noise=16, cond='embed', width=8, generator=_gen(0), critic=critic)
-    opt_g, opt_d = dim.adam(G, 1e-3), dim.adam(D, 1e-3)
+    opt_g, opt_d = gan.adam(G, 1e-3), gan.adam(D, 1e-3)
     for opt in (opt_g, opt_d):
-        # The CPU Adam counts its steps on the host; on CUDA dim.adam keeps the count on the device (capturable).
+        # The CPU Adam counts its steps on the host; on CUDA gan.adam keeps the count on the device (capturable).
         monkeypatch.setattr(opt, 'step', _outside_audit(opt.step))
-    gan = dim.GANStep(G, D, opt_g, opt_d, 4, 1, gp_every, 0.5, dim.GeneratorEMA(G, 0.99))
-    gan.use_stream(_gen(1))
+    step = gan.GANStep(G, D, opt_g, opt_d, 4, 1, gp_every, 0.5, gan.GeneratorEMA(G, 0.99))
+    step.use_stream(_gen(1))
     x, y = torch.rand(8, 1, 28, 28) * 2 - 1, torch.arange(4).repeat(2)
     with graphs.audited() as audit:
         for it in range(4):
-            gan(it, x, y)
+            step(it, x, y)
     names = [n for n in audit.calls if n.startswith('GAN iteration')]
     assert len(names) == (2 if gp_every == 2 else 1) and audit.problems == [], (names, audit.problems)
 

@@ -132,11 +132,11 @@ def test_a_run_stores_latents_that_regenerate_the_evaluated_images(prepared_mnis
     res = torch.load(tmp / 'out' / f'res_{name}.pt')  # plain torch.load: tensors and plain types only
     for f in (f'{name}.json', f'{name}.log', f'vis_{name}.png'):
         assert (tmp / 'out' / f).is_file()
-    G, _ = main_ITGAN.load_generator(SimpleNamespace(generator=gen, generator_factory=None, dim_noise=None,
+    G, _ = itgan.load_generator(SimpleNamespace(generator=gen, generator_factory=None, dim_noise=None,
                                                      cond=None, gan_width=None, device='cpu', seed=0,
                                                      dataset='MNIST', im_size=None),
                                      main_ITGAN.get_dataset('MNIST', str(tmp)))
-    assert res['generator']['sha256'] == main_ITGAN.file_hash(gen)
+    assert res['generator']['sha256'] == itgan.file_hash(gen)
     for s in ('random', 'inverted', 'itgan'):
         images = itgan.render_set(G, res['latents'][s], res['labels'], res['meta']['mean'], res['meta']['std'])
         assert torch.equal(images, seen[s])

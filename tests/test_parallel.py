@@ -212,19 +212,22 @@ DRIVER = textwrap.dedent('''
     import torch
     import dim_run, gen_condense, parallel
 
-    train_gan = dim_run.train_gan
+    start, close = dim_run.StageRun.start_training, dim_run.StageRun.close
+    before = {{}}
 
-    def spy(args, run, data, G, D, opt_g, opt_d, state=None, matcher=None, ema=None):
+    def spy_start(run, *a):
+        before.update({{n: t.clone() for n, t in run.G.state_dict().items()}})
+        return start(run, *a)
+
+    def spy_close(run):
         """After training, every process's G, D and averaged G weights and buffers, saved by rank 0."""
-        before = {{n: t.clone() for n, t in G.state_dict().items()}}
-        state = train_gan(args, run, data, G, D, opt_g, opt_d, state, matcher, ema)
         replicas = parallel.gather({{net: {{n: t.clone() for n, t in m.state_dict().items()}}
-                                     for net, m in (('G', G), ('D', D), ('G_ema', ema.G))}})
+                                     for net, m in (('G', run.G), ('D', run.D), ('G_ema', run.ema.G))}})
         if parallel.is_main():
             torch.save(dict(before=before, replicas=replicas), {out!r})
-        return state
+        return close(run)
 
-    dim_run.train_gan = spy
+    dim_run.StageRun.start_training, dim_run.StageRun.close = spy_start, spy_close
     gen_condense.main(sys.argv[1:])
 ''')
 

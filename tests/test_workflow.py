@@ -14,7 +14,7 @@ import torch
 
 import CL_DM
 import data as data_mod
-import dim_run
+import cli
 import gen_condense
 import main
 import main_DM
@@ -163,7 +163,7 @@ def test_ctrl_c_advises_resume_only_where_the_script_has_it(capsys):
         with pytest.raises(SystemExit) as e:
             utils.run_cli(interrupted, resumable)
         assert e.value.code == 130 and capsys.readouterr().err.strip().endswith(f': {line}')
-    assert '--resume' not in dim_run.parser(3, 'x').format_help()  # validate.py, which passes resumable=False
+    assert '--resume' not in cli.dim_parser(3, 'x').format_help()  # validate.py, which passes resumable=False
 
 
 # ------------------------------------------------------------------------------------ 4. the data cache's temporaries
@@ -252,7 +252,7 @@ def _parsers(monkeypatch):
         with pytest.raises(Built):
             parse([])
     monkeypatch.undo()
-    return built + [dim_run.parser(stage, 'x') for stage in (1, 2, 3)]
+    return built + [cli.dim_parser(stage, 'x') for stage in (1, 2, 3)]
 
 
 def test_every_flag_says_what_it_does_and_its_real_default(monkeypatch):
@@ -267,6 +267,6 @@ def test_every_flag_says_what_it_does_and_its_real_default(monkeypatch):
     itgan = _parsers(monkeypatch)[3].format_help()
     assert 'None disables DSA (default: color_crop_cutout_flip_scale_rotate, without flip for MNIST' in ' '.join(
         itgan.split())
-    stage1 = ' '.join(dim_run.parser(1, 'x').format_help().split())
+    stage1 = ' '.join(cli.dim_parser(1, 'x').format_help().split())
     assert 'SGD momentum of evaluation (and pool) networks (default: 0.9)' in stage1
     assert 'SGD weight decay of evaluation (and pool) networks (default: 0.0005)' in stage1
