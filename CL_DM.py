@@ -23,16 +23,19 @@ from tqdm import tqdm  # noqa: E402
 import cl  # noqa: E402
 import cl_report  # noqa: E402
 import parallel  # noqa: E402
-from cli import add_flags, check_args, check_network  # noqa: E402
+from cli import Config, add_flags, check_args, check_network  # noqa: E402
 from data import dataset_info, get_dataset  # noqa: E402
 from dc import get_loops  # noqa: E402
-from networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, get_network  # noqa: E402
+from networks import get_network  # noqa: E402
 from runner import Run  # noqa: E402
 from utils import ArgumentParser, UserError, check_positive, mean_std, remove_stale_temps, run_cli  # noqa: E402
 
 # Arguments that may differ between a run and its resumption.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
              'eval_one_by_one', 'per_class', 'real_chunk', 'cuda_graphs')
+# The GAN flags' first CL spellings, still accepted (and named in their error messages).
+OLD_SPELLING = {'cond': ('--gan_cond',), 'critic': ('--gan_critic',), 'n_critic': ('--gan_n_critic',),
+                'gp_every': ('--gan_gp_every',), 'mode_seeking': ('--gan_mode_seeking',), 'g_ema': ('--gan_ema',)}
 
 
 def method_name(value):
@@ -77,40 +80,22 @@ def parse_args(argv=None):
               helps=dict(Iteration='synthesis iterations (default: DSA 1000, DM 20000)',
                          lr_img='learning rate of the images (default: DSA 0.1, DM 1)'))
     # DiM's memory has no published CL numbers to keep: the label path, critic, averaging, mode-seeking term and
-    # penalty schedule default to the best variant measured (DiM's own GAN, --gan_cond overwrite --gan_critic ac
-    # --gan_ema 0 --gan_mode_seeking 0 --gan_gp_every 1, ended far below random memories; docs/results.md); the
-    # budget flags keep DiM's values.
+    # penalty schedule default to the best variant measured (DiM's own GAN, --cond overwrite --critic ac --g_ema 0
+    # --mode_seeking 0 --gp_every 1, ended far below random memories; docs/results.md); the budget flags keep
+    # DiM's values. The GAN flags are named as in gen_condense.py; CL's first spellings (OLD_SPELLING) still work.
     g = p.add_argument_group('DiM (generative memory)')
     g.add_argument('--gan_iters', type=int, default=5000, help='GAN iterations (one G and one D step) per CL step')
     g.add_argument('--gan_batch', type=int, default=128, help='GAN batch: new-class real images plus old-class replay')
     g.add_argument('--gan_lr', type=float, default=1e-4, help='Adam learning rate of G and D (betas 0, 0.9)')
-    g.add_argument('--gan_width', type=int, default=196, help='GAN width (DiM: 196)')
     g.add_argument('--dim_noise', type=int, default=None,
                    help='generator input width (default 100, or K + 28 if K >= 100)')
-    g.add_argument('--gan_cond', choices=DIM_CONDITIONINGS, default='embed',
-                   help="label conditioning: DiM's one-hot overwrite of the first K noise entries ('overwrite'), a "
-                        "learned class embedding added to the noise ('embed': learns the classes in far fewer "
-                        "iterations), or the embedding plus class-conditional batch norm in every layer ('cbn')")
-    g.add_argument('--gan_critic', choices=DIM_CRITIC_HEADS, default='projection',
-                   help="the critic's head: DiM's AC-GAN class head ('ac') or a projection critic ('projection': a "
-                        "class-dependent score, no classification loss; more diverse samples, docs/results.md)")
-    g.add_argument('--gan_n_critic', type=int, default=1,
-                   help='critic steps per generator step, each on its own batch (DiM: 1)')
-    g.add_argument('--gan_gp_every', type=int, default=4,
-                   help='the gradient penalty on every k-th critic step only, weighted by k (about 28 %% less time per '
-                        'iteration at 4; 1: every step, as DiM)')
-    g.add_argument('--gan_mode_seeking', type=float, default=1.0,
-                   help="weight of a mode-seeking term in the generator's loss (MSGAN: two noises of one class must "
-                        "give different images, so the memory keeps each class as spread as the real one; 0: off, "
-                        "as DiM)")
+    add_flags(g, ('gan_width', 'cond', 'critic', 'n_critic', 'gp_every', 'mode_seeking', 'g_ema'), aliases=OLD_SPELLING,
+              cond='embed', critic='projection', gp_every=4, mode_seeking=1.0, g_ema=0.999)
     g.add_argument('--dim_replay', choices=['fresh', 'stored'], default='fresh',
                    help="how the evaluation networks use the generator: 'fresh' draws a new set of --ipc images per "
                         "seen class from the step's generator after every epoch (the same images per epoch as a "
                         "stored memory; DiM's own on-the-fly evaluation), 'stored' trains on the set drawn once "
                         "(the memory cache's images)")
-    g.add_argument('--gan_ema', type=float, default=0.999,
-                   help='sample the memory (and the replay of old classes) from an exponential moving average of the '
-                        "generator's weights with this decay (warm-up (1+t)/(10+t)); 0: off, as DiM")
     return validate(p.parse_args(argv))
 
 
@@ -120,12 +105,15 @@ def validate(args):
     info = dataset_info(args.dataset, args.data_path, args.im_size)
     check_network(args.model, info)
     num_classes = info.num_classes
-    for name in ('steps', 'gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'gan_n_critic', 'gan_gp_every'):
-        check_positive(name, getattr(args, name))
-    if args.gan_mode_seeking < 0:
-        raise UserError(f'--gan_mode_seeking must be >= 0 (0: off), got {args.gan_mode_seeking}')
-    if not 0 <= args.gan_ema < 1:
-        raise UserError(f'--gan_ema must be in [0, 1) (0: off), got {args.gan_ema}')
+    def spelled(name):  # --mode_seeking / --gan_mode_seeking
+        return ' / '.join([name] + list(OLD_SPELLING.get(name, ())))
+
+    for name in ('steps', 'gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'n_critic', 'gp_every'):
+        check_positive(spelled(name), getattr(args, name))
+    if args.mode_seeking < 0:
+        raise UserError(f'--{spelled("mode_seeking")} must be >= 0 (0: off), got {args.mode_seeking}')
+    if not 0 <= args.g_ema < 1:
+        raise UserError(f'--{spelled("g_ema")} must be in [0, 1) (0: off), got {args.g_ema}')
     if num_classes % args.steps:
         divisors = [d for d in range(2, num_classes + 1) if num_classes % d == 0][:6]
         raise UserError(f'--steps {args.steps} does not divide the {num_classes} classes of {info.name}; choose '
@@ -159,13 +147,13 @@ def validate(args):
         if bn and (args.per_class or args.real_chunk):
             raise UserError(f'--per_class and --real_chunk change the batch statistics of {args.model}; use '
                             f'--no-per_class or a model without BN')
-    if args.method == 'DiM' and args.gan_cond == 'overwrite':
+    if args.method == 'DiM' and args.cond == 'overwrite':
         k = num_classes
         noise = cl.dim_noise(args, k)
         if noise <= k:
             raise UserError(f'--dim_noise {noise} must exceed the {k} classes of {info.name} (the one-hot label '
-                            f'overwrites the first K noise entries); raise it or pass --gan_cond embed')
-    return args
+                            f'overwrites the first K noise entries); raise it or pass --cond embed')
+    return Config(args)
 
 
 

@@ -47,12 +47,15 @@ BUILDER_ARGS = {
     'DSA': ('Iteration', 'lr_img', 'batch_real', 'batch_train', 'lr_net', 'outer_loop', 'inner_loop', 'dsa_strategy',
             'align_corners', 'dis_metric', 'compat'),
     'DM': ('Iteration', 'lr_img', 'batch_real', 'dsa_strategy', 'align_corners'),
-    'DiM': ('gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'dim_noise', 'gan_cond', 'gan_critic', 'gan_n_critic',
-            'gan_ema', 'gan_gp_every', 'gan_mode_seeking'),
+    'DiM': ('gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'dim_noise', 'cond', 'critic', 'n_critic', 'g_ema',
+            'gp_every', 'mode_seeking'),
 }
+# A memory file names the GAN flags as CL first spelled them (--gan_cond, ...), so that its caches stay valid.
+CACHE_NAMES = {'cond': 'gan_cond', 'critic': 'gan_critic', 'n_critic': 'gan_n_critic', 'g_ema': 'gan_ema',
+               'gp_every': 'gan_gp_every', 'mode_seeking': 'gan_mode_seeking'}
 # Builder arguments added after caches were written: recorded only when they differ from the value those caches
 # were built with, so that the older caches stay valid.
-LATER_ARGS = {'gan_gp_every': 1, 'gan_mode_seeking': 0.0}
+LATER_ARGS = {'gp_every': 1, 'mode_seeking': 0.0}
 
 
 
@@ -279,8 +282,8 @@ def sample_memory(G, data, order, n_seen, ipc, generator, chunk=500):
 
 def memory_gan(args, data, seed):
     """(G, D, opt_g, opt_d): the CL GAN, K-way over all classes, initialised from (seed, 'cl_gan_init')."""
-    G, D = gan.build_gan(data, dim_noise(args, data.num_classes), args.gan_cond, args.gan_width, args.device,
-                         make_generator(seed, 'cl_gan_init'), flags='--dim_noise, --gan_cond', critic=args.gan_critic)
+    G, D = gan.build_gan(data, dim_noise(args, data.num_classes), args.cond, args.gan_width, args.device,
+                         make_generator(seed, 'cl_gan_init'), flags='--dim_noise, --cond', critic=args.critic)
     return G, D, gan.adam(G, args.gan_lr), gan.adam(D, args.gan_lr)
 
 
@@ -288,11 +291,11 @@ def dim_memory(args, data, order, step, seed, state, log):
     """One CL step of the generative memory. The GAN (K-way conditioning on class-order positions, so labels are
     0..seen−1 at every step and the critic's random labels stay among the seen classes) continues from the previous
     step's `state` (gan.gan_state); each batch mixes real images of the new classes with samples of the old classes
-    from a frozen copy of the previous generator, in proportion to their class counts. With --gan_ema the averaged
+    from a frozen copy of the previous generator, in proportion to their class counts. With --g_ema the averaged
     generator (continued across steps) is the frozen copy, and the one the memory is sampled from. Returns (memory,
     gan state)."""
     G, D, opt_g, opt_d = memory_gan(args, data, derive_seed(seed, 'cl', 'DiM'))
-    ema = gan.GeneratorEMA(G, args.gan_ema) if args.gan_ema else None
+    ema = gan.GeneratorEMA(G, args.g_ema) if args.g_ema else None
     if state is not None:
         gan.load_gan_state(state, G, D, opt_g, opt_d, ema)
     sampler = G if ema is None else ema.G
@@ -306,7 +309,7 @@ def dim_memory(args, data, order, step, seed, state, log):
     if replay:
         G_old = copy.deepcopy(sampler).eval()
         G_old.requires_grad_(False)
-    gan_step = gan.GANStep(G, D, opt_g, opt_d, n_seen, args.gan_n_critic, args.gan_gp_every, args.gan_mode_seeking,
+    gan_step = gan.GANStep(G, D, opt_g, opt_d, n_seen, args.n_critic, args.gp_every, args.mode_seeking,
                            ema, graphs=graphs_enabled(args.device, args.cuda_graphs))
     g = gan_step.use_stream(make_generator(seed, 'cl_gan', step))  # the batches are drawn from the same stream
     new_idx = torch.cat([data.indices_class[c] for c in step_classes(order, args.steps, step)]).to(g.device)
@@ -343,7 +346,7 @@ def memory_name(args, seed):
 
 
 def builder_fingerprint(args):
-    return {k: getattr(args, k) for k in ('method', 'model') + BUILDER_ARGS[args.method]
+    return {CACHE_NAMES.get(k, k): getattr(args, k) for k in ('method', 'model') + BUILDER_ARGS[args.method]
             if k not in LATER_ARGS or getattr(args, k) != LATER_ARGS[k]}
 
 

@@ -82,6 +82,31 @@ FLAGS = {
                     help="DM: 'on' compiles the matching network's forward with torch.compile (inductor), which fuses "
                          "each block's normalisation, activation and pooling; the first iterations wait for the compiler "
                          "(docs/benchmarks.md)"),
+    # The conditional GAN of DiM's stages and CL's DiM memories (and the shape of main_ITGAN.py's generator)
+    'gan_width': dict(type=int, default=196, help='channels of every GAN layer (196: the reference)'),
+    'cond': dict(default='overwrite', choices=DIM_CONDITIONINGS,
+                 help="label conditioning: 'overwrite', one-hot overwrite of the first K noise entries (the reference); "
+                      "'embed', a learned class embedding added to the noise (learns the classes in far fewer "
+                      "iterations); 'cbn', the embedding plus class-conditional batch norm in every generator layer"),
+    'critic': dict(default='ac', choices=DIM_CRITIC_HEADS,
+                   help="the critic's head: 'ac' (the reference's AC-GAN: a class head trained with cross-entropy on "
+                        "real and generated images, which G must also satisfy) or 'projection' (a class-dependent "
+                        "score, no classification loss; more diverse samples within a class at small budgets, "
+                        "docs/results.md)"),
+    'n_critic': dict(type=int, default=1, help='critic steps per generator step, each on its own real batch (the '
+                                               'reference: 1)'),
+    'gp_every': dict(type=int, default=1,
+                     help='apply the gradient penalty on every k-th critic step only, weighted by k (lazy '
+                          'regularisation; 1: every step, the reference). k = 4 saves about 28 %% of a CPU iteration '
+                          '(docs/benchmarks.md)'),
+    'mode_seeking': dict(type=float, default=0.0,
+                         help="weight of a mode-seeking term in the generator's loss (MSGAN, Mao et al. 2019: two "
+                              "noises of one class must give different images, so each class stays as spread as the "
+                              "real one; 1 is MSGAN's; 0: off, the reference)"),
+    'g_ema': dict(type=float, default=0.0,
+                  help="sample from an exponential moving average of the generator's weights with this decay (e.g. "
+                       "0.999, with a warm-up (1+t)/(10+t) over the first updates; 0: off, the reference): DiM's "
+                       "validation, previews, checkpoints and validate.py, and CL's memories and replay, use it"),
     'eval_one_by_one': dict(action='store_true',
                             help='train the evaluation networks of a pool one after another; on a GPU they are '
                                  'otherwise trained together (same protocol, float rounding aside; BN models are '
@@ -93,17 +118,33 @@ POSITIVE = ('im_size', 'ipc', 'num_exp', 'num_eval', 'epoch_eval_train', 'lr_img
             'checkpoint_every', 'eval_every', 'real_chunk')
 
 
-def add_flags(group, names, helps=None, hyphens=False, **defaults):
+def add_flags(group, names, helps=None, hyphens=False, aliases=None, **defaults):
     """Add the FLAGS `names` to an argparse group, with per-script defaults and, where a script's default is decided
     at run time, per-script help texts (`helps`: name -> text) that say how. hyphens: also accept --name-with-hyphens
-    (the DiM stages' spelling)."""
+    (the DiM stages' spelling); aliases: name -> a script's older spellings, still accepted."""
     for name in names:
         kw = dict(FLAGS[name])
         if name in defaults:
             kw['default'] = defaults[name]
         kw['help'] = (helps or {}).get(name, kw['help'])
         spellings = [f'--{name}'] + ([f'--{name.replace("_", "-")}'] if hyphens and '_' in name else [])
-        group.add_argument(*spellings, *kw.pop('aliases', ()), dest=name, **kw)
+        group.add_argument(*spellings, *kw.pop('aliases', ()), *(aliases or {}).get(name, ()), dest=name, **kw)
+
+
+class Config(argparse.Namespace):
+    """A script's validated arguments, read-only: whatever validation derives from the flags (canonical names, the
+    device, per-method defaults) is derived before a Config is made, and nothing writes to it afterwards.
+    Config(args, **changes) is a copy with some values changed (tests, benchmarks)."""
+
+    def __init__(self, args=None, **changes):
+        self.__dict__.update(vars(args) if args is not None else {}, **changes)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f'the validated arguments are read-only (--{name}); derive it where the script '
+                             f'validates its flags')
+
+    def __delattr__(self, name):
+        self.__setattr__(name, None)
 
 
 def check_network(name, info=None):
@@ -280,16 +321,7 @@ def dim_parser(stage, description):
     _both_spellings(own, 'resnet_stem', default='auto', choices=['auto', 'cifar', 'imagenet'],
                     help="DiM ResNet stem; 'auto' is the reference rule (CIFAR stem iff the dataset name starts "
                          "with cifar)")
-    _both_spellings(own, 'cond', default='overwrite', choices=DIM_CONDITIONINGS,
-                    help="label conditioning: 'overwrite', one-hot overwrite of the first K noise entries (reference); "
-                         "'embed', a learned class embedding added to the noise; 'cbn', the embedding plus "
-                         "class-conditional batch norm in every generator layer")
-    _both_spellings(own, 'gan_width', type=int, default=196, help='channels of every GAN layer (196: the reference)')
-    _both_spellings(own, 'critic', default='ac', choices=DIM_CRITIC_HEADS,
-                    help="the critic's head: 'ac' (the reference's AC-GAN: a class head trained with cross-entropy on "
-                         "real and generated images, which G must also satisfy) or 'projection' (a class-dependent "
-                         "score, no classification loss; more diverse samples within a class at small budgets, "
-                         "docs/results.md)")
+    add_flags(own, ('cond', 'gan_width', 'critic'), hyphens=True)
     if stage in (1, 2):
         _both_spellings(own, 'val_split', type=int, default=None,
                         help='validation images per class held out of the training set for selecting checkpoints '
@@ -298,20 +330,7 @@ def dim_parser(stage, description):
         _both_spellings(own, 'iters_per_epoch', type=int, default=None,
                         help='at most this many GAN iterations per epoch (default: a whole pass over the training '
                              'images)')
-        _both_spellings(own, 'n_critic', type=int, default=1,
-                        help='critic steps per generator step, each on its own real batch (reference: 1)')
-        _both_spellings(own, 'gp_every', type=int, default=1,
-                        help='apply the gradient penalty on every k-th critic step only, weighted by k (lazy '
-                             'regularisation; 1: every step, the reference). k = 4 saves about 28 %% of a CPU '
-                             'iteration (docs/benchmarks.md)')
-        _both_spellings(own, 'mode_seeking', type=float, default=0.0,
-                        help="weight of a mode-seeking term in the generator's loss (MSGAN, Mao et al. 2019: two "
-                             "noises of one class must give different images; 1 is MSGAN's; 0: off, the reference)")
-        _both_spellings(own, 'g_ema', type=float, default=0.0,
-                        help='sample from an exponential moving average of the generator weights with this decay '
-                             '(e.g. 0.999, with a warm-up (1+t)/(10+t) over the first updates; 0: off, the reference): '
-                             'validation, previews and checkpoints then use the averaged generator, and validate.py '
-                             'samples from it')
+        add_flags(own, ('n_critic', 'gp_every', 'mode_seeking', 'g_ema'), hyphens=True)
         _both_spellings(own, 'cas', action='store_true',
                         help='log a classification accuracy score after every epoch: the share of generator samples of '
                              'class c that a small ConvNet, trained once at the start on the real training images, '
@@ -399,7 +418,7 @@ def check_dim_args(args, stage):
             except ValueError as e:
                 raise UserError(f'--dsa_strategy: {e}') from None
         args.batch_size = _stage3_batch_size(args, num_classes, notes)
-    args.notes = tuple(notes)  # recorded in config.json and checkpoints, logged as warnings by Run.open
+    args.notes = tuple(notes)  # recorded in config.json and checkpoints, logged as warnings by dim_run.StageRun
     return args
 
 
@@ -417,7 +436,7 @@ def _stage3_batch_size(args, num_classes, notes):
 
 
 def parse_dim_args(stage, description, argv=None):
-    return check_dim_args(dim_parser(stage, description).parse_args(argv), stage)
+    return Config(check_dim_args(dim_parser(stage, description).parse_args(argv), stage))
 
 
 # What the command a stage prints for the next one carries over, where it differs from the next stage's default:

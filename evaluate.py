@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from augment import get_daparam  # noqa: E402
-from cli import add_flags, check_args, check_network  # noqa: E402
+from cli import Config, add_flags, check_args, check_network  # noqa: E402
 from data import IMAGE_EXTENSIONS, _read_image, canonical_dataset, get_dataset  # noqa: E402
 from dc import recommended_dsa_strategy  # noqa: E402
 from evaluation import EvalRecipe, evaluate_pool, get_eval_pool, progress_lines  # noqa: E402
@@ -88,7 +88,7 @@ def parse_args(argv=None):
         raise UserError(f'--eval_mode {args.eval_mode} evaluates the model a set was made with; name it with --models')
     archs = (args.models or []) + (get_eval_pool(args.eval_mode, None) if args.eval_mode else [])
     args.models = list(dict.fromkeys(archs or ['ConvNet']))
-    return args
+    return Config(args)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 import argparse  # noqa: E402
 
 from augment import get_daparam  # noqa: E402
-from cli import add_flags, check_condense_args, condense_parser  # noqa: E402
+from cli import Config, add_flags, check_condense_args, condense_parser  # noqa: E402
 from data import canonical_dataset, get_dataset  # noqa: E402
 from dc import DCStep, get_loops, recommended_dsa_strategy, warn  # noqa: E402
 from evaluation import EvalRecipe, get_eval_pool  # noqa: E402
@@ -100,7 +100,7 @@ def parse_args(argv=None, notes=None):
     # The first pool architecture's settings also sit in args, for readers that ignore eval_settings.
     first = next(iter(args.eval_settings.values()))
     args.epoch_eval_train, args.dc_aug_param = first['epoch_eval_train'], first['dc_aug_param']
-    return args
+    return Config(args)
 
 
 def describe(args):

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 import parallel  # noqa: E402
 
-from cli import add_flags, check_condense_args, condense_parser  # noqa: E402
+from cli import Config, add_flags, check_condense_args, condense_parser  # noqa: E402
 from data import get_dataset  # noqa: E402
 from dm import DMStep  # noqa: E402
 from evaluation import EvalRecipe, get_eval_pool  # noqa: E402
@@ -55,7 +55,7 @@ def parse_args(argv=None):
         # One forward of K·batch_real images makes activations of gigabytes that spill every cache; 256 at a
         # time is 1.5x faster on CPU (docs/benchmarks.md) and exact, every row being independent without BN.
         args.real_chunk = 256
-    return args
+    return Config(args)
 
 
 def main(argv=None):

@@ -20,11 +20,10 @@ import torch  # noqa: E402
 
 import itgan  # noqa: E402
 import parallel  # noqa: E402
-from cli import add_flags, check_args, check_network  # noqa: E402
+from cli import Config, add_flags, check_args, check_network  # noqa: E402
 from data import canonical_dataset, file_label, get_dataset  # noqa: E402
 from dc import recommended_dsa_strategy  # noqa: E402
 from evaluation import EvalRecipe, evaluate_pool, test_accuracy  # noqa: E402
-from networks import DIM_CONDITIONINGS  # noqa: E402
 from runner import Run, fingerprint, save_image_grid  # noqa: E402
 from utils import ArgumentParser, UserError, atomic_save, check_positive, make_generator, mean_std, run_cli, \
     versions, write_json  # noqa: E402
@@ -59,10 +58,11 @@ def parse_args(argv=None):
                      help='MODULE:FUNCTION returning any generator, FUNCTION(path, data, device) -> module with '
                           'forward(z, y) in [-1, 1] and dim_noise (or dim_z); e.g. a pretrained BigGAN (default: '
                           '--generator is a gen_condense.py / pool_match.py checkpoint)')
-    for name, kw in (('dim_noise', dict(type=int)), ('cond', dict(choices=DIM_CONDITIONINGS)),
-                     ('gan_width', dict(type=int))):
-        own.add_argument(*dict.fromkeys((f'--{name}', f'--{name.replace("_", "-")}')), dest=name, default=None,
-                         help="the GAN's shape (default: as recorded in the checkpoint)", **kw)
+    own.add_argument('--dim_noise', '--dim-noise', type=int, default=None,
+                     help="the generator's input width (default: as recorded in the checkpoint)")
+    add_flags(own, ('cond', 'gan_width'), hyphens=True, cond=None, gan_width=None,
+              helps=dict(cond="the generator's label conditioning (default: as recorded in the checkpoint)",
+                         gan_width="the generator's width (default: as recorded in the checkpoint)"))
     own.add_argument('--eval_model', '--eval-model', nargs='+', default=['ResNet18BN'],
                      help='evaluation architectures (networks.py names)')
     own.add_argument('--curve_at', type=int, nargs='*', default=[1, 5, 10, 25, 50, 100],
@@ -94,12 +94,12 @@ def parse_args(argv=None):
     for name in args.eval_model:
         check_network(name)
     args.curve_at = sorted({e for e in args.curve_at if 0 < e < args.epoch_eval_train + 1})
-    return args
+    args.im_size = itgan.recorded_im_size(args)  # a folder's size as the generator was trained on it
+    return Config(args)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    args.im_size = itgan.recorded_im_size(args)
     data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     smallest = min(len(i) for i in data.indices_class)
     if args.ipc is not None and args.ipc > smallest:

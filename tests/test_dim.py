@@ -46,9 +46,7 @@ def _count(m):
 def _args(stage, *extra):
     base = ['--data', 'mnist', '--device', 'cpu', '--no_progress', '--gan_width', str(W)]
     base += {1: [], 2: ['--weight', 'unused.pth'], 3: ['--pretrain-weight', 'unused.pth']}[stage]
-    args = cli.parse_dim_args(stage, 'test', base + list(extra))
-    args.stem = 'cifar'
-    return args
+    return cli.Config(cli.parse_dim_args(stage, 'test', base + list(extra)), stem='cifar')
 
 
 def _toy_data(n=12, classes=10):
@@ -388,11 +386,11 @@ def test_cycling_stream_covers_every_pass_and_resumes_exactly():
 def test_pool_members_follow_the_stem_rule():
     data = _toy_data()
     args = _args(2)
-    args.stem = 'imagenet'  # --resnet_stem auto on MNIST
+    args = cli.Config(args, stem='imagenet')  # --resnet_stem auto on MNIST
     assert dim.pool_members(args, data) == ['convnet', 'resnet10', 'resnet18']
-    args.stem = 'cifar'
+    args = cli.Config(args, stem='cifar')
     assert dim.pool_members(args, data) == dim.POOL
-    args.stem, args.pool = 'imagenet', ['resnet10_ap']
+    args = cli.Config(args, stem='imagenet', pool=['resnet10_ap'])
     with pytest.raises(utils.UserError, match='resnet10_ap'):
         dim.pool_members(args, data)
 

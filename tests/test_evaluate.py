@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import evaluate
+from cli import Config
 import main_DM
 from conftest import toy_images, write_prepared
 from data import get_dataset
@@ -108,7 +109,7 @@ def test_original_layout_file_tensor_files_and_a_folder_load_the_same_tensors(pr
     args = evaluate.parse_args(['--set', 'x', '--dataset', 'MNIST', '--data_path', str(tmp), '--device', 'cpu'])
     loaded = {name: evaluate.read_set(str(tmp / name), args, data)
               for name in ('res_DM_MNIST_ConvNet_2ipc.pt', 'uint8.pt', 'folder')}
-    args.normalized = 'no'
+    args = Config(args, normalized='no')
     loaded['unit.pt'] = evaluate.read_set(str(tmp / 'unit.pt'), args, data)
     for name, s in loaded.items():
         [(exp, images, labels)] = s['exps']

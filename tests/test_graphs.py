@@ -15,6 +15,7 @@ import graphs
 import main as main_dc
 import main_DM
 import networks
+from cli import Config
 from conftest import ROOT, toy_data
 from dc import DCStep
 from dm import DMStep
@@ -86,7 +87,7 @@ def test_the_audit_finds_what_would_break_a_recording():
 def test_dm_step_on_the_gpu_path_holds_nothing_a_recording_cannot(extra, device_path):
     extra = tuple(x for x in extra if x not in ('--real_chunk', '0'))
     data, args, image_syn, syn_cls, opt = _dm(extra)
-    args.real_chunk = None
+    args = Config(args, real_chunk=None)
     step = DMStep(args, data, image_syn, syn_cls, opt, resident=True)
     with graphs.audited() as audit:
         for it in range(2):
