@@ -9,26 +9,24 @@ trained on all memories so far (evaluate_synset, DSA) and tested on the test ima
     python CL_DM.py --dataset CIFAR10 --data_path ../shared/data --steps 5 --method herding --seeds 0 \
         --epoch_eval_train 50 --num_eval 1 --feature_epochs 2
 """
+import env  # first: the environment PyTorch reads when it starts (env.py)
+
 import os
 
-# PyTorch reads this at its first CPU allocation, so it must precede `import torch`: huge pages for large
-# activations remove most of the page-fault time of a CPU run (docs/benchmarks.md).
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+import argparse
+import time
 
-import argparse  # noqa: E402
-import time  # noqa: E402
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-import cl  # noqa: E402
-import cl_report  # noqa: E402
-import parallel  # noqa: E402
-from cli import Config, add_flags, check_args, check_network  # noqa: E402
-from data import dataset_info, get_dataset  # noqa: E402
-from dc import get_loops  # noqa: E402
-from networks import get_network  # noqa: E402
-from runner import Run  # noqa: E402
-from utils import ArgumentParser, UserError, check_positive, mean_std, remove_stale_temps, run_cli  # noqa: E402
+import cl
+import cl_report
+import parallel
+from cli import Config, add_flags, check_args, check_network
+from data import dataset_info, get_dataset
+from dc import get_loops
+from networks import get_network
+from runner import Run
+from utils import ArgumentParser, UserError, check_positive, mean_std, remove_stale_temps, run_cli
 
 # Arguments that may differ between a run and its resumption.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',

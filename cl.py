@@ -6,10 +6,12 @@ is then trained on the union of all memories so far (evaluate_synset, DSA) and t
 classes seen so far, with a K-way head and the original class ids.
 
 Memories: random (the reference's numpy stream), herding (per class, on embed() features; DatasetCondensation
-issue #15), k-center (issue #21), DSA and DM condensation (the steps of dc.py and dm.py run on a view of the data holding only the step's classes), and DiM
-(a class-conditional GAN trained on the new classes plus replay of its own samples of the old ones; the network
-trains on ipc generated images per seen class). Memories are cached per (method, dataset, model, ipc, steps, seed)
-in the original's memory-file layout (`data` = [[images, labels]] per step, plus `meta`) and extended step by step; the reference's released files are used when present.
+issue #15), k-center (issue #21), DSA and DM condensation (the steps of dc.py and dm.py run on a view of the data
+holding only the step's classes), and DiM (a class-conditional GAN trained on the new classes plus replay of its own
+samples of the old ones; the network trains on ipc generated images per seen class). Memories are cached per
+(method, dataset, model, ipc, steps, seed) in the original's memory-file layout (`data` = [[images, labels]] per
+step, plus `meta`) and extended step by step; the reference's released files are used when present. The loop over
+seeds and steps is CL_DM.py's; its table, CSV and plot are cl_report.py's.
 
 Randomness: the class orders come from a private numpy RandomState (as np.random.seed(s); np.random.permutation(K)
 would give, without touching numpy's global state), everything else from torch generators named by
@@ -77,7 +79,8 @@ def seen_classes(order, steps, step):
 
 
 def test_subset(data, classes):
-    """The (uint8) test images whose label is among `classes`, and their labels: one boolean mask (the original looped over images)."""
+    """The (uint8) test images whose label is among `classes`, and their labels: one boolean mask (the original
+    looped over images)."""
     mask = torch.isin(data.labels_test, torch.as_tensor(list(classes), device=data.labels_test.device))
     return data.x_test[mask], data.labels_test[mask]
 
@@ -170,7 +173,8 @@ def load_feature_net(args, data):
 
 def train_feature_net(args, data, classes, seed, step, log):
     """The default feature extractor: an args.model network trained on the step's real images (k-way head), with
-    the evaluation recipe (evaluate_synset) for feature_epochs (+1) passes without augmentation; 0 keeps it untrained."""
+    the evaluation recipe (evaluate_synset) for feature_epochs (+1) passes without augmentation; 0 keeps it
+    untrained."""
     net = get_network(args.model, data.channel, len(classes), data.im_size, device=args.device,
                             generator=make_generator(seed, 'cl_feature_net', step))
     if args.feature_epochs == 0:

@@ -19,8 +19,8 @@ from data import canonical_dataset, dataset_info
 from dim import MATCH_COEFF, POOL, check_model_name, default_pool
 from evaluation import get_eval_pool
 from networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, NETWORKS, get_network, resolve_stem
-from utils import ArgumentParser, UserError, check_finite, check_output_folder, check_positive, default_device, \
-    resolve_device
+from utils import ArgumentParser, UserError, check_device, check_finite, check_output_folder, check_positive, \
+    default_device
 
 FLAGS = {
     'dataset': dict(default='CIFAR10', aliases=('--data',),
@@ -80,12 +80,14 @@ FLAGS = {
                              "float rounding aside; README, GPU speed)"),
     'compile': dict(choices=['on', 'off'], default='off',
                     help="DM: 'on' compiles the matching network's forward with torch.compile (inductor), which fuses "
-                         "each block's normalisation, activation and pooling; the first iterations wait for the compiler "
+                         "each block's normalisation, activation and pooling; the first iterations wait for the "
+                         "compiler "
                          "(docs/benchmarks.md)"),
     # The conditional GAN of DiM's stages and CL's DiM memories (and the shape of main_ITGAN.py's generator)
     'gan_width': dict(type=int, default=196, help='channels of every GAN layer (196: the reference)'),
     'cond': dict(default='overwrite', choices=DIM_CONDITIONINGS,
-                 help="label conditioning: 'overwrite', one-hot overwrite of the first K noise entries (the reference); "
+                 help="label conditioning: 'overwrite', one-hot overwrite of the first K noise entries (the "
+                      "reference); "
                       "'embed', a learned class embedding added to the noise (learns the classes in far fewer "
                       "iterations); 'cbn', the embedding plus class-conditional batch norm in every generator layer"),
     'critic': dict(default='ac', choices=DIM_CRITIC_HEADS,
@@ -114,7 +116,8 @@ FLAGS = {
 }
 
 # Flags that must be positive where a script has them (None means "the script's default" and passes).
-POSITIVE = ('im_size', 'ipc', 'num_exp', 'num_eval', 'epoch_eval_train', 'lr_img', 'lr_net', 'batch_real', 'batch_train',
+POSITIVE = ('im_size', 'ipc', 'num_exp', 'num_eval', 'epoch_eval_train', 'lr_img', 'lr_net', 'batch_real',
+            'batch_train',
             'checkpoint_every', 'eval_every', 'real_chunk')
 
 
@@ -177,7 +180,7 @@ def check_args(args):
         raise UserError(f'--Iteration must be >= 0, got {args.Iteration}')
     if 'no_progress' in has and (not sys.stderr.isatty() or not parallel.is_main()):
         args.no_progress = True  # carriage-return bar updates would fill a redirected log; one bar under torchrun
-    args.device = resolve_device(args.device)
+    args.device = parallel.start(check_device(args.device))  # under torchrun: joins the group, cuda -> cuda:<rank>
     if 'dsa_strategy' in has:
         try:
             parse_strategy(args.dsa_strategy)
@@ -390,7 +393,7 @@ def check_dim_args(args, stage):
         raise UserError(f'--mode_seeking must be >= 0 (0: off), got {args.mode_seeking}')
     if not 0 <= getattr(args, 'g_ema', 0.0) < 1:
         raise UserError(f'--g_ema must be in [0, 1) (0: off), got {args.g_ema}')
-    args.device = resolve_device(args.device)
+    args.device = parallel.start(check_device(args.device))  # under torchrun: joins the group, cuda -> cuda:<rank>
     args.no_progress = args.no_progress or not parallel.is_main()
     try:
         parse_strategy(args.aug_type, valid=DIM_TOKENS)

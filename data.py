@@ -244,9 +244,12 @@ def get_dataset(dataset, data_path, device='cpu', download=True, im_size=None):
     _remove_cache_temps(os.path.join(data_path, f'{name}.pt'))
     raw = _load_prepared(name, data_path)
     if raw is None:
-        raw = _load_tinyimagenet_folder(data_path) if name == 'TinyImageNet' else _load_torchvision(name, data_path, download)
+        load = _load_tinyimagenet_folder if name == 'TinyImageNet' else (
+            lambda path: _load_torchvision(name, path, download))
+        raw = load(data_path)
         _cache_prepared(raw, os.path.join(data_path, f'{name}.pt'))
-    return Data(name, raw['classes'], raw['images_train'], raw['labels_train'], raw['images_val'], raw['labels_val'], device)
+    return Data(name, raw['classes'], raw['images_train'], raw['labels_train'], raw['images_val'], raw['labels_val'],
+                device)
 
 
 def _prepared_candidates(name, data_path):
@@ -421,7 +424,8 @@ def _load_tinyimagenet_folder(data_path, train_per_class=500, val_per_class=50):
     folder = os.path.join(data_path, 'tiny-imagenet-200')
     if not os.path.isdir(folder):
         raise UserError(f'TinyImageNet not found in {os.path.abspath(data_path)}: expected TinyImageNet.pt, '
-                        f'tinyimagenet.pt or the tiny-imagenet-200/ folder; pass --data_path to the folder holding them')
+                        f'tinyimagenet.pt or the tiny-imagenet-200/ folder; pass --data_path to the folder holding '
+                        f'them')
     return build_tinyimagenet(folder, train_per_class, val_per_class)
 
 

@@ -257,9 +257,10 @@ def save_preview(G, path, num_classes, channel, seed):
 # Selection of the best checkpoints
 
 def select(run, state, scores, epoch):
-    """After a validation (scores: dim.validate_generator's), recorded in the state's history: best_<model>.pth for every model whose score improved (stage 2 also names it
-    model_dict_<model>.pth, the reference's name), and best.pth when the mean score over the models improved (the
-    first model's best_<model>.pth when it is the only model). A log line per model."""
+    """After a validation (scores: dim.validate_generator's), recorded in the state's history: best_<model>.pth
+    for every model whose score improved (stage 2 also names it model_dict_<model>.pth, the reference's name), and
+    best.pth when the mean score over the models improved (the first model's best_<model>.pth when it is the only
+    model). A log line per model."""
     args = run.args
     state['history'].append(dict(epoch=epoch, scores={m: s['score'] for m, s in scores.items()}))
     for name, s in scores.items():

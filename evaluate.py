@@ -14,26 +14,24 @@ A set (--set, repeatable) is
     taken in sorted order).
 The protocol is evaluate_synset's (DSA or DC augmentation, epochs, lr, batch); the DC/DSA/DM papers' defaults.
 """
+import env  # first: the environment PyTorch reads when it starts (env.py)
+
 import os
 
-# PyTorch reads this at its first CPU allocation, so it must precede `import torch`: huge pages for large
-# activations remove most of the page-fault time of a CPU run (docs/benchmarks.md).
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+import contextlib
+import hashlib
+import sys
 
-import contextlib  # noqa: E402
-import hashlib  # noqa: E402
-import sys  # noqa: E402
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from augment import get_daparam  # noqa: E402
-from cli import Config, add_flags, check_args, check_network  # noqa: E402
-from data import IMAGE_EXTENSIONS, _read_image, canonical_dataset, get_dataset  # noqa: E402
-from dc import recommended_dsa_strategy  # noqa: E402
-from evaluation import EvalRecipe, evaluate_pool, get_eval_pool, progress_lines  # noqa: E402
-from runner import fingerprint, resume_state  # noqa: E402
-from utils import (ArgumentParser, Log, UserError, atomic_save, atomic_write_text, make_generator, mean_std,  # noqa: E402
+from augment import get_daparam
+from cli import Config, add_flags, check_args, check_network
+from data import IMAGE_EXTENSIONS, _read_image, canonical_dataset, get_dataset
+from dc import recommended_dsa_strategy
+from evaluation import EvalRecipe, evaluate_pool, get_eval_pool, progress_lines
+from runner import fingerprint, resume_state
+from utils import (ArgumentParser, Log, UserError, atomic_save, atomic_write_text, make_generator, mean_std,
                    remove_stale_temps, run_cli, sample_std, versions, write_json)
 
 # Flags that may change between a run and its --resume.
@@ -303,7 +301,8 @@ def eval_recipes(args, data):
 def describe(arch, r):
     dc = (r.dc_aug_param or {}).get('strategy', 'none')
     aug = f'DSA {r.dsa_strategy}' if r.dsa else f'DC {dc}' if dc != 'none' else 'no augmentation'
-    return (f'{arch}: {r.epoch_eval_train} epochs (+1), SGD lr {r.lr_net} (x0.1 after epoch {r.epoch_eval_train // 2 + 1}), '
+    decay = r.epoch_eval_train // 2 + 1
+    return (f'{arch}: {r.epoch_eval_train} epochs (+1), SGD lr {r.lr_net} (x0.1 after epoch {decay}), '
             f'momentum 0.9, weight decay 5e-4, batch {r.batch_train}, {aug}')
 
 
@@ -362,7 +361,8 @@ def main(argv=None):
     for arch, r in recipes.items():
         log(f'protocol {describe(arch, r)}')
     for s in sets:
-        log(f'set {s["name"]}: {s["kind"]}, {s["note"]}, experiments {[e for e, _, _ in s["exps"]]}, sha1 {s["digest"]}')
+        log(f'set {s["name"]}: {s["kind"]}, {s["note"]}, experiments {[e for e, _, _ in s["exps"]]}, '
+            f'sha1 {s["digest"]}')
     progress = None if torch.device(args.device).type != 'cpu' else progress_lines(
         log, max(r.epoch_eval_train for r in recipes.values()))
 

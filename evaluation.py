@@ -77,7 +77,8 @@ def evaluate_synset(it_eval, net, images_train, labels_train, testloader, args, 
     every epoch (a learning curve; it must leave the net's mode and weights as it found them).
 
     args: an EvalRecipe, or any object with its attribute names (lr_net, epoch_eval_train, batch_train, device;
-    dsa, dsa_strategy, dsa_param or dc_aug_param for augmentation). Returns (net, training accuracy of the last epoch, test accuracy in [0, 1]).
+    dsa, dsa_strategy, dsa_param or dc_aug_param for augmentation). Returns (net, training accuracy of the last
+    epoch, test accuracy in [0, 1]).
     """
     device = torch.device(args.device)
     net = net.to(device).train()

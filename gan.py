@@ -293,8 +293,8 @@ GAN_ARGS = ('dataset', 'im_size', 'dim_noise', 'cond', 'gan_width', 'critic')
 def gan_state(G, D, opt_g, opt_d, ema=None):
     """G, D and both Adam states (GAN_KEYS) and, with an average, `generator_ema` (its weights, which validate.py
     and the replay of CL samples from, and its step count). Weights as CPU tensors."""
-    state = dict(generator=cpu_state(G.state_dict()), discriminator=cpu_state(D.state_dict()), optim_g=opt_g.state_dict(),
-                 optim_d=opt_d.state_dict())
+    state = dict(generator=cpu_state(G.state_dict()), discriminator=cpu_state(D.state_dict()),
+                 optim_g=opt_g.state_dict(), optim_d=opt_d.state_dict())
     if ema is not None:
         state['generator_ema'] = dict(ema.state_dict(), generator=cpu_state(ema.G.state_dict()))
     return state

@@ -10,18 +10,14 @@ split held out from the training set) is <output-dir><tag>/best.pth, the input o
     python gen_condense.py --data mnist --data-dir ../shared/data --tag gan --epochs 2 --iters-per-epoch 20 \
         --batch-size 64 --epochs-eval 5 --ipc 10 --eval-interval 1
 """
-import os
+import env  # first: the environment PyTorch reads when it starts (env.py)
 
-# PyTorch's transparent-huge-page allocator removes most of the page-fault cost of large activations on CPU
-# (docs/benchmarks.md, as main_DM.py). Read when torch allocates, so set before the first import of torch.
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
-
-import cli  # noqa: E402
-import dim  # noqa: E402
-import dim_run  # noqa: E402
-import gan  # noqa: E402
-import utils  # noqa: E402
-from graphs import graphs_enabled  # noqa: E402
+import cli
+import dim
+import dim_run
+import gan
+import utils
+from graphs import graphs_enabled
 
 # Arguments that may change when a run is resumed.
 RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',

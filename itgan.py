@@ -62,7 +62,8 @@ def check_generator(G, data, device):
             x = G(torch.zeros(2, latent_width(G), device=device), y)
     except (IndexError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:150] if str(e).strip() else type(e).__name__
-        raise UserError(f'the generator does not take the {data.num_classes} classes of {data.name} ({first})') from None
+        raise UserError(f'the generator does not take the {data.num_classes} classes of {data.name} '
+                        f'({first})') from None
     if tuple(x.shape[1:]) != expected:
         raise UserError(f'the generator makes {"x".join(map(str, x.shape[1:]))} images, {data.name} has '
                         f'{"x".join(map(str, expected))}')
@@ -105,11 +106,13 @@ def project_generator(args, data):
     made = ck.get('args') or {}
     # Both sides as data.canonical_dataset spells them (a folder: its absolute path), as the DiM stages record it.
     if made.get('dataset', args.dataset) != args.dataset:
-        raise UserError(f'--generator {args.generator} was trained on {made["dataset"]}, this run is on {args.dataset}; '
+        raise UserError(f'--generator {args.generator} was trained on {made["dataset"]}, this run is on '
+                        f'{args.dataset}; '
                         f'pass --dataset {made["dataset"]} or another generator')
     if made.get('im_size', args.im_size) != args.im_size:
         size = made['im_size']
-        raise UserError(f'--generator {args.generator} was trained on images resized to {size or "their own size"}, this '
+        raise UserError(f'--generator {args.generator} was trained on images resized to '
+                        f'{size or "their own size"}, this '
                         f'run resizes to {args.im_size}; ' + (f'pass --im_size {size}' if size else 'drop --im_size'))
     shape = {k: getattr(args, k) if getattr(args, k) is not None else made.get(k, default)
              for k, default in (('dim_noise', 100), ('cond', 'overwrite'), ('gan_width', 196))}
@@ -193,7 +196,8 @@ def choose_subset(data, ipc, generator):
 def invert(args, data, G, real_idx, labels, seed, key):
     """Latents for the real images at real_idx (one chunk, optimised together; each loss term is per sample, so
     the chunking changes only the draws): args.invert_iters Adam steps at args.lr_invert from N(0, I).
-    Every draw comes from the streams (seed, 'invert_*', key, ...). Returns (latents on the CPU, (pixel MSE at the start, at the end))."""
+    Every draw comes from the streams (seed, 'invert_*', key, ...). Returns (latents on the CPU, (pixel MSE at the
+    start, at the end))."""
     g = make_generator(seed, 'invert_init', key)
     z = torch.randn(len(real_idx), latent_width(G), generator=g).to(args.device).requires_grad_(True)
     y = labels.to(args.device)

@@ -1,4 +1,7 @@
-"""DC and DSA: Dataset Condensation with Gradient Matching (Zhao, Mopuri & Bilen, ICLR 2021) and with Differentiable Siamese Augmentation (Zhao & Bilen, ICML 2021).
+"""DC and DSA: dataset condensation with gradient matching and with differentiable Siamese augmentation.
+
+Zhao, Mopuri & Bilen, Dataset Condensation with Gradient Matching, ICLR 2021; Zhao & Bilen, Dataset Condensation
+with Differentiable Siamese Augmentation, ICML 2021.
 
 Each iteration samples a fresh network θ and alternates, outer_loop times, between
   - one step on the synthetic images S, which makes the gradient of the training loss on each class's synthetic
@@ -12,21 +15,17 @@ networks); --method DC augments nothing during synthesis.
     python main.py --dataset CIFAR10 --model ConvNet --ipc 10 --method DSA --init real \
         --dsa_strategy color_crop_cutout_flip_scale_rotate
 """
-import os
+import env  # first: the environment PyTorch reads when it starts (env.py)
 
-# PyTorch reads this at its first CPU allocation, so it must precede `import torch`: huge pages for large
-# activations remove most of the page-fault time of a CPU run (docs/benchmarks.md).
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+import argparse
 
-import argparse  # noqa: E402
-
-from augment import get_daparam  # noqa: E402
-from cli import Config, add_flags, check_condense_args, condense_parser  # noqa: E402
-from data import canonical_dataset, get_dataset  # noqa: E402
-from dc import DCStep, get_loops, recommended_dsa_strategy, warn  # noqa: E402
-from evaluation import EvalRecipe, get_eval_pool  # noqa: E402
-from runner import CondensationRun  # noqa: E402
-from utils import UserError, run_cli  # noqa: E402
+from augment import get_daparam
+from cli import Config, add_flags, check_condense_args, condense_parser
+from data import canonical_dataset, get_dataset
+from dc import DCStep, get_loops, recommended_dsa_strategy, warn
+from evaluation import EvalRecipe, get_eval_pool
+from runner import CondensationRun
+from utils import UserError, run_cli
 
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs')

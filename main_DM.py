@@ -10,22 +10,17 @@ with one Siamese DSA transform A_c per class, shared by its real batch R_c and i
     python main_DM.py --dataset CIFAR10 --model ConvNet --ipc 10 \
         --dsa_strategy color_crop_cutout_flip_scale_rotate --init real --lr_img 1 --num_exp 5 --num_eval 5
 """
-import os
+import env  # first: the environment PyTorch reads when it starts (env.py)
 
-# PyTorch reads this at its first CPU allocation, so it must precede `import torch`: huge pages for large
-# activations remove most of the page-fault time of a CPU run (docs/benchmarks.md).
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+import torch
 
-import torch  # noqa: E402
-
-import parallel  # noqa: E402
-
-from cli import Config, add_flags, check_condense_args, condense_parser  # noqa: E402
-from data import get_dataset  # noqa: E402
-from dm import DMStep  # noqa: E402
-from evaluation import EvalRecipe, get_eval_pool  # noqa: E402
-from runner import CondensationRun  # noqa: E402
-from utils import UserError, run_cli  # noqa: E402
+import parallel
+from cli import Config, add_flags, check_condense_args, condense_parser
+from data import get_dataset
+from dm import DMStep
+from evaluation import EvalRecipe, get_eval_pool
+from runner import CondensationRun
+from utils import UserError, run_cli
 
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs',

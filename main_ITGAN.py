@@ -8,25 +8,25 @@ The method is itgan.py; docs/results.md has measured numbers.
 
     python main_ITGAN.py --dataset MNIST --data_path ../shared/data --generator results/mnist_gan/best.pth --ipc 10
 """
+import env  # first: the environment PyTorch reads when it starts (env.py)
+
 import argparse
+import functools
 import math
 import os
 import time
 
-# PyTorch reads this at its first CPU allocation (huge pages for large activations; docs/benchmarks.md).
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+import torch
 
-import torch  # noqa: E402
-
-import itgan  # noqa: E402
-import parallel  # noqa: E402
-from cli import Config, add_flags, check_args, check_network  # noqa: E402
-from data import canonical_dataset, file_label, get_dataset  # noqa: E402
-from dc import recommended_dsa_strategy  # noqa: E402
-from evaluation import EvalRecipe, evaluate_pool, test_accuracy  # noqa: E402
-from runner import Run, fingerprint, save_image_grid  # noqa: E402
+import itgan
+import parallel
+from cli import Config, add_flags, check_args, check_network
+from data import canonical_dataset, file_label, get_dataset
+from dc import recommended_dsa_strategy
+from evaluation import EvalRecipe, evaluate_pool, test_accuracy
+from runner import Run, fingerprint, save_image_grid
 from utils import ArgumentParser, UserError, atomic_save, check_positive, make_generator, mean_std, run_cli, \
-    versions, write_json  # noqa: E402
+    versions, write_json
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
 # Flags that may change between a run and its --resume.
@@ -110,7 +110,7 @@ def main(argv=None):
     # written after every inverted chunk, every --checkpoint_every iterations and every evaluated set; every draw
     # is named by (seed, phase, ...), so a resumed run repeats the uninterrupted one.
     name = f'ITGAN_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc or "all"}ipc'
-    path = lambda f: os.path.join(args.save_path, f)  # noqa: E731
+    path = functools.partial(os.path.join, args.save_path)
     run = Run(args, RESUMABLE + EVAL_FLAGS, args.save_path, checkpoint=path(f'{name}.ckpt.pt'), log=path(f'{name}.log'),
               lock=path(f'{name}.lock'), lock_what=path(f'{name}.*'), results=(path(f'res_{name}.pt'),
               path(f'{name}.json')), stale=(f'res_{name}.', f'{name}.', f'vis_{name}.'), generator_sha256=gen['sha256'])
@@ -130,8 +130,9 @@ def main(argv=None):
     size = itgan.storage(gen['bytes'], len(labels), width, data)
     run.log(f'IT-GAN {name}: {data}; {len(labels)} latents of width {width}; generator {gen["path"]} '
             f'(sha256 {gen["sha256"][:12]}); device {args.device}{parallel.processes()}; seed {args.seed}')
-    run.log(f'storage: generator {size["generator_bytes"] / 2 ** 10:.1f} KiB + latents {size["latent_bytes"] / 2 ** 10:.1f}'
-            f' KiB against {size["image_bytes"] / 2 ** 10:.1f} KiB of uint8 images (x{size["ratio"]:.2f})')
+    run.log(f'storage: generator {size["generator_bytes"] / 2 ** 10:.1f} KiB + latents '
+            f'{size["latent_bytes"] / 2 ** 10:.1f} KiB against {size["image_bytes"] / 2 ** 10:.1f} KiB of uint8 '
+            f'images (x{size["ratio"]:.2f})')
     run.log(f'arguments: {dict(run.fingerprint, **eval_fingerprint)}')
 
     # 1. Inversion: one latent per real image, chunk by chunk (--invert_batch); resumable after every chunk.

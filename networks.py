@@ -1,4 +1,5 @@
-"""All classifier architectures and the model factories (conventions: docs/design.md, Networks).
+"""Every network: the classifiers and their factories, and the GAN's generator and critic (`define_gan`;
+trained by gan.py). Conventions: docs/design.md, Networks.
 
 DC family (DC / DSA / DM / CL): `get_network(name, ...)` with the names in NETWORKS.
 DiM family: `define_model(name, ...)` with DiM's lower-case names in DIM_NETWORKS; the DiM ResNet-10s and

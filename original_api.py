@@ -80,7 +80,8 @@ def get_dataset(dataset, data_path):
     two datasets yield (standardised image, label), the test loader batches of 256 in order."""
     data = _get_dataset(dataset, data_path)
     return (data.channel, data.im_size, data.num_classes, data.class_names, data.mean, data.std,
-            StandardisedSplit(data, data.x_train, data.labels_train), StandardisedSplit(data, data.x_test, data.labels_test),
+            StandardisedSplit(data, data.x_train, data.labels_train),
+            StandardisedSplit(data, data.x_test, data.labels_test),
             data.testloader(256))
 
 

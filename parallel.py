@@ -39,13 +39,10 @@ def is_main():
 
 def start(device):
     """Join torchrun's process group (once): NCCL between GPUs, gloo between CPU processes. Returns this process's
-    device: 'cuda' becomes cuda:<LOCAL_RANK>, one GPU per process. One process: `device` unchanged."""
+    device: 'cuda' becomes cuda:<LOCAL_RANK>, one GPU per process. One process: `device` unchanged. The device and
+    torchrun's variables are checked before (utils.check_device)."""
     if world_size() == 1:
         return device
-    if 'MASTER_ADDR' not in os.environ or 'RANK' not in os.environ:
-        from utils import UserError
-        raise UserError(f'WORLD_SIZE={world_size()} is set but RANK or MASTER_ADDR is not: start the script with '
-                        f'torchrun (torchrun --standalone --nproc_per_node N script.py ...) or unset WORLD_SIZE')
     import torch.distributed as dist
     cuda = torch.device(device).type == 'cuda'
     if cuda:

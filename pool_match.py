@@ -8,17 +8,13 @@ over pairs of a real and a generated image of the same class; the critic step is
 
     python pool_match.py --tag match --match logit --match-aug --weight results/gan/best.pth
 """
-import os
+import env  # first: the environment PyTorch reads when it starts (env.py)
 
-# PyTorch's transparent-huge-page allocator removes most of the page-fault cost of large activations on CPU
-# (docs/benchmarks.md, as main_DM.py). Read when torch allocates, so set before the first import of torch.
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
-
-import cli  # noqa: E402
-import dim  # noqa: E402
-import dim_run  # noqa: E402
-import gan  # noqa: E402
-import utils  # noqa: E402
+import cli
+import dim
+import dim_run
+import gan
+import utils
 
 # Arguments that may change when a run is resumed.
 RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',

@@ -16,6 +16,7 @@ main.py and main_DM.py read (see either script):
         run.experiment_done(exp, syn)                 # the final set joins the results file
     run.finish()
 """
+import functools
 import json
 import math
 import os
@@ -256,14 +257,15 @@ class CondensationRun(Run):
                    f'lower --ipc{per_class} or use a smaller --model')
         self.method, self.data, self.recipes = method, data, recipes
         self.name = name = f'{method}_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc}ipc'
-        path = lambda f: os.path.join(args.save_path, f)  # noqa: E731
+        path = functools.partial(os.path.join, args.save_path)
         self.results_path, self.summary_path = path(f'res_{name}.pt'), path(f'{name}.json')
         super().__init__(args, resumable, args.save_path, checkpoint=path(f'{name}.ckpt.pt'), log=path(f'{name}.log'),
                          lock=path(f'{name}.lock'), lock_what=path(f'{name}.*'), results=(self.results_path,
                          self.summary_path), stale=(f'res_{name}.', f'{name}.', f'vis_{name}_'), method=method)
         self.eval_its = eval_iterations(args, reference_every)
         epochs = sorted({r.epoch_eval_train for r in recipes.values()})
-        self.log(f'plan: {args.num_exp} experiment(s) x {args.Iteration} iterations on {args.device}{parallel.processes()}; at each of '
+        self.log(f'plan: {args.num_exp} experiment(s) x {args.Iteration} iterations on '
+                 f'{args.device}{parallel.processes()}; at each of '
                  f'{len(self.eval_its)} evaluation point(s), {args.num_eval} network(s) x {len(recipes)} '
                  f'architecture(s) trained {"/".join(map(str, epochs))} epochs')
         self.log(f'{method} {self.name}: {data}; device {args.device}; seed {args.seed}; evaluation at iterations '

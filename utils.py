@@ -131,9 +131,13 @@ def default_device():
     return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
-def resolve_device(device):
-    """--device as a run uses it: the default (cuda when available), checked (cpu, cuda or cuda:N of a device this
-    machine has), and under torchrun this process's own device (parallel.start joins the process group)."""
+def check_device(device):
+    """--device checked: the default (cuda when available), or cpu, cuda or cuda:N of a device this machine has.
+    Under torchrun (WORLD_SIZE > 1) the launcher's variables must be there too: the process group is joined next
+    (parallel.start, which makes 'cuda' this process's own GPU)."""
+    if parallel.world_size() > 1 and ('MASTER_ADDR' not in os.environ or 'RANK' not in os.environ):
+        raise UserError(f'WORLD_SIZE={parallel.world_size()} is set but RANK or MASTER_ADDR is not: start the script '
+                        f'with torchrun (torchrun --standalone --nproc_per_node N script.py ...) or unset WORLD_SIZE')
     device = device or default_device()
     try:
         kind = torch.device(device)
@@ -146,7 +150,7 @@ def resolve_device(device):
     if kind.type == 'cuda' and kind.index is not None and kind.index >= torch.cuda.device_count():
         raise UserError(f'--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), '
                         f'cuda:0 to cuda:{torch.cuda.device_count() - 1}')
-    return parallel.start(device)
+    return device
 
 
 def cpu_state(state):
@@ -193,7 +197,8 @@ def class_means(rows, cls, num_classes):
     cls = cls.to(rows.device)
     sums = torch.zeros(num_classes, rows.shape[1], device=rows.device, dtype=rows.dtype).index_add(0, cls, rows)
     # counted with index_add, not bincount: on CUDA bincount reads its maximum back to the host (a sync)
-    counts = torch.zeros(num_classes, device=rows.device, dtype=rows.dtype).index_add(0, cls, torch.ones_like(cls, dtype=rows.dtype))
+    ones = torch.ones_like(cls, dtype=rows.dtype)
+    counts = torch.zeros(num_classes, device=rows.device, dtype=rows.dtype).index_add(0, cls, ones)
     return sums / counts.clamp_min(1)[:, None]
 
 
@@ -272,7 +277,8 @@ def unreadable(path, error):
     with open(path, 'rb') as f:
         head = f.read(4)
     if not head or head.startswith(b'PK') or head.startswith(b'\x80'):
-        return f'{path} is not a readable checkpoint: it is corrupt (truncated or partly written; {type(error).__name__})'
+        return (f'{path} is not a readable checkpoint: it is corrupt (truncated or partly written; '
+                f'{type(error).__name__})')
     return f'{path} is not a readable checkpoint: it is not a PyTorch file ({type(error).__name__})'
 
 
@@ -355,7 +361,8 @@ def _finite(obj):
 
 def versions():
     import torchvision
-    return {'python': sys.version.split()[0], 'torch': str(torch.__version__), 'torchvision': str(torchvision.__version__),
+    return {'python': sys.version.split()[0], 'torch': str(torch.__version__),
+            'torchvision': str(torchvision.__version__),
             'numpy': np.__version__}
 
 

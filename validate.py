@@ -8,28 +8,24 @@ reference's protocol.
 
     python validate.py --tag test --pretrain-weight results/match/best.pth
 """
-import os
+import env  # first: the environment PyTorch reads when it starts (env.py)
 
-# PyTorch's transparent-huge-page allocator removes most of the page-fault cost of large activations on CPU
-# (docs/benchmarks.md, as main_DM.py). Read when torch allocates, so set before the first import of torch.
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+import torch
 
-import torch  # noqa: E402
-
-import cli  # noqa: E402
-import dim  # noqa: E402
-import dim_run  # noqa: E402
-import footprint  # noqa: E402
-import gan  # noqa: E402
-import parallel  # noqa: E402
-import runner  # noqa: E402
-import utils  # noqa: E402
-from augment import ParamDiffAug  # noqa: E402
-from data import file_label  # noqa: E402
-from dc import recommended_dsa_strategy  # noqa: E402
-from dim import build_model, fixed_set, iterations_per_epoch, train_onthefly  # noqa: E402
-from evaluation import EvalRecipe, evaluate_networks, train_shared  # noqa: E402
-from utils import make_generator, mean_std  # noqa: E402
+import cli
+import dim
+import dim_run
+import footprint
+import gan
+import parallel
+import runner
+import utils
+from augment import ParamDiffAug
+from data import file_label
+from dc import recommended_dsa_strategy
+from dim import build_model, fixed_set, iterations_per_epoch, train_onthefly
+from evaluation import EvalRecipe, evaluate_networks, train_shared
+from utils import make_generator, mean_std
 
 
 def evaluate_onthefly(G, args, data, log):
@@ -104,7 +100,8 @@ def evaluate_fixed(G, args, data, run):
                                nrow=min(args.ipc, 50))
     path = run.path(f'res_{stem}_GAN_{args.ipc}ipc.pt')
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=real.mean, std=real.std,
-                classes=real.class_names, normalised=True, method='DiM', model='GAN', ipc=args.ipc, args=dim_run.config(args),
+                classes=real.class_names, normalised=True, method='DiM', model='GAN', ipc=args.ipc,
+                args=dim_run.config(args),
                 seed=args.seed, versions=utils.versions(), world_size=parallel.world_size(),
                 protocol=dict(mode='fixed', label=label, epoch_eval_train=args.epochs_eval, dsa=True,
                               dsa_strategy=strategy, generator=args.pretrain_weight))

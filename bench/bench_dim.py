@@ -9,7 +9,8 @@ Reports, per device and shape: ms per stage-1 iteration (critic step + generator
 share of the iteration spent in the gradient penalty (its forward, the create_graph gradient and its share of the
 backward, timed on its own as critic_step computes it). --gp_every k times blocks of k iterations (one with the
 penalty) and reports a block's time over k; --mode_seeking adds the mode-seeking term to the generator step. The
-images and labels are random tensors: the cost does not depend on them. Median of --iters timed iterations after --warmup untimed ones.
+images and labels are random tensors: the cost does not depend on them. Median of --iters timed iterations after
+--warmup untimed ones.
 """
 import os
 import sys
@@ -17,15 +18,15 @@ import sys
 os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import statistics
+import time
 
-import torch  # noqa: E402
+import torch
 
-from bench_dm import markdown_writer, sync  # noqa: E402
-from gan import adam, critic_step, generator_step, gradient_penalty, lazy_penalty  # noqa: E402
-from networks import define_gan  # noqa: E402
+from bench_dm import markdown_writer, sync
+from gan import adam, critic_step, generator_step, gradient_penalty, lazy_penalty
+from networks import define_gan
 
 # name -> (channel, image size, GAN width, batch): MNIST at the CPU runs' width 32 and at the reference's 196,
 # CIFAR-10 at the reference's width and stage-1 batch

@@ -15,19 +15,19 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_dm import STRATEGY, fake_cifar, timed  # noqa: E402  (first: it sets the environment torch reads)
+from bench_dm import STRATEGY, fake_cifar, timed
 
-import argparse  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import resource
+import statistics
+import time
 
-import torch  # noqa: E402
+import torch
 
-import main_DM  # noqa: E402
-import parallel  # noqa: E402
-from dm import DMStep  # noqa: E402
-from runner import init_synset  # noqa: E402
+import main_DM
+import parallel
+from dm import DMStep
+from runner import init_synset
 
 SHAPES = {'cifar10': 10, 'cifar100': 100}  # --dataset-shape -> classes (500 random 32x32 images each)
 

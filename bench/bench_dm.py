@@ -19,20 +19,20 @@ import sys
 os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import statistics
+import time
 
-import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-import main as main_dc  # noqa: E402
-import main_DM  # noqa: E402
-from data import Data  # noqa: E402
-from dc import DCStep  # noqa: E402
-from dm import DMStep, dm_step  # noqa: E402
-from evaluation import EvalRecipe, evaluate_pool  # noqa: E402
-from runner import init_synset  # noqa: E402
+import main as main_dc
+import main_DM
+from data import Data
+from dc import DCStep
+from dm import DMStep, dm_step
+from evaluation import EvalRecipe, evaluate_pool
+from runner import init_synset
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
 # DM variants: name -> (extra flags, dm.DMStep options)

@@ -19,15 +19,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-import dim  # noqa: E402
-import cli  # noqa: E402
-import dim_run  # noqa: E402
-import gan  # noqa: E402
-from networks import get_network  # noqa: E402
-from utils import make_generator  # noqa: E402
+import dim
+import cli
+import dim_run
+import gan
+from networks import get_network
+from utils import make_generator
 
 p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
 p.add_argument('--data-dir', default='../shared/data')
@@ -84,7 +84,8 @@ def train_net(sample_fn, steps=300, bs=100, seed=1):
         opt.step()
     net.eval()
     with torch.no_grad():
-        return sum((net(xb).argmax(1) == yb).sum().item() for xb, yb in zip(xt[:2000].split(500), yt[:2000].split(500))) / 2000
+        pairs = zip(xt[:2000].split(500), yt[:2000].split(500))
+        return sum((net(xb).argmax(1) == yb).sum().item() for xb, yb in pairs) / 2000
 
 
 @torch.no_grad()
@@ -110,7 +111,8 @@ print(json.dumps(dict(tag=a.tag, cfg=vars(a), cas_net_s=round(t_cas, 1))), flush
 train_time = 0.0
 for it in range(a.iters):
     t = time.time()
-    G.train(); D.train()
+    G.train()
+    D.train()
     x, y = data.batch(data.train_idx[stream.next()])
     if it % a.n_critic == 0:
         gan.generator_step(G, D, opt_g, y, rng, mode_seeking=a.mode_seeking)
@@ -122,5 +124,6 @@ for it in range(a.iters):
         raw, avg = score(G), score(ema.G)
         G.train()
         print(json.dumps(dict(tag=a.tag, it=it + 1, train_s=round(train_time, 1), eval_s=round(time.time() - t, 1),
-                              raw={k: round(v, 3) for k, v in raw.items()}, ema={k: round(v, 3) for k, v in avg.items()},
+                              raw={k: round(v, 3) for k, v in raw.items()},
+                              ema={k: round(v, 3) for k, v in avg.items()},
                               parts={k: round(float(v), 3) for k, v in parts.items()})), flush=True)

@@ -21,26 +21,26 @@ import sys
 os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
+import argparse
+import json
+import statistics
+import time
+import traceback
 
-import torch  # noqa: E402
+import torch
 
-import augment  # noqa: E402
-import main as main_dc  # noqa: E402
-import main_DM  # noqa: E402
-from bench_dm import fake_cifar, markdown_writer, sync  # noqa: E402
-from dc import DCStep  # noqa: E402
-from gan import GANStep, GeneratorEMA, adam  # noqa: E402
-from dm import DMStep  # noqa: E402
-from evaluation import EvalRecipe, evaluate_networks  # noqa: E402
-from graphs import audited  # noqa: E402
-from networks import define_gan, get_network  # noqa: E402
-from runner import init_synset  # noqa: E402
-from utils import make_generator  # noqa: E402
+import augment
+import main as main_dc
+import main_DM
+from bench_dm import fake_cifar, markdown_writer, sync
+from dc import DCStep
+from gan import GANStep, GeneratorEMA, adam
+from dm import DMStep
+from evaluation import EvalRecipe, evaluate_networks
+from graphs import audited
+from networks import define_gan, get_network
+from runner import init_synset
+from utils import make_generator
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
 # Targets of the GPU issue, for one H200 (None: no target)
@@ -185,7 +185,8 @@ def check_equivalence(c, device, smoke):
         ipc, batch_real = (2, 4) if smoke else (10, 32)
         eager, _ = run_dm(data, dm_args(device, ipc, 'off', amp, batch_real=batch_real), n)
         graph, _ = run_dm(data, dm_args(device, ipc, 'on', amp, batch_real=batch_real), n)
-        c.agree(f'DM step, ipc {ipc}, {amp}: set after {n} iterations', graph, eager, rtol * (10 if amp != 'off' else 1),
+        c.agree(f'DM step, ipc {ipc}, {amp}: set after {n} iterations', graph, eager,
+                rtol * (10 if amp != 'off' else 1),
                 atol * (10 if amp != 'off' else 1))
     for method in ('DC', 'DSA'):
         ol, calls, batch_real = (1, 1, 2) if smoke else (3, 3, 64)

@@ -99,7 +99,8 @@ def measure(a, torch):
         rows['DM step (replayed)'] = ops_and_us(lambda: step(0, (0, next(it))))
     else:
         args.resident = False
-        rows['DM step (replayed)'] = ops_and_us(lambda: dm.dm_step(args, data, image_syn, syn_cls, opt, 0, (0, next(it))))
+        rows['DM step (replayed)'] = ops_and_us(
+            lambda: dm.dm_step(args, data, image_syn, syn_cls, opt, 0, (0, next(it))))
 
     # evaluation epoch: 10 images, batch 256, DSA; one network, and four trained together
     images, ys = init_synset(data, 1, 'noise', g)

@@ -112,3 +112,52 @@ def interrupt_at(make_step, at):
             return step(seed, keys)
         return interrupted
     return make
+
+
+# ---------------------------------------------------------------------------------------------- command lines
+
+W = 8  # GAN width in tests
+CL_FAST = ['--model', 'ConvNetW32', '--ipc', '2', '--steps', '5', '--num_eval', '1', '--epoch_eval_train', '1',
+           '--device', 'cpu', '--no_progress', '--batch_real', '4', '--feature_epochs', '1', '--Iteration', '2',
+           '--gan_iters', '2', '--gan_batch', '8', '--gan_width', '8']
+FOLDER_CLASSES = ['cat', 'apple', 'bird']  # written in this order; the folder's classes are sorted by name
+FOLDER_SIZES = [(30, 30), (37, 33), (41, 45), (29, 35)]  # odd sizes, all resized by --im_size
+
+
+def dm_args(**kw):
+    """main_DM.py's validated arguments for a toy MNIST run, with `kw` changed."""
+    import main_DM
+    from cli import Config
+    return Config(main_DM.parse_args(['--dataset', 'MNIST', '--model', 'ConvNetW32', '--ipc', '2', '--device', 'cpu',
+                                      '--batch_real', '8']), **kw)
+
+
+def cl_args(tmp, *extra):
+    """CL_DM.py's validated arguments for a toy run on the prepared MNIST in tmp."""
+    import CL_DM
+    return CL_DM.parse_args(['--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'out'), *CL_FAST,
+                             *extra])
+
+
+def dim_flags(tmp, stage, *extra):
+    """A CPU-sized command line of DiM stage 1, 2 or 3 on the prepared toy MNIST in tmp."""
+    common = ['--data', 'mnist', '--data-dir', str(tmp), '--output-dir', f'{tmp}/results/', '--logs-dir',
+              f'{tmp}/logs/', '--device', 'cpu', '--no_progress', '--gan_width', str(W), '--batch-size', '8',
+              '--epochs-eval', '1', '--ipc', '1']
+    if stage in (1, 2):
+        common += ['--iters-per-epoch', '2', '--eval-interval', '1', '--val_split', '2', '--print-freq', '1']
+    return common + list(extra)
+
+
+def write_folder(root, channel=3, n_train=4, n_test=2, sizes=FOLDER_SIZES, test='test'):
+    """root/train/<class>/*.png and root/<test>/<class>/*.png with a toy structure visible at any size."""
+    from PIL import Image
+    for split, n, seed in (('train', n_train, 0), (test, n_test, 1)):
+        x, y = toy_images(n, len(FOLDER_CLASSES), channel, 48, seed)
+        for i, (img, c) in enumerate(zip(x, y.tolist())):
+            d = root / split / FOLDER_CLASSES[c]
+            d.mkdir(parents=True, exist_ok=True)
+            a = img.permute(1, 2, 0).numpy()
+            im = Image.fromarray(a[:, :, 0] if channel == 1 else a).resize(sizes[i % len(sizes)], Image.BILINEAR)
+            im.save(d / f'{i:03d}.png')
+    return root

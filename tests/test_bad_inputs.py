@@ -58,7 +58,8 @@ def _cl(tmp, *extra):
 @pytest.mark.parametrize('script, argv', [
     (main_DM.main, ['--lr_img', 'nan']), (main_DM.main, ['--lr_img', 'inf']), (main.main, ['--lr_net', 'nan']),
     (CL_DM.main, ['--method', 'DM', '--lr_img', 'nan']), (gen_condense.main, ['--lr', 'nan']),
-    (pool_match.main, ['--weight', 'w.pth', '--lr', 'inf']), (validate.main, ['--pretrain-weight', 'w', '--beta', 'nan']),
+    (pool_match.main, ['--weight', 'w.pth', '--lr', 'inf']),
+    (validate.main, ['--pretrain-weight', 'w', '--beta', 'nan']),
 ])
 def test_non_finite_flags_are_refused(script, argv, capsys):
     assert 'must be a finite number' in _error(script, argv + ['--device', 'cpu'], capsys)
@@ -68,8 +69,8 @@ def test_a_diverging_cl_memory_is_not_cached(prepared_mnist):
     from utils import UserError
     with pytest.raises(UserError, match='the memory diverged; lower --lr_img'):
         CL_DM.main(_cl(prepared_mnist, '--method', 'DM', '--Iteration', '3', '--lr_img', '1e30'))
-    assert not list((prepared_mnist / 'out' / 'cl_data').glob('*.pt')) if (prepared_mnist / 'out' / 'cl_data').exists() \
-        else True
+    assert not list((prepared_mnist / 'out' / 'cl_data').glob('*.pt')) \
+        if (prepared_mnist / 'out' / 'cl_data').exists() else True
 
 
 # ---------------------------------------------------------------------------------------------- 2. plain torch.load

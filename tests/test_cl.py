@@ -11,11 +11,9 @@ import CL_DM
 import cl
 import cl_report
 import utils
-from conftest import ROOT, interrupt_at, over_seeds, toy_data, write_prepared
+from conftest import CL_FAST, ROOT, cl_args, interrupt_at, over_seeds, toy_data, write_prepared
 
-FAST = ['--model', 'ConvNetW32', '--ipc', '2', '--steps', '5', '--num_eval', '1', '--epoch_eval_train', '1',
-        '--device', 'cpu', '--no_progress', '--batch_real', '4', '--feature_epochs', '1', '--Iteration', '2',
-        '--gan_iters', '2', '--gan_batch', '8', '--gan_width', '8']
+FAST = CL_FAST
 DIM_OWN = ['--gan_mode_seeking', '0', '--gan_gp_every', '1']  # DiM's generator loss and penalty schedule
 
 
@@ -24,9 +22,7 @@ def _data(n=6, classes=10):
     return toy_data(n, classes, n_test=3)
 
 
-def _args(tmp, *extra):
-    return CL_DM.parse_args(['--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'out'), *FAST,
-                             *extra])
+_args = cl_args
 
 
 def _quiet(*a, **k):
@@ -219,9 +215,11 @@ def test_a_cache_built_with_other_settings_is_refused(tmp_path):
 def test_options_added_later_keep_older_caches_valid_at_their_old_values():
     """--gan_gp_every and --gan_mode_seeking came after DiM caches existed: at the values those caches were built
     with (1, 0) they are left out of the fingerprint, so a cache stays valid; any other value is recorded."""
-    old = cl.builder_fingerprint(CL_DM.parse_args(['--method', 'DiM', '--gan_gp_every', '1', '--gan_mode_seeking', '0']))
+    old = cl.builder_fingerprint(CL_DM.parse_args(['--method', 'DiM', '--gan_gp_every', '1',
+                                                   '--gan_mode_seeking', '0']))
     assert 'gan_gp_every' not in old and 'gan_mode_seeking' not in old and old['gan_ema'] == 0.999
-    new = cl.builder_fingerprint(CL_DM.parse_args(['--method', 'DiM', '--gan_gp_every', '4', '--gan_mode_seeking', '1']))
+    new = cl.builder_fingerprint(CL_DM.parse_args(['--method', 'DiM', '--gan_gp_every', '4',
+                                                   '--gan_mode_seeking', '1']))
     assert new == dict(old, gan_gp_every=4, gan_mode_seeking=1.0)
 
 

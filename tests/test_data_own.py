@@ -12,25 +12,11 @@ from PIL import Image
 import data as data_mod
 import main
 import main_DM
-from conftest import ROOT, toy_images
+from conftest import FOLDER_CLASSES, ROOT, toy_images, write_folder
 from data import channel_stats, dataset_info, get_dataset
 from utils import UserError
 
-CLASSES = ['cat', 'apple', 'bird']  # written in this order; the folder's classes are sorted by name
-SIZES = [(30, 30), (37, 33), (41, 45), (29, 35)]  # odd sizes, all resized by --im_size
-
-
-def write_folder(root, channel=3, n_train=4, n_test=2, sizes=SIZES, test='test'):
-    """root/train/<class>/*.png and root/<test>/<class>/*.png with a toy structure visible at any size."""
-    for split, n, seed in (('train', n_train, 0), (test, n_test, 1)):
-        x, y = toy_images(n, len(CLASSES), channel, 48, seed)
-        for i, (img, c) in enumerate(zip(x, y.tolist())):
-            d = root / split / CLASSES[c]
-            d.mkdir(parents=True, exist_ok=True)
-            a = img.permute(1, 2, 0).numpy()
-            im = Image.fromarray(a[:, :, 0] if channel == 1 else a).resize(sizes[i % len(sizes)], Image.BILINEAR)
-            im.save(d / f'{i:03d}.png')
-    return root
+CLASSES = FOLDER_CLASSES
 
 
 def write_file(path, num_classes=5, channel=2, size=16, stats=None):

@@ -21,9 +21,8 @@ import pool_match
 import utils
 from data import get_dataset
 import validate
-from conftest import ROOT, over_seeds, toy_data, toy_images
+from conftest import ROOT, W, dim_flags, over_seeds, toy_data, toy_images
 
-W = 8  # GAN width in tests
 
 
 @pytest.fixture(autouse=True)
@@ -53,14 +52,7 @@ def _toy_data(n=12, classes=10):
     return toy_data(n, classes, n_test=4)
 
 
-def _flags(tmp, stage, *extra):
-    """A CPU-sized command line of stage 1, 2 or 3 on the prepared toy MNIST in tmp."""
-    common = ['--data', 'mnist', '--data-dir', str(tmp), '--output-dir', f'{tmp}/results/', '--logs-dir',
-              f'{tmp}/logs/', '--device', 'cpu', '--no_progress', '--gan_width', str(W), '--batch-size', '8',
-              '--epochs-eval', '1', '--ipc', '1']
-    if stage in (1, 2):
-        common += ['--iters-per-epoch', '2', '--eval-interval', '1', '--val_split', '2', '--print-freq', '1']
-    return common + list(extra)
+_flags = dim_flags
 
 
 # ------------------------------------------------------------------------------------------------ the GAN

@@ -12,7 +12,7 @@ from augment import ParamDiffAug
 from networks import get_network
 from runner import init_synset
 from augment import sample_dsa_params, select_params
-from conftest import ROOT, condense_toy, interrupt_at, toy_data
+from conftest import ROOT, condense_toy, dm_args, interrupt_at, toy_data
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
 
@@ -29,11 +29,7 @@ def _fixed_loss(data, image_syn, syn_cls, model='ConvNetW32', nets=4):
     return total / nets
 
 
-def _args(**kw):
-    args = main_DM.parse_args(['--dataset', 'MNIST', '--model', 'ConvNetW32', '--ipc', '2', '--device', 'cpu',
-                               '--batch_real', '8'])
-    vars(args).update(kw)
-    return args
+_args = dm_args
 
 
 def test_dm_loss_decreases_on_a_toy_problem():

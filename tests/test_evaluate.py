@@ -11,7 +11,7 @@ from PIL import Image
 import evaluate
 from cli import Config
 import main_DM
-from conftest import toy_images, write_prepared
+from conftest import toy_images
 from data import get_dataset
 from utils import UserError, make_generator, run_cli
 

@@ -111,8 +111,8 @@ def _write_generator(folder, dataset='MNIST', num_classes=10, size=28, channel=1
 def _cli(tmp, *extra):
     return ['--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'out'), '--device', 'cpu',
             '--no_progress', '--ipc', '2', '--Iteration', '4', '--invert_iters', '3', '--batch_real', '4',
-            '--num_eval', '1', '--epoch_eval_train', '2', '--model', 'ConvNetW32', '--eval_model', 'ConvNetW32', '--curve_at', '1',
-            '--checkpoint_every', '2'] + list(extra)
+            '--num_eval', '1', '--epoch_eval_train', '2', '--model', 'ConvNetW32', '--eval_model', 'ConvNetW32',
+            '--curve_at', '1', '--checkpoint_every', '2'] + list(extra)
 
 
 def test_a_run_stores_latents_that_regenerate_the_evaluated_images(prepared_mnist, monkeypatch):

@@ -74,7 +74,9 @@ def test_convnet_parameter_counts():
 
 
 def test_dim_parameter_counts():
-    millions = lambda name, **kw: round(n_params(define_model(name, 3, K, 32, device='meta', **kw)) / 1e6, 2)
+    def millions(name, **kw):
+        return round(n_params(define_model(name, 3, K, 32, device='meta', **kw)) / 1e6, 2)
+
     for ap in ('', '_ap'):  # the _ap nets have the same counts (pooling replaces strides)
         assert millions('resnet10' + ap, stem='cifar') == 1.23
         assert millions('resnet18' + ap, stem='cifar') == 2.80

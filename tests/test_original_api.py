@@ -2,7 +2,6 @@
 contract, and a script in the original's style running on a fixture."""
 import inspect
 import math
-import os
 import re
 import runpy
 import subprocess

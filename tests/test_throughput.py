@@ -9,11 +9,10 @@ import augment
 import dm
 import main_DM
 from augment import ParamDiffAug, apply_dsa, sample_dsa_params
-from conftest import condense_toy, toy_data
+from conftest import cl_args, condense_toy, dim_flags, dm_args, toy_data
 from data import TensorLoader
 from evaluation import EvalRecipe, evaluate_synset, train_together
 from networks import get_network
-from test_dm import _args
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
 DC_PARAM = dict(crop=4, scale=0.2, rotate=45, noise=0.001, strategy='crop_scale_rotate')
@@ -108,7 +107,7 @@ def test_real_indices_drawn_in_one_call_are_a_uniform_sample_of_each_class():
 
 def test_device_resident_step_same_seed_same_set_and_it_learns():
     data = toy_data()
-    args = _args(lr_img=5.0, resident=True)
+    args = dm_args(lr_img=5.0, resident=True)
     first = condense_toy(dm.dm_step, args, data, 4)
     second = condense_toy(dm.dm_step, args, data, 4)
     assert torch.equal(first[1], second[1]) and not torch.equal(first[0], first[1])
@@ -116,8 +115,8 @@ def test_device_resident_step_same_seed_same_set_and_it_learns():
 
 def test_bf16_runs_and_stays_close_to_float32():
     data = toy_data()
-    fp32 = condense_toy(dm.dm_step, _args(lr_img=5.0), data, 3)[1]
-    bf16 = condense_toy(dm.dm_step, _args(lr_img=5.0, amp='bf16'), data, 3)[1]
+    fp32 = condense_toy(dm.dm_step, dm_args(lr_img=5.0), data, 3)[1]
+    bf16 = condense_toy(dm.dm_step, dm_args(lr_img=5.0, amp='bf16'), data, 3)[1]
     assert torch.isfinite(bf16).all() and not torch.equal(fp32, bf16)
     assert (bf16 - fp32).abs().mean() < 0.1 * fp32.abs().mean()
     x, y = _toy_set()
@@ -140,14 +139,12 @@ def test_cl_and_dim_fixed_set_evaluations_train_together_where_a_gpu_would(tmp_p
     train together (a GPU; forced here on the CPU) they do, with the accuracies of one-by-one training."""
     import cl
     import evaluation
-    from test_cl import _args
-    from test_dim import _flags
     import gen_condense
     import validate
     from conftest import write_prepared
 
     write_prepared(str(tmp_path), 'MNIST', n_train=10, n_test=3, channel=1, size=28)
-    args = _args(tmp_path, '--num_eval', '3', '--epoch_eval_train', '2')
+    args = cl_args(tmp_path, '--num_eval', '3', '--epoch_eval_train', '2')
     data = toy_data(6, 10, n_test=3)
     images, labels = data.images(torch.arange(0, 60, 3)), data.labels_train[0:60:3]
     groups = []
@@ -157,8 +154,8 @@ def test_cl_and_dim_fixed_set_evaluations_train_together_where_a_gpu_would(tmp_p
     def cl_accs():
         return cl.evaluate_step(args, data, images, labels, list(range(10)), 0, 0, None, lambda *a, **k: None)[0]
 
-    gen_condense.main(_flags(tmp_path, 1, '--tag', 'gan', '--epochs', '1', '--iters-per-epoch', '1'))
-    stage3 = _flags(tmp_path, 3, '--pretrain-weight', str(tmp_path / 'results/gan/best.pth'), '--dim_eval', 'fixed',
+    gen_condense.main(dim_flags(tmp_path, 1, '--tag', 'gan', '--epochs', '1', '--iters-per-epoch', '1'))
+    stage3 = dim_flags(tmp_path, 3, '--pretrain-weight', str(tmp_path / 'results/gan/best.pth'), '--dim_eval', 'fixed',
                     '--num_eval', '3', '--epochs-eval', '2', '--batch_train', '8')
 
     def dim_accs(tag):

@@ -22,8 +22,7 @@ import main_ITGAN
 import pool_match
 import utils
 import validate
-from conftest import ROOT
-from test_data_own import write_folder
+from conftest import ROOT, write_folder
 
 W = '8'  # GAN width: a whole DiM pipeline in seconds
 

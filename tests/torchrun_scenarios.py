@@ -13,10 +13,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import CL_DM  # noqa: E402
-import main as main_dc  # noqa: E402
-import main_DM  # noqa: E402
-from utils import run_cli  # noqa: E402
+import CL_DM
+import main as main_dc
+import main_DM
+from utils import run_cli
 
 SCRIPTS = {'main_DM.py': main_DM.main, 'main.py': main_dc.main, 'CL_DM.py': CL_DM.main}
 
