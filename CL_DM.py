@@ -11,9 +11,8 @@ trained on all memories so far (evaluate_synset, DSA) and tested on the test ima
 """
 import env  # first: the environment PyTorch reads when it starts (env.py)
 
-import os
-
 import argparse
+import os
 import time
 
 from tqdm import tqdm
@@ -24,9 +23,11 @@ import parallel
 from cli import Config, add_flags, check_args, check_network
 from data import dataset_info, get_dataset
 from dc import get_loops
+from evaluation import EvalRecipe, evaluate_networks
 from networks import get_network
 from runner import Run
-from utils import ArgumentParser, UserError, check_positive, mean_std, remove_stale_temps, run_cli
+from utils import ArgumentParser, UserError, check_positive, cpu_state, derive_seed, make_generator, mean_std, \
+    remove_stale_temps, run_cli
 
 # Arguments that may differ between a run and its resumption.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
@@ -156,6 +157,78 @@ def validate(args):
 
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# A step's evaluation: networks trained on the memories so far, tested on the seen classes
+
+def fresh_replay(args, data, memories, order, step, seed, images):
+    """--dim_replay fresh: (buffer, on_epoch) for evaluate_step. The networks start on the stored memory `images`;
+    after every epoch the buffer is refilled with a new draw of the same size (--ipc per seen class, the same
+    labels) from the generator of this step, and after the last epoch with the stored memory again, so that each
+    network starts alike. In-place refills work because the evaluation loop indexes its image tensor afresh every
+    epoch; the buffer lives on the evaluation device so that the loop uses it without a copy."""
+    if len(memories.samplers) <= step:
+        raise UserError(f'{memories.path} holds no generator per step (written before they were stored); delete it '
+                        f'or pass --dim_replay stored')
+    G = cl.memory_gan(args, data, derive_seed(seed, 'cl', 'DiM'))[0]
+    G.load_state_dict(memories.samplers[step])
+    buffer = images.to(args.device).clone()
+    n_seen = len(images) // args.ipc  # the memory holds --ipc images of every class seen
+
+    def on_epoch(i, ep, net):
+        if ep == args.epoch_eval_train:
+            buffer.copy_(images)
+            return
+        drawn, _ = cl.sample_memory(G, data, order, n_seen, args.ipc, make_generator(seed, 'cl_replay', step, i, ep))
+        buffer.copy_(drawn)
+    return buffer, on_epoch
+
+
+def evaluate_step(args, data, images, labels, seen, seed, step, nets, log, on_epoch=None):
+    """num_eval networks (K-way heads) trained on the memory and tested on the seen classes' test images. nets: the
+    previous step's networks, continued in finetune mode. on_epoch(i, ep, net) after every epoch of network i.
+    Returns (accuracies, networks); under torchrun each process trains its share of the networks and holds None
+    for the others' ones."""
+    loader = cl.test_loader(data, seen)
+
+    def build(i):
+        if args.train_mode == 'finetune' and nets:
+            net = nets[i]
+        else:
+            net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device,
+                              generator=make_generator(seed, 'cl_eval_net', step, i))
+        return net, make_generator(seed, 'cl_eval', step, i)
+
+    def report(i, result):
+        acc_train, acc, took = result
+        log(f'  net #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% on {len(loader.images)} test '
+            f'images ({took})')
+
+    results, trained = evaluate_networks(args.num_eval, build, images, labels, loader, EvalRecipe.from_args(args),
+                                         report, on_epoch)
+    return [acc for _, acc, _ in results], [trained.get(i) for i in range(args.num_eval)]
+
+
+def net_states(nets):
+    """Every network's weights (CPU), gathered from the processes that trained them."""
+    states = {i: cpu_state(n.state_dict()) for i, n in enumerate(nets) if n is not None}
+    for part in parallel.gather(states):
+        states.update(part)
+    return [states[i] for i in range(len(nets))]
+
+
+def restore_nets(args, data, state, seed):
+    """The previous step's networks of this seed from the checkpoint (finetune mode after an interruption)."""
+    if state.get('nets_seed') != seed or not state.get('nets'):
+        raise UserError('cannot resume a finetune run: the checkpoint lacks the networks of the last finished step; '
+                        'delete it to start afresh')
+    nets = []
+    for sd in state['nets']:
+        net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device)
+        net.load_state_dict(sd)
+        nets.append(net)
+    return nets
+
+
 def main(argv=None):
     args = parse_args(argv)
     data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
@@ -199,14 +272,14 @@ def main(argv=None):
             images, labels = memories.training_set(step)
             t_mem = time.time() - t0
             if args.train_mode == 'finetune' and step > 0 and nets is None:
-                nets = cl.restore_nets(args, data, state, seed)
+                nets = restore_nets(args, data, state, seed)
             hook, drawn = None, ''
             if args.method == 'DiM' and args.dim_replay == 'fresh':
-                images, hook = cl.fresh_replay(args, data, memories, order, step, seed, images)
+                images, hook = fresh_replay(args, data, memories, order, step, seed, images)
                 drawn = ', drawn afresh from the generator after every epoch'
             log(f'seed {seed} step {step}: {len(seen)} classes seen, training on {len(images)} memory images{drawn}')
             t0 = time.time()
-            accs, nets = cl.evaluate_step(args, data, images, labels, seen, seed, step, nets, log, hook)
+            accs, nets = evaluate_step(args, data, images, labels, seen, seed, step, nets, log, hook)
             m, s = mean_std(accs)
             log(f'seed {seed} step {step}: test acc {m:.2f} ± {s:.2f} over {len(accs)} networks ({len(seen)} classes)')
             done.append(accs)
@@ -214,7 +287,7 @@ def main(argv=None):
             state['times'].setdefault(str(seed), []).append(dict(memory_s=t_mem, evaluation_s=time.time() - t0))
             state['sources'][str(seed)] = memories.source
             if args.train_mode == 'finetune':
-                state['nets'], state['nets_seed'] = cl.net_states(nets), seed
+                state['nets'], state['nets_seed'] = net_states(nets), seed
             run.save(state)
             cl_report.write_outputs(args, state, data, paths, run.fingerprint)
             bar.update(1)

@@ -30,12 +30,12 @@ import parallel
 from data import TensorLoader, file_label
 from dc import DCStep
 from dm import DMStep
-from evaluation import EvalRecipe, evaluate_networks, evaluate_synset
+from evaluation import EvalRecipe, evaluate_synset
 from footprint import check_fits, condensation_bytes, set_bytes
 from graphs import graphs_enabled
 from networks import get_network
 from runner import SyntheticSet
-from utils import UserError, atomic_save, check_losses, cpu_state, derive_seed, make_generator, non_finite, \
+from utils import UserError, atomic_save, check_losses, derive_seed, make_generator, non_finite, \
     refuse_non_finite
 
 METHODS = ('random', 'herding', 'kcenter', 'DSA', 'DM', 'DiM')
@@ -476,65 +476,6 @@ class Memories:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Evaluation: networks trained on the memories so far, tested on the seen classes
-
-def fresh_replay(args, data, memories, order, step, seed, images):
-    """--dim_replay fresh: (buffer, on_epoch) for evaluate_step. The networks start on the stored memory `images`;
-    after every epoch the buffer is refilled with a new draw of the same size (--ipc per seen class, the same
-    labels) from the generator of this step, and after the last epoch with the stored memory again, so that each
-    network starts alike. In-place refills work because the evaluation loop indexes its image tensor afresh every
-    epoch; the buffer lives on the evaluation device so that the loop uses it without a copy."""
-    if len(memories.samplers) <= step:
-        raise UserError(f'{memories.path} holds no generator per step (written before they were stored); delete it '
-                        f'or pass --dim_replay stored')
-    G = memory_gan(args, data, derive_seed(seed, 'cl', 'DiM'))[0]
-    G.load_state_dict(memories.samplers[step])
-    buffer = images.to(args.device).clone()
-    n_seen = len(images) // args.ipc  # the memory holds --ipc images of every class seen
-
-    def on_epoch(i, ep, net):
-        if ep == args.epoch_eval_train:
-            buffer.copy_(images)
-            return
-        drawn, _ = sample_memory(G, data, order, n_seen, args.ipc, make_generator(seed, 'cl_replay', step, i, ep))
-        buffer.copy_(drawn)
-    return buffer, on_epoch
-
-
-def evaluate_step(args, data, images, labels, seen, seed, step, nets, log, on_epoch=None):
-    """num_eval networks (K-way heads) trained on the memory and tested on the seen classes' test images. nets: the
-    previous step's networks, continued in finetune mode. on_epoch(i, ep, net) after every epoch of network i.
-    Returns (accuracies, networks); under torchrun each process trains its share of the networks and holds None
-    for the others' ones."""
-    loader = test_loader(data, seen)
-
-    def build(i):
-        if args.train_mode == 'finetune' and nets:
-            net = nets[i]
-        else:
-            net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device,
-                              generator=make_generator(seed, 'cl_eval_net', step, i))
-        return net, make_generator(seed, 'cl_eval', step, i)
-
-    def report(i, result):
-        acc_train, acc, took = result
-        log(f'  net #{i}: train acc {100 * acc_train:.2f}%, test acc {100 * acc:.2f}% on {len(loader.images)} test '
-            f'images ({took})')
-
-    results, trained = evaluate_networks(args.num_eval, build, images, labels, loader, EvalRecipe.from_args(args),
-                                         report, on_epoch)
-    return [acc for _, acc, _ in results], [trained.get(i) for i in range(args.num_eval)]
-
-
-def net_states(nets):
-    """Every network's weights (CPU), gathered from the processes that trained them."""
-    states = {i: cpu_state(n.state_dict()) for i, n in enumerate(nets) if n is not None}
-    for part in parallel.gather(states):
-        states.update(part)
-    return [states[i] for i in range(len(nets))]
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The run's files and its memory budget
 
 def run_name(args):
@@ -553,16 +494,3 @@ def check_budget(args, data):
         args, class_view(data, range(data.num_classes // args.steps)), args.method) if args.method in ('DSA', 'DM')
         else 0)
     check_fits(need, args.device, f'CL {args.method} with --ipc {args.ipc}', 'lower --ipc')
-
-
-def restore_nets(args, data, state, seed):
-    """The previous step's networks of this seed from the checkpoint (finetune mode after an interruption)."""
-    if state.get('nets_seed') != seed or not state.get('nets'):
-        raise UserError('cannot resume a finetune run: the checkpoint lacks the networks of the last finished step; '
-                        'delete it to start afresh')
-    nets = []
-    for sd in state['nets']:
-        net = get_network(args.model, data.channel, data.num_classes, data.im_size, device=args.device)
-        net.load_state_dict(sd)
-        nets.append(net)
-    return nets

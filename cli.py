@@ -26,7 +26,7 @@ FLAGS = {
     'dataset': dict(default='CIFAR10', aliases=('--data',),
                     help='MNIST, FashionMNIST, SVHN, CIFAR10, CIFAR100, TinyImageNet; your own data: folder:PATH '
                          '(PATH/train/<class>/*.png and PATH/test/<class>/) or file:PATH.pt (a prepared tensor file; '
-                         'README.md, "Your own data")'),
+                         'docs/reference.md, "Your own data")'),
     'im_size': dict(type=int, default=None,
                     help="folder: datasets: resize every image to this square size (28, 32, 64 suit every network; "
                          "default: the images' own size, which must then be one size)"),
@@ -73,11 +73,11 @@ FLAGS = {
                             'memory; default: 256 on CPU, where it is also faster, all at once on CUDA)'),
     'amp': dict(choices=['off', 'bf16'], default='off',
                 help="'bf16': the matching network's forward passes (DM) and the evaluation training in bfloat16 "
-                     "autocast; faster on recent GPUs, float32 otherwise (README, GPU speed)"),
+                     "autocast; faster on recent GPUs, float32 otherwise (docs/reference.md, GPU speed)"),
     'cuda_graphs': dict(choices=['on', 'off'], default='on',
                         help="on CUDA, replay every hot step (the DM step, the DC/DSA passes, the evaluation epochs, "
                              "the GAN iterations) as one CUDA graph; 'off' runs them eagerly (the same computation, "
-                             "float rounding aside; README, GPU speed)"),
+                             "float rounding aside; docs/reference.md, GPU speed)"),
     'compile': dict(choices=['on', 'off'], default='off',
                     help="DM: 'on' compiles the matching network's forward with torch.compile (inductor), which fuses "
                          "each block's normalisation, activation and pooling; the first iterations wait for the "
@@ -259,7 +259,7 @@ def dim_parser(stage, description):
     ref = p.add_argument_group('DiM flags (the reference names and defaults)')
     ref.add_argument('--data', '--dataset', dest='data', default='cifar10',
                      help="cifar10, svhn, mnist, fashion (DiM's names), any project dataset name, or folder:PATH / "
-                          "file:PATH.pt for your own data (README.md, 'Your own data')")
+                          "file:PATH.pt for your own data (docs/reference.md, 'Your own data')")
     ref.add_argument('--num-classes', type=int, default=None, help="class count (default: the dataset's)")
     ref.add_argument('--data-dir', '--data_path', dest='data_dir', default='data', help='dataset folder')
     ref.add_argument('--output-dir', '--save_path', dest='output_dir', default='./results/',

@@ -283,7 +283,7 @@ def _check_prepared(raw, path, channel=None, im_size=None, num_classes=None):
     which must then be consistent: both splits one shape, at least 2 classes, each with training images."""
     keys = ('classes', 'images_train', 'labels_train', 'images_val', 'labels_val')
     if not isinstance(raw, dict) or any(k not in raw for k in keys):
-        raise UserError(f'{path} lacks the keys {", ".join(keys)}; see the data layout in README.md')
+        raise UserError(f'{path} lacks the keys {", ".join(keys)}; see the data layout in docs/reference.md')
     if not all(isinstance(raw[k], torch.Tensor) for k in keys[1:]):
         raise UserError(f'{path}: {", ".join(keys[1:])} must be tensors')
     x = raw['images_train']
@@ -480,7 +480,7 @@ def _load_user(name, im_size, mmap=False):
 
 
 def _load_file(path, im_size, mmap):
-    raw = _read_tensor_file(path, 'see the data layout in README.md', mmap)
+    raw = _read_tensor_file(path, 'see the data layout in docs/reference.md', mmap)
     _check_prepared(raw, path)
     _check_im_size(os.path.basename(path), raw['images_train'].shape[2:], im_size)
     return raw

@@ -15,8 +15,8 @@ images and labels are random tensors: the cost does not depend on them. Median o
 import os
 import sys
 
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import env  # the environment PyTorch reads when it starts (env.py), before torch
 
 import argparse
 import statistics

@@ -16,8 +16,8 @@ them.
 import os
 import sys
 
-os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import env  # the environment PyTorch reads when it starts (env.py), before torch
 
 import argparse
 import statistics

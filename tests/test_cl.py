@@ -154,14 +154,14 @@ def test_end_to_end_outputs(tmp_path):
 def test_resume_skips_finished_steps_and_gives_the_same_results(tmp_path, monkeypatch, mode):
     write_prepared(str(tmp_path), 'MNIST', n_train=6, n_test=3, channel=1, size=28)
     full = _run(tmp_path, '--save_path', str(tmp_path / 'full'), '--method', 'herding', '--train_mode', mode)
-    real, calls = cl.evaluate_step, []
+    real, calls = CL_DM.evaluate_step, []
 
     def interrupted(args, data, images, labels, seen, seed, step, nets, log, on_epoch=None):
         calls.append((seed, step))
         if (seed, step) == (1, 2) and not args.resume:
             raise KeyboardInterrupt
         return real(args, data, images, labels, seen, seed, step, nets, log, on_epoch)
-    monkeypatch.setattr(cl, 'evaluate_step', interrupted)
+    monkeypatch.setattr(CL_DM, 'evaluate_step', interrupted)
     part = tmp_path / 'part'
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, '--save_path', str(part), '--method', 'herding', '--train_mode', mode)

@@ -137,7 +137,7 @@ def test_amp_flag_reaches_the_step_and_the_evaluation(prepared_mnist):
 def test_cl_and_dim_fixed_set_evaluations_train_together_where_a_gpu_would(tmp_path, monkeypatch):
     """CL's step evaluation and DiM's fixed-set evaluation go through evaluation.evaluate_networks: where networks
     train together (a GPU; forced here on the CPU) they do, with the accuracies of one-by-one training."""
-    import cl
+    import CL_DM
     import evaluation
     import gen_condense
     import validate
@@ -152,7 +152,7 @@ def test_cl_and_dim_fixed_set_evaluations_train_together_where_a_gpu_would(tmp_p
     monkeypatch.setattr(evaluation, 'train_together', lambda nets, *a: groups.append(len(nets)) or real(nets, *a))
 
     def cl_accs():
-        return cl.evaluate_step(args, data, images, labels, list(range(10)), 0, 0, None, lambda *a, **k: None)[0]
+        return CL_DM.evaluate_step(args, data, images, labels, list(range(10)), 0, 0, None, lambda *a, **k: None)[0]
 
     gen_condense.main(dim_flags(tmp_path, 1, '--tag', 'gan', '--epochs', '1', '--iters-per-epoch', '1'))
     stage3 = dim_flags(tmp_path, 3, '--pretrain-weight', str(tmp_path / 'results/gan/best.pth'), '--dim_eval', 'fixed',
