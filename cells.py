@@ -11,7 +11,8 @@ Every published number names its source; a tier without a measured reference say
 from collections import namedtuple
 
 TIERS = {
-    'smoke': 'toy size, seconds each on a CPU: every command runs end to end (the test suite runs this tier on fixtures)',
+    'smoke': 'toy size, seconds each on a CPU: every command runs end to end (the test suite runs this tier on '
+             'fixtures)',
     'cpu': "minutes per MNIST cell on 2 CPU cores: each budget cut to a few iterations and 2 short evaluations",
     'quick': "the reduced protocols of docs/results.md: the MNIST + CIFAR-10 suite in about 10 minutes on one H200 "
              "(estimate); up to an hour per cell on 2 CPU cores",
@@ -27,8 +28,8 @@ Stage = namedtuple('Stage', 'id script flags')
 # What a cell reads from its stage's outputs: kind 'condense' (main.py / main_DM.py), 'dim' (validate.py),
 # 'itgan' (main_ITGAN.py) or 'cl' (CL_DM.py); `key` picks the architecture, mode or set (None: the only one).
 Read = namedtuple('Read', 'stage kind key', defaults=(None,))
-Cell = namedtuple('Cell', 'id method dataset size stages read published references cuts note',
-                  defaults=({}, {}, ''))
+# `references`: {tier: [Value]}, from REFERENCES by the cell's id.
+Cell = namedtuple('Cell', 'id method dataset size stages read published cuts note references', defaults=('', {}))
 
 # ---------------------------------------------------------------------------------------------------------------
 # Sources
@@ -67,6 +68,7 @@ PUBLISHED = {
 # References this project measured, per cell and tier (the same command; several devices where measured)
 
 CPU = "CPU, 2 cores of an AMD EPYC VM, one thread, shared with other jobs (docs/results.md)"
+CPU_REPRO = "CPU, 2 cores of an AMD EPYC VM, one thread, shared with other jobs (reproduce.py; docs/results.md)"
 H200 = "one NVIDIA H200, before the CUDA-graph work"
 
 
@@ -75,21 +77,36 @@ def ref(mean, std, n, device, date):
 
 
 REFERENCES = {
-    'dm-mnist-10': {'quick': [ref(95.70, 0.11, 3, CPU, '2026-11-21')]},
+    'dm-mnist-1': {'cpu': [ref(83.59, 1.35, 2, CPU_REPRO, '2026-12-04')]},
+    'dm-mnist-10': {'cpu': [ref(86.72, 1.16, 2, CPU_REPRO, '2026-12-04')],
+                    'quick': [ref(95.70, 0.11, 3, CPU, '2026-11-21')]},
+    'dm-mnist-50': {'cpu': [ref(88.48, 0.61, 2, CPU_REPRO, '2026-12-04')]},
     'dm-cifar10-10': {'quick': [ref(44.54, 0.18, 3, CPU, '2026-11-21')]},
-    'dc-mnist-1': {'quick': [ref(84.88, 0.91, 3, CPU, '2026-11-21')]},
-    'dsa-mnist-1': {'quick': [ref(81.68, 0.80, 3, CPU, '2026-11-21')]},
-    'dc-mnist-10': {'quick': [ref(73.35, 0.99, 2, CPU, '2026-11-21')]},
-    'dsa-mnist-10': {'quick': [ref(94.71, 0.12, 2, CPU, '2026-11-21')]},
-    'dim-mnist-10-onthefly': {'quick': [ref(95.65, 0.57, 2, CPU, '2026-11-26'),
+    'dc-mnist-1': {'cpu': [ref(45.27, 4.00, 2, CPU_REPRO, '2026-12-04')],
+                   'quick': [ref(84.88, 0.91, 3, CPU, '2026-11-21')]},
+    'dc-mnist-10': {'cpu': [ref(12.02, 0.80, 2, CPU_REPRO, '2026-12-04')],
+                    'quick': [ref(73.35, 0.99, 2, CPU, '2026-11-21')]},
+    'dc-mnist-50': {'cpu': [ref(5.53, 0.33, 2, CPU_REPRO, '2026-12-04')]},
+    'dsa-mnist-1': {'cpu': [ref(59.96, 0.65, 2, CPU_REPRO, '2026-12-04')],
+                    'quick': [ref(81.68, 0.80, 3, CPU, '2026-11-21')]},
+    'dsa-mnist-10': {'cpu': [ref(81.44, 0.41, 2, CPU_REPRO, '2026-12-04')],
+                     'quick': [ref(94.71, 0.12, 2, CPU, '2026-11-21')]},
+    'dsa-mnist-50': {'cpu': [ref(87.06, 0.34, 2, CPU_REPRO, '2026-12-04')]},
+    'dim-mnist-10-onthefly': {'cpu': [ref(65.38, 2.34, 2, CPU_REPRO, '2026-12-04')],
+                              'quick': [ref(95.65, 0.57, 2, CPU, '2026-11-26'),
                                         ref(95.50, 0.12, 2, H200, '2026-12-04')]},
-    'dim-mnist-10-fixed': {'quick': [ref(92.09, 0.23, 2, CPU, '2026-11-26'),
+    'dim-mnist-10-fixed': {'cpu': [ref(72.11, 0.33, 2, CPU_REPRO, '2026-12-04')],
+                           'quick': [ref(92.09, 0.23, 2, CPU, '2026-11-26'),
                                      ref(90.38, 0.20, 2, H200, '2026-12-04')]},
-    'cl-random-mnist-5': {'quick': [ref(88.94, 0.07, 2, CPU, '2026-11-26'),
+    'itgan-mnist-10': {'cpu': [ref(79.09, 1.74, 2, CPU_REPRO, '2026-12-04')]},
+    'cl-random-mnist-5': {'cpu': [ref(76.23, 0.67, 2, CPU_REPRO, '2026-12-04')],
+                          'quick': [ref(88.94, 0.07, 2, CPU, '2026-11-26'),
                                     ref(88.96, 0.04, 2, H200, '2026-12-04')]},
-    'cl-dim-mnist-5': {'quick': [ref(89.98, 0.55, 2, CPU.replace('one thread', 'two threads'), '2026-11-26'),
+    'cl-dim-mnist-5': {'cpu': [ref(38.00, 0.11, 2, CPU_REPRO, '2026-12-04')],
+                       'quick': [ref(89.98, 0.55, 2, CPU.replace('one thread', 'two threads'), '2026-11-26'),
                                  ref(89.61, 0.83, 2, H200, '2026-12-04')]},
-    'cl-dm-mnist-5': {'quick': [ref(91.93, 0.27, 2, CPU, '2026-11-26')]},
+    'cl-dm-mnist-5': {'cpu': [ref(79.98, 2.03, 2, CPU_REPRO, '2026-12-04')],
+                      'quick': [ref(91.93, 0.27, 2, CPU, '2026-11-26')]},
     'cl-random-cifar10-5': {'quick': [ref(29.6, 0.2, 4, CPU, '2026-11-21')]},
     'cl-herding-cifar10-5': {'quick': [ref(37.2, 0.2, 4, CPU, '2026-11-21')]},
     'cl-kcenter-cifar10-5': {'quick': [ref(14.5, 2.1, 4, CPU, '2026-11-21')]},
@@ -169,7 +186,8 @@ def condense_stage(method, dataset, ipc, stage_id=None, eval_mode=None):
     """main_DM.py (DM) or main.py (DC, DSA) at every tier."""
     common = f'--dataset {dataset} --model ConvNet --ipc {ipc}'
     if method == 'DM':
-        script, base, table = 'main_DM.py', f'{common} --init real --lr_img 1 --dsa_strategy {dsa_strategy(dataset)}', DM_TIERS
+        script, table = 'main_DM.py', DM_TIERS
+        base = f'{common} --init real --lr_img 1 --dsa_strategy {dsa_strategy(dataset)}'
         fmt = dict(epochs=10 if ipc >= 50 else 20)
     else:
         init = 'noise' if method == 'DC' else f'real --dsa_strategy {dsa_strategy(dataset)}'
@@ -239,7 +257,7 @@ def per_tier(base, tiers, extra=None):
 DIM_MNIST_GAN = ('--data mnist --gan_width 32 ' + PROJECT_GAN + ' --lr 2e-4 --batch-size 64 --ipc 10 --val_split 100')
 DIM_MNIST_TIERS = {
     'smoke': f'{SMOKE_GAN} --ipc 1 --val_split 2',
-    'cpu': '--epochs 2 --iters-per-epoch 50 --epochs-eval 10 --eval-interval 1',
+    'cpu': '--epochs 2 --iters-per-epoch 200 --epochs-eval 10 --eval-interval 1',
     'quick': '--epochs 8 --iters-per-epoch 330 --epochs-eval 50 --eval-interval 1',
     'paper': '--gan_width 196 --batch-size 128 --lr 1e-4 --epochs 150 --epochs-eval 1000 --eval-interval 10',
 }
@@ -251,7 +269,7 @@ DIM_MNIST_TEST = {
 }
 DIM_MNIST_CUTS = {
     'smoke': DIM_CUTS['smoke'],
-    'cpu': 'width 32 (reference 196), 100 GAN iterations of 64, 2 networks x 20 epochs',
+    'cpu': 'width 32 (reference 196), 400 GAN iterations of 64, 2 networks x 20 epochs',
     'quick': "the README's MNIST recipe: width 32 (reference 196), 2640 GAN iterations of 64, 2 networks x 300 "
              "epochs",
     'paper': "the project's options at DiM's CIFAR-10 budget (width 196, 150 epochs); 5 networks x 1000 epochs",
@@ -281,7 +299,8 @@ def dim_stages():
     out = []
     for recipe, gan in (('ref', '--compat reference'), ('proj', PROJECT_GAN)):
         shape = '--compat reference' if recipe == 'ref' else GAN_SHAPE
-        out.append(Stage(f'dim-cifar10-{recipe}-gan', 'gen_condense.py', per_tier(f'--data cifar10 {gan}', STAGE1_TIERS)))
+        out.append(Stage(f'dim-cifar10-{recipe}-gan', 'gen_condense.py',
+                         per_tier(f'--data cifar10 {gan}', STAGE1_TIERS)))
         weight = f'{{dim-cifar10-{recipe}-gan}}/run/best.pth'
         if recipe == 'ref':  # stage 2 is part of the reference recipe; the project's recipe goes to validate.py
             out.append(Stage('dim-cifar10-ref-match', 'pool_match.py', per_tier(
@@ -324,14 +343,14 @@ CL_MEMORY = {  # method -> tier -> the memory's budget flags
             'quick': '--Iteration 10 --batch_real 64', 'paper': '--Iteration 1000 --lr_img 0.1 --batch_real 256'},
     'DM': {'smoke': '--Iteration 2 --batch_real 2', 'cpu': '--Iteration 10 --batch_real 64',
            'quick': '--Iteration 200 --batch_real 64', 'paper': '--Iteration 20000 --lr_img 1 --batch_real 256'},
-    'DiM': {'smoke': '--gan_width 8 --gan_iters 2 --gan_batch 8', 'cpu': f'{SMALL_GAN} --gan_iters 30',
+    'DiM': {'smoke': '--gan_width 8 --gan_iters 2 --gan_batch 8', 'cpu': f'{SMALL_GAN} --gan_iters 100',
             'quick': {'MNIST': f'{SMALL_GAN} --gan_iters 1000', 'CIFAR10': f'{SMALL_GAN} --gan_iters 100 --seeds 0'},
             'paper': '--gan_width 196 --gan_iters 5000 --gan_batch 128 --gan_lr 1e-4'},
 }
 CL_CUTS = {
     'smoke': f'toy size: ipc {SMOKE_IPC}, 1 network x 1 epoch per step, toy memories',
     'cpu': 'seed 0 (paper 0-4), 2 networks x 10 epochs per step (3 x 1000); memories: DM 10 iterations, DiM width 32 '
-           'x 30 GAN iterations, herding 1 feature epoch',
+           'x 100 GAN iterations, herding 1 feature epoch',
     'quick': "docs/results.md's reduced protocols: 1 seed (2 on CIFAR-10), 2 networks x 50 epochs per step (100 on "
              "CIFAR-10 and CIFAR-100; paper 3 x 1000); memories: DM 200 iterations of batch_real 64, DiM width 32 x "
              "1000 GAN iterations of 64 (100 and seed 0 only on CIFAR-10), herding 1 feature epoch",
@@ -371,11 +390,15 @@ def build():
                 sid = add(condense_stage(method, dataset, ipc))
                 cid = f'{method.lower()}-{dataset.lower()}-{ipc}'
                 cells.append(Cell(cid, method, dataset, f'ipc {ipc}', (sid,), Read(sid, 'condense'), published,
-                                  REFERENCES.get(cid, {}), condense_cuts(method, ipc)))
+                                  condense_cuts(method, ipc)))
     sid = add(condense_stage('DM', 'CIFAR10', 10, 'dm-cifar10-10-poolM', eval_mode='M'))
+    pool = ' on the 6 architectures of eval pool M (MLP, ConvNet, LeNet, AlexNet, VGG11, ResNet18)'
+    cuts = dict(condense_cuts('DM', 10), quick=DM_CUTS['quick'] + '; the last iteration only' + pool,
+                paper="the DM paper's synthesis; 5 experiments x 5 networks (the reference README's cross-architecture "
+                      "recipe) at the last iteration" + pool)
     for arch in ('AlexNet', 'VGG11', 'ResNet18'):
         cells.append(Cell(f'dm-cifar10-10-{arch.lower()}', 'DM', 'CIFAR10', 'ipc 10', (sid,),
-                          Read(sid, 'condense', arch), None, {}, condense_cuts('DM', 10),
+                          Read(sid, 'condense', arch), None, cuts,
                           f'a ConvNet set evaluated on {arch} (eval pool M); the DM paper\'s cross-architecture table '
                           f'(CIFAR-10 ipc 50, BN pool) is not transcribed here, so no published number'))
 
@@ -385,11 +408,11 @@ def build():
     for model, value in (('convnet', 72.6), ('resnet18', 75.1)):
         cells.append(Cell(f'dim-cifar10-10-reference-{model}', 'DiM', 'CIFAR10', 'ipc 10', ref,
                           Read(ref[-1], 'dim', ('onthefly', model, 'best_over_test_points')), pub(value, None, DIM_SRC),
-                          {}, DIM_CUTS, "DiM's own recipe and evaluation protocol (--compat reference: checkpoints and "
+                          DIM_CUTS, "DiM's own recipe and evaluation protocol (--compat reference: checkpoints and "
                                         "the reported number are the best over test points), on-the-fly"))
     proj = ('dim-cifar10-proj-gan', 'dim-cifar10-proj-test')
     cells.append(Cell('dim-cifar10-10-project', 'DiM', 'CIFAR10', 'ipc 10', proj,
-                      Read(proj[-1], 'dim', ('onthefly', 'convnet', 'final')), None, {}, DIM_CUTS,
+                      Read(proj[-1], 'dim', ('onthefly', 'convnet', 'final')), None, DIM_CUTS,
                       "this project's recipe (embedding, projection critic, averaged generator, mode seeking, lazy "
                       "penalty) with the sound protocol (validation split, final accuracy); the paper has no number "
                       "for it: compare with dim-cifar10-10-reference-convnet"))
@@ -397,13 +420,13 @@ def build():
     for mode in ('onthefly', 'fixed'):
         cid = f'dim-mnist-10-{mode}'
         cells.append(Cell(cid, 'DiM', 'MNIST', 'ipc 10', mnist, Read(mnist[-1], 'dim', (mode, 'convnet', 'final')),
-                          None, REFERENCES.get(cid, {}), DIM_MNIST_CUTS,
+                          None, DIM_MNIST_CUTS,
                           f"this project's recipe, {mode} evaluation, sound protocol; no published MNIST number is "
                           f"transcribed"))
     for dataset, gan in (('MNIST', 'dim-mnist-gan'), ('CIFAR10', 'dim-cifar10-proj-gan')):
         sid = f'itgan-{dataset.lower()}'
         cells.append(Cell(f'{sid}-10', 'IT-GAN', dataset, 'ipc 10', (gan, sid), Read(sid, 'itgan', ('itgan', None)),
-                          None, {}, ITGAN_CUTS,
+                          None, ITGAN_CUTS,
                           "IT-GAN latents on this project's DiM generator (the paper's repository has no numbers)"))
 
     for dataset, methods, steps_list in (('MNIST', ('random', 'DM', 'DiM'), (5,)),
@@ -416,8 +439,8 @@ def build():
                 if dataset == 'CIFAR100' and steps == 5 and method in ('herding', 'DSA', 'DM'):
                     published = pub({'herding': 33.0, 'DSA': 31.0, 'DM': 39.0}[method], None, CL_SRC, True)
                 cells.append(Cell(sid, f'CL {method}', dataset, f'{steps} steps', (sid,), Read(sid, 'cl'), published,
-                                  REFERENCES.get(sid, {}), CL_CUTS, 'accuracy on all classes after the last step'))
-    return stages, cells
+                                  CL_CUTS, 'accuracy on all classes after the last step'))
+    return stages, [c._replace(references=REFERENCES.get(c.id, {})) for c in cells]
 
 
 STAGES, CELLS = build()
@@ -434,13 +457,14 @@ RATE_BASIS = {
             "validations) in 80 s; the split into per-step and per-image parts, the DC/DSA matching pass (3 DM "
             "iterations' worth of images) and the wide GAN (the CPU's rate x the H200/CPU ratio of DM) are assumed",
     'cpu': "this project's 2-core development CPU (AMD EPYC VM), one thread, shared with other jobs (so an upper "
-           "bound on an idle machine), measured by the cpu tier's MNIST runs on 2026-12-04",
+           "bound on an idle machine): a least-squares fit to the wall times of the cpu tier's MNIST runs on "
+           "2026-12-04 (5 s to start a run assumed)",
 }
 RATES = {
     'H200': dict(stage=3.0, dm_step=2e-3, dm_img=5.2e-6, match_step=3e-3, match_img=16e-6, train_step=2.0e-3,
                  train_img=3e-6, test_img=1e-6, gan_step=25e-3, gan_img=35e-6),
-    'cpu': dict(stage=8.0, dm_step=0.0, dm_img=4.5e-3, match_step=0.0, match_img=14e-3, train_step=0.0,
-                train_img=27e-3, test_img=0.3e-3, gan_step=0.0, gan_img=24e-3),
+    'cpu': dict(stage=5.0, dm_step=0.0, dm_img=5.0e-3, match_step=0.0, match_img=2.3e-3, train_step=0.0,
+                train_img=11e-3, test_img=1.4e-3, gan_step=0.0, gan_img=4.1e-3),
 }
 # Cost of a forward and backward pass relative to ConvNet (depth 3, width 128) at the same image size (assumed).
 ARCH_COST = {'ConvNet': 1.0, 'ConvNetW32': 0.15, 'MLP': 0.2, 'LeNet': 0.2, 'AlexNet': 1.0, 'VGG11': 2.0,

@@ -26,7 +26,8 @@ import torch  # noqa: E402
 
 import cells  # noqa: E402
 import reproduction as rp  # noqa: E402
-from utils import ArgumentParser, UserError, check_output_folder, check_positive, default_device, run_cli  # noqa: E402
+from cli import add_flags  # noqa: E402
+from utils import ArgumentParser, UserError, check_output_folder, check_positive, resolve_device, run_cli  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -39,13 +40,13 @@ def parse_args(argv=None):
                    help='cells of these methods: DM DC DSA DiM IT-GAN CL (any capitalisation)')
     p.add_argument('--datasets', nargs='+', default=None, metavar='DATASET', help='only cells on these datasets')
     p.add_argument('--all', action='store_true', help='every cell')
-    p.add_argument('--device', default=None, help='cuda, cuda:1, cpu ... (default: cuda when available)')
+    add_flags(p, ('device',))
     p.add_argument('--data_path', default='data', help='dataset folder, passed to every entry script')
-    p.add_argument('--out', default=None, help='output folder: a folder per stage, and the report '
-                                               '(default: runs/reproduce/<tier>)')
+    p.add_argument('--out', default=None,
+                   help='output folder: a folder per run and the report (None: runs/reproduce/<tier>)')
     p.add_argument('--resume', action='store_true',
-                   help='keep the finished cells of an earlier run into --out; an interrupted one continues from '
-                        'its checkpoint (or restarts cleanly where its script has none)')
+                   help='do not rerun the cells that an earlier run into --out finished with the same commands; an '
+                        'interrupted one continues from its checkpoint (or restarts cleanly where its script has none)')
     p.add_argument('--max_minutes', type=float, default=None,
                    help='stop before a cell whose estimated time would not fit in this many minutes in all')
     p.add_argument('--isolate', action='store_true',
@@ -54,9 +55,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.max_minutes is not None:
         check_positive('max_minutes', args.max_minutes)
-    args.device = args.device or default_device()
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        raise UserError(f'--device {args.device} asked for, but no CUDA device is available; use --device cpu')
+    args.device = resolve_device(args.device)
     args.out = args.out or os.path.join('runs', 'reproduce', args.tier)
     return args
 
@@ -167,15 +166,15 @@ def main(argv=None):
                 print(f'[{i + 1}/{len(chosen)}] {cell.id}: skipped: {missing}')
                 continue
             argvs = {s: rp.stage_argv(cells.STAGES[s], args.tier, data_path, out, args.device) for s in cell.stages}
-            states = {s: 'done' if s in ran else rp.stage_state(rp.stage_dir(out, s), cells.STAGES[s].script,
-                                                                  argvs[s], args.resume) for s in cell.stages}
+            states = rp.plan(cell.stages, out, argvs, args.resume, ran)
             todo = [s for s in cell.stages if states[s] != 'done']
             need = rp.estimate(todo, args.tier, kind) if todo else 0.0
             if args.max_minutes is not None and time.time() - t0 + need > 60 * args.max_minutes:
                 print(f'reproduce.py: stopping before {cell.id}: its estimate ({rp.duration(need)}) would not fit in '
                       f'--max_minutes {args.max_minutes:g} ({rp.duration(time.time() - t0)} used)')
                 for later in rows[i:]:
-                    later.update(status='not run', verdict=f'not run: would not fit in --max_minutes {args.max_minutes:g}')
+                    later.update(status='not run',
+                                 verdict=f'not run: would not fit in --max_minutes {args.max_minutes:g}')
                 break
             r['status'] = 'running'
             error = next((f'error: stage {s} failed ({failed[s]})' for s in cell.stages if s in failed), None)

@@ -245,16 +245,29 @@ def read_marker(folder):
         return None
 
 
-def stage_state(folder, script, argv, resume):
-    """How a stage will run in `folder`: 'done' (finished earlier with the same command, and --resume: not rerun),
-    'resume' (interrupted, with --resume: continue from the script's checkpoint) or 'fresh'."""
+def stage_state(folder, script, argv, resume, inputs_at=0.0):
+    """How a stage will run in `folder`: 'done' (with --resume: finished earlier with the same command, after the
+    stages it reads, inputs_at, so not rerun), 'resume' (interrupted, with --resume: continue from the script's
+    checkpoint) or 'fresh'."""
     marker = read_marker(folder)
     if not resume or marker is None or marker.get('argv') != argv:
         return 'fresh'
     if marker.get('status') == 'done':
-        return 'done'
+        return 'done' if marker.get('finished_at', 0.0) >= inputs_at else 'fresh'
     pattern = CHECKPOINT[script]
     return 'resume' if pattern and glob.glob(os.path.join(glob.escape(folder), pattern)) else 'fresh'
+
+
+def plan(stage_ids, out, argvs, resume, ran):
+    """stage_state of each stage of a cell, in order: a stage that reads an earlier one (a DiM generator) runs
+    again whenever that one runs or finished after it. `ran`: the stages run by this invocation (done)."""
+    states, inputs_at = {}, 0.0
+    for s in stage_ids:
+        folder = stage_dir(out, s)
+        states[s] = 'done' if s in ran else stage_state(folder, cells.STAGES[s].script, argvs[s], resume, inputs_at)
+        marker = read_marker(folder) or {}
+        inputs_at = max(inputs_at, marker.get('finished_at', 0.0)) if states[s] == 'done' else math.inf
+    return states
 
 
 def clear(folder):
@@ -322,7 +335,7 @@ def run_stage(stage, argv, folder, how, isolate):
     error = run(stage.script, argv + (['--resume'] if how == 'resume' else []), log_path)
     wall = time.time() - t0 + ((previous or {}).get('wall_s') or 0.0)
     if error is None:
-        write_json(os.path.join(folder, MARKER), dict(marker, status='done', wall_s=wall,
+        write_json(os.path.join(folder, MARKER), dict(marker, status='done', wall_s=wall, finished_at=time.time(),
                                                       finished=time.strftime('%Y-%m-%d %H:%M:%S')))
     else:
         write_json(os.path.join(folder, MARKER), dict(marker, status='failed', wall_s=wall, error=error))
@@ -437,7 +450,7 @@ def report_markdown(meta, rows):
 
     lines = [f'# Reproduction report: tier {meta["tier"]}, {meta["device_name"]}', '',
              f'`{meta["command"]}`', '',
-             f'{meta["started"]}; commit {meta["commit"]}; torch {meta["torch"]}; {meta["threads"]} CPU threads. '
+             f'{meta["started"]}; commit {meta["commit"]}; torch {meta["torch"]}; {meta["threads"]} torch thread(s). '
              f'Tier {meta["tier"]}: {cells.TIERS[meta["tier"]]}.', '',
              'Accuracies in %, mean ± population std over n networks (x experiments or seeds). A measurement '
              '**agrees** when |measured − expected| ≤ max(1 point, 3 × the larger std), where expected is the paper '
@@ -450,13 +463,21 @@ def report_markdown(meta, rows):
         measured = r['measured']
         shown = value_text(as_value(measured)) if measured else r['status']
         command = ' && '.join(r['commands'])
-        lines.append(f'| {r["id"]} | {cite(r["published"], sources) if r["published"] else "none"} | {refs} | {shown} | '
+        paper = cite(r['published'], sources) if r['published'] else 'none'
+        lines.append(f'| {r["id"]} | {paper} | {refs} | {shown} | '
                      f'{r["verdict"]} | {duration(r["wall_s"])} | `{command}` |')
     lines += ['', 'Sources:', ''] + [f'{k}. {s}' for s, k in sources.items()]
     lines += ['', 'Cuts of this tier and notes:', '']
     lines += [f'- {r["id"]}: {r["cut"]}' + (f' ({r["note"]})' if r['note'] else '') for r in rows]
-    lines += ['', f'Total wall time: {duration(meta["wall_s"])}.', '']
+    lines += ['', f'Wall time: {duration(meta["runs_wall_s"])} for the runs of these cells (a shared run once), '
+                  f'{duration(meta["wall_s"])} in the invocation that wrote this report.', '']
     return '\n'.join(lines)
+
+
+def runs_wall(rows):
+    """Seconds of every run the rows read, each run once, from the runs' markers."""
+    folders = {f for r in rows for f in r['folders']}
+    return sum((read_marker(f) or {}).get('wall_s') or 0.0 for f in folders)
 
 
 def as_value(d):
@@ -466,6 +487,7 @@ def as_value(d):
 
 def write_report(out, meta, rows):
     """reproduce.md, reproduce.json and reproduce.png in --out (rewritten after every cell)."""
+    meta['runs_wall_s'] = runs_wall(rows)
     write_json(os.path.join(out, 'reproduce.json'), dict(meta=meta, rows=rows))
     atomic_write_text(os.path.join(out, 'reproduce.md'), report_markdown(meta, rows))
     points = [(r['id'], r['published']['mean'], r['published'].get('std') or 0.0, r['measured']['mean'],

@@ -20,10 +20,12 @@ import main_ITGAN
 import reproduce
 import reproduction as rp
 from conftest import ROOT, toy_images, write_idx, write_prepared
+from utils import write_json
 
 PARSERS = {'main_DM.py': main_DM.parse_args, 'main.py': main.parse_args, 'CL_DM.py': CL_DM.parse_args,
            'main_ITGAN.py': main_ITGAN.parse_args, 'gen_condense.py': lambda a: dim_run.parse_args(1, '', a),
-           'pool_match.py': lambda a: dim_run.parse_args(2, '', a), 'validate.py': lambda a: dim_run.parse_args(3, '', a)}
+           'pool_match.py': lambda a: dim_run.parse_args(2, '', a),
+           'validate.py': lambda a: dim_run.parse_args(3, '', a)}
 
 
 def write_fixtures(folder):
@@ -194,3 +196,24 @@ def test_the_verdict_rule():
     assert rp.verdict(73.4, 0.1, cells.Value(72.6, None, None, 'paper')).startswith('agrees')  # at least 1 point
     assert 'informative' in rp.verdict(39.0, 0.5, cells.Value(39.0, None, None, 'figure', True))
     assert rp.verdict(50.0, 0.1, None) == 'no reference (none yet)'
+
+
+def test_a_stage_reruns_when_a_stage_it_reads_ran_after_it(tmp_path):
+    """With --resume, validate.py is not kept when the generator it read was made again (a changed command)."""
+    out = str(tmp_path)
+    stages = ('dim-mnist-gan', 'dim-mnist-test')
+    argvs = {s: rp.stage_argv(cells.STAGES[s], 'smoke', 'data', out, 'cpu') for s in stages}
+
+    def mark(s, finished_at, argv=None):
+        os.makedirs(rp.stage_dir(out, s), exist_ok=True)
+        write_json(os.path.join(rp.stage_dir(out, s), rp.MARKER),
+                   dict(argv=argv or argvs[s], status="done", finished_at=finished_at))
+
+    mark('dim-mnist-gan', 1.0)
+    mark('dim-mnist-test', 2.0)
+    assert rp.plan(stages, out, argvs, True, set()) == {s: 'done' for s in stages}
+    assert rp.plan(stages, out, argvs, False, set()) == {s: 'fresh' for s in stages}
+    mark('dim-mnist-gan', 3.0)  # the generator was made again after validate.py read it
+    assert rp.plan(stages, out, argvs, True, set()) == {'dim-mnist-gan': 'done', 'dim-mnist-test': 'fresh'}
+    mark('dim-mnist-gan', 1.0, argv=['--other'])  # its command changed: it runs again, and so does validate.py
+    assert rp.plan(stages, out, argvs, True, set()) == {s: 'fresh' for s in stages}
