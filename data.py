@@ -252,6 +252,29 @@ def get_dataset(dataset, data_path, device='cpu', download=True, im_size=None):
                 device)
 
 
+# The original files get_dataset reads for each dataset, relative to data_path (dataset_available).
+_ORIGINALS = {
+    'MNIST': ('MNIST/raw/train-images-idx3-ubyte', 'MNIST/raw/t10k-images-idx3-ubyte'),
+    'FashionMNIST': ('FashionMNIST/raw/train-images-idx3-ubyte', 'FashionMNIST/raw/t10k-images-idx3-ubyte'),
+    'SVHN': ('train_32x32.mat', 'test_32x32.mat'),
+    'CIFAR10': ('cifar-10-batches-py',),
+    'CIFAR100': ('cifar-100-python',),
+    'TinyImageNet': ('tiny-imagenet-200',),
+}
+
+
+def dataset_available(dataset, data_path):
+    """Whether get_dataset finds the dataset in data_path without downloading it: its prepared tensor file or its
+    original files (a user's folder: or file: dataset, whether it exists)."""
+    user = user_spec(dataset)
+    if user:
+        kind, path = user
+        return USER_KINDS[kind][1](path)
+    name = canonical_dataset(dataset)
+    return (any(os.path.isfile(p) for p in _prepared_candidates(name, data_path))
+            or all(os.path.exists(os.path.join(data_path, f)) for f in _ORIGINALS[name]))
+
+
 def _prepared_candidates(name, data_path):
     names = [f'{name}.pt'] + (['tinyimagenet.pt'] if name == 'TinyImageNet' else [])
     return [os.path.join(data_path, n) for n in names]

@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import parallel
 
-GRAPH_MODES = ('on', 'off')
+FALLBACKS = []  # (step name, reason) of every recording that failed in this process (bench/gpu_check.py reports them)
 
 
 def graphs_enabled(device, mode='on'):
@@ -65,9 +65,10 @@ class Graphed:
             except Exception as e:  # whatever stops the recording, the eager step is still right
                 self.enabled, self.graph = False, None
                 torch.cuda.synchronize()
-                print(f'warning: {self.name}: recording a CUDA graph failed ({type(e).__name__}: '
-                      f'{str(e).splitlines()[0] if str(e) else ""}); running it eagerly (--cuda_graphs off skips '
-                      f'the attempt)', file=sys.stderr)
+                reason = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'
+                FALLBACKS.append((self.name, reason))
+                print(f'warning: {self.name}: recording a CUDA graph failed ({reason}); running it eagerly '
+                      f'(--cuda_graphs off skips the attempt)', file=sys.stderr)
                 return self.fn()
         self.graph.replay()
         return self.out

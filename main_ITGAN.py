@@ -94,12 +94,13 @@ def parse_args(argv=None):
     for name in args.eval_model:
         check_network(name)
     args.curve_at = sorted({e for e in args.curve_at if 0 < e < args.epoch_eval_train + 1})
-    args.im_size = itgan.recorded_im_size(args)  # a folder's size as the generator was trained on it
     return Config(args)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    # --im_size defaults to the size the generator's data was resized to, which its checkpoint records
+    args = Config(args, im_size=itgan.recorded_im_size(args))
     data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     smallest = min(len(i) for i in data.indices_class)
     if args.ipc is not None and args.ipc > smallest:

@@ -1,4 +1,5 @@
-"""Plots drawn with PIL alone (no matplotlib dependency): the continual-learning accuracy curves."""
+"""Plots drawn with PIL alone (no matplotlib dependency): the continual-learning accuracy curves and the
+reproduction report's paper-against-measured chart."""
 import io
 import math
 
@@ -8,19 +9,31 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
-def plot_curves(path, curves, title, size=(760, 460)):
-    """Accuracy vs number of classes seen, one line (with ±std bars) per method, drawn with PIL."""
+def _canvas(size):
+    """A white PIL image, its drawing context and a text function that works with any Pillow."""
     from PIL import Image, ImageDraw
-    W, H = size
-    left, right, top, bottom = 60, 170, 36, 50
-    img = Image.new('RGB', (W, H), 'white')
+    img = Image.new('RGB', size, 'white')
     d = ImageDraw.Draw(img)
 
-    def text(xy, s, anchor=None):
+    def text(xy, s, anchor=None, fill='black'):
         try:
-            d.text(xy, s, fill='black', anchor=anchor)
+            d.text(xy, s, fill=fill, anchor=anchor)
         except ValueError:  # a Pillow without FreeType has only a bitmap font, which takes no anchor
-            d.text(xy, s, fill='black')
+            d.text(xy, s, fill=fill)
+    return img, d, text
+
+
+def _save(img, path):
+    buf = io.BytesIO()
+    img.save(buf, format='png')
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_curves(path, curves, title, size=(760, 460)):
+    """Accuracy vs number of classes seen, one line (with ±std bars) per method, drawn with PIL."""
+    W, H = size
+    left, right, top, bottom = 60, 170, 36, 50
+    img, d, text = _canvas(size)
     xs = sorted({x for c in curves for x in c[1]}) or [0, 1]
     lo = min([m - s for c in curves for m, s in zip(c[2], c[3])] or [0])
     hi = max([m + s for c in curves for m, s in zip(c[2], c[3])] or [100])
@@ -53,6 +66,40 @@ def plot_curves(path, curves, title, size=(760, 460)):
         ly = top + 10 + 18 * i
         d.line([(W - right + 12, ly), (W - right + 36, ly)], fill=colour, width=3)
         text((W - right + 42, ly), f'{method} ({cm[-1]:.1f})', 'lm')
-    buf = io.BytesIO()
-    img.save(buf, format='png')
-    atomic_write_bytes(path, buf.getvalue())
+    _save(img, path)
+
+
+def plot_agreement(path, points, title, size=(900, 640)):
+    """Published accuracy (x) against measured accuracy (y) with ±std bars, one labelled point per cell, the
+    diagonal and the band of agreement (max(1 point, 3 std) either side, drawn at 1 point) in grey."""
+    W, H = size
+    left, right, top, bottom = 60, 170, 36, 50  # labels of points near 100 % run into the right margin
+    img, d, text = _canvas(size)
+    values = [v for _, x, sx, y, sy in points for v in (x - sx, x + sx, y - sy, y + sy)] or [0, 100]
+    lo, hi = max(0, 10 * math.floor(min(values) / 10)), min(100, 10 * math.ceil(max(values) / 10))
+    hi = hi if hi > lo else lo + 10
+
+    def px(x, y):
+        return (left + (x - lo) / (hi - lo) * (W - left - right),
+                H - bottom - (y - lo) / (hi - lo) * (H - top - bottom))
+
+    for v in range(int(lo), int(hi) + 1, 10):
+        d.line([px(lo, v), px(hi, v)], fill=(225, 225, 225))
+        d.line([px(v, lo), px(v, hi)], fill=(225, 225, 225))
+        text((left - 8, px(lo, v)[1]), f'{v}', 'rm')
+        text((px(v, lo)[0], H - bottom + 8), f'{v}', 'mt')
+    d.polygon([px(lo, lo + 1), px(hi - 1, hi), px(hi, hi), px(hi, hi - 1), px(lo + 1, lo), px(lo, lo)],
+              fill=(235, 235, 235))
+    d.line([px(lo, lo), px(hi, hi)], fill=(150, 150, 150))
+    d.rectangle([px(lo, hi), px(hi, lo)], outline='black')
+    text(((left + W - right) / 2, H - 14), 'published (%)', 'mm')
+    text((8, top - 22), 'measured (%)')
+    text(((left + W - right) / 2, 12), title, 'mm')
+    for i, (label, x, sx, y, sy) in enumerate(points):
+        colour = COLOURS[i % len(COLOURS)]
+        d.line([px(x, y - sy), px(x, y + sy)], fill=colour)
+        d.line([px(x - sx, y), px(x + sx, y)], fill=colour)
+        cx, cy = px(x, y)
+        d.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
+        text((cx + 6, cy), label, 'lm', fill=colour)
+    _save(img, path)

@@ -262,7 +262,8 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     """bench/gpu_check.py is run on a card between rounds: on a CPU, at toy sizes, it must start, run every part
     and pass (graphs and eager are the same computation there)."""
     r = subprocess.run([sys.executable, os.path.join('bench', 'gpu_check.py'), '--device', 'cpu', '--smoke', '--out',
-                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        str(tmp_path), '--data_path', str(tmp_path / 'no_data')], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = (tmp_path / 'report.md').read_text()
     assert '**PASSED**' in report and 'audit' in report and '| DM ipc 1 fp32' in report
