@@ -237,7 +237,7 @@ def main(argv=None):
     paths = {ext: os.path.join(args.save_path, f'cl_{name}.{ext}') for ext in ('json', 'csv', 'log', 'ckpt.pt', 'lock')}
     run = Run(args, RESUMABLE, args.save_path, checkpoint=paths['ckpt.pt'], log=paths['log'], lock=paths['lock'],
               lock_what=os.path.join(args.save_path, f'cl_{name}.*'), results=(paths['json'],),
-              stale=(f'cl_{name}.', f'cl_{data.name}_'), missing_ok=True)
+              stale=(f'cl_{name}.', f'cl_{data.name}_'), missing_ok=True, names=cl.CACHE_NAMES)
     remove_stale_temps(os.path.join(args.save_path, 'cl_data'), f'cl_{cl.KIND[args.method]}_{data.name}_')
     log = run.log
     builder = {'DSA': f', {args.Iteration} DSA iterations', 'DM': f', {args.Iteration} DM iterations',

@@ -85,7 +85,7 @@ def _randn(shape, generator, device):
     return torch.randn(shape, generator=generator, device=gdev).to(device)
 
 
-def _draw(n, generator, param):
+def _draw_params(n, generator, param):
     """n independent parameter sets for every op, from ONE draw of n x 12 uniforms.
 
     Returns (u_choice, params): u_choice is the raw uniform for the token choice (callers turn it into an index
@@ -128,7 +128,7 @@ def sample_dsa_params(strategy, n, generator=None, param=None, one_token=False):
         raise ValueError(f"param.aug_mode must be 'S' or 'M', got {param.aug_mode!r}")
     if param.aug_mode == 'M' and len(set(tokens)) != len(tokens):
         raise ValueError(f"aug_mode 'M' applies each token once; remove the repeated tokens from {strategy!r}")
-    u_choice, params = _draw(n, generator, param)
+    u_choice, params = _draw_params(n, generator, param)
     k = max(len(tokens), 1)
     choice = (u_choice * k).long().clamp(max=k - 1)
     if one_token:
@@ -373,7 +373,7 @@ class DiMDiffAug:
             x = (x - self.mean.to(x)) / self.std.to(x)
         if x.shape[0] == 0 or not (self.flip or self.color or self.cutout or self.choices):
             return x
-        u_choice, p = _draw(1 if self.batch else x.shape[0], generator, self.param)
+        u_choice, p = _draw_params(1 if self.batch else x.shape[0], generator, self.param)
         p = _expand_to_batch(p, x.shape[0], 'DiMDiffAug')
         if self.flip:
             x = _apply_token(x, 'flip', p, self.param)

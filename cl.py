@@ -52,7 +52,8 @@ BUILDER_ARGS = {
     'DiM': ('gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'dim_noise', 'cond', 'critic', 'n_critic', 'g_ema',
             'gp_every', 'mode_seeking'),
 }
-# A memory file names the GAN flags as CL first spelled them (--gan_cond, ...), so that its caches stay valid.
+# Memory files and CL runs name the GAN flags as CL first spelled them (--gan_cond, ...), so that the caches and
+# runs made before the renaming stay valid.
 CACHE_NAMES = {'cond': 'gan_cond', 'critic': 'gan_critic', 'n_critic': 'gan_n_critic', 'g_ema': 'gan_ema',
                'gp_every': 'gan_gp_every', 'mode_seeking': 'gan_mode_seeking'}
 # Builder arguments added after caches were written: recorded only when they differ from the value those caches

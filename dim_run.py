@@ -25,6 +25,9 @@ import utils
 from dim import ClassScore, DiMData, epoch_batches
 from utils import UserError, make_generator
 
+# Arguments that a resumed run of stage 1 or 2 may change (the rest must be as in its last.pth).
+RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',
+             'logs_dir', 'notes', 'cas', 'cuda_graphs')
 
 # ----------------------------------------------------------------------------------------------------------------
 # What a stage starts from
@@ -256,7 +259,7 @@ def save_preview(G, path, num_classes, channel, seed):
 # ----------------------------------------------------------------------------------------------------------------
 # Selection of the best checkpoints
 
-def select(run, state, scores, epoch):
+def keep_best(run, state, scores, epoch):
     """After a validation (scores: dim.validate_generator's), recorded in the state's history: best_<model>.pth
     for every model whose score improved (stage 2 also names it model_dict_<model>.pth, the reference's name), and
     best.pth when the mean score over the models improved (the first model's best_<model>.pth when it is the only

@@ -30,9 +30,9 @@ from cli import Config, add_flags, check_args, check_network
 from data import IMAGE_EXTENSIONS, _read_image, canonical_dataset, get_dataset
 from dc import recommended_dsa_strategy
 from evaluation import EvalRecipe, evaluate_pool, get_eval_pool, progress_lines
-from runner import fingerprint, resume_state
-from utils import (ArgumentParser, Log, UserError, atomic_save, atomic_write_text, make_generator, mean_std,
-                   remove_stale_temps, run_cli, sample_std, versions, write_json)
+from runner import Run
+from utils import ArgumentParser, UserError, atomic_write_text, make_generator, mean_std, run_cli, sample_std, \
+    versions, write_json
 
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'cuda_graphs')
@@ -298,7 +298,7 @@ def eval_recipes(args, data):
     return recipes
 
 
-def describe(arch, r):
+def protocol_text(arch, r):
     dc = (r.dc_aug_param or {}).get('strategy', 'none')
     aug = f'DSA {r.dsa_strategy}' if r.dsa else f'DC {dc}' if dc != 'none' else 'no augmentation'
     decay = r.epoch_eval_train // 2 + 1
@@ -324,7 +324,7 @@ def pct(accs):
 def markdown(args, data, sets, recipes, rows):
     lines = [f'Evaluation on {data.name} ({len(data.x_test)} test images), seed {args.seed}, device {args.device}, '
              f'{args.num_eval} network(s) per architecture and experiment:', '']
-    lines += [f'- {describe(arch, r)}' for arch, r in recipes.items()]
+    lines += [f'- {protocol_text(arch, r)}' for arch, r in recipes.items()]
     lines += [f'- {s["name"]}: {s["kind"]}, {s["note"]}, {len(s["exps"])} experiment(s)' for s in sets]
     lines += ['', '| set | images/class | architecture | accuracy (%) | n | random real (%) | gain (points) |',
               '|---|---|---|---|---|---|---|']
@@ -351,15 +351,14 @@ def main(argv=None):
 
     stem = f'eval_{data.name}_{os.path.splitext(os.path.basename(os.path.normpath(args.sets[0])))[0]}' + (
         f'_and_{len(sets) - 1}_more' if len(sets) > 1 else '')
-    paths = {ext: os.path.join(args.save_path, f'{stem}.{ext}') for ext in ('md', 'json', 'log', 'ckpt.pt')}
-    ours = dict(fingerprint(args, RESUMABLE), digests=[s['digest'] for s in sets])
-    done = resume_state(paths['ckpt.pt'], ours)['done'] if args.resume else {}
-    remove_stale_temps(args.save_path, stem)
-    log = Log(paths['log'])
+    paths = {ext: os.path.join(args.save_path, f'{stem}.{ext}') for ext in ('md', 'json', 'log', 'ckpt.pt', 'lock')}
+    run = Run(args, RESUMABLE, args.save_path, checkpoint=paths['ckpt.pt'], log=paths['log'], lock=paths['lock'],
+              lock_what=os.path.join(args.save_path, f'{stem}.*'), stale=(stem,), digests=[s['digest'] for s in sets])
+    done, log = run.resumed['done'] if run.resumed else {}, run.log
     log(f'evaluate {len(sets)} set(s) on {data}; device {args.device}; seed {args.seed}; {args.num_eval} network(s) '
         f'per architecture and experiment; baseline {args.baseline}')
     for arch, r in recipes.items():
-        log(f'protocol {describe(arch, r)}')
+        log(f'protocol {protocol_text(arch, r)}')
     for s in sets:
         log(f'set {s["name"]}: {s["kind"]}, {s["note"]}, experiments {[e for e, _, _ in s["exps"]]}, '
             f'sha1 {s["digest"]}')
@@ -371,7 +370,7 @@ def main(argv=None):
         if key not in done:
             done[key] = evaluate_pool({arch: recipes[arch]}, args.num_eval, data, images, labels, args.seed, keys, log,
                                       label=label, on_epoch=progress)[arch]
-            atomic_save(dict(done=done, fingerprint=ours), paths['ckpt.pt'])
+            run.save(dict(done=done))
         return done[key]
 
     rows = []
@@ -397,13 +396,13 @@ def main(argv=None):
     atomic_write_text(paths['md'], table)
     write_json(paths['json'], dict(
         dataset=data.name, seed=args.seed, device=args.device, num_eval=args.num_eval, baseline=args.baseline,
-        protocol={arch: describe(arch, r) for arch, r in recipes.items()},
+        protocol={arch: protocol_text(arch, r) for arch, r in recipes.items()},
         sets=[{k: s[k] for k in ('name', 'path', 'kind', 'note', 'iteration', 'digest')} | dict(
             experiments=[e for e, _, _ in s['exps']]) for s in sets],
-        results=rows, args=ours, versions=versions()))
+        results=rows, args=run.fingerprint, versions=versions()))
     log(table, echo=False)
     log(f'results: {paths["md"]}, {paths["json"]}')
-    log.close()
+    run.close()
     print(table)
     return rows
 

@@ -19,17 +19,13 @@ import gan
 import utils
 from graphs import graphs_enabled
 
-# Arguments that may change when a run is resumed.
-RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',
-             'logs_dir', 'notes', 'cas', 'cuda_graphs')
-
 
 def main(argv=None):
     args = cli.parse_dim_args(1, __doc__.split('\n')[0], argv)
     data = dim_run.load_data(args)
     G, D, opt_g, opt_d = dim_run.new_gan(args, data)
     ema = dim_run.new_ema(args, G)  # --g_ema: the averaged generator is the one previewed, validated and sampled
-    run = dim_run.StageRun(args, RESUMABLE, G, D, opt_g, opt_d, ema)  # --resume: the GAN as in last.pth
+    run = dim_run.StageRun(args, dim_run.RESUMABLE, G, D, opt_g, opt_d, ema)  # --resume: the GAN as in last.pth
     run.header(data, G)
     state = run.resumed['state'] if run.resumed else dict(epoch=0, best={}, best_all=None, history=[])
     if run.resumed:
@@ -45,7 +41,7 @@ def main(argv=None):
         # Every --eval-interval epochs: a classifier trained on samples scores the generator; the best is kept.
         if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs:
             run.save(f'model_dict_{epoch}.pth', epoch)
-            dim_run.select(run, state, dim.validate_generator(run.sampler, args, data, 1, epoch), epoch)
+            dim_run.keep_best(run, state, dim.validate_generator(run.sampler, args, data, 1, epoch), epoch)
         state['epoch'] = epoch + 1
         run.save('last.pth', epoch, state=dict(state, matcher=None))
 

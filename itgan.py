@@ -259,7 +259,7 @@ def class_positions(labels, num_classes):
     return [(labels == c).nonzero()[:, 0] for c in range(num_classes)]
 
 
-def storage(G_bytes, num_latents, width, data):
+def latent_storage(G_bytes, num_latents, width, data):
     """Bytes of generator + float32 latents (+ int64 labels) against the uint8 images they stand for."""
     latent_bytes = num_latents * (width * 4 + 8)
     image_bytes = num_latents * data.channel * data.im_size[0] * data.im_size[1]

@@ -102,7 +102,7 @@ def parse_args(argv=None, notes=None):
     return Config(args)
 
 
-def describe(args):
+def loop_notes(args):
     """Log lines that name the loop structure in both schemes (reference issue #31) and the evaluation protocol."""
     lines = [f'{args.method}: Iteration = {args.Iteration} outer iterations (the paper\'s K), each on a fresh network; '
              f'outer_loop = {args.outer_loop} image steps per network (the paper\'s T); inner_loop = '
@@ -122,7 +122,7 @@ def main(argv=None):
     data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     recipes = {arch: EvalRecipe.from_args(args, **s) for arch, s in args.eval_settings.items()}
     run = CondensationRun(args, RESUMABLE, args.method, data, reference_every=500, recipes=recipes,
-                          notes=notes + describe(args))
+                          notes=notes + loop_notes(args))
     for exp in run.experiments():
         syn = run.synthetic_set(exp)  # Gaussian noise (--init noise) or random real images, or as checkpointed
         # Each iteration: a fresh network, outer_loop x (match gradients class by class, one image step, train the

@@ -128,7 +128,7 @@ def main(argv=None):
     state.setdefault('curves', {})
     real_idx, labels = itgan.choose_subset(data, args.ipc, make_generator(args.seed, 'subset'))
     width = gen['dim_noise']
-    size = itgan.storage(gen['bytes'], len(labels), width, data)
+    size = itgan.latent_storage(gen['bytes'], len(labels), width, data)
     run.log(f'IT-GAN {name}: {data}; {len(labels)} latents of width {width}; generator {gen["path"]} '
             f'(sha256 {gen["sha256"][:12]}); device {args.device}{parallel.processes()}; seed {args.seed}')
     run.log(f'storage: generator {size["generator_bytes"] / 2 ** 10:.1f} KiB + latents '

@@ -16,10 +16,6 @@ import dim_run
 import gan
 import utils
 
-# Arguments that may change when a run is resumed.
-RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',
-             'logs_dir', 'notes', 'cas', 'cuda_graphs')
-
 
 def main(argv=None):
     args = cli.parse_dim_args(2, __doc__.split('\n')[0], argv)
@@ -31,7 +27,7 @@ def main(argv=None):
         ck = gan.read_checkpoint(args.weight, '--weight', gan.GAN_KEYS)
         gan.check_foreign(ck, args, '--weight', args.weight)
         gan.load_gan_state(ck, G, D, opt_g, opt_d, ema, '--weight', args.weight)
-    run = dim_run.StageRun(args, RESUMABLE, G, D, opt_g, opt_d, ema)  # --resume: the GAN as in last.pth
+    run = dim_run.StageRun(args, dim_run.RESUMABLE, G, D, opt_g, opt_d, ema)  # --resume: the GAN as in last.pth
     if run.resumed:
         matcher.load_state_dict(run.resumed['state']['matcher'])
     for opt in (opt_g, opt_d):
@@ -55,7 +51,7 @@ def main(argv=None):
             run.iteration_done(epoch, it, step(it, x, y))
         run.epoch_done(epoch)
         if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs:  # best_<model>.pth, best.pth
-            dim_run.select(run, state, dim.validate_generator(run.sampler, args, data, 2, epoch), epoch)
+            dim_run.keep_best(run, state, dim.validate_generator(run.sampler, args, data, 2, epoch), epoch)
         state['epoch'] = epoch + 1
         run.save('last.pth', epoch, state=dict(state, matcher=matcher.state_dict()))
 

@@ -58,7 +58,7 @@ def parse_args(argv=None):
     return Config(args)
 
 
-def select(args):
+def chosen_cells(args):
     """The cells to run or list, in registry order."""
     chosen = list(cells.CELLS)
     if args.cells:
@@ -139,7 +139,7 @@ def commit():
 
 def main(argv=None):
     args = parse_args(argv)
-    chosen = select(args)
+    chosen = chosen_cells(args)
     if args.list:
         list_cells(args, chosen)
         return None

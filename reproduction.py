@@ -107,7 +107,7 @@ def _count(units, **amounts):
         units[k] = units.get(k, 0.0) + v
 
 
-def _train(units, networks, epochs, images, px, arch='ConvNet', batch=256):
+def _count_training(units, networks, epochs, images, px, arch='ConvNet', batch=256):
     """`networks` networks trained `epochs` epochs on `images` images, then tested on 10,000."""
     cost = cells.ARCH_COST.get(arch, 1.0)
     _count(units, train_step=networks * epochs * max(1, math.ceil(images / batch)),
@@ -124,12 +124,12 @@ def _condense(f, units, dm):
     else:
         outer, inner = get_loops(ipc, flag(f, '--outer_loop', None, int), flag(f, '--inner_loop', None, int))
         _count(units, match_step=exps * it * outer * K, match_img=exps * it * outer * K * (br + ipc) * px * cost)
-        _train(units, exps * it * (outer - 1), inner, K * ipc, px, model)
+        _count_training(units, exps * it * (outer - 1), inner, K * ipc, px, model)
     mode = flag(f, '--eval_mode', 'SS' if dm else 'S')
     every = flag(f, '--eval_every', None, int) or (2000 if dm else 500)
     points = 1 if '--eval_final_only' in f or mode not in ('S', 'SS') else len(set(range(0, it + 1, every)) | {it})
     for arch in get_eval_pool(mode, model):
-        _train(units, exps * points * flag(f, '--num_eval', 20, int), flag(f, '--epoch_eval_train', 300, int),
+        _count_training(units, exps * points * flag(f, '--num_eval', 20, int), flag(f, '--epoch_eval_train', 300, int),
                K * ipc, px, arch)
 
 
@@ -142,11 +142,11 @@ def _gan(f, units, stage):
     its = epochs * min(per_epoch, flag(f, '--iters-per-epoch', per_epoch, int))
     _count(units, gan_step=its, gan_img=its * bs * (width / 32) ** 2 * (px / _image_scale('MNIST')))
     if stage == 2:  # --epochs-match-train pool steps per generator step, on ResNets as often as not
-        _train(units, its * flag(f, '--epochs-match-train', 16, int), 1, bs, px, 'resnet10')
+        _count_training(units, its * flag(f, '--epochs-match-train', 16, int), 1, bs, px, 'resnet10')
     validations = epochs // flag(f, '--eval-interval', 10, int)
     for model in flags_list(f, '--eval-model', ['convnet']):
         steps = K * ipc // bs + 1
-        _train(units, validations, flag(f, '--epochs-eval', 1000, int), steps * bs, px, model, batch=bs)
+        _count_training(units, validations, flag(f, '--epochs-eval', 1000, int), steps * bs, px, model, batch=bs)
 
 
 def _validate(f, units):
@@ -157,9 +157,9 @@ def _validate(f, units):
     nets, epochs = flag(f, '--num_eval', 5, int), flag(f, '--epochs-eval', 1000, int)
     for model in models:
         if 'onthefly' in modes:
-            _train(units, nets, epochs, (K * ipc // bs) * bs, px, model, batch=bs)
+            _count_training(units, nets, epochs, (K * ipc // bs) * bs, px, model, batch=bs)
         if 'fixed' in modes:
-            _train(units, nets * flag(f, '--num_exp', 1, int), epochs, K * ipc, px, model)
+            _count_training(units, nets * flag(f, '--num_exp', 1, int), epochs, K * ipc, px, model)
 
 
 def _cl(f, units):
@@ -176,14 +176,14 @@ def _cl(f, units):
                 it = flag(f, '--Iteration', 1000, int)
                 outer, inner = get_loops(ipc, flag(f, '--outer_loop', None, int), flag(f, '--inner_loop', None, int))
                 _count(units, match_step=it * outer * new, match_img=it * outer * new * (br + ipc) * px)
-                _train(units, it * (outer - 1), inner, new * ipc, px)
+                _count_training(units, it * (outer - 1), inner, new * ipc, px)
             elif method in ('herding', 'kcenter'):
-                _train(units, 1, flag(f, '--feature_epochs', 20, int), cells.TRAIN_IMAGES[ds] // steps, px)
+                _count_training(units, 1, flag(f, '--feature_epochs', 20, int), cells.TRAIN_IMAGES[ds] // steps, px)
             elif method == 'dim':
                 its, bs, width = flag(f, '--gan_iters', 5000, int), flag(f, '--gan_batch', 128, int), flag(
                     f, '--gan_width', 196, int)
                 _count(units, gan_step=its, gan_img=its * bs * (width / 32) ** 2 * px / _image_scale('MNIST'))
-            _train(units, flag(f, '--num_eval', 3, int), flag(f, '--epoch_eval_train', 1000, int),
+            _count_training(units, flag(f, '--num_eval', 3, int), flag(f, '--epoch_eval_train', 1000, int),
                    new * (step + 1) * ipc, px, flag(f, '--model', 'ConvNet'))
 
 
@@ -198,7 +198,8 @@ def _itgan(f, units):
     _count(units, dm_step=it, dm_img=it * K * (br + min(flag(f, '--batch_syn', 256, int), n // K)) * px * cost,
            gan_step=it, gan_img=it * n)
     for model in flags_list(f, '--eval_model', ['ResNet18BN']):
-        _train(units, 4 * flag(f, '--num_eval', 3, int), flag(f, '--epoch_eval_train', 200, int) + 1, n, px, model)
+        _count_training(units, 4 * flag(f, '--num_eval', 3, int), flag(f, '--epoch_eval_train', 200, int) + 1, n, px,
+                        model)
 
 
 WORKLOAD = {'main_DM.py': lambda f, u: _condense(f, u, True), 'main.py': lambda f, u: _condense(f, u, False),

@@ -153,13 +153,16 @@ class Run:
     change) plus `identity` (e.g. the method); --resume refuses a checkpoint whose fingerprint differs, naming the
     flags. `key`/`needs`: where a checkpoint keeps the arguments it was made with and the keys it must hold
     (DiM's GAN checkpoints keep them all under 'args'). `results`: files of this run that a run on other data
-    must not replace. `missing_ok`: --resume without a checkpoint starts afresh (CL) instead of failing."""
+    must not replace. `missing_ok`: --resume without a checkpoint starts afresh (CL) instead of failing. `names`:
+    the names the fingerprint records some arguments under (a renamed flag keeps its first name, so that the runs
+    made before the renaming still resume)."""
 
     def __init__(self, args, resumable, folder, *, checkpoint, log, lock, lock_what, stale=(), results=(),
                  advice='pass another --save_path', key='fingerprint', needs=('fingerprint',), missing_ok=False,
-                 **identity):
+                 names=None, **identity):
         self.args, self.folder, self.ckpt_path, self.lock_path = args, folder, checkpoint, lock
-        self.fingerprint = dict(fingerprint(args, resumable), **identity)
+        recorded = {(names or {}).get(k, k): v for k, v in fingerprint(args, resumable).items()}
+        self.fingerprint = dict(sorted(recorded.items()), **identity)
         hold_lock(lock, lock_what, advice)
         try:
             resume = getattr(args, 'resume', False) and (os.path.isfile(checkpoint) or not missing_ok)

@@ -426,7 +426,7 @@ def test_dim_composition_order():
     x = rand_images(6, seed=42)
     aug = A.DiMDiffAug('cutout_crop_color_flip_rotate', batch=False)  # token order in the string is irrelevant
     out = aug(x, gen(43))
-    u_choice, p = A._draw(6, gen(43), aug.param)
+    u_choice, p = A._draw_params(6, gen(43), aug.param)
     y = A._apply_token(x, 'flip', p, aug.param)
     y = A._apply_token(y, 'color', p, aug.param)
     y = A._apply_token(y, ['crop', 'rotate'][int(u_choice[0] * 2)], p, aug.param)
@@ -442,7 +442,7 @@ def test_dim_one_op_per_call():
     seen = set()
     for seed in range(20):
         out = aug(x, gen(seed))
-        u_choice, p = A._draw(1, gen(seed), aug.param)
+        u_choice, p = A._draw_params(1, gen(seed), aug.param)
         p = A.select_params(p, torch.zeros(4, dtype=torch.long))
         cands = {t: A._apply_token(x, t, p, aug.param) for t in ('scale', 'rotate')}
         match = [t for t, y in cands.items() if torch.allclose(out, y)]
@@ -467,7 +467,7 @@ def test_dim_normalisation_and_identity():
     torch.testing.assert_close(out, ref)
     # brightness acts in standardised units: normalise first, then augment
     aug = A.DiMDiffAug('color', batch=True, mean=mean, std=std)
-    u_choice, p = A._draw(1, gen(47), aug.param)
+    u_choice, p = A._draw_params(1, gen(47), aug.param)
     p = A.select_params(p, torch.zeros(4, dtype=torch.long))
     torch.testing.assert_close(aug(x, gen(47)), A._apply_token(ref, 'color', p, aug.param))
     assert A.DiMDiffAug('none')(x) is x
