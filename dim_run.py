@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import cli
 import data as data_mod
 import gan
 import parallel
@@ -112,6 +113,11 @@ class StageRun(runner.Run):
         self.G, self.D, self.opt_g, self.opt_d, self.ema = G, D, opt_g, opt_d, ema
         self._config_written = False
         runner.check_same_data(args, [self.path('config.json')], 'pass another --tag or --output-dir')
+        other = runner.recorded_args(self.path('config.json')).get('stage', args.stage)
+        if other != args.stage:  # e.g. both stages on the default --tag: stage 2 would replace its input, best.pth
+            tag = f'{args.tag}_{({1: "gan"} | cli.NEXT_TAG)[args.stage]}'
+            raise UserError(f'{self.dir} holds a DiM stage-{other} run, whose files this stage-{args.stage} run would '
+                            f'replace; pass another --tag (e.g. --tag {tag})')
         os.makedirs(self.dir, exist_ok=True)
         super().__init__(args, resumable, self.dir, checkpoint=self.path('last.pth'),
                          log=os.path.join(args.logs_dir, args.tag, 'logs.txt'), lock=self.path('run.lock'),

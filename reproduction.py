@@ -25,7 +25,7 @@ from data import canonical_dataset, dataset_available
 from dc import get_loops
 from evaluation import get_eval_pool
 from plots import plot_agreement
-from utils import UserError, atomic_write_text, mean_std, run_cli, write_json
+from utils import Terminated, UserError, atomic_write_text, mean_std, run_cli, write_json
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MARKER = 'reproduce_stage.json'
@@ -292,9 +292,17 @@ def _last_error(log_path, script):
     return lines[-1] if lines else 'failed'
 
 
+def _stop_on_interrupt(code):
+    """A stage stopped by Ctrl-C (exit code 130) or SIGTERM (143) stops reproduce.py too, in the same way."""
+    if code == 130:
+        raise KeyboardInterrupt
+    if code == 143:
+        raise Terminated
+
+
 def run_in_process(script, argv, log_path):
     """The entry script's main(argv) with its output in log_path and its own error handling (utils.run_cli, under
-    the script's name). None on success, else the error line. Ctrl-C stops reproduce.py too."""
+    the script's name). None on success, else the error line. Ctrl-C and SIGTERM stop reproduce.py too."""
     module = importlib.import_module(script[:-3])
     saved, code, crash = sys.argv, 0, None
     sys.argv = [script] + argv  # argparse and run_cli name the script in their messages
@@ -309,8 +317,7 @@ def run_in_process(script, argv, log_path):
                 crash = f'{script} crashed: {type(e).__name__}: {e} (traceback in {log_path})'
     finally:
         sys.argv = saved
-    if code == 130:
-        raise KeyboardInterrupt
+    _stop_on_interrupt(code)
     return crash or (_last_error(log_path, script) if code else None)
 
 
@@ -318,8 +325,7 @@ def run_subprocess(script, argv, log_path):
     """The printed command itself, as a child process from the project root."""
     with open(log_path, 'a') as f:
         rc = subprocess.run([sys.executable, script] + argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
-    if rc == 130:
-        raise KeyboardInterrupt
+    _stop_on_interrupt(rc)
     return None if rc == 0 else _last_error(log_path, script)
 
 

@@ -12,8 +12,10 @@ import math
 import os
 import re
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -57,9 +59,11 @@ def run_cli(main, resumable=True):
     the run's log when one is open. Under torchrun every process meets the same bad input, and rank 0 alone prints
     it; a fault of one process's own (a file system error, memory) is printed by that process, with its rank. The
     run's lock files are released on every exit. resumable: the script has --resume (Ctrl-C's line then advises
-    it)."""
+    it). A SIGTERM (a scheduler ending the job, `kill`) stops the run as Ctrl-C does, with its line in the log and
+    exit code 143; an unexpected exception (a bug) keeps its traceback, and the log says the run ended there."""
     prog = os.path.basename(sys.argv[0])
     _OPEN_LOGS.clear()  # logs an earlier main() left open in this process are not this run's
+    previous = _on_sigterm(_terminate)
     try:
         main()
     except UserError as e:
@@ -74,16 +78,39 @@ def run_cli(main, resumable=True):
             _fail(prog, f'a value overflowed float32 inside a training step ({str(e).strip()}); lower the learning '
                         f'rates', own=False)
         if not isinstance(e, MemoryError) and 'out of memory' not in str(e) and "can't allocate" not in str(e):
+            _to_logs(f'crashed: {type(e).__name__}: {e} (the traceback is on stderr)')
             raise
         _fail(prog, 'out of memory; lower --ipc, the batch sizes (--batch_real, --batch_train) or use a smaller model')
-    except KeyboardInterrupt:
-        line = 'interrupted' + ('; rerun with --resume to continue' if resumable else '')
+    except KeyboardInterrupt as e:
+        line = ('stopped by SIGTERM' if isinstance(e, Terminated) else 'interrupted') + (
+            '; rerun with --resume to continue' if resumable else '')
         if is_main():
             print(f'\n{prog}: {line}', file=sys.stderr)
         _to_logs(line)
-        sys.exit(130)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
+    except Exception as e:
+        _to_logs(f'crashed: {type(e).__name__}: {e} (the traceback is on stderr)')
+        raise
     finally:
+        _on_sigterm(previous)
         release_lock()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: the run stops where it is, as on Ctrl-C (checkpoints are written atomically, so the last
+    one stays whole)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _on_sigterm(handler):
+    """Install handler for SIGTERM and return the one it replaces; None (and nothing done) outside the main thread
+    or for a None handler, where Python cannot or need not install one."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _fail(prog, message, own=True):

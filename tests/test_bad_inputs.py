@@ -4,9 +4,11 @@ script itself to show what a user sees."""
 import errno
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -19,7 +21,7 @@ import main_ITGAN
 import pool_match
 import validate
 from conftest import ROOT, toy_images, write_idx
-from utils import atomic_save, atomic_write_text, run_cli
+from utils import Log, atomic_save, atomic_write_text, run_cli
 
 SCRIPTS = ('main.py', 'main_DM.py', 'CL_DM.py', 'gen_condense.py', 'pool_match.py', 'validate.py', 'main_ITGAN.py',
            'evaluate.py')
@@ -154,6 +156,55 @@ def test_run_cli_turns_out_of_memory_into_one_line(capsys):
         raise RuntimeError('a programming error')
     with pytest.raises(RuntimeError):  # other errors keep their traceback: they are ours to fix
         run_cli(bug)
+
+
+def test_a_crash_keeps_its_traceback_and_its_log_says_where_the_run_ended(tmp_path):
+    for error in (RuntimeError('a programming error'), KeyError('args')):
+        def bug():
+            log = Log(str(tmp_path / 'run.log'))
+            log('iteration 3', echo=False)
+            raise error
+        with pytest.raises(type(error)):  # ours to fix: the traceback stays
+            run_cli(bug)
+        last = (tmp_path / 'run.log').read_text().splitlines()[-1]
+        assert last == f'crashed: {type(error).__name__}: {error} (the traceback is on stderr)'
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path, capsys):
+    before = signal.getsignal(signal.SIGTERM)
+
+    def run():
+        log = Log(str(tmp_path / 'run.log'))
+        log('iteration 3', echo=False)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises at the next bytecode, long before this ends
+        log('not reached', echo=False)
+    with pytest.raises(SystemExit) as e:
+        run_cli(run)
+    assert e.value.code == 143 and signal.getsignal(signal.SIGTERM) is before  # the handler is run_cli's alone
+    assert capsys.readouterr().err.strip().endswith(': stopped by SIGTERM; rerun with --resume to continue')
+    assert (tmp_path / 'run.log').read_text().splitlines()[-1] == 'stopped by SIGTERM; rerun with --resume to continue'
+
+
+def test_a_run_ended_by_sigterm_says_so_and_keeps_a_whole_checkpoint(prepared_mnist):
+    """A scheduler's SIGTERM in the middle of a real run: exit code 143, one line on stderr and in the log, no lock
+    left, and the last checkpoint opens with a plain torch.load."""
+    tmp = prepared_mnist
+    argv = [sys.executable, os.path.join(ROOT, 'main_DM.py')] + _dm(tmp, '--Iteration', '100000',
+                                                                     '--checkpoint_every', '1')
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp))
+    ckpt = tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.ckpt.pt'
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines() == ['main_DM.py: stopped by SIGTERM; rerun with --resume to continue']
+    assert not (tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.lock').exists()
+    log = (tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.log').read_text().splitlines()
+    assert log[-1] == 'stopped by SIGTERM; rerun with --resume to continue'
+    assert torch.load(ckpt, weights_only=False)['it'] >= 1
 
 
 # ---------------------------------------------------------------------------------------------- 5. unknown choices
@@ -541,6 +592,25 @@ def test_a_second_run_into_the_same_outputs_is_refused_until_the_first_is_gone(p
     assert lock.read_text().strip() == str(holder.pid)  # left by the killed run: taken over now that it is gone
     main_DM.main(_dm(tmp))
     assert not lock.exists()
+
+
+def test_a_dim_stage_does_not_replace_another_stages_run(prepared_mnist, capsys):
+    """Every stage defaults to --tag test: stage 2 or 3 on the same tag as the stage-1 run would replace its
+    config.json, and stage 2 its best.pth, the checkpoint it reads."""
+    tmp = prepared_mnist
+    gen_condense.main(_dim(tmp, '--tag', 'test', '--epochs', '1', '--iters-per-epoch', '2', '--val_split', '2'))
+    before = _snapshot(tmp / 'results' / 'test')
+    weight = f'{tmp}/results/test/best.pth'
+    err = _error(pool_match.main, _dim(tmp, '--weight', weight, '--epochs', '1', '--iters-per-epoch', '1'), capsys)
+    assert 'holds a DiM stage-1 run' in err and 'pass another --tag (e.g. --tag test_match)' in err
+    err = _error(validate.main, _dim(tmp, '--pretrain-weight', weight, '--dim_eval', 'fixed', '--num_eval', '1',
+                                     '--batch-size', '10'), capsys)
+    assert 'holds a DiM stage-1 run' in err and '--tag test_test' in err
+    assert _snapshot(tmp / 'results' / 'test') == before
+    validate.main(_dim(tmp, '--tag', 'test_test', '--pretrain-weight', weight, '--dim_eval', 'fixed', '--num_eval',
+                       '1', '--batch-size', '10'))
+    validate.main(_dim(tmp, '--tag', 'test_test', '--pretrain-weight', weight, '--dim_eval', 'fixed', '--num_eval',
+                       '1', '--batch-size', '10'))  # a stage's own earlier run is replaced, as before
 
 
 def test_a_dim_stage_holds_its_run_folder(prepared_mnist, capsys):
