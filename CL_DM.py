@@ -20,12 +20,12 @@ from tqdm import tqdm
 import cl
 import cl_report
 import parallel
-from cli import Config, add_flags, check_args, check_network
+from cli import Config, add_flags, check_args, check_gan_flags, check_network
 from data import dataset_info, get_dataset
 from dc import get_loops
 from evaluation import EvalRecipe, evaluate_networks
 from networks import get_network
-from runner import Run
+from runner import Run, run_files
 from utils import ArgumentParser, UserError, check_positive, cpu_state, derive_seed, make_generator, mean_std, \
     remove_stale_temps, run_cli
 
@@ -33,8 +33,7 @@ from utils import ArgumentParser, UserError, check_positive, cpu_state, derive_s
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
              'eval_one_by_one', 'per_class', 'real_chunk', 'cuda_graphs')
 # The GAN flags' first CL spellings, still accepted (and named in their error messages).
-OLD_SPELLING = {'cond': ('--gan_cond',), 'critic': ('--gan_critic',), 'n_critic': ('--gan_n_critic',),
-                'gp_every': ('--gan_gp_every',), 'mode_seeking': ('--gan_mode_seeking',), 'g_ema': ('--gan_ema',)}
+OLD_SPELLING = {name: (f'--{first}',) for name, first in cl.CACHE_NAMES.items()}
 
 
 def method_name(value):
@@ -109,10 +108,7 @@ def validate(args):
 
     for name in ('steps', 'gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'n_critic', 'gp_every'):
         check_positive(spelled(name), getattr(args, name))
-    if args.mode_seeking < 0:
-        raise UserError(f'--{spelled("mode_seeking")} must be >= 0 (0: off), got {args.mode_seeking}')
-    if not 0 <= args.g_ema < 1:
-        raise UserError(f'--{spelled("g_ema")} must be in [0, 1) (0: off), got {args.g_ema}')
+    check_gan_flags(args, spelled)
     if num_classes % args.steps:
         divisors = [d for d in range(2, num_classes + 1) if num_classes % d == 0][:6]
         raise UserError(f'--steps {args.steps} does not divide the {num_classes} classes of {info.name}; choose '
@@ -234,9 +230,8 @@ def main(argv=None):
     data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     cl.check_budget(args, data)
     name = cl.run_name(args)
-    paths = {ext: os.path.join(args.save_path, f'cl_{name}.{ext}') for ext in ('json', 'csv', 'log', 'ckpt.pt', 'lock')}
-    run = Run(args, RESUMABLE, args.save_path, checkpoint=paths['ckpt.pt'], log=paths['log'], lock=paths['lock'],
-              lock_what=os.path.join(args.save_path, f'cl_{name}.*'), results=(paths['json'],),
+    paths = {ext: os.path.join(args.save_path, f'cl_{name}.{ext}') for ext in ('json', 'csv')}
+    run = Run(args, RESUMABLE, args.save_path, **run_files(args.save_path, f'cl_{name}'), results=(paths['json'],),
               stale=(f'cl_{name}.', f'cl_{data.name}_'), missing_ok=True, names=cl.CACHE_NAMES)
     remove_stale_temps(os.path.join(args.save_path, 'cl_data'), f'cl_{cl.KIND[args.method]}_{data.name}_')
     log = run.log

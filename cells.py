@@ -10,6 +10,8 @@ Every published number names its source; a tier without a measured reference say
 """
 from collections import namedtuple
 
+from dc import recommended_dsa_strategy
+
 TIERS = {
     'smoke': 'toy size, seconds each on a CPU: every command runs end to end (the test suite runs this tier on '
              'fixtures)',
@@ -123,11 +125,6 @@ def digits(dataset):
     return dataset == 'MNIST'
 
 
-def dsa_strategy(dataset):
-    """The papers' DSA strategy: no flips for digits."""
-    return 'color_crop_cutout_scale_rotate' if digits(dataset) else 'color_crop_cutout_flip_scale_rotate'
-
-
 SMOKE_IPC = 2  # the smoke tier's sets hold at most this many images per class
 SMOKE_EVAL = '--num_exp 1 --num_eval 1 --epoch_eval_train 1 --eval_final_only --model ConvNetW32'
 DM_TIERS = {
@@ -187,10 +184,10 @@ def condense_stage(method, dataset, ipc, stage_id=None, eval_mode=None):
     common = f'--dataset {dataset} --model ConvNet --ipc {ipc}'
     if method == 'DM':
         script, table = 'main_DM.py', DM_TIERS
-        base = f'{common} --init real --lr_img 1 --dsa_strategy {dsa_strategy(dataset)}'
+        base = f'{common} --init real --lr_img 1 --dsa_strategy {recommended_dsa_strategy(dataset)}'
         fmt = dict(epochs=10 if ipc >= 50 else 20)
     else:
-        init = 'noise' if method == 'DC' else f'real --dsa_strategy {dsa_strategy(dataset)}'
+        init = 'noise' if method == 'DC' else f'real --dsa_strategy {recommended_dsa_strategy(dataset)}'
         script, base, table = 'main.py', f'--method {method} {common} --init {init} --lr_img 0.1', DC_TIERS
         fmt = dict(epochs=1000 if method == 'DSA' or digits(dataset) else 300)
     flags = {t: f'{base} {tier_flags(table, t, ipc, **fmt)}' for t in TIER_NAMES}
@@ -249,9 +246,8 @@ DIM_CUTS = {
 }
 
 
-def per_tier(base, tiers, extra=None):
-    extra = extra or {}
-    return {t: ' '.join(s for s in (base, tiers[t], extra.get(t, '')) if s) for t in TIER_NAMES}
+def per_tier(base, tiers):
+    return {t: ' '.join(s for s in (base, tiers[t]) if s) for t in TIER_NAMES}
 
 
 DIM_MNIST_GAN = ('--data mnist --gan_width 32 ' + PROJECT_GAN + ' --lr 2e-4 --batch-size 64 --ipc 10 --val_split 100')

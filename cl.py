@@ -300,7 +300,7 @@ def dim_memory(args, data, order, step, seed, state, log):
     generator (continued across steps) is the frozen copy, and the one the memory is sampled from. Returns (memory,
     gan state)."""
     G, D, opt_g, opt_d = memory_gan(args, data, derive_seed(seed, 'cl', 'DiM'))
-    ema = gan.GeneratorEMA(G, args.g_ema) if args.g_ema else None
+    ema = gan.new_ema(G, args.g_ema)
     if state is not None:
         gan.load_gan_state(state, G, D, opt_g, opt_d, ema)
     sampler = G if ema is None else ema.G
@@ -448,7 +448,7 @@ class Memories:
         else:
             memory, self.gan = dim_memory(args, data, self.order, s, self.seed, self.gan, self.log)
             self.memory.append(memory)
-            sampler = self.gan['generator_ema']['generator'] if 'generator_ema' in self.gan else self.gan['generator']
+            sampler, _ = gan.sampling_weights(self.gan)
             self.samplers = self.samplers[:s] + [sampler]
         self.times = self.times[:s] + [time.time() - t0] * (len(self.memory) - s)
         self.log(f'seed {self.seed} step {s}: memory built in {time.time() - t0:.1f} s -> {self.path}')

@@ -162,6 +162,21 @@ def check_network(name, info=None):
             raise UserError(f'{name} on {info.name} ({info.im_size[0]}x{info.im_size[1]}): {e}') from None
 
 
+def resolve_device(device):
+    """--device as the run uses it: checked (utils.check_device), and under torchrun the process group joined and
+    'cuda' made this process's own GPU, cuda:<rank>."""
+    return parallel.start(check_device(device))
+
+
+def check_gan_flags(args, spelled=str):
+    """--mode_seeking >= 0 and --g_ema in [0, 1) (0: off), where the script has them; spelled(name): the flag as
+    the script's messages name it."""
+    if getattr(args, 'mode_seeking', 0.0) < 0:
+        raise UserError(f'--{spelled("mode_seeking")} must be >= 0 (0: off), got {args.mode_seeking}')
+    if not 0 <= getattr(args, 'g_ema', 0.0) < 1:
+        raise UserError(f'--{spelled("g_ema")} must be in [0, 1) (0: off), got {args.g_ema}')
+
+
 def check_args(args):
     """Validate the shared flags a script has; derive the dataset's canonical name, the device, `dsa` (is DSA on)
     and `dsa_param`. UserError (one line) for bad input."""
@@ -180,7 +195,7 @@ def check_args(args):
         raise UserError(f'--Iteration must be >= 0, got {args.Iteration}')
     if 'no_progress' in has and (not sys.stderr.isatty() or not parallel.is_main()):
         args.no_progress = True  # carriage-return bar updates would fill a redirected log; one bar under torchrun
-    args.device = parallel.start(check_device(args.device))  # under torchrun: joins the group, cuda -> cuda:<rank>
+    args.device = resolve_device(args.device)
     if 'dsa_strategy' in has:
         try:
             parse_strategy(args.dsa_strategy)
@@ -382,19 +397,15 @@ def check_dim_args(args, stage):
     check_finite(args)
     check_output_folder(args.output_dir, '--output-dir')
     check_output_folder(args.logs_dir, '--logs-dir')
-    if not sys.stderr.isatty():
-        args.no_progress = True  # carriage-return bar updates would fill a redirected log
+    if not sys.stderr.isatty() or not parallel.is_main():
+        args.no_progress = True  # carriage-return bar updates would fill a redirected log; one bar under torchrun
     for name in positive:
         check_positive(name.replace('_', '-'), getattr(args, name))
     for name in ('val_split', 'iters_per_epoch', 'num_classes', 'im_size'):
         if getattr(args, name, None) is not None and name not in ignored:
             check_positive(name, getattr(args, name))
-    if getattr(args, 'mode_seeking', 0.0) < 0:
-        raise UserError(f'--mode_seeking must be >= 0 (0: off), got {args.mode_seeking}')
-    if not 0 <= getattr(args, 'g_ema', 0.0) < 1:
-        raise UserError(f'--g_ema must be in [0, 1) (0: off), got {args.g_ema}')
-    args.device = parallel.start(check_device(args.device))  # under torchrun: joins the group, cuda -> cuda:<rank>
-    args.no_progress = args.no_progress or not parallel.is_main()
+    check_gan_flags(args)
+    args.device = resolve_device(args.device)
     try:
         parse_strategy(args.aug_type, valid=DIM_TOKENS)
     except ValueError as e:

@@ -175,7 +175,7 @@ class DCStep:
         self.labels = syn_cls.to(image_syn.device)
         self.strategy = args.dsa_strategy if args.dsa else None
         self.mine = parallel.share(data.num_classes)
-        on = graphs_enabled(device, getattr(args, 'cuda_graphs', 'on')) and gen_device.type != 'cpu'
+        on = graphs_enabled(device, getattr(args, 'cuda_graphs', 'on'))  # with host-drawn streams: eager
         self.match = Graphed(self._match, [self.g_batch], on, name='DC matching pass')
         self.inner = Graphed(self._inner, [self.g_batch], on and args.inner_loop > 0, name='DC inner epochs')
 

@@ -42,28 +42,27 @@ def load_data(args, val_split=True):
     return DiMData(real, args, val_split)
 
 
-def new_gan(args, data):
-    """(G, D, opt_g, opt_d), freshly initialised from the stream (seed, 'gan_init'); under torchrun the optimisers
-    average their gradients over the processes first (data parallelism over the GAN batch)."""
-    G, D = gan.build_gan(data, args.dim_noise, args.cond, args.gan_width, args.device,
+def gan_networks(args, data):
+    """(G, D) shaped by the run's GAN flags, initialised from the stream (seed, 'gan_init')."""
+    return gan.build_gan(data, args.dim_noise, args.cond, args.gan_width, args.device,
                          make_generator(args.seed, 'gan_init'), critic=args.critic)
+
+
+def new_gan(args, data):
+    """(G, D, opt_g, opt_d), freshly initialised (gan_networks); under torchrun the optimisers average their
+    gradients over the processes first (data parallelism over the GAN batch)."""
+    G, D = gan_networks(args, data)
     opt_g, opt_d = gan.adam(G, args.lr), gan.adam(D, args.lr)
     for opt in (opt_g, opt_d):
         parallel.average_gradients(opt)
     return G, D, opt_g, opt_d
 
 
-def new_ema(args, G):
-    """The averaged generator of --g_ema, starting from G's weights; None when off."""
-    return gan.GeneratorEMA(G, args.g_ema) if args.g_ema else None
-
-
 def load_sampler(path, args, data, flag='--pretrain-weight'):
     """G from a checkpoint's sampling weights (gan.sampling_weights), in eval mode; and the checkpoint."""
     ck = gan.read_checkpoint(path, flag)
     gan.check_foreign(ck, args, flag, path)
-    G, _ = gan.build_gan(data, args.dim_noise, args.cond, args.gan_width, args.device,
-                         make_generator(args.seed, 'gan_init'), critic=args.critic)
+    G, _ = gan_networks(args, data)
     state, name = gan.sampling_weights(ck)
     gan.load_into(G, state, flag, path, name)
     return G.eval(), ck

@@ -30,7 +30,7 @@ from cli import Config, add_flags, check_args, check_network
 from data import IMAGE_EXTENSIONS, _read_image, canonical_dataset, get_dataset
 from dc import recommended_dsa_strategy
 from evaluation import EvalRecipe, evaluate_pool, get_eval_pool, progress_lines
-from runner import Run
+from runner import Run, run_files
 from utils import ArgumentParser, UserError, atomic_write_text, make_generator, mean_std, run_cli, sample_std, \
     versions, write_json
 
@@ -351,9 +351,9 @@ def main(argv=None):
 
     stem = f'eval_{data.name}_{os.path.splitext(os.path.basename(os.path.normpath(args.sets[0])))[0]}' + (
         f'_and_{len(sets) - 1}_more' if len(sets) > 1 else '')
-    paths = {ext: os.path.join(args.save_path, f'{stem}.{ext}') for ext in ('md', 'json', 'log', 'ckpt.pt', 'lock')}
-    run = Run(args, RESUMABLE, args.save_path, checkpoint=paths['ckpt.pt'], log=paths['log'], lock=paths['lock'],
-              lock_what=os.path.join(args.save_path, f'{stem}.*'), stale=(stem,), digests=[s['digest'] for s in sets])
+    paths = {ext: os.path.join(args.save_path, f'{stem}.{ext}') for ext in ('md', 'json')}
+    run = Run(args, RESUMABLE, args.save_path, **run_files(args.save_path, stem), stale=(stem,),
+              digests=[s['digest'] for s in sets])
     done, log = run.resumed['done'] if run.resumed else {}, run.log
     log(f'evaluate {len(sets)} set(s) on {data}; device {args.device}; seed {args.seed}; {args.num_eval} network(s) '
         f'per architecture and experiment; baseline {args.baseline}')

@@ -282,6 +282,11 @@ class GeneratorEMA:
         self.steps = state['steps']
 
 
+def new_ema(G, decay):
+    """The weight average of --g_ema `decay`, starting from G's weights (GeneratorEMA); None when off (0)."""
+    return GeneratorEMA(G, decay) if decay else None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The checkpoint format: DiM's model_dict_<epoch>.pth, best.pth, last.pth and CL's memory files hold these keys
 

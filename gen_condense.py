@@ -24,7 +24,7 @@ def main(argv=None):
     args = cli.parse_dim_args(1, __doc__.split('\n')[0], argv)
     data = dim_run.load_data(args)
     G, D, opt_g, opt_d = dim_run.new_gan(args, data)
-    ema = dim_run.new_ema(args, G)  # --g_ema: the averaged generator is the one previewed, validated and sampled
+    ema = gan.new_ema(G, args.g_ema)  # --g_ema: the averaged generator is the one previewed, validated and sampled
     run = dim_run.StageRun(args, dim_run.RESUMABLE, G, D, opt_g, opt_d, ema)  # --resume: the GAN as in last.pth
     run.header(data, G)
     state = run.resumed['state'] if run.resumed else dict(epoch=0, best={}, best_all=None, history=[])

@@ -41,7 +41,9 @@ class Graphed:
 
     def __init__(self, fn, generators=(), enabled=False, name='step', warmup=2):
         self.fn, self.generators, self.name, self.warmup = fn, list(generators), name, warmup
-        self.enabled = enabled
+        # A draw from a generator off the GPU can be neither recorded nor reseeded in a replay: such a step runs
+        # eagerly (e.g. a DM or DC step whose streams are drawn on the host).
+        self.enabled = enabled and all(g is not None and g.device.type == 'cuda' for g in self.generators)
         self.calls = 0
         self.graph = None
         self.out = None

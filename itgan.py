@@ -94,15 +94,18 @@ def file_hash(path):
 
 
 def recorded_im_size(args):
-    """--im_size, or the size the generator checkpoint's data was resized to (a DiM run's --im_size)."""
+    """(--im_size, or the size the generator checkpoint's data was resized to (a DiM run's --im_size); the
+    checkpoint when it was read for that, else None)."""
     if args.im_size is not None or args.generator_factory:
-        return args.im_size
-    return (gan.read_checkpoint(args.generator, '--generator').get('args') or {}).get('im_size')
-
-
-def project_generator(args, data):
-    """G from a gen_condense.py / pool_match.py checkpoint, its shape as the checkpoint records it."""
+        return args.im_size, None
     ck = gan.read_checkpoint(args.generator, '--generator')
+    return (ck.get('args') or {}).get('im_size'), ck
+
+
+def project_generator(args, data, ck=None):
+    """G from a gen_condense.py / pool_match.py checkpoint (ck: that checkpoint, when already read), its shape as
+    the checkpoint records it."""
+    ck = ck if ck is not None else gan.read_checkpoint(args.generator, '--generator')
     made = ck.get('args') or {}
     # Both sides as data.canonical_dataset spells them (a folder: its absolute path), as the DiM stages record it.
     if made.get('dataset', args.dataset) != args.dataset:
@@ -146,10 +149,10 @@ def factory_generator(args, data):
     return G.to(args.device), dict(factory=args.generator_factory)
 
 
-def load_generator(args, data):
+def load_generator(args, data, ck=None):
     """(frozen G, description with path, sha256, shape and bytes); UserError for a missing, foreign or
-    mismatched generator."""
-    G, shape = (factory_generator if args.generator_factory else project_generator)(args, data)
+    mismatched generator. ck: the --generator checkpoint, when already read."""
+    G, shape = factory_generator(args, data) if args.generator_factory else project_generator(args, data, ck)
     G = freeze(G)
     check_generator(G, data, args.device)
     info = dict(path=os.path.abspath(args.generator), sha256=file_hash(args.generator), bytes=gan.generator_bytes(G),

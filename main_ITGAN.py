@@ -24,7 +24,7 @@ from cli import Config, add_flags, check_args, check_network
 from data import canonical_dataset, file_label, get_dataset
 from dc import recommended_dsa_strategy
 from evaluation import EvalRecipe, evaluate_pool, test_accuracy
-from runner import Run, fingerprint, save_image_grid
+from runner import Run, fingerprint, run_files, save_image_grid
 from utils import ArgumentParser, UserError, atomic_save, check_positive, make_generator, mean_std, run_cli, \
     versions, write_json
 
@@ -100,21 +100,22 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     # --im_size defaults to the size the generator's data was resized to, which its checkpoint records
-    args = Config(args, im_size=itgan.recorded_im_size(args))
+    im_size, ck = itgan.recorded_im_size(args)  # ck: the --generator checkpoint, when read for its size
+    args = Config(args, im_size=im_size)
     data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     smallest = min(len(i) for i in data.indices_class)
     if args.ipc is not None and args.ipc > smallest:
         raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); lower it')
-    G, gen = itgan.load_generator(args, data)  # frozen, in eval mode
+    G, gen = itgan.load_generator(args, data, ck)  # frozen, in eval mode
 
     # <save_path>/ITGAN_<dataset>_<model>_<ipc>ipc.{json,log,ckpt.pt}, res_….pt and vis_….png. The checkpoint is
     # written after every inverted chunk, every --checkpoint_every iterations and every evaluated set; every draw
     # is named by (seed, phase, ...), so a resumed run repeats the uninterrupted one.
     name = f'ITGAN_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc or "all"}ipc'
     path = functools.partial(os.path.join, args.save_path)
-    run = Run(args, RESUMABLE + EVAL_FLAGS, args.save_path, checkpoint=path(f'{name}.ckpt.pt'), log=path(f'{name}.log'),
-              lock=path(f'{name}.lock'), lock_what=path(f'{name}.*'), results=(path(f'res_{name}.pt'),
-              path(f'{name}.json')), stale=(f'res_{name}.', f'{name}.', f'vis_{name}.'), generator_sha256=gen['sha256'])
+    run = Run(args, RESUMABLE + EVAL_FLAGS, args.save_path, **run_files(args.save_path, name),
+              results=(path(f'res_{name}.pt'), path(f'{name}.json')),
+              stale=(f'res_{name}.', f'{name}.', f'vis_{name}.'), generator_sha256=gen['sha256'])
     run.warn_fresh_start()
     state = run.resumed or dict(chunks=[], mse=[], it=0, losses=[], times={})
     # A --resume with other evaluation flags keeps the latents and evaluates them anew.
@@ -183,7 +184,7 @@ def main(argv=None):
     sets['real'] = (data.images(real_idx).cpu(), labels)
     n = min(args.ipc or 10, 10)  # the picture: one block per set (top to bottom), a row per class
     keep = torch.cat([p[:n] for p in index_class])
-    blocks = [data.images(real_idx[keep]).cpu()] + [sets[s][0][keep] for s in SETS[1:]]
+    blocks = [sets[s][0][keep] for s in SETS]
     save_image_grid(path(f'vis_{name}.png'), torch.cat(blocks), data.mean, data.std, nrow=n)
 
     # 3. Evaluation: --num_eval networks per --eval_model trained from scratch on every set, tested after the

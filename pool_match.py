@@ -22,7 +22,7 @@ def main(argv=None):
     data = dim_run.load_data(args)
     G, D, opt_g, opt_d = dim_run.new_gan(args, data)
     matcher = dim.PoolMatcher(args, data)
-    ema = dim_run.new_ema(args, G)  # --g_ema: continues stage 1's average (or starts one from its weights)
+    ema = gan.new_ema(G, args.g_ema)  # --g_ema: continues stage 1's average (or starts one from its weights)
     if not args.resume:
         ck = gan.read_checkpoint(args.weight, '--weight', gan.GAN_KEYS)
         gan.check_foreign(ck, args, '--weight', args.weight)

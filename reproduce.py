@@ -22,10 +22,9 @@ import time
 import torch
 
 import cells
-import parallel
 import reproduction as rp
-from cli import Config, add_flags
-from utils import ArgumentParser, UserError, check_device, check_output_folder, check_positive, run_cli
+from cli import Config, add_flags, resolve_device
+from utils import ArgumentParser, UserError, check_output_folder, check_positive, run_cli
 
 
 def parse_args(argv=None):
@@ -53,7 +52,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.max_minutes is not None:
         check_positive('max_minutes', args.max_minutes)
-    args.device = parallel.start(check_device(args.device))  # under torchrun: joins the group, cuda -> cuda:<rank>
+    args.device = resolve_device(args.device)
     args.out = args.out or os.path.join('runs', 'reproduce', args.tier)
     return Config(args)
 
@@ -183,13 +182,13 @@ def main(argv=None):
                       f'{os.path.join(folder, "reproduce_console.log")})')
                 if states[s] == 'fresh':
                     rp.clear(folder)
-                stage_error, _ = rp.run_stage(cells.STAGES[s], argvs[s], folder, states[s], args.isolate)
+                stage_error = rp.run_stage(cells.STAGES[s], argvs[s], folder, states[s], args.isolate)
                 if stage_error:
                     failed[s] = stage_error
                     error = f'error: {stage_error}'
                     break
                 ran.add(s)
-            r['wall_s'] = sum((rp.read_marker(rp.stage_dir(out, s)) or {}).get('wall_s') or 0.0 for s in cell.stages)
+            r['wall_s'] = rp.runs_wall([r])
             if error is None:
                 try:
                     accs = rp.read_accuracies(cell.read, out)

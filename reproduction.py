@@ -287,7 +287,7 @@ def _last_error(log_path, script):
     except OSError:
         return 'failed (no log)'
     for line in reversed(lines):
-        if line.startswith(f'{script}: error:') or line.startswith(f'{script}: '):
+        if line.startswith(f'{script}: '):
             return line
     return lines[-1] if lines else 'failed'
 
@@ -330,7 +330,8 @@ def run_subprocess(script, argv, log_path):
 
 
 def run_stage(stage, argv, folder, how, isolate):
-    """Run one stage (stage_state() said `how`); returns (error line or None, wall seconds)."""
+    """Run one stage (stage_state() said `how`), its wall time recorded in its marker; returns the error line or
+    None."""
     os.makedirs(folder, exist_ok=True)
     log_path = os.path.join(folder, 'reproduce_console.log')
     marker = dict(script=stage.script, argv=argv, status='running', resumed=how == 'resume',
@@ -346,7 +347,7 @@ def run_stage(stage, argv, folder, how, isolate):
                                                       finished=time.strftime('%Y-%m-%d %H:%M:%S')))
     else:
         write_json(os.path.join(folder, MARKER), dict(marker, status='failed', wall_s=wall, error=error))
-    return error, wall
+    return error
 
 
 # ----------------------------------------------------------------------------------------------------------------

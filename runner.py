@@ -111,14 +111,6 @@ def check_same_data(args, paths, remedy):
             raise UserError(f'{path} holds a run on {words[0]}, this run is on {words[1]}; {remedy}')
 
 
-def warn_fresh_start(resume, path, log):
-    """A run without --resume where an earlier run left its checkpoint starts afresh and replaces it: say so at
-    once, while the user can still stop it and continue the earlier run with --resume."""
-    if not resume and os.path.isfile(path):
-        log(f'warning: {path} holds the checkpoint of an earlier run; this run starts afresh and replaces it (stop '
-            f'it and add --resume to continue that run instead)')
-
-
 def save_results(path, data, accs_all_exps, meta=None, accs_iters=None):
     """The original results layout, `data` = [[images, labels]] per experiment and `accs_all_exps` =
     {arch: [accuracies]}, plus `meta` (arguments, seed, versions, protocol), per-architecture mean/std and the
@@ -139,11 +131,19 @@ def save_image_grid(path, images, mean, std, nrow):
     atomic_write(path, lambda f: save_image(grid, f, nrow=nrow, format='png'))
 
 
+def run_files(folder, stem):
+    """The files Run keeps for a run named `stem` in `folder`: <stem>.ckpt.pt, <stem>.log, the lock file
+    <stem>.lock, and what the lock holds, <stem>.* (DiM's stages keep their own layout)."""
+    path = functools.partial(os.path.join, folder)
+    return dict(checkpoint=path(f'{stem}.ckpt.pt'), log=path(f'{stem}.log'), lock=path(f'{stem}.lock'),
+                lock_what=path(f'{stem}.*'))
+
+
 class Run:
     """The files of one run, for every script: the run's lock, its checkpoint and the resume check, the temporary
     files a killed run left, and the log (appended to, after a header line). In the order a run meets them:
 
-        run = Run(args, RESUMABLE, folder, checkpoint=..., log=..., lock=...)  # refuses another run's files
+        run = Run(args, RESUMABLE, folder, **run_files(folder, stem))  # refuses another run's files
         state = run.resumed               # the checkpoint's state with --resume (None without)
         run.log('...')
         run.save(state)                   # the checkpoint, atomically, with the run's fingerprint (rank 0 writes)
@@ -176,8 +176,11 @@ class Run:
         self.log = Log(log)
 
     def warn_fresh_start(self):
-        """After the log's opening lines: say at once that a run without --resume replaces an earlier checkpoint."""
-        warn_fresh_start(self.args.resume, self.ckpt_path, self.log)
+        """After the log's opening lines: a run without --resume where an earlier run left its checkpoint starts
+        afresh and replaces it; say so at once, while the user can still stop it and add --resume instead."""
+        if not self.args.resume and os.path.isfile(self.ckpt_path):
+            self.log(f'warning: {self.ckpt_path} holds the checkpoint of an earlier run; this run starts afresh and '
+                     f'replaces it (stop it and add --resume to continue that run instead)')
 
     def save(self, state):
         atomic_save(dict(state, fingerprint=self.fingerprint), self.ckpt_path)
@@ -206,9 +209,11 @@ class SyntheticSet:
     from `generator`, or a checkpoint's `state`), their SGD (momentum 0.5 in every method), and `read_loss`."""
 
     def __init__(self, data, ipc, init, lr_img, generator, state=None, diverged='the synthetic images diverged'):
-        self.images, self.labels = init_synset(data, ipc, init, generator)
-        if state is not None:
+        if state is None:
+            self.images, self.labels = init_synset(data, ipc, init, generator)
+        else:  # resumed: the checkpoint's images, with init_synset's class-major labels
             self.images = state['image_syn'].to(data.device)
+            self.labels = torch.arange(data.num_classes).repeat_interleave(ipc)
         self.images.requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=lr_img, momentum=0.5)
         if state is not None:
@@ -262,9 +267,9 @@ class CondensationRun(Run):
         self.name = name = f'{method}_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc}ipc'
         path = functools.partial(os.path.join, args.save_path)
         self.results_path, self.summary_path = path(f'res_{name}.pt'), path(f'{name}.json')
-        super().__init__(args, resumable, args.save_path, checkpoint=path(f'{name}.ckpt.pt'), log=path(f'{name}.log'),
-                         lock=path(f'{name}.lock'), lock_what=path(f'{name}.*'), results=(self.results_path,
-                         self.summary_path), stale=(f'res_{name}.', f'{name}.', f'vis_{name}_'), method=method)
+        super().__init__(args, resumable, args.save_path, **run_files(args.save_path, name),
+                         results=(self.results_path, self.summary_path),
+                         stale=(f'res_{name}.', f'{name}.', f'vis_{name}_'), method=method)
         self.eval_its = eval_iterations(args, reference_every)
         epochs = sorted({r.epoch_eval_train for r in recipes.values()})
         self.log(f'plan: {args.num_exp} experiment(s) x {args.Iteration} iterations on '

@@ -73,14 +73,6 @@ def run_cli(main, resumable=True):
         hint = {errno.ENOSPC: '; free some space or pass another output folder',
                 errno.EACCES: '; pass a folder you can write to', errno.EROFS: '; pass a writable folder'}
         _fail(prog, f'{where}{e.strerror or e}{hint.get(e.errno, "")}')
-    except (MemoryError, RuntimeError) as e:
-        if 'without overflow' in str(e):  # a float32 in a step overflowed: a learning rate near float32's largest
-            _fail(prog, f'a value overflowed float32 inside a training step ({str(e).strip()}); lower the learning '
-                        f'rates', own=False)
-        if not isinstance(e, MemoryError) and 'out of memory' not in str(e) and "can't allocate" not in str(e):
-            _to_logs(f'crashed: {type(e).__name__}: {e} (the traceback is on stderr)')
-            raise
-        _fail(prog, 'out of memory; lower --ipc, the batch sizes (--batch_real, --batch_train) or use a smaller model')
     except KeyboardInterrupt as e:
         line = ('stopped by SIGTERM' if isinstance(e, Terminated) else 'interrupted') + (
             '; rerun with --resume to continue' if resumable else '')
@@ -89,11 +81,26 @@ def run_cli(main, resumable=True):
         _to_logs(line)
         sys.exit(143 if isinstance(e, Terminated) else 130)
     except Exception as e:
+        known = _resource_error(e)
+        if known is not None:
+            _fail(prog, *known)
         _to_logs(f'crashed: {type(e).__name__}: {e} (the traceback is on stderr)')
-        raise
+        raise  # a bug: ours to fix, with its traceback
     finally:
         _on_sigterm(previous)
         release_lock()
+
+
+def _resource_error(e):
+    """(message, own) for the failures that bad flags cause deep inside a step, else None: a float32 that
+    overflowed (a learning rate near float32's largest), or running out of memory."""
+    text = str(e)
+    if isinstance(e, RuntimeError) and 'without overflow' in text:
+        return f'a value overflowed float32 inside a training step ({text.strip()}); lower the learning rates', False
+    if isinstance(e, MemoryError) or isinstance(e, RuntimeError) and ('out of memory' in text or
+                                                                      "can't allocate" in text):
+        return 'out of memory; lower --ipc, the batch sizes (--batch_real, --batch_train) or use a smaller model', True
+    return None
 
 
 class Terminated(KeyboardInterrupt):

@@ -33,17 +33,17 @@ import augment
 import graphs
 import main as main_dc
 import main_DM
-from bench_dm import fake_cifar, markdown_writer, sync
+from bench_dm import STRATEGY, fake_cifar, markdown_writer, sync
+from data import dataset_available
 from dc import DCStep
 from dm import DMStep
 from evaluation import EvalRecipe, evaluate_networks
-from gan import GANStep, GeneratorEMA, adam
+from gan import GANStep, adam, new_ema
 from graphs import audited
 from networks import define_gan, get_network
 from runner import init_synset
 from utils import make_generator
 
-STRATEGY = 'color_crop_cutout_flip_scale_rotate'
 TOLERANCE = 0.02  # replay and eager may differ by this share of how far the run moved its tensors (Check.agree)
 # Targets of the GPU issue, for one H200 (None: no target)
 TARGETS = {'DM ipc 10 fp32': 5.0, 'DM ipc 10 bf16': 2.5, 'eval ipc 10': 10.0, 'eval ipc 50': 40.0, 'DC ipc 10': 0.8,
@@ -146,7 +146,7 @@ def run_eval(data, device, ipc, models, epochs, graphs='on', one_by_one=False):
     seconds)."""
     images, labels = init_synset(data, ipc, 'real', torch.Generator().manual_seed(0))
     recipe = EvalRecipe(epoch_eval_train=epochs, device=device, dsa=True, dsa_strategy=STRATEGY,
-                        dsa_param=main_DM.parse_args([]).dsa_param, eval_one_by_one=one_by_one, cuda_graphs=graphs)
+                        dsa_param=augment.ParamDiffAug(), eval_one_by_one=one_by_one, cuda_graphs=graphs)
 
     def build(i):
         return (get_network(MODEL[0], data.channel, data.num_classes, data.im_size, device=device,
@@ -165,7 +165,7 @@ def run_gan(device, channel, size, width, batch, iters, graphs, start=0, gp_ever
     g = torch.Generator().manual_seed(0)
     G, D = define_gan(channel, 10, (size, size), 100, 'embed', width, device=device, generator=g)
     opt_g, opt_d = adam(G, 2e-4), adam(D, 2e-4)
-    average = GeneratorEMA(G, ema) if ema else None
+    average = new_ema(G, ema)
     x = torch.rand(batch, channel, size, size, generator=g).mul_(2).sub_(1).to(device)
     y = torch.randint(10, (batch,), generator=g).to(device)
     first = [p.detach().clone() for p in list(G.parameters()) + list(D.parameters())]
@@ -311,8 +311,7 @@ def speed(c, device, smoke, compile_):
 def accuracy(c, device, data_path, out_dir, smoke):
     """(c): DM on CIFAR-10, ipc 10, 2000 iterations, 5 networks."""
     c.out('\n## (c) Accuracy path: main_DM.py, CIFAR-10, ipc 10\n')
-    if not os.path.exists(os.path.join(data_path, 'CIFAR10.pt')) and not os.path.isdir(
-            os.path.join(data_path, 'cifar-10-batches-py')):
+    if not dataset_available('CIFAR10', data_path):
         c.out(f'skipped: CIFAR-10 not found in {data_path}')
         return
     its, nets, epochs = (4, 1, 2) if smoke else (2000, 5, 1000)

@@ -45,7 +45,7 @@ def measure(a, torch):
 
     import augment
     import dc
-    import gan
+    import dim
     import dm
     import evaluation
     import main as main_dc
@@ -53,6 +53,10 @@ def measure(a, torch):
     import networks
     from data import Data
     from runner import init_synset
+    try:
+        import gan  # the GAN's losses and steps; in dim.py before gan.py existed (an older --code)
+    except ImportError:
+        gan = dim
 
     class Count(TorchDispatchMode):
         def __init__(self):
@@ -126,10 +130,10 @@ def measure(a, torch):
     opt_g, opt_d = gan.adam(G, 2e-4), gan.adam(D, 2e-4)
     xg, yg = torch.rand(8, 1, 28, 28, generator=g) * 2 - 1, torch.arange(8)
 
-    def gan():
+    def gan_iteration():
         gan.generator_step(G, D, opt_g, yg, g)
         gan.critic_step(G, D, opt_d, xg, yg, 10, g)
-    rows['GAN iteration, G and D step (replayed)'] = ops_and_us(gan)
+    rows['GAN iteration, G and D step (replayed)'] = ops_and_us(gan_iteration)
 
     # DC/DSA: one matching pass (outer_loop 1) and one inner epoch
     dsa = main_dc.parse_args(['--dataset', 'CIFAR10', '--model', 'ConvNetW32', '--ipc', '1', '--device', 'cpu',

@@ -139,6 +139,15 @@ def cl_args(tmp, *extra):
                              *extra])
 
 
+def dm_argv(tmp, *extra):
+    """main_DM.py's (and main.py's) command line for a seconds-long run on the prepared toy MNIST in tmp, writing
+    to tmp/out."""
+    return ['--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'out'), '--model', 'ConvNetW32',
+            '--ipc', '1', '--Iteration', '4', '--batch_real', '4', '--num_exp', '1', '--num_eval', '1',
+            '--epoch_eval_train', '1', '--eval_final_only', '--checkpoint_every', '2', '--device', 'cpu',
+            '--no_progress', *extra]
+
+
 def dim_flags(tmp, stage, *extra):
     """A CPU-sized command line of DiM stage 1, 2 or 3 on the prepared toy MNIST in tmp."""
     common = ['--data', 'mnist', '--data-dir', str(tmp), '--output-dir', f'{tmp}/results/', '--logs-dir',

@@ -20,7 +20,7 @@ import main_DM
 import main_ITGAN
 import pool_match
 import validate
-from conftest import ROOT, toy_images, write_idx
+from conftest import ROOT, dim_flags, dm_argv, toy_images, write_idx
 from utils import Log, atomic_save, atomic_write_text, run_cli
 
 SCRIPTS = ('main.py', 'main_DM.py', 'CL_DM.py', 'gen_condense.py', 'pool_match.py', 'validate.py', 'main_ITGAN.py',
@@ -36,17 +36,9 @@ def _error(main_fn, argv, capsys):
     return err
 
 
-def _dm(tmp, *extra):
-    return ['--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'out'), '--model', 'ConvNetW32',
-            '--ipc', '1', '--Iteration', '4', '--batch_real', '4', '--num_exp', '1', '--num_eval', '1',
-            '--epoch_eval_train', '1', '--eval_final_only', '--checkpoint_every', '2', '--device', 'cpu',
-            '--no_progress', *extra]
-
-
 def _dim(tmp, *extra):
-    return ['--data', 'mnist', '--data-dir', str(tmp), '--output-dir', f'{tmp}/results/', '--logs-dir', f'{tmp}/logs/',
-            '--device', 'cpu', '--no_progress', '--gan_width', '8', '--batch-size', '8', '--epochs-eval', '1',
-            '--ipc', '1', *extra]
+    """The DiM flags every stage shares (dim_flags without stage 1 and 2's training sizes)."""
+    return dim_flags(tmp, 3, *extra)
 
 
 def _cl(tmp, *extra):
@@ -79,7 +71,7 @@ def test_a_diverging_cl_memory_is_not_cached(prepared_mnist):
 
 def test_every_file_kind_opens_with_a_plain_torch_load(prepared_mnist):
     tmp = prepared_mnist
-    main_DM.main(_dm(tmp))
+    main_DM.main(dm_argv(tmp))
     CL_DM.main(_cl(tmp, '--method', 'DM', '--Iteration', '2'))
     gen_condense.main(_dim(tmp, '--tag', 'g', '--epochs', '1', '--iters-per-epoch', '2', '--eval-interval', '1',
                            '--val_split', '2'))
@@ -96,7 +88,7 @@ def test_every_file_kind_opens_with_a_plain_torch_load(prepared_mnist):
 # ---------------------------------------------------------------------------------------------- 3. no tracebacks
 
 @pytest.mark.parametrize('script, make_argv, flag', [
-    (main_DM.main, _dm, '--save_path'), (main.main, _dm, '--save_path'), (CL_DM.main, _cl, '--save_path'),
+    (main_DM.main, dm_argv, '--save_path'), (main.main, dm_argv, '--save_path'), (CL_DM.main, _cl, '--save_path'),
     (gen_condense.main, _dim, '--output-dir'),
 ])
 def test_an_output_path_that_is_a_file_or_unwritable(prepared_mnist, capsys, script, make_argv, flag):
@@ -124,7 +116,7 @@ def test_a_truncated_mnist_file_is_named(tmp_path, capsys):
     write_idx(str(raw), 't10k', x, y)
     path = raw / 'train-images-idx3-ubyte'
     path.write_bytes(path.read_bytes()[:1000])
-    err = _error(main_DM.main, _dm(tmp_path), capsys)
+    err = _error(main_DM.main, dm_argv(tmp_path), capsys)
     assert 'train-images-idx3-ubyte is truncated or not an idx file' in err
 
 
@@ -190,7 +182,7 @@ def test_a_run_ended_by_sigterm_says_so_and_keeps_a_whole_checkpoint(prepared_mn
     """A scheduler's SIGTERM in the middle of a real run: exit code 143, one line on stderr and in the log, no lock
     left, and the last checkpoint opens with a plain torch.load."""
     tmp = prepared_mnist
-    argv = [sys.executable, os.path.join(ROOT, 'main_DM.py')] + _dm(tmp, '--Iteration', '100000',
+    argv = [sys.executable, os.path.join(ROOT, 'main_DM.py')] + dm_argv(tmp, '--Iteration', '100000',
                                                                      '--checkpoint_every', '1')
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp))
     ckpt = tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.ckpt.pt'
@@ -210,7 +202,7 @@ def test_a_run_ended_by_sigterm_says_so_and_keeps_a_whole_checkpoint(prepared_mn
 # ---------------------------------------------------------------------------------------------- 5. unknown choices
 
 def test_an_unknown_eval_mode_is_refused(prepared_mnist, capsys):
-    assert "invalid choice: 'Q'" in _error(main.main, _dm(prepared_mnist, '--eval_mode', 'Q'), capsys)
+    assert "invalid choice: 'Q'" in _error(main.main, dm_argv(prepared_mnist, '--eval_mode', 'Q'), capsys)
 
 
 # ---------------------------------------------------------------------------------------------- 6. leftovers
@@ -224,7 +216,7 @@ def test_stale_temporary_files_are_cleaned_and_files_honour_the_umask(prepared_m
     other.write_bytes(b'not ours')
     old = os.umask(0o022)
     try:
-        main_DM.main(_dm(prepared_mnist))
+        main_DM.main(dm_argv(prepared_mnist))
     finally:
         os.umask(old)
     assert not stale.exists() and other.exists()
@@ -251,7 +243,7 @@ def test_a_failed_download_into_an_existing_empty_folder_leaves_it_empty(tmp_pat
     monkeypatch.setattr(tvd.MNIST, 'download', offline)
     data = tmp_path / 'data'
     data.mkdir()
-    assert 'download failed' in _error(main_DM.main, _dm(data), capsys)
+    assert 'download failed' in _error(main_DM.main, dm_argv(data), capsys)
     assert list(data.iterdir()) == []
 
 
@@ -259,7 +251,7 @@ def test_a_failed_download_into_an_existing_empty_folder_leaves_it_empty(tmp_pat
 
 def test_a_corrupt_prepared_file_that_is_the_only_copy_is_not_deleted_on_advice(tmp_path, capsys):
     (tmp_path / 'MNIST.pt').write_bytes(b'PK\x03\x04 truncated')
-    err = _error(main_DM.main, _dm(tmp_path), capsys)
+    err = _error(main_DM.main, dm_argv(tmp_path), capsys)
     assert 'only copy' in err and 'delete it to rebuild' not in err
 
 
@@ -268,9 +260,9 @@ def test_checkpoint_advice_says_what_is_wrong(prepared_mnist, capsys):
     (tmp / 'out').mkdir()
     ckpt = tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.ckpt.pt'
     torch.save({'something': 'else'}, ckpt)  # a foreign, readable file where the checkpoint goes
-    assert 'not a checkpoint of this project' in _error(main_DM.main, _dm(tmp, '--resume'), capsys)
+    assert 'not a checkpoint of this project' in _error(main_DM.main, dm_argv(tmp, '--resume'), capsys)
     ckpt.write_text('plain text')
-    assert 'not a PyTorch file' in _error(main_DM.main, _dm(tmp, '--resume'), capsys)
+    assert 'not a PyTorch file' in _error(main_DM.main, dm_argv(tmp, '--resume'), capsys)
     # DiM: a truncated last.pth with --resume is corrupt, and the advice is about resuming, not about --weight.
     gen_condense.main(_dim(tmp, '--tag', 'g', '--epochs', '1', '--iters-per-epoch', '2', '--val_split', '2'))
     last = tmp / 'results' / 'g' / 'last.pth'
@@ -312,7 +304,7 @@ def test_the_docs_hold_no_placeholders_and_point_to_no_file_outside_the_reposito
 
 
 def test_a_redirected_run_has_no_progress_bars_and_states_its_plan(prepared_mnist):
-    argv = [a for a in _dm(prepared_mnist) if a != '--no_progress']
+    argv = [a for a in dm_argv(prepared_mnist) if a != '--no_progress']
     r = subprocess.run([sys.executable, os.path.join(ROOT, 'main_DM.py'), *argv], capture_output=True, text=True)
     assert r.returncode == 0 and '\r' not in r.stderr and '%|' not in r.stderr
     header, plan = (prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_1ipc.log').read_text().splitlines()[:2]
@@ -410,10 +402,10 @@ def _snapshot(folder, skip=('.log', 'logs.txt')):
 def test_a_full_disk_while_torch_save_writes_a_dm_checkpoint_keeps_the_earlier_files(prepared_mnist, full_disk,
                                                                                       capsys):
     tmp = prepared_mnist
-    main_DM.main(_dm(tmp))
+    main_DM.main(dm_argv(tmp))
     before = _snapshot(tmp / 'out')
     full_disk('.ckpt.pt.')  # torch.save's zip writer fails with a RuntimeError, not an OSError
-    err = _error(main_DM.main, _dm(tmp), capsys)
+    err = _error(main_DM.main, dm_argv(tmp), capsys)
     assert f'{tmp / "out" / "DM_MNIST_ConvNetW32_1ipc.ckpt.pt"}: No space left on device; free some space' in err
     assert _snapshot(tmp / 'out') == before  # no temporary file left, no earlier file touched
 
@@ -452,7 +444,7 @@ def test_a_tensor_file_of_3d_images_is_one_line(tmp_path, capsys):
     x, y = toy_images(3, 2, 1, 8)
     torch.save(dict(classes=['a', 'b'], images_train=x[:, 0], labels_train=y, images_val=x[:, 0], labels_val=y),
                tmp_path / 'flat.pt')
-    err = _error(main_DM.main, _dm(tmp_path, '--dataset', f'file:{tmp_path / "flat.pt"}'), capsys)
+    err = _error(main_DM.main, dm_argv(tmp_path, '--dataset', f'file:{tmp_path / "flat.pt"}'), capsys)
     assert 'images_train must be uint8 N×C×H×W, got torch.uint8 (6, 8, 8)' in err
 
 
@@ -497,13 +489,13 @@ def test_a_diverging_gan_stops_and_no_loader_takes_non_finite_weights(prepared_m
 
 def test_a_dm_checkpoint_with_non_finite_images_is_not_resumed(prepared_mnist, capsys):
     tmp = prepared_mnist
-    main_DM.main(_dm(tmp, '--Iteration', '2'))
+    main_DM.main(dm_argv(tmp, '--Iteration', '2'))
     ckpt = tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.ckpt.pt'
     state = torch.load(ckpt)
     state['data'][0][0][0, 0, 0, 0] = float('inf')
     torch.save(state, ckpt)
     before = _snapshot(tmp / 'out')
-    assert 'holds non-finite values (nan or inf, in data/0/0)' in _error(main_DM.main, _dm(tmp, '--Iteration', '2',
+    assert 'holds non-finite values (nan or inf, in data/0/0)' in _error(main_DM.main, dm_argv(tmp, '--Iteration', '2',
                                                                                              '--resume'), capsys)
     assert _snapshot(tmp / 'out') == before
 
@@ -525,7 +517,7 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_starts(prepared_mn
                                                                      capsys):
     """The estimate against the machine's memory, and on toy sizes against a limit lowered through the environment;
     nothing is written."""
-    make = _cl if script is CL_DM.main else _dm
+    make = _cl if script is CL_DM.main else dm_argv
     if argv[1] != '10000000':
         monkeypatch.setenv('CONDENSE_MEMORY_LIMIT', '64K')
     err = _error(script, make(prepared_mnist, *argv), capsys)
@@ -541,7 +533,7 @@ def test_sizes_that_cannot_fit_folder_images_and_a_fixed_dim_set(prepared_mnist,
         for c in ('a', 'b'):
             (tmp / 'f' / split / c).mkdir(parents=True)
             Image.new('L', (8, 8)).save(tmp / 'f' / split / c / '0.png')
-    err = _error(main_DM.main, _dm(tmp, '--dataset', f'folder:{tmp / "f"}', '--im_size', '1000000'), capsys)
+    err = _error(main_DM.main, dm_argv(tmp, '--dataset', f'folder:{tmp / "f"}', '--im_size', '1000000'), capsys)
     assert 'at --im_size 1000000 (4 images) needs at least 7450.6 GiB' in err  # 4 images + 4 resizing, 1 channel
     assert sorted(p.name for p in (tmp / 'f').iterdir()) == ['test', 'train']
     monkeypatch.setenv('CONDENSE_MEMORY_LIMIT', '1M')
@@ -550,7 +542,7 @@ def test_sizes_that_cannot_fit_folder_images_and_a_fixed_dim_set(prepared_mnist,
     assert 'a fixed set of --ipc 100 per class needs at least 9.0 MiB of memory, more than the 1.0 MiB of ' \
            'CONDENSE_MEMORY_LIMIT; lower --ipc' in err
     monkeypatch.setenv('CONDENSE_MEMORY_LIMIT', 'plenty')
-    assert 'expected a size such as 512M' in _error(main_DM.main, _dm(tmp), capsys)
+    assert 'expected a size such as 512M' in _error(main_DM.main, dm_argv(tmp), capsys)
 
 
 # ---------------------------------------------------------------------------------------------- 17. one run at a time
@@ -575,22 +567,22 @@ def _hold(lock):
 
 def test_a_second_run_into_the_same_outputs_is_refused_until_the_first_is_gone(prepared_mnist, capsys):
     tmp = prepared_mnist
-    main_DM.main(_dm(tmp))
+    main_DM.main(dm_argv(tmp))
     lock = tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.lock'
     assert not lock.exists()  # a finished run leaves no lock behind
     holder = _hold(lock)
     try:
         before = _snapshot(tmp / 'out')
-        err = _error(main_DM.main, _dm(tmp), capsys)
+        err = _error(main_DM.main, dm_argv(tmp), capsys)
         assert f'another run (pid {holder.pid}) is writing {tmp / "out" / "DM_MNIST_ConvNetW32_1ipc.*"}' in err
         assert 'pass another --save_path' in err and _snapshot(tmp / 'out') == before
         # another run's outputs in the same folder are not held
-        main_DM.main(_dm(tmp, '--ipc', '2'))
+        main_DM.main(dm_argv(tmp, '--ipc', '2'))
     finally:
         holder.kill()
         holder.wait()
     assert lock.read_text().strip() == str(holder.pid)  # left by the killed run: taken over now that it is gone
-    main_DM.main(_dm(tmp))
+    main_DM.main(dm_argv(tmp))
     assert not lock.exists()
 
 

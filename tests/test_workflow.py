@@ -22,7 +22,7 @@ import main_ITGAN
 import pool_match
 import utils
 import validate
-from conftest import ROOT, write_folder
+from conftest import ROOT, dm_argv, write_folder
 
 W = '8'  # GAN width: a whole DiM pipeline in seconds
 
@@ -112,13 +112,6 @@ def test_a_generator_trained_on_an_own_folder_feeds_itgan(tmp_path):
 
 # ------------------------------------------------------------------------------------ 3. logs and files survive
 
-def _dm(tmp, *extra):
-    return ['--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'out'), '--model', 'ConvNetW32',
-            '--ipc', '1', '--Iteration', '4', '--batch_real', '4', '--num_exp', '1', '--num_eval', '1',
-            '--epoch_eval_train', '1', '--eval_final_only', '--checkpoint_every', '2', '--device', 'cpu',
-            '--no_progress', *extra]
-
-
 def _fails(main_fn, argv, capsys):
     with pytest.raises(SystemExit) as e:
         utils.run_cli(lambda: main_fn(argv))
@@ -128,11 +121,11 @@ def _fails(main_fn, argv, capsys):
 
 def test_a_failed_run_appends_its_error_to_the_log_of_the_run_before(prepared_mnist, capsys):
     tmp = prepared_mnist
-    main.main(_dm(tmp))
+    main.main(dm_argv(tmp))
     log = tmp / 'out' / 'DC_MNIST_ConvNetW32_1ipc.log'
     first = log.read_text()
     assert first.startswith('==== ') and 'mean = ' in first
-    error = _fails(main.main, _dm(tmp, '--lr_img', '1e30'), capsys)
+    error = _fails(main.main, dm_argv(tmp, '--lr_img', '1e30'), capsys)
     assert 'diverged' in error
     text = log.read_text()
     assert text.startswith(first) and text.count('\n==== ') == 1 and text.rstrip().endswith(error.split(': ', 1)[1])
@@ -228,7 +221,7 @@ def test_results_json_is_strict_json(prepared_mnist, tmp_path):
     def strict(text):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f'{c} is not JSON'))
     assert strict((tmp_path / 'x.json').read_text()) == dict(a=None, b=[1.5, None, None], c=[2, 'x'])
-    main_DM.main(_dm(prepared_mnist))  # one network: no sample std
+    main_DM.main(dm_argv(prepared_mnist))  # one network: no sample std
     summary = strict((prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_1ipc.json').read_text())
     assert summary['accuracy']['ConvNetW32']['std_ddof1'] is None
 
