@@ -9,7 +9,7 @@ trained on all memories so far (evaluate_synset, DSA) and tested on the test ima
     python CL_DM.py --dataset CIFAR10 --data_path ../shared/data --steps 5 --method herding --seeds 0 \
         --epoch_eval_train 50 --num_eval 1 --feature_epochs 2
 """
-import env  # first: the environment PyTorch reads when it starts (env.py)
+from condensation import env  # first: the environment PyTorch reads when it starts (env.py)
 
 import argparse
 import os
@@ -17,37 +17,37 @@ import time
 
 from tqdm import tqdm
 
-import cl
-import cl_report
-import parallel
-from cli import Config, add_flags, check_args, check_gan_flags, check_network
-from data import dataset_info, get_dataset
-from dc import get_loops
-from evaluation import EvalRecipe, evaluate_networks
-from networks import get_network
-from runner import Run, run_files
-from utils import ArgumentParser, UserError, check_positive, cpu_state, derive_seed, make_generator, mean_std, \
-    remove_stale_temps, run_cli
+from condensation.methods import continual
+from condensation.run import continual_report
+from condensation.device import parallel
+from condensation.run.cli import Config, add_flags, check_args, check_gan_flags, check_network
+from condensation.data import dataset_info, get_dataset
+from condensation.methods.dc import get_loops
+from condensation.evaluation import EvalRecipe, evaluate_networks
+from condensation.networks import get_network
+from condensation.run.runner import Run, run_files
+from condensation.common import (ArgumentParser, UserError, check_positive, cpu_state, derive_seed, make_generator,
+                                 mean_std, remove_stale_temps, run_cli)
 
 # Arguments that may differ between a run and its resumption.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
              'eval_one_by_one', 'per_class', 'real_chunk', 'cuda_graphs')
 # The GAN flags' first CL spellings, still accepted (and named in their error messages).
-OLD_SPELLING = {name: (f'--{first}',) for name, first in cl.CACHE_NAMES.items()}
+OLD_SPELLING = {name: (f'--{first}',) for name, first in continual.CACHE_NAMES.items()}
 
 
 def method_name(value):
-    """--method, any capitalisation, as one of cl.METHODS."""
-    by_lower = {m.lower(): m for m in cl.METHODS}
+    """--method, any capitalisation, as one of continual.METHODS."""
+    by_lower = {m.lower(): m for m in continual.METHODS}
     if value.lower() not in by_lower:
-        raise argparse.ArgumentTypeError(f"unknown method '{value}'; choose one of {', '.join(cl.METHODS)}")
+        raise argparse.ArgumentTypeError(f"unknown method '{value}'; choose one of {', '.join(continual.METHODS)}")
     return by_lower[value.lower()]
 
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split('\n')[0])
     g = p.add_argument_group('original flags')
-    g.add_argument('--method', type=method_name, default='random', help=', '.join(cl.METHODS))
+    g.add_argument('--method', type=method_name, default='random', help=', '.join(continual.METHODS))
     add_flags(g, ('dataset', 'model', 'ipc'), dataset='CIFAR100', ipc=20,
               helps=dict(model='network trained on the memories at every step; also the feature network of herding '
                                'and k-center and the matching network of DSA and DM memories (see networks.NETWORKS)',
@@ -144,7 +144,7 @@ def validate(args):
                             f'--no-per_class or a model without BN')
     if args.method == 'DiM' and args.cond == 'overwrite':
         k = num_classes
-        noise = cl.dim_noise(args, k)
+        noise = continual.dim_noise(args, k)
         if noise <= k:
             raise UserError(f'--dim_noise {noise} must exceed the {k} classes of {info.name} (the one-hot label '
                             f'overwrites the first K noise entries); raise it or pass --cond embed')
@@ -165,7 +165,7 @@ def fresh_replay(args, data, memories, order, step, seed, images):
     if len(memories.samplers) <= step:
         raise UserError(f'{memories.path} holds no generator per step (written before they were stored); delete it '
                         f'or pass --dim_replay stored')
-    G = cl.memory_gan(args, data, derive_seed(seed, 'cl', 'DiM'))[0]
+    G = continual.memory_gan(args, data, derive_seed(seed, 'cl', 'DiM'))[0]
     G.load_state_dict(memories.samplers[step])
     buffer = images.to(args.device).clone()
     n_seen = len(images) // args.ipc  # the memory holds --ipc images of every class seen
@@ -174,7 +174,8 @@ def fresh_replay(args, data, memories, order, step, seed, images):
         if ep == args.epoch_eval_train:
             buffer.copy_(images)
             return
-        drawn, _ = cl.sample_memory(G, data, order, n_seen, args.ipc, make_generator(seed, 'cl_replay', step, i, ep))
+        drawn, _ = continual.sample_memory(G, data, order, n_seen, args.ipc,
+                                           make_generator(seed, 'cl_replay', step, i, ep))
         buffer.copy_(drawn)
     return buffer, on_epoch
 
@@ -184,7 +185,7 @@ def evaluate_step(args, data, images, labels, seen, seed, step, nets, log, on_ep
     previous step's networks, continued in finetune mode. on_epoch(i, ep, net) after every epoch of network i.
     Returns (accuracies, networks); under torchrun each process trains its share of the networks and holds None
     for the others' ones."""
-    loader = cl.test_loader(data, seen)
+    loader = continual.test_loader(data, seen)
 
     def build(i):
         if args.train_mode == 'finetune' and nets:
@@ -228,12 +229,12 @@ def restore_nets(args, data, state, seed):
 def main(argv=None):
     args = parse_args(argv)
     data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
-    cl.check_budget(args, data)
-    name = cl.run_name(args)
+    continual.check_budget(args, data)
+    name = continual.run_name(args)
     paths = {ext: os.path.join(args.save_path, f'cl_{name}.{ext}') for ext in ('json', 'csv')}
     run = Run(args, RESUMABLE, args.save_path, **run_files(args.save_path, f'cl_{name}'), results=(paths['json'],),
-              stale=(f'cl_{name}.', f'cl_{data.name}_'), missing_ok=True, names=cl.CACHE_NAMES)
-    remove_stale_temps(os.path.join(args.save_path, 'cl_data'), f'cl_{cl.KIND[args.method]}_{data.name}_')
+              stale=(f'cl_{name}.', f'cl_{data.name}_'), missing_ok=True, names=continual.CACHE_NAMES)
+    remove_stale_temps(os.path.join(args.save_path, 'cl_data'), f'cl_{continual.KIND[args.method]}_{data.name}_')
     log = run.log
     builder = {'DSA': f', {args.Iteration} DSA iterations', 'DM': f', {args.Iteration} DM iterations',
                'DiM': f', {args.gan_iters} GAN iterations'}.get(args.method, '')
@@ -255,14 +256,14 @@ def main(argv=None):
     bar = tqdm(total=len(args.seeds) * args.steps, desc=f'CL {args.method}', disable=args.no_progress,
                dynamic_ncols=True)
     for seed in args.seeds:
-        order = cl.class_order(seed, data.num_classes)
+        order = continual.class_order(seed, data.num_classes)
         log(f'seed {seed}: class order {order}')
         done = state['accs'].setdefault(str(seed), [])
         memories, nets = None, None
         bar.update(len(done))
         for step in range(len(done), args.steps):  # the steps a resumed run has not finished
-            memories = memories or cl.Memories(args, data, seed, order, log)
-            seen = cl.seen_classes(order, args.steps, step)
+            memories = memories or continual.Memories(args, data, seed, order, log)
+            seen = continual.seen_classes(order, args.steps, step)
             t0 = time.time()
             images, labels = memories.training_set(step)
             t_mem = time.time() - t0
@@ -284,11 +285,11 @@ def main(argv=None):
             if args.train_mode == 'finetune':
                 state['nets'], state['nets_seed'] = net_states(nets), seed
             run.save(state)
-            cl_report.write_outputs(args, state, data, paths, run.fingerprint)
+            continual_report.write_outputs(args, state, data, paths, run.fingerprint)
             bar.update(1)
     bar.close()
-    summary = cl_report.write_outputs(args, state, data, paths, run.fingerprint)
-    for line in cl_report.table_lines(summary):
+    summary = continual_report.write_outputs(args, state, data, paths, run.fingerprint)
+    for line in continual_report.table_lines(summary):
         log(line)
     log(f'LaTeX row ({args.method}): {summary["latex"]}')
     log(f'results: {paths["json"]}, {paths["csv"]}, {summary["plot"]}')

@@ -14,7 +14,7 @@ A set (--set, repeatable) is
     taken in sorted order).
 The protocol is evaluate_synset's (DSA or DC augmentation, epochs, lr, batch); the DC/DSA/DM papers' defaults.
 """
-import env  # first: the environment PyTorch reads when it starts (env.py)
+from condensation import env  # first: the environment PyTorch reads when it starts (env.py)
 
 import os
 
@@ -25,14 +25,14 @@ import sys
 import numpy as np
 import torch
 
-from augment import get_daparam
-from cli import Config, add_flags, check_args, check_network
-from data import IMAGE_EXTENSIONS, _read_image, canonical_dataset, get_dataset
-from dc import recommended_dsa_strategy
-from evaluation import EvalRecipe, evaluate_pool, get_eval_pool, progress_lines
-from runner import Run, run_files
-from utils import ArgumentParser, UserError, atomic_write_text, make_generator, mean_std, run_cli, sample_std, \
-    versions, write_json
+from condensation.augment import get_daparam
+from condensation.run.cli import Config, add_flags, check_args, check_network
+from condensation.data import IMAGE_EXTENSIONS, _read_image, canonical_dataset, get_dataset
+from condensation.methods.dc import recommended_dsa_strategy
+from condensation.evaluation import EvalRecipe, evaluate_pool, get_eval_pool, progress_lines
+from condensation.run.runner import Run, run_files
+from condensation.common import (ArgumentParser, UserError, atomic_write_text, make_generator, mean_std, run_cli,
+                                 sample_std, versions, write_json)
 
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'cuda_graphs')

@@ -10,22 +10,22 @@ split held out from the training set) is <output-dir><tag>/best.pth, the input o
     python gen_condense.py --data mnist --data-dir ../shared/data --tag gan --epochs 2 --iters-per-epoch 20 \
         --batch-size 64 --epochs-eval 5 --ipc 10 --eval-interval 1
 """
-import env  # first: the environment PyTorch reads when it starts (env.py)
+from condensation import env  # first: the environment PyTorch reads when it starts (env.py)
 
-import cli
-import dim
-import dim_run
-import gan
-import utils
-from graphs import graphs_enabled
+from condensation.run import cli
+from condensation.methods import dim
+from condensation.run import dim_stages
+from condensation.methods import gan
+from condensation import common
+from condensation.device.graphs import graphs_enabled
 
 
 def main(argv=None):
     args = cli.parse_dim_args(1, __doc__.split('\n')[0], argv)
-    data = dim_run.load_data(args)
-    G, D, opt_g, opt_d = dim_run.new_gan(args, data)
+    data = dim_stages.load_data(args)
+    G, D, opt_g, opt_d = dim_stages.new_gan(args, data)
     ema = gan.new_ema(G, args.g_ema)  # --g_ema: the averaged generator is the one previewed, validated and sampled
-    run = dim_run.StageRun(args, dim_run.RESUMABLE, G, D, opt_g, opt_d, ema)  # --resume: the GAN as in last.pth
+    run = dim_stages.StageRun(args, dim_stages.RESUMABLE, G, D, opt_g, opt_d, ema)  # --resume: the GAN as in last.pth
     run.header(data, G)
     state = run.resumed['state'] if run.resumed else dict(epoch=0, best={}, best_all=None, history=[])
     if run.resumed:
@@ -41,11 +41,11 @@ def main(argv=None):
         # Every --eval-interval epochs: a classifier trained on samples scores the generator; the best is kept.
         if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs:
             run.save(f'model_dict_{epoch}.pth', epoch)
-            dim_run.keep_best(run, state, dim.validate_generator(run.sampler, args, data, 1, epoch), epoch)
+            dim_stages.keep_best(run, state, dim.validate_generator(run.sampler, args, data, 1, epoch), epoch)
         state['epoch'] = epoch + 1
         run.save('last.pth', epoch, state=dict(state, matcher=None))
 
-    dim_run.log_best(run, state)
+    dim_stages.log_best(run, state)
     best = run.path('best.pth')
     run.log(f'stage 2: {cli.next_command(args, 2, best, data.num_classes)}')
     run.log(f'or stage 3 on this generator: {cli.next_command(args, 3, best, data.num_classes)}')
@@ -54,4 +54,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    utils.run_cli(main)
+    common.run_cli(main)

@@ -15,17 +15,17 @@ networks); --method DC augments nothing during synthesis.
     python main.py --dataset CIFAR10 --model ConvNet --ipc 10 --method DSA --init real \
         --dsa_strategy color_crop_cutout_flip_scale_rotate
 """
-import env  # first: the environment PyTorch reads when it starts (env.py)
+from condensation import env  # first: the environment PyTorch reads when it starts (env.py)
 
 import argparse
 
-from augment import get_daparam
-from cli import Config, add_flags, check_condense_args, condense_parser
-from data import canonical_dataset, get_dataset
-from dc import DCStep, get_loops, recommended_dsa_strategy, warn
-from evaluation import EvalRecipe, get_eval_pool
-from runner import CondensationRun
-from utils import UserError, run_cli
+from condensation.augment import get_daparam
+from condensation.run.cli import Config, add_flags, check_condense_args, condense_parser
+from condensation.data import canonical_dataset, get_dataset
+from condensation.methods.dc import DCStep, get_loops, recommended_dsa_strategy, warn
+from condensation.evaluation import EvalRecipe, get_eval_pool
+from condensation.run.runner import CondensationRun
+from condensation.common import UserError, run_cli
 
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs')

@@ -10,17 +10,17 @@ with one Siamese DSA transform A_c per class, shared by its real batch R_c and i
     python main_DM.py --dataset CIFAR10 --model ConvNet --ipc 10 \
         --dsa_strategy color_crop_cutout_flip_scale_rotate --init real --lr_img 1 --num_exp 5 --num_eval 5
 """
-import env  # first: the environment PyTorch reads when it starts (env.py)
+from condensation import env  # first: the environment PyTorch reads when it starts (env.py)
 
 import torch
 
-import parallel
-from cli import Config, add_flags, check_condense_args, condense_parser
-from data import get_dataset
-from dm import DMStep
-from evaluation import EvalRecipe, get_eval_pool
-from runner import CondensationRun
-from utils import UserError, run_cli
+from condensation.device import parallel
+from condensation.run.cli import Config, add_flags, check_condense_args, condense_parser
+from condensation.data import get_dataset
+from condensation.methods.dm import DMStep
+from condensation.evaluation import EvalRecipe, get_eval_pool
+from condensation.run.runner import CondensationRun
+from condensation.common import UserError, run_cli
 
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs',

@@ -8,7 +8,7 @@ The method is itgan.py; docs/results.md has measured numbers.
 
     python main_ITGAN.py --dataset MNIST --data_path ../shared/data --generator results/mnist_gan/best.pth --ipc 10
 """
-import env  # first: the environment PyTorch reads when it starts (env.py)
+from condensation import env  # first: the environment PyTorch reads when it starts (env.py)
 
 import argparse
 import functools
@@ -18,15 +18,15 @@ import time
 
 import torch
 
-import itgan
-import parallel
-from cli import Config, add_flags, check_args, check_network
-from data import canonical_dataset, file_label, get_dataset
-from dc import recommended_dsa_strategy
-from evaluation import EvalRecipe, evaluate_pool, test_accuracy
-from runner import Run, fingerprint, run_files, save_image_grid
-from utils import ArgumentParser, UserError, atomic_save, check_positive, make_generator, mean_std, run_cli, \
-    versions, write_json
+from condensation.methods import itgan
+from condensation.device import parallel
+from condensation.run.cli import Config, add_flags, check_args, check_network
+from condensation.data import canonical_dataset, file_label, get_dataset
+from condensation.methods.dc import recommended_dsa_strategy
+from condensation.evaluation import EvalRecipe, evaluate_pool, test_accuracy
+from condensation.run.runner import Run, fingerprint, run_files, save_image_grid
+from condensation.common import (ArgumentParser, UserError, atomic_save, check_positive, make_generator, mean_std,
+                                 run_cli, versions, write_json)
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
 # Flags that may change between a run and its --resume.

@@ -8,26 +8,26 @@ over pairs of a real and a generated image of the same class; the critic step is
 
     python pool_match.py --tag match --match logit --match-aug --weight results/gan/best.pth
 """
-import env  # first: the environment PyTorch reads when it starts (env.py)
+from condensation import env  # first: the environment PyTorch reads when it starts (env.py)
 
-import cli
-import dim
-import dim_run
-import gan
-import utils
+from condensation.run import cli
+from condensation.methods import dim
+from condensation.run import dim_stages
+from condensation.methods import gan
+from condensation import common
 
 
 def main(argv=None):
     args = cli.parse_dim_args(2, __doc__.split('\n')[0], argv)
-    data = dim_run.load_data(args)
-    G, D, opt_g, opt_d = dim_run.new_gan(args, data)
+    data = dim_stages.load_data(args)
+    G, D, opt_g, opt_d = dim_stages.new_gan(args, data)
     matcher = dim.PoolMatcher(args, data)
     ema = gan.new_ema(G, args.g_ema)  # --g_ema: continues stage 1's average (or starts one from its weights)
     if not args.resume:
         ck = gan.read_checkpoint(args.weight, '--weight', gan.GAN_KEYS)
         gan.check_foreign(ck, args, '--weight', args.weight)
         gan.load_gan_state(ck, G, D, opt_g, opt_d, ema, '--weight', args.weight)
-    run = dim_run.StageRun(args, dim_run.RESUMABLE, G, D, opt_g, opt_d, ema)  # --resume: the GAN as in last.pth
+    run = dim_stages.StageRun(args, dim_stages.RESUMABLE, G, D, opt_g, opt_d, ema)  # --resume: the GAN as in last.pth
     if run.resumed:
         matcher.load_state_dict(run.resumed['state']['matcher'])
     for opt in (opt_g, opt_d):
@@ -51,15 +51,15 @@ def main(argv=None):
             run.iteration_done(epoch, it, step(it, x, y))
         run.epoch_done(epoch)
         if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs:  # best_<model>.pth, best.pth
-            dim_run.keep_best(run, state, dim.validate_generator(run.sampler, args, data, 2, epoch), epoch)
+            dim_stages.keep_best(run, state, dim.validate_generator(run.sampler, args, data, 2, epoch), epoch)
         state['epoch'] = epoch + 1
         run.save('last.pth', epoch, state=dict(state, matcher=matcher.state_dict()))
 
-    dim_run.log_best(run, state)
+    dim_stages.log_best(run, state)
     run.log(f'stage 3: {cli.next_command(args, 3, run.path("best.pth"), data.num_classes)}')
     run.close()
     return state
 
 
 if __name__ == '__main__':
-    utils.run_cli(main)
+    common.run_cli(main)

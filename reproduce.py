@@ -11,7 +11,7 @@ tier, the measurement, the verdict, the wall time and the command.
     python reproduce.py --tier quick --all --data_path ../shared/data
     python reproduce.py --tier paper --cells dm-cifar10-10 --resume
 """
-import env  # first: the environment PyTorch reads when it starts (env.py)
+from condensation import env  # first: the environment PyTorch reads when it starts (env.py)
 
 import os
 import platform
@@ -21,10 +21,10 @@ import time
 
 import torch
 
-import cells
-import reproduction as rp
-from cli import Config, add_flags, resolve_device
-from utils import ArgumentParser, UserError, check_output_folder, check_positive, run_cli
+from condensation.repro import cells
+from condensation.repro import driver as rp
+from condensation.run.cli import Config, add_flags, resolve_device
+from condensation.common import ArgumentParser, UserError, check_output_folder, check_positive, run_cli
 
 
 def parse_args(argv=None):

@@ -8,24 +8,24 @@ reference's protocol.
 
     python validate.py --tag test --pretrain-weight results/match/best.pth
 """
-import env  # first: the environment PyTorch reads when it starts (env.py)
+from condensation import env  # first: the environment PyTorch reads when it starts (env.py)
 
 import torch
 
-import cli
-import dim
-import dim_run
-import footprint
-import gan
-import parallel
-import runner
-import utils
-from augment import ParamDiffAug
-from data import file_label
-from dc import recommended_dsa_strategy
-from dim import build_model, fixed_set, iterations_per_epoch, train_onthefly
-from evaluation import EvalRecipe, evaluate_networks, train_shared
-from utils import make_generator, mean_std
+from condensation.run import cli
+from condensation.methods import dim
+from condensation.run import dim_stages
+from condensation.device import footprint
+from condensation.methods import gan
+from condensation.device import parallel
+from condensation.run import runner
+from condensation import common
+from condensation.augment import ParamDiffAug
+from condensation.data import file_label
+from condensation.methods.dc import recommended_dsa_strategy
+from condensation.methods.dim import build_model, fixed_set, iterations_per_epoch, train_onthefly
+from condensation.evaluation import EvalRecipe, evaluate_networks, train_shared
+from condensation.common import make_generator, mean_std
 
 
 def evaluate_onthefly(G, args, data, log):
@@ -101,8 +101,8 @@ def evaluate_fixed(G, args, data, run):
     path = run.path(f'res_{stem}_GAN_{args.ipc}ipc.pt')
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=real.mean, std=real.std,
                 classes=real.class_names, normalised=True, method='DiM', model='GAN', ipc=args.ipc,
-                args=dim_run.config(args),
-                seed=args.seed, versions=utils.versions(), world_size=parallel.world_size(),
+                args=dim_stages.config(args),
+                seed=args.seed, versions=common.versions(), world_size=parallel.world_size(),
                 protocol=dict(mode='fixed', label=label, epoch_eval_train=args.epochs_eval, dsa=True,
                               dsa_strategy=strategy, generator=args.pretrain_weight))
     runner.save_results(path, sets, accs, meta)
@@ -116,23 +116,23 @@ def evaluate_fixed(G, args, data, run):
 
 def main(argv=None):
     args = cli.parse_dim_args(3, __doc__.split('\n')[0], argv)  # also fits --batch-size to K*ipc (--auto_bs)
-    data = dim_run.load_data(args, val_split=False)
+    data = dim_stages.load_data(args, val_split=False)
     if args.dim_eval != 'onthefly':  # a fixed set is generated whole, and held as drawn, standardised and on the device
         footprint.check_fits(3 * footprint.set_bytes(data.num_classes * args.ipc, (data.channel, *data.im_size)),
                              args.device, f'a fixed set of --ipc {args.ipc} per class', 'lower --ipc')
     for name in args.eval_model:
         dim.build_model(name, data, args.stem, device='meta')
-    G, ck = dim_run.load_sampler(args.pretrain_weight, args, data)
-    run = dim_run.StageRun(args)
-    size = dim_run.storage(G, data, args.ipc)
+    G, ck = dim_stages.load_sampler(args.pretrain_weight, args, data)
+    run = dim_stages.StageRun(args)
+    size = dim_stages.storage(G, data, args.ipc)
     run.log(f'DiM validation {args.tag}: generator {args.pretrain_weight} (epoch {ck.get("epoch")}, its '
             f'{gan.sampling_weights(ck)[1]} weights), {data.name}, device {args.device}{parallel.processes()}, '
             f'seed {args.seed}')
-    run.log(f'protocol: {dim_run.protocol_label(args)}')
-    run.log(dim_run.storage_line(size))
+    run.log(f'protocol: {dim_stages.protocol_label(args)}')
+    run.log(dim_stages.storage_line(size))
     modes = ['onthefly', 'fixed'] if args.dim_eval == 'both' else [args.dim_eval]
     results = dict(generator=args.pretrain_weight, dataset=data.name, classes=data.real.class_names, ipc=args.ipc,
-                   protocol=args.protocol, storage=size, args=dim_run.config(args), versions=utils.versions(),
+                   protocol=args.protocol, storage=size, args=dim_stages.config(args), versions=common.versions(),
                    world_size=parallel.world_size())
     for mode in modes:
         if mode == 'onthefly':
@@ -140,11 +140,11 @@ def main(argv=None):
         else:
             results['fixed'] = evaluate_fixed(G, args, data, run)
     run.write_config()
-    utils.write_json(run.path('results.json'), results)
+    common.write_json(run.path('results.json'), results)
     run.log(f'results: {run.path("results.json")}')
     run.close()
     return results
 
 
 if __name__ == '__main__':
-    utils.run_cli(main, resumable=False)  # no --resume: a stage-3 run is started again
+    common.run_cli(main, resumable=False)  # no --resume: a stage-3 run is started again

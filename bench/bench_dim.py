@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import env  # the environment PyTorch reads when it starts (env.py), before torch
+from condensation import env  # the environment PyTorch reads when it starts (env.py), before torch
 
 import argparse
 import statistics
@@ -25,8 +25,8 @@ import time
 import torch
 
 from bench_dm import markdown_writer, sync
-from gan import adam, critic_step, generator_step, gradient_penalty, lazy_penalty
-from networks import define_gan
+from condensation.methods.gan import adam, critic_step, generator_step, gradient_penalty, lazy_penalty
+from condensation.networks import define_gan
 
 # name -> (channel, image size, GAN width, batch): MNIST at the CPU runs' width 32 and at the reference's 196,
 # CIFAR-10 at the reference's width and stage-1 batch

@@ -25,9 +25,9 @@ import time
 import torch
 
 import main_DM
-import parallel
-from dm import DMStep
-from runner import init_synset
+from condensation.device import parallel
+from condensation.methods.dm import DMStep
+from condensation.run.runner import init_synset
 
 SHAPES = {'cifar10': 10, 'cifar100': 100}  # --dataset-shape -> classes (500 random 32x32 images each)
 

@@ -17,7 +17,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import env  # the environment PyTorch reads when it starts (env.py), before torch
+from condensation import env  # the environment PyTorch reads when it starts (env.py), before torch
 
 import argparse
 import statistics
@@ -28,11 +28,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import main as main_dc
 import main_DM
-from data import Data
-from dc import DCStep
-from dm import DMStep, dm_step
-from evaluation import EvalRecipe, evaluate_pool
-from runner import init_synset
+from condensation.data import Data
+from condensation.methods.dc import DCStep
+from condensation.methods.dm import DMStep, dm_step
+from condensation.evaluation import EvalRecipe, evaluate_pool
+from condensation.run.runner import init_synset
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
 # DM variants: name -> (extra flags, dm.DMStep options)

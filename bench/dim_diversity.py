@@ -22,12 +22,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 import torch.nn.functional as F
 
-import dim
-import cli
-import dim_run
-import gan
-from networks import get_network
-from utils import make_generator
+from condensation.methods import dim
+from condensation.run import cli
+from condensation.run import dim_stages
+from condensation.methods import gan
+from condensation.networks import get_network
+from condensation.common import make_generator
 
 p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
 p.add_argument('--data-dir', default='../shared/data')
@@ -50,7 +50,7 @@ a = p.parse_args()
 args = cli.parse_dim_args(1, 'exp', ['--data', 'mnist', '--data-dir', a.data_dir, '--gan_width', str(a.width),
                                      '--cond', a.cond, '--batch-size', str(a.batch), '--lr', str(a.lr),
                                      '--device', 'cpu', '--seed', str(a.seed), '--val_split', '100'] + a.extra)
-data = dim_run.load_data(args)
+data = dim_stages.load_data(args)
 G, D = gan.build_gan(data, 100, a.cond, a.width, 'cpu', make_generator(a.seed, 'gan_init'), critic=a.critic)
 opt_g, opt_d = gan.adam(G, a.lr), gan.adam(D, a.lr)
 ema = gan.GeneratorEMA(G, a.ema)

@@ -19,7 +19,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import env  # the environment PyTorch reads when it starts (env.py), before torch
+from condensation import env  # the environment PyTorch reads when it starts (env.py), before torch
 
 import argparse
 import json
@@ -29,20 +29,20 @@ import traceback
 
 import torch
 
-import augment
-import graphs
+from condensation import augment
+from condensation.device import graphs
 import main as main_dc
 import main_DM
 from bench_dm import STRATEGY, fake_cifar, markdown_writer, sync
-from data import dataset_available
-from dc import DCStep
-from dm import DMStep
-from evaluation import EvalRecipe, evaluate_networks
-from gan import GANStep, adam, new_ema
-from graphs import audited
-from networks import define_gan, get_network
-from runner import init_synset
-from utils import make_generator
+from condensation.data import dataset_available
+from condensation.methods.dc import DCStep
+from condensation.methods.dm import DMStep
+from condensation.evaluation import EvalRecipe, evaluate_networks
+from condensation.methods.gan import GANStep, adam, new_ema
+from condensation.device.graphs import audited
+from condensation.networks import define_gan, get_network
+from condensation.run.runner import init_synset
+from condensation.common import make_generator
 
 TOLERANCE = 0.02  # replay and eager may differ by this share of how far the run moved its tensors (Check.agree)
 # Targets of the GPU issue, for one H200 (None: no target)

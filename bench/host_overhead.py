@@ -11,6 +11,7 @@ as a CUDA graph and then cost one launch per step (graphs.Graphed). With --gpu_p
 runs (draws from generators on the step's device, DSA token by token), on the CPU.
 """
 import argparse
+import importlib
 import os
 import statistics
 import sys
@@ -40,21 +41,29 @@ def main():
         print(f'| {name} | {ops} | {us:.0f} |')
 
 
+# Where the modules live: in the library package, or flat at the top in a --code checkout from before it.
+PACKAGED = {'augment': 'condensation.augment', 'dc': 'condensation.methods.dc', 'dim': 'condensation.methods.dim',
+            'dm': 'condensation.methods.dm', 'evaluation': 'condensation.evaluation', 'gan': 'condensation.methods.gan',
+            'networks': 'condensation.networks', 'data': 'condensation.data', 'runner': 'condensation.run.runner'}
+
+
+def _module(name):
+    try:
+        return importlib.import_module(PACKAGED[name])
+    except ImportError:
+        return importlib.import_module(name)
+
+
 def measure(a, torch):
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    import augment
-    import dc
-    import dim
-    import dm
-    import evaluation
+    augment, dc, dim, dm, evaluation, networks, data, runner = (
+        _module(n) for n in ('augment', 'dc', 'dim', 'dm', 'evaluation', 'networks', 'data', 'runner'))
     import main as main_dc
     import main_DM
-    import networks
-    from data import Data
-    from runner import init_synset
+    Data, init_synset = data.Data, runner.init_synset
     try:
-        import gan  # the GAN's losses and steps; in dim.py before gan.py existed (an older --code)
+        gan = _module('gan')  # the GAN's losses and steps (in dim.py in an older --code)
     except ImportError:
         gan = dim
 

@@ -66,7 +66,7 @@ def prepared_mnist(tmp_path):
 def toy_data(n=12, classes=4, channel=1, size=28, n_test=5):
     """A `Data` with `classes` learnable classes, n training and n_test test images each (MNIST's constants and ten
     class slots, the first `classes` used)."""
-    from data import Data
+    from condensation.data import Data
     x, y = toy_images(n, classes, channel, size, seed=0)
     xt, yt = toy_images(n_test, classes, channel, size, seed=1)
     data = Data('MNIST', [str(i) for i in range(10)], x, y, xt, yt)
@@ -78,7 +78,7 @@ def toy_data(n=12, classes=4, channel=1, size=28, n_test=5):
 def condense_toy(step, args, data, iterations, ipc=2):
     """A noise-initialised synthetic set of `data` before and after `iterations` of `step` (dm.dm_step or
     dc.dc_step) with SGD at args.lr_img: (initial images, final images, labels)."""
-    from runner import init_synset
+    from condensation.run.runner import init_synset
     image_syn, syn_cls = init_synset(data, ipc, 'noise', torch.Generator().manual_seed(0))
     initial = image_syn.clone()
     image_syn.requires_grad_(True)
@@ -127,7 +127,7 @@ FOLDER_SIZES = [(30, 30), (37, 33), (41, 45), (29, 35)]  # odd sizes, all resize
 def dm_args(**kw):
     """main_DM.py's validated arguments for a toy MNIST run, with `kw` changed."""
     import main_DM
-    from cli import Config
+    from condensation.run.cli import Config
     return Config(main_DM.parse_args(['--dataset', 'MNIST', '--model', 'ConvNetW32', '--ipc', '2', '--device', 'cpu',
                                       '--batch_real', '8']), **kw)
 

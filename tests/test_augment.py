@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import augment as A
+from condensation import augment as A
 
 FULL = 'color_crop_cutout_flip_scale_rotate'
 

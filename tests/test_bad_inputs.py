@@ -21,7 +21,7 @@ import main_ITGAN
 import pool_match
 import validate
 from conftest import ROOT, dim_flags, dm_argv, toy_images, write_idx
-from utils import Log, atomic_save, atomic_write_text, run_cli
+from condensation.common import Log, atomic_save, atomic_write_text, run_cli
 
 SCRIPTS = ('main.py', 'main_DM.py', 'CL_DM.py', 'gen_condense.py', 'pool_match.py', 'validate.py', 'main_ITGAN.py',
            'evaluate.py')
@@ -60,7 +60,7 @@ def test_non_finite_flags_are_refused(script, argv, capsys):
 
 
 def test_a_diverging_cl_memory_is_not_cached(prepared_mnist):
-    from utils import UserError
+    from condensation.common import UserError
     with pytest.raises(UserError, match='the memory diverged; lower --lr_img'):
         CL_DM.main(_cl(prepared_mnist, '--method', 'DM', '--Iteration', '3', '--lr_img', '1e30'))
     assert not list((prepared_mnist / 'out' / 'cl_data').glob('*.pt')) \
@@ -317,7 +317,7 @@ def test_one_vocabulary_across_scripts(prepared_mnist):
     a = main_DM.parse_args(['--data', 'mnist', '--data-dir', str(tmp), '--output-dir', str(tmp / 'o'),
                             '--device', 'cpu'])
     assert (a.dataset, a.data_path, a.save_path) == ('MNIST', str(tmp), str(tmp / 'o'))
-    from cli import parse_dim_args as dim_args
+    from condensation.run.cli import parse_dim_args as dim_args
     b = dim_args(1, 'x', ['--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'o'),
                           '--device', 'cpu'])
     assert (b.dataset, b.data_dir, b.output_dir) == ('MNIST', str(tmp), str(tmp / 'o'))
@@ -327,7 +327,7 @@ def test_one_vocabulary_across_scripts(prepared_mnist):
 
 
 def test_a_long_evaluation_network_reports_its_progress():
-    from evaluation import progress_lines
+    from condensation.evaluation import progress_lines
     lines = []
     hook = progress_lines(lines.append, 1000)
     for ep in range(1001):
@@ -423,7 +423,7 @@ def test_a_full_disk_while_torch_save_writes_a_dim_checkpoint_keeps_the_earlier_
 
 def test_a_full_disk_while_caching_a_folder_leaves_no_half_file_and_says_so(tmp_path, full_disk, capsys):
     from PIL import Image
-    from data import get_dataset
+    from condensation.data import get_dataset
     x, y = toy_images(2, 2, 3, 8)
     for split in ('train', 'test'):
         for i, (img, label) in enumerate(zip(x, y)):
@@ -606,7 +606,7 @@ def test_a_dim_stage_does_not_replace_another_stages_run(prepared_mnist, capsys)
 
 
 def test_a_dim_stage_holds_its_run_folder(prepared_mnist, capsys):
-    from utils import hold_lock, release_lock
+    from condensation.common import hold_lock, release_lock
     tmp = prepared_mnist
     argv = _dim(tmp, '--tag', 'g', '--epochs', '1', '--iters-per-epoch', '2', '--val_split', '2')
     lock = tmp / 'results' / 'g' / 'run.lock'

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import CL_DM
-import cl
-import cl_report
-import utils
+from condensation.methods import continual
+from condensation.run import continual_report
+from condensation import common
 from conftest import CL_FAST, ROOT, cl_args, interrupt_at, over_seeds, toy_data, write_prepared
 
 FAST = CL_FAST
@@ -32,25 +32,25 @@ def _quiet(*a, **k):
 def test_class_order_is_numpys_permutation_and_leaves_the_global_rng_alone():
     np.random.seed(123)
     before = np.random.get_state()
-    orders = [cl.class_order(s, 100) for s in range(5)]
+    orders = [continual.class_order(s, 100) for s in range(5)]
     after = np.random.get_state()
     assert all(np.array_equal(a, b) for a, b in zip(before[1:], after[1:])) and before[0] == after[0]
     for s, order in enumerate(orders):
         np.random.seed(s)
         assert order == np.random.permutation(100).tolist()
     assert orders[0] != orders[1] and sorted(orders[0]) == list(range(100))
-    assert cl.step_classes(orders[0], 5, 1) == orders[0][20:40]
-    assert cl.seen_classes(orders[0], 5, 1) == orders[0][:40]
+    assert continual.step_classes(orders[0], 5, 1) == orders[0][20:40]
+    assert continual.seen_classes(orders[0], 5, 1) == orders[0][:40]
 
 
 def test_random_memories_follow_the_reference_numpy_stream():
     data = _data()
-    order = cl.class_order(3, 10)
-    mem = cl.random_memories(data, order, 5, 2, 3)
+    order = continual.class_order(3, 10)
+    mem = continual.random_memories(data, order, 5, 2, 3)
     np.random.seed(3)  # the reference: seed, class order, then get_images per new class in step order
     assert np.random.permutation(10).tolist() == order
     for step in range(5):
-        for j, c in enumerate(cl.step_classes(order, 5, step)):
+        for j, c in enumerate(continual.step_classes(order, 5, step)):
             idx = torch.from_numpy(np.random.permutation(data.indices_class[c].numpy())[:2])
             assert torch.equal(mem[step][0][2 * j:2 * j + 2], data.images(idx))
             assert mem[step][1][2 * j:2 * j + 2].tolist() == [c, c]
@@ -64,11 +64,11 @@ def test_random_memories_follow_the_reference_numpy_stream():
 def test_each_steps_memory_holds_only_its_classes_with_ipc_images_each(tmp_path, method, extra):
     data = _data()
     args = _args(tmp_path, '--method', method, *extra)
-    order = cl.class_order(0, 10)
-    mem = cl.Memories(args, data, 0, order, _quiet)
+    order = continual.class_order(0, 10)
+    mem = continual.Memories(args, data, 0, order, _quiet)
     for step in range(5):
         images, labels = mem.step(step)
-        classes = cl.seen_classes(order, 5, step) if method == 'DiM' else cl.step_classes(order, 5, step)
+        classes = continual.seen_classes(order, 5, step) if method == 'DiM' else continual.step_classes(order, 5, step)
         assert sorted(labels.tolist()) == sorted(c for c in classes for _ in range(2))
         assert images.shape == (len(labels), 1, 28, 28)
         if method in ('random', 'herding', 'kcenter'):  # coresets are real images of their own class
@@ -84,7 +84,7 @@ def test_each_steps_memory_holds_only_its_classes_with_ipc_images_each(tmp_path,
     # The cache in the original's memory-file layout, reloaded instead of rebuilt.
     raw = torch.load(mem.path, weights_only=True)
     assert len(raw['data']) == 5 and raw['meta']['class_order'] == order
-    again = cl.Memories(args, data, 0, order, _quiet)
+    again = continual.Memories(args, data, 0, order, _quiet)
     assert again.source == 'cache' and torch.equal(again.step(2)[0], mem.step(2)[0])
 
 
@@ -92,11 +92,11 @@ def test_herding_picks_the_greedy_running_mean_solution():
     f = torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0]])  # mean 3.2
     # i=1: target 3.2 -> 3; i=2: 6.4-3=3.4 -> 2; i=3: 9.6-5=4.6 -> 1; i=4: 12.8-6=6.8 -> 10; then 0.
     # (Nearest-to-the-mean order would take 0 before 10.)
-    assert cl.herding(f, 5).tolist() == [3, 2, 1, 4, 0]
-    assert cl.herding(f, 2).tolist() == [3, 2]
+    assert continual.herding(f, 5).tolist() == [3, 2, 1, 4, 0]
+    assert continual.herding(f, 2).tolist() == [3, 2]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 2, generator=g)
-    picks = cl.herding(x, 10).tolist()
+    picks = continual.herding(x, 10).tolist()
     chosen = []
     for i in range(10):  # brute force: the unselected row whose addition puts the running mean closest to μ
         rest = [j for j in range(40) if j not in chosen]
@@ -107,22 +107,22 @@ def test_herding_picks_the_greedy_running_mean_solution():
 def test_kcenter_starts_nearest_the_mean_then_takes_farthest_points():
     f = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.5], [9.0, 0.0], [0.0, 7.0], [1.0, 1.0]])
     # mean (1.83, 1.92): nearest is (1, 1); then (9, 0) at 65, (0, 7) at 37, (0, 2.5) at 3.25, (0, 0) at 2, (1, 0)
-    assert cl.kcenter(f, 6).tolist() == [5, 3, 4, 2, 0, 1]
-    assert cl.kcenter(f, 3).tolist() == [5, 3, 4]
+    assert continual.kcenter(f, 6).tolist() == [5, 3, 4, 2, 0, 1]
+    assert continual.kcenter(f, 3).tolist() == [5, 3, 4]
     dup = torch.zeros(4, 3)  # all equal: still distinct picks
-    assert sorted(cl.kcenter(dup, 4).tolist()) == [0, 1, 2, 3]
+    assert sorted(continual.kcenter(dup, 4).tolist()) == [0, 1, 2, 3]
 
 
 def test_test_subset_holds_exactly_the_seen_classes():
     data = _data()
-    order = cl.class_order(1, 10)
+    order = continual.class_order(1, 10)
     for step in range(5):
-        seen = cl.seen_classes(order, 5, step)
-        x, y = cl.test_subset(data, seen)
+        seen = continual.seen_classes(order, 5, step)
+        x, y = continual.test_subset(data, seen)
         assert set(y.tolist()) == set(seen) and len(y) == 3 * len(seen)
         ref = torch.cat([data.x_test[data.labels_test == c] for c in sorted(seen)])
         assert torch.equal(torch.sort(x.flatten(1), 0).values, torch.sort(ref.flatten(1), 0).values)
-        loader = cl.test_loader(data, seen)
+        loader = continual.test_loader(data, seen)
         assert sum(len(b[1]) for b in loader) == len(y)
 
 
@@ -135,7 +135,7 @@ def test_end_to_end_outputs(tmp_path):
     out = tmp_path / 'out'
     s = _run(tmp_path, '--save_path', str(out), '--method', 'random')
     assert [r['classes'] for r in s['table']] == [2, 4, 6, 8, 10] and all(r['n'] == 2 for r in s['table'])
-    assert s['latex'].count('& ') == 5 and s['class_orders']['1'] == cl.class_order(1, 10)
+    assert s['latex'].count('& ') == 5 and s['class_orders']['1'] == continual.class_order(1, 10)
     assert [r['memory_images'] for r in s['table']] == [4, 8, 12, 16, 20]
     acc = np.asarray([s['accs'][k][4] for k in ('0', '1')]).ravel() * 100
     assert s['table'][4]['mean'] == pytest.approx(acc.mean()) and s['table'][4]['std'] == pytest.approx(acc.std())
@@ -144,7 +144,7 @@ def test_end_to_end_outputs(tmp_path):
     assert len((out / 'cl_random_MNIST_ConvNetW32_2ipc_5steps.csv').read_text().strip().splitlines()) == 6
     s2 = _run(tmp_path, '--save_path', str(out), '--method', 'kcenter', '--train_mode', 'finetune')
     assert s2['method'] == 'kcenter-finetune'
-    curves = cl_report.collect_curves(str(out), 'MNIST', 'ConvNetW32', 2, 5)
+    curves = continual_report.collect_curves(str(out), 'MNIST', 'ConvNetW32', 2, 5)
     assert [c[0] for c in curves] == ['kcenter-finetune', 'random']  # one line per method in the plot
     from PIL import Image
     assert Image.open(out / 'cl_MNIST_ConvNetW32_2ipc_5steps.png').size == (760, 460)
@@ -173,16 +173,16 @@ def test_resume_skips_finished_steps_and_gives_the_same_results(tmp_path, monkey
 
 def test_interrupted_synthesis_resumes_to_the_same_memory(tmp_path, monkeypatch):
     data = _data()
-    order = cl.class_order(0, 10)
+    order = continual.class_order(0, 10)
     args = _args(tmp_path, '--method', 'DM', '--Iteration', '5', '--checkpoint_every', '2')
-    full = cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'a.partial.pt'), _quiet)
-    real = cl.DMStep
-    monkeypatch.setattr(cl, 'DMStep', interrupt_at(real, 3))
+    full = continual.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'a.partial.pt'), _quiet)
+    real = continual.DMStep
+    monkeypatch.setattr(continual, 'DMStep', interrupt_at(real, 3))
     with pytest.raises(KeyboardInterrupt):
-        cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'b.partial.pt'), _quiet)
+        continual.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'b.partial.pt'), _quiet)
     assert torch.load(tmp_path / 'b.partial.pt', weights_only=True)['it'] == 2
-    monkeypatch.setattr(cl, 'DMStep', real)
-    resumed = cl.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'b.partial.pt'), _quiet)
+    monkeypatch.setattr(continual, 'DMStep', real)
+    resumed = continual.condense_memory(args, data, order[:2], 0, 0, str(tmp_path / 'b.partial.pt'), _quiet)
     assert torch.equal(full[0], resumed[0]) and torch.equal(full[1], resumed[1])
     assert not torch.equal(full[0][:2], data.images(data.indices_class[order[0]][:2]))
 
@@ -192,33 +192,34 @@ def test_released_memories_are_used_and_checked(tmp_path):
     data = _data()
     folder = tmp_path / 'metasets' / 'cl_data'
     folder.mkdir(parents=True)
-    order = cl.class_order(0, 10)
-    released = [[torch.randn(4, 1, 28, 28), torch.tensor([c for c in cl.step_classes(order, 5, s) for _ in range(2)])]
+    order = continual.class_order(0, 10)
+    released = [[torch.randn(4, 1, 28, 28),
+                 torch.tensor([c for c in continual.step_classes(order, 5, s) for _ in range(2)])]
                 for s in range(5)]
     torch.save({'data': released}, folder / 'cl_DM_MNIST_ConvNetW32_2ipc_5steps_seed0.pt')
     args = _args(tmp_path, '--method', 'DM')
-    mem = cl.Memories(args, data, 0, order, _quiet)
+    mem = continual.Memories(args, data, 0, order, _quiet)
     assert mem.source == 'released' and torch.equal(mem.training_set(1)[0], torch.cat([released[0][0], released[1][0]]))
     torch.save({'data': released}, folder / 'cl_DM_MNIST_ConvNetW32_2ipc_5steps_seed1.pt')  # seed 1's order differs
-    with pytest.raises(utils.UserError, match='another class order'):
-        cl.Memories(args, data, 1, cl.class_order(1, 10), _quiet)
+    with pytest.raises(common.UserError, match='another class order'):
+        continual.Memories(args, data, 1, continual.class_order(1, 10), _quiet)
 
 
 def test_a_cache_built_with_other_settings_is_refused(tmp_path):
     data = _data()
-    order = cl.class_order(0, 10)
-    cl.Memories(_args(tmp_path, '--method', 'DM'), data, 0, order, _quiet).step(0)
-    with pytest.raises(utils.UserError, match='lr_img'):
-        cl.Memories(_args(tmp_path, '--method', 'DM', '--lr_img', '3'), data, 0, order, _quiet)
+    order = continual.class_order(0, 10)
+    continual.Memories(_args(tmp_path, '--method', 'DM'), data, 0, order, _quiet).step(0)
+    with pytest.raises(common.UserError, match='lr_img'):
+        continual.Memories(_args(tmp_path, '--method', 'DM', '--lr_img', '3'), data, 0, order, _quiet)
 
 
 def test_options_added_later_keep_older_caches_valid_at_their_old_values():
     """--gan_gp_every and --gan_mode_seeking came after DiM caches existed: at the values those caches were built
     with (1, 0) they are left out of the fingerprint, so a cache stays valid; any other value is recorded."""
-    old = cl.builder_fingerprint(CL_DM.parse_args(['--method', 'DiM', '--gan_gp_every', '1',
+    old = continual.builder_fingerprint(CL_DM.parse_args(['--method', 'DiM', '--gan_gp_every', '1',
                                                    '--gan_mode_seeking', '0']))
     assert 'gan_gp_every' not in old and 'gan_mode_seeking' not in old and old['gan_ema'] == 0.999
-    new = cl.builder_fingerprint(CL_DM.parse_args(['--method', 'DiM', '--gan_gp_every', '4',
+    new = continual.builder_fingerprint(CL_DM.parse_args(['--method', 'DiM', '--gan_gp_every', '4',
                                                    '--gan_mode_seeking', '1']))
     assert new == dict(old, gan_gp_every=4, gan_mode_seeking=1.0)
 
@@ -230,7 +231,7 @@ def test_a_rejected_rerun_keeps_the_earlier_log(tmp_path):
     _run(tmp_path, *argv)
     log = out / 'cl_DM_MNIST_ConvNetW32_2ipc_5steps.log'
     before = log.read_text()
-    with pytest.raises(utils.UserError, match='built with other settings'):
+    with pytest.raises(common.UserError, match='built with other settings'):
         _run(tmp_path, *argv, '--lr_img', '3')  # its memory cache is the first run's: refused
     assert log.read_text().startswith(before)
 
@@ -251,7 +252,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
     write_prepared(str(tmp_path), 'MNIST', n_train=6, n_test=3, channel=1, size=28)
     argv = ['--dataset', 'MNIST', '--data_path', str(tmp_path), '--save_path', str(tmp_path / 'out'), *FAST, *extra]
     with pytest.raises(SystemExit) as e:
-        utils.run_cli(lambda: CL_DM.main(argv))
+        common.run_cli(lambda: CL_DM.main(argv))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
@@ -286,8 +287,8 @@ def test_generative_replay_keeps_the_old_classes_of_a_toy_set(tmp_path, options)
     means = torch.stack([data.images(data.indices_class[c]).flatten(1).mean(0) for c in range(4)])
 
     def old_classes_kept(seed):
-        _, gan = cl.dim_memory(args, data, order, 0, seed, None, _quiet)
-        (images, labels), gan1 = cl.dim_memory(args, data, order, 1, seed, gan, _quiet)
+        _, gan = continual.dim_memory(args, data, order, 0, seed, None, _quiet)
+        (images, labels), gan1 = continual.dim_memory(args, data, order, 1, seed, gan, _quiet)
         if 'ac' not in options:
             assert gan1['generator_ema']['steps'] == 200 and 'projection.weight' in gan1['discriminator']
         assert set(labels.tolist()) == {0, 1, 2, 3}
@@ -310,7 +311,7 @@ def test_fresh_replay_trains_on_new_draws_and_starts_each_network_alike(tmp_path
     batches sees other images from epoch 1 on), each network starts on the stored memory, and a run is
     repeatable. --dim_replay stored trains on the memory alone. A cache without per-step generators is refused
     for fresh replay, with the flag that still works."""
-    import evaluation
+    from condensation import evaluation
     write_prepared(str(tmp_path), 'MNIST', n_train=6, n_test=3, channel=1, size=28)
     seen = []
     real = evaluation._augment
@@ -336,5 +337,5 @@ def test_fresh_replay_trains_on_new_draws_and_starts_each_network_alike(tmp_path
     assert len(raw['samplers']) == 5
     del raw['samplers']
     torch.save(raw, cache)
-    with pytest.raises(utils.UserError, match='--dim_replay stored'):
+    with pytest.raises(common.UserError, match='--dim_replay stored'):
         _run(tmp_path, *argv, '--save_path', str(tmp_path / 'stored'))

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-import data as data_mod
+from condensation import data as data_mod
 import main
 import main_DM
 from conftest import FOLDER_CLASSES, ROOT, toy_images, write_folder
-from data import channel_stats, dataset_info, get_dataset
-from utils import UserError
+from condensation.data import channel_stats, dataset_info, get_dataset
+from condensation.common import UserError
 
 CLASSES = FOLDER_CLASSES
 
@@ -201,7 +201,7 @@ def test_specs_are_checked_before_anything_runs(tmp_path):
 
 def test_cl_and_dim_read_the_class_count_and_shape_of_own_data(tmp_path):
     import CL_DM
-    import cli
+    from condensation.run import cli
     path = write_file(tmp_path / 'six.pt', num_classes=6, channel=3, size=32)
     args = CL_DM.parse_args(['--dataset', f'file:{path}', '--steps', '3', '--device', 'cpu'])
     assert args.dataset == f'file:{path}'

@@ -6,15 +6,15 @@ import sys
 import pytest
 import torch
 
-import dc
+from condensation.methods import dc
 import main
-import utils
-from evaluation import EvalRecipe
-from networks import get_network
-from runner import init_synset
-from augment import sample_dsa_params
+from condensation import common
+from condensation.evaluation import EvalRecipe
+from condensation.networks import get_network
+from condensation.run.runner import init_synset
+from condensation.augment import sample_dsa_params
 from conftest import ROOT, condense_toy, interrupt_at, toy_data
-from utils import UserError
+from condensation.common import UserError
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
 
@@ -310,7 +310,7 @@ def test_bad_input_is_one_line_and_exit_2(prepared_mnist, capsys, extra, message
     argv = ['--dataset', 'MNIST', '--data_path', str(prepared_mnist), '--save_path', str(prepared_mnist / 'out'),
             '--device', 'cpu', *extra]
     with pytest.raises(SystemExit) as e:
-        utils.run_cli(lambda: main.main(argv))
+        common.run_cli(lambda: main.main(argv))
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and message in err[0], err
     assert not (prepared_mnist / 'out').exists()

@@ -1,4 +1,4 @@
-"""DiM (dim.py, dim_run.py): the GAN, its losses, matching, the evaluation modes, selection, resume and the three
+"""DiM (dim.py, dim_stages.py): the GAN, its losses, matching, the evaluation modes, selection, resume and the three
 scripts.
 
 GANs here are 8 channels wide (--gan_width 8) so that a whole pipeline runs in seconds on a CPU."""
@@ -10,16 +10,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-import cl
-import dim
-import cli
-import dim_run
-import gan
+from condensation.methods import continual
+from condensation.methods import dim
+from condensation.run import cli
+from condensation.run import dim_stages
+from condensation.methods import gan
 import gen_condense
-import networks
+from condensation import networks
 import pool_match
-import utils
-from data import get_dataset
+from condensation import common
+from condensation.data import get_dataset
 import validate
 from conftest import ROOT, W, dim_flags, over_seeds, toy_data, toy_images
 
@@ -383,7 +383,7 @@ def test_pool_members_follow_the_stem_rule():
     args = cli.Config(args, stem='cifar')
     assert dim.pool_members(args, data) == dim.POOL
     args = cli.Config(args, stem='imagenet', pool=['resnet10_ap'])
-    with pytest.raises(utils.UserError, match='resnet10_ap'):
+    with pytest.raises(common.UserError, match='resnet10_ap'):
         dim.pool_members(args, data)
 
 
@@ -405,21 +405,21 @@ def test_fixed_set_is_class_balanced_and_standardised():
 
 
 def test_cl_and_dim_share_the_gan_helpers():
-    """One sampler and one GAN builder serve validate.py's fixed sets and cl.py's generative memories."""
+    """One sampler and one GAN builder serve validate.py's fixed sets and continual.py's generative memories."""
     data = dim.DiMData(_toy_data(), _args(3))
     G, _ = gan.build_gan(data, 100, 'overwrite', W, 'cpu', _gen(0))
     images, labels = dim.fixed_set(G, data, 2, _gen(5))
     order = list(range(10))[::-1]
-    cl_images, cl_labels = cl.sample_memory(G, data.real, order, 10, 2, _gen(5))
+    cl_images, cl_labels = continual.sample_memory(G, data.real, order, 10, 2, _gen(5))
     assert torch.equal(images, cl_images) and torch.equal(cl_labels, torch.as_tensor(order)[labels])
     assert gan.generator_bytes(G) > 4 * _count(G)  # float32 parameters, plus the buffers
-    with pytest.raises(utils.UserError, match=r'\(flags --dim_noise, --gan_cond\)'):
+    with pytest.raises(common.UserError, match=r'\(flags --dim_noise, --gan_cond\)'):
         gan.build_gan(data, 8, 'overwrite', W, 'cpu', _gen(0), flags='--dim_noise, --gan_cond')
 
 
 def test_steps_per_epoch_never_zero_in_validate():
     assert dim.iterations_per_epoch(10, 1, 10, 3) == 1 and dim.iterations_per_epoch(10, 1, 10, 1) == 2
-    with pytest.raises(utils.UserError, match='0 steps'):
+    with pytest.raises(common.UserError, match='0 steps'):
         _args(3, '--ipc', '1')
     args = _args(3, '--ipc', '1', '--auto_bs')  # the budget comes from the dataset's class count (MNIST: 10)
     assert args.batch_size == 10 and dim.iterations_per_epoch(10, 1, args.batch_size, 3) == 1
@@ -448,7 +448,7 @@ def _no_test_split(monkeypatch):
         data = real(*a, **k)
         del data.x_test, data.labels_test
         return data
-    monkeypatch.setattr(dim_run.data_mod, 'get_dataset', load)
+    monkeypatch.setattr(dim_stages.data_mod, 'get_dataset', load)
 
 
 def test_stage1_selects_without_the_test_set_and_resumes_exactly(prepared_mnist, monkeypatch):
@@ -493,11 +493,11 @@ def test_critic_and_ema_options_round_trip_through_checkpoints(prepared_mnist):
 
     weight = str(tmp / 'results/ema/last.pth')
     args = cli.parse_dim_args(3, 'x', _flags(tmp, 3, '--pretrain-weight', weight, '--critic', 'projection'))
-    G, _ = dim_run.load_sampler(weight, args, dim_run.load_data(args, val_split=False))
+    G, _ = dim_stages.load_sampler(weight, args, dim_stages.load_data(args, val_split=False))
     assert torch.equal(G.fc1.weight, a['generator_ema']['generator']['fc1.weight'])
     refused = cli.parse_dim_args(3, 'x', _flags(tmp, 3, '--pretrain-weight', weight))
-    with pytest.raises(utils.UserError, match='--critic projection'):
-        dim_run.load_sampler(weight, refused, dim_run.load_data(refused, val_split=False))
+    with pytest.raises(common.UserError, match='--critic projection'):
+        dim_stages.load_sampler(weight, refused, dim_stages.load_data(refused, val_split=False))
 
     pool_match.main(_flags(tmp, 2, '--weight', weight, '--epochs-match-train', '1', '--pool', 'convnet', '--tag',
                            'ema_match', '--epochs', '1', *opts))
@@ -556,7 +556,7 @@ def test_pipeline_stage2_and_both_evaluation_modes(prepared_mnist, monkeypatch):
 
 def _cli_error(main, argv, capsys):
     with pytest.raises(SystemExit) as e:
-        utils.run_cli(lambda: main(argv))
+        common.run_cli(lambda: main(argv))
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count('\n') == 1, err
     return err

@@ -5,13 +5,13 @@ import sys
 import pytest
 import torch
 
-import dm
-from utils import UserError, run_cli
+from condensation.methods import dm
+from condensation.common import UserError, run_cli
 import main_DM
-from augment import ParamDiffAug
-from networks import get_network
-from runner import init_synset
-from augment import sample_dsa_params, select_params
+from condensation.augment import ParamDiffAug
+from condensation.networks import get_network
+from condensation.run.runner import init_synset
+from condensation.augment import sample_dsa_params, select_params
 from conftest import ROOT, condense_toy, dm_args, interrupt_at, toy_data
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 import evaluate
-from cli import Config
+from condensation.run.cli import Config
 import main_DM
 from conftest import toy_images
-from data import get_dataset
-from utils import UserError, make_generator, run_cli
+from condensation.data import get_dataset
+from condensation.common import UserError, make_generator, run_cli
 
 PROTOCOL = ['--models', 'ConvNetW32', '--num_eval', '2', '--epoch_eval_train', '4', '--device', 'cpu',
             '--no_progress']

@@ -9,19 +9,19 @@ import sys
 import pytest
 import torch
 
-import augment
-import gan
-import graphs
+from condensation import augment
+from condensation.methods import gan
+from condensation.device import graphs
 import main as main_dc
 import main_DM
-import networks
-from cli import Config
+from condensation import networks
+from condensation.run.cli import Config
 from conftest import ROOT, over_seeds, toy_data
-from dc import DCStep
-from dm import DMStep
-from evaluation import EvalRecipe, evaluate_synset
-from runner import init_synset
-from utils import make_generator
+from condensation.methods.dc import DCStep
+from condensation.methods.dm import DMStep
+from condensation.evaluation import EvalRecipe, evaluate_synset
+from condensation.run.runner import init_synset
+from condensation.common import make_generator
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
 

@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import itgan
-from utils import UserError
+from condensation.methods import itgan
+from condensation.common import UserError
 import main_ITGAN
-import networks
-from augment import ParamDiffAug
-from data import Data
+from condensation import networks
+from condensation.augment import ParamDiffAug
+from condensation.data import Data
 from conftest import ROOT, toy_data
 
 W = 8
@@ -69,7 +69,7 @@ def test_condensation_loss_is_zero_for_identical_features_and_reaches_only_the_l
     y = torch.arange(4).repeat_interleave(2)
     syn = itgan.render(G, z, y, data.mean, data.std)
     assert itgan.paired_loss(net, syn, syn.detach(), y, 4).item() == 0
-    from dm import dm_loss
+    from condensation.methods.dm import dm_loss
     assert dm_loss(net, syn.detach(), y, syn, y, 4).item() == 0
     # the full objective on a batch: a gradient on the latents, none on G or the random network
     idx, labels = itgan.choose_subset(data, 2, torch.Generator().manual_seed(0))

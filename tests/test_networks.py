@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import networks
-from networks import DIM_NETWORKS, NETWORKS, define_model, get_network, init_weights
+from condensation import networks
+from condensation.networks import DIM_NETWORKS, NETWORKS, define_model, get_network, init_weights
 
 K = 10
 SIZES = [(1, 28), (3, 32), (3, 64)]  # (channel, pixels): MNIST-like, CIFAR-like, TinyImageNet-like

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 import main_DM
-import parallel
+from condensation.device import parallel
 from conftest import ROOT, interrupt_at, write_prepared
 from torchrun_scenarios import SCRIPTS  # the scripts' main functions
 
@@ -210,9 +210,11 @@ DRIVER = textwrap.dedent('''
     import sys
     sys.path.insert(0, {root!r})
     import torch
-    import dim_run, gen_condense, parallel
+    import gen_condense
+    from condensation.device import parallel
+    from condensation.run import dim_stages
 
-    start, close = dim_run.StageRun.start_training, dim_run.StageRun.close
+    start, close = dim_stages.StageRun.start_training, dim_stages.StageRun.close
     before = {{}}
 
     def spy_start(run, *a):
@@ -227,7 +229,7 @@ DRIVER = textwrap.dedent('''
             torch.save(dict(before=before, replicas=replicas), {out!r})
         return close(run)
 
-    dim_run.StageRun.start_training, dim_run.StageRun.close = spy_start, spy_close
+    dim_stages.StageRun.start_training, dim_stages.StageRun.close = spy_start, spy_close
     gen_condense.main(sys.argv[1:])
 ''')
 
@@ -278,7 +280,7 @@ CRASH = textwrap.dedent('''
     import sys
     sys.path.insert(0, {root!r})
     import torch
-    import parallel
+    from condensation.device import parallel
 
     parallel.start('cpu')
     if parallel.rank() == 1:

@@ -11,16 +11,16 @@ import time
 import pytest
 from PIL import Image
 
-import cells
+from condensation.repro import cells
 import CL_DM
-import cli
+from condensation.run import cli
 import main
 import main_DM
 import main_ITGAN
 import reproduce
-import reproduction as rp
+from condensation.repro import driver
 from conftest import ROOT, toy_images, write_idx, write_prepared
-from utils import write_json
+from condensation.common import write_json
 
 PARSERS = {'main_DM.py': main_DM.parse_args, 'main.py': main.parse_args, 'CL_DM.py': CL_DM.parse_args,
            'main_ITGAN.py': main_ITGAN.parse_args, 'gen_condense.py': lambda a: cli.parse_dim_args(1, '', a),
@@ -52,7 +52,7 @@ def smoke(tmp_path_factory):
 def test_every_command_of_every_tier_parses(tmp_path):
     for stage in cells.STAGES.values():
         for tier in cells.TIERS:
-            PARSERS[stage.script](rp.stage_argv(stage, tier, str(tmp_path), str(tmp_path / 'out'), 'cpu'))
+            PARSERS[stage.script](driver.stage_argv(stage, tier, str(tmp_path), str(tmp_path / 'out'), 'cpu'))
 
 
 def test_the_registry_names_its_sources_and_invents_no_reference():
@@ -73,9 +73,9 @@ def test_the_registry_names_its_sources_and_invents_no_reference():
 
 def test_the_quick_tier_fits_ten_minutes_on_an_h200():
     stages = {s for c in cells.CELLS if c.dataset in ('MNIST', 'CIFAR10') for s in c.stages}
-    assert rp.estimate(stages, 'quick', 'H200') <= 600
+    assert driver.estimate(stages, 'quick', 'H200') <= 600
     # the one stage measured end to end on an H200: CL DiM on MNIST, 151 s
-    assert 100 < rp.estimate(['cl-dim-mnist-5'], 'quick', 'H200') < 200
+    assert 100 < driver.estimate(['cl-dim-mnist-5'], 'quick', 'H200') < 200
 
 
 def test_the_smoke_tier_runs_every_cell_and_writes_the_report(smoke):
@@ -92,7 +92,7 @@ def test_the_smoke_tier_runs_every_cell_and_writes_the_report(smoke):
         assert r['verdict'] == 'no reference (none yet)'
         # the printed command is the one that ran: script and arguments as the stage's marker records them
         for s, command in zip(c.stages, r['commands']):
-            marker = rp.read_marker(rp.stage_dir(out, s))
+            marker = driver.read_marker(driver.stage_dir(out, s))
             assert shlex.split(command) == ['python', marker['script']] + marker['argv']
     report = open(os.path.join(out, 'reproduce.md')).read()
     assert all(f'| {c.id} |' in report for c in cells.CELLS)
@@ -117,20 +117,20 @@ def test_a_killed_cell_resumes_to_the_same_numbers(smoke, tmp_path, capsys, monk
     os.killpg(proc.pid, signal.SIGSTOP)  # freeze it at once, then kill it: the first of 5 steps is saved
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert rp.read_marker(os.path.join(out, cell))['status'] == 'running', 'the run ended before it was killed'
+    assert driver.read_marker(os.path.join(out, cell))['status'] == 'running', 'the run ended before it was killed'
 
     # --resume continues the interrupted stage from its checkpoint, here as the printed command (--isolate)
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
     resumed = reproduce.main(argv + ['--resume', '--isolate'])['rows'][0]
     assert 'continuing CL_DM.py' in capsys.readouterr().out
-    assert rp.read_marker(os.path.join(out, cell))['resumed']
+    assert driver.read_marker(os.path.join(out, cell))['resumed']
     assert resumed['measured']['all'] == rows[cell]['measured']['all']
 
     # a finished cell is not rerun
-    started = rp.read_marker(os.path.join(out, cell))['started']
+    started = driver.read_marker(os.path.join(out, cell))['started']
     again = reproduce.main(argv + ['--resume'])['rows'][0]
     assert 'running' not in capsys.readouterr().out
-    assert rp.read_marker(os.path.join(out, cell))['started'] == started
+    assert driver.read_marker(os.path.join(out, cell))['started'] == started
     assert again['measured'] == resumed['measured']
 
 
@@ -190,30 +190,30 @@ def test_the_list_prints_every_cell_with_its_source_and_estimates(capsys):
 
 def test_the_verdict_rule():
     paper = cells.Value(48.9, 0.6, None, 'paper')
-    assert rp.verdict(50.6, 0.2, paper).startswith('agrees')  # within 3 x 0.6
-    assert rp.verdict(50.8, 0.2, paper).startswith('disagrees')
-    assert rp.verdict(47.0, 1.0, paper).startswith('agrees')  # the measured std is the larger
-    assert rp.verdict(73.4, 0.1, cells.Value(72.6, None, None, 'paper')).startswith('agrees')  # at least 1 point
-    assert 'informative' in rp.verdict(39.0, 0.5, cells.Value(39.0, None, None, 'figure', True))
-    assert rp.verdict(50.0, 0.1, None) == 'no reference (none yet)'
+    assert driver.verdict(50.6, 0.2, paper).startswith('agrees')  # within 3 x 0.6
+    assert driver.verdict(50.8, 0.2, paper).startswith('disagrees')
+    assert driver.verdict(47.0, 1.0, paper).startswith('agrees')  # the measured std is the larger
+    assert driver.verdict(73.4, 0.1, cells.Value(72.6, None, None, 'paper')).startswith('agrees')  # at least 1 point
+    assert 'informative' in driver.verdict(39.0, 0.5, cells.Value(39.0, None, None, 'figure', True))
+    assert driver.verdict(50.0, 0.1, None) == 'no reference (none yet)'
 
 
 def test_a_stage_reruns_when_a_stage_it_reads_ran_after_it(tmp_path):
     """With --resume, validate.py is not kept when the generator it read was made again (a changed command)."""
     out = str(tmp_path)
     stages = ('dim-mnist-gan', 'dim-mnist-test')
-    argvs = {s: rp.stage_argv(cells.STAGES[s], 'smoke', 'data', out, 'cpu') for s in stages}
+    argvs = {s: driver.stage_argv(cells.STAGES[s], 'smoke', 'data', out, 'cpu') for s in stages}
 
     def mark(s, finished_at, argv=None):
-        os.makedirs(rp.stage_dir(out, s), exist_ok=True)
-        write_json(os.path.join(rp.stage_dir(out, s), rp.MARKER),
+        os.makedirs(driver.stage_dir(out, s), exist_ok=True)
+        write_json(os.path.join(driver.stage_dir(out, s), driver.MARKER),
                    dict(argv=argv or argvs[s], status="done", finished_at=finished_at))
 
     mark('dim-mnist-gan', 1.0)
     mark('dim-mnist-test', 2.0)
-    assert rp.plan(stages, out, argvs, True, set()) == {s: 'done' for s in stages}
-    assert rp.plan(stages, out, argvs, False, set()) == {s: 'fresh' for s in stages}
+    assert driver.plan(stages, out, argvs, True, set()) == {s: 'done' for s in stages}
+    assert driver.plan(stages, out, argvs, False, set()) == {s: 'fresh' for s in stages}
     mark('dim-mnist-gan', 3.0)  # the generator was made again after validate.py read it
-    assert rp.plan(stages, out, argvs, True, set()) == {'dim-mnist-gan': 'done', 'dim-mnist-test': 'fresh'}
+    assert driver.plan(stages, out, argvs, True, set()) == {'dim-mnist-gan': 'done', 'dim-mnist-test': 'fresh'}
     mark('dim-mnist-gan', 1.0, argv=['--other'])  # its command changed: it runs again, and so does validate.py
-    assert rp.plan(stages, out, argvs, True, set()) == {s: 'fresh' for s in stages}
+    assert driver.plan(stages, out, argvs, True, set()) == {s: 'fresh' for s in stages}

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch.nn.utils import parameters_to_vector
 
-import augment
-import dm
+from condensation import augment
+from condensation.methods import dm
 import main_DM
-from augment import ParamDiffAug, apply_dsa, sample_dsa_params
+from condensation.augment import ParamDiffAug, apply_dsa, sample_dsa_params
 from conftest import cl_args, condense_toy, dim_flags, dm_args, toy_data
-from data import TensorLoader
-from evaluation import EvalRecipe, evaluate_synset, train_together
-from networks import get_network
+from condensation.data import TensorLoader
+from condensation.evaluation import EvalRecipe, evaluate_synset, train_together
+from condensation.networks import get_network
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
 DC_PARAM = dict(crop=4, scale=0.2, rotate=45, noise=0.001, strategy='crop_scale_rotate')
@@ -141,7 +141,7 @@ def test_cl_and_dim_fixed_set_evaluations_train_together_where_a_gpu_would(tmp_p
     """CL's step evaluation and DiM's fixed-set evaluation go through evaluation.evaluate_networks: where networks
     train together (a GPU; forced here on the CPU) they do, with the accuracies of one-by-one training."""
     import CL_DM
-    import evaluation
+    from condensation import evaluation
     import gen_condense
     import validate
     from conftest import write_prepared

@@ -4,15 +4,15 @@ import types
 import pytest
 import torch
 
-import utils
-from augment import ParamDiffAug
-from data import TensorLoader, build_tinyimagenet, get_dataset, standardise
-import evaluation
-from evaluation import evaluate_synset, get_eval_pool
-from networks import NETWORKS, get_network
-from runner import save_image_grid, save_results
+from condensation import common
+from condensation.augment import ParamDiffAug
+from condensation.data import TensorLoader, build_tinyimagenet, get_dataset, standardise
+from condensation import evaluation
+from condensation.evaluation import evaluate_synset, get_eval_pool
+from condensation.networks import NETWORKS, get_network
+from condensation.run.runner import save_image_grid, save_results
 from conftest import over_seeds, toy_images, write_idx, write_prepared
-from utils import UserError
+from condensation.common import UserError
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -140,11 +140,11 @@ def test_tinyimagenet_folder_with_wrong_counts_is_rejected(tmp_path):
 # ---------------------------------------------------------------------------------------------- seeds
 
 def test_derived_seeds_are_stable_and_distinct():
-    assert utils.derive_seed(0, 'net', 1, 2) == utils.derive_seed(0, 'net', 1, 2)
-    assert utils.derive_seed(0, 'net', 1, 2) != utils.derive_seed(0, 'net', 2, 1)
-    assert utils.derive_seed(0, 'net') != utils.derive_seed(1, 'net')
-    a = torch.rand(3, generator=utils.make_generator(5, 'x'))
-    b = torch.rand(3, generator=utils.make_generator(5, 'x'))
+    assert common.derive_seed(0, 'net', 1, 2) == common.derive_seed(0, 'net', 1, 2)
+    assert common.derive_seed(0, 'net', 1, 2) != common.derive_seed(0, 'net', 2, 1)
+    assert common.derive_seed(0, 'net') != common.derive_seed(1, 'net')
+    a = torch.rand(3, generator=common.make_generator(5, 'x'))
+    b = torch.rand(3, generator=common.make_generator(5, 'x'))
     assert torch.equal(a, b)
 
 
@@ -220,7 +220,7 @@ def test_evaluate_synset_schedule_and_eval_mode(monkeypatch):
 
 
 def test_mean_std_is_population_std_in_percent():
-    m, s = utils.mean_std([0.5, 0.7])
+    m, s = common.mean_std([0.5, 0.7])
     assert abs(m - 60.0) < 1e-9 and abs(s - 10.0) < 1e-9
 
 

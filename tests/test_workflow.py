@@ -13,14 +13,14 @@ import pytest
 import torch
 
 import CL_DM
-import data as data_mod
-import cli
+from condensation import data as data_mod
+from condensation.run import cli
 import gen_condense
 import main
 import main_DM
 import main_ITGAN
 import pool_match
-import utils
+from condensation import common
 import validate
 from conftest import ROOT, dm_argv, write_folder
 
@@ -101,11 +101,11 @@ def test_a_generator_trained_on_an_own_folder_feeds_itgan(tmp_path):
     elsewhere = tmp_path / 'copy' / 'good'
     shutil.copytree(root, elsewhere)
     moved = re.escape(f'was trained on folder:{root}, this run is on folder:{elsewhere}')
-    with pytest.raises(utils.UserError, match=moved):
+    with pytest.raises(common.UserError, match=moved):
         main_ITGAN.main(['--dataset', f'folder:{elsewhere}'] + itgan)
-    with pytest.raises(utils.UserError, match='resized to 28, this run resizes to 32; pass --im_size 28'):
+    with pytest.raises(common.UserError, match='resized to 28, this run resizes to 32; pass --im_size 28'):
         main_ITGAN.main(['--dataset', f'folder:{root}', '--im_size', '32'] + itgan)
-    with pytest.raises(utils.UserError, match='was made with --im_size 28, this run has 32; pass --im_size 28'):
+    with pytest.raises(common.UserError, match='was made with --im_size 28, this run has 32; pass --im_size 28'):
         validate.main(_dim(tmp_path, '--data', f'folder:{root}', '--im_size', '32', '--pretrain-weight', weight,
                            '--gan_width', W, '--cond', 'embed', '--ipc', '2', '--auto_bs'))
 
@@ -114,7 +114,7 @@ def test_a_generator_trained_on_an_own_folder_feeds_itgan(tmp_path):
 
 def _fails(main_fn, argv, capsys):
     with pytest.raises(SystemExit) as e:
-        utils.run_cli(lambda: main_fn(argv))
+        common.run_cli(lambda: main_fn(argv))
     assert e.value.code == 2
     return capsys.readouterr().err.strip()
 
@@ -153,7 +153,7 @@ def test_ctrl_c_advises_resume_only_where_the_script_has_it(capsys):
         raise KeyboardInterrupt
     for resumable, line in ((True, 'interrupted; rerun with --resume to continue'), (False, 'interrupted')):
         with pytest.raises(SystemExit) as e:
-            utils.run_cli(interrupted, resumable)
+            common.run_cli(interrupted, resumable)
         assert e.value.code == 130 and capsys.readouterr().err.strip().endswith(f': {line}')
     assert '--resume' not in cli.dim_parser(3, 'x').format_help()  # validate.py, which passes resumable=False
 
@@ -200,7 +200,7 @@ def test_runs_on_other_data_keep_their_own_files(tmp_path):
     elsewhere = write_folder(tmp_path / 'other' / 'flowers', channel=1)
     other = re.escape(f'holds a run on folder:{root} at --im_size 16, this run is on folder:{elsewhere} at --im_size '
                       f'16; pass another --save_path')
-    with pytest.raises(utils.UserError, match=other):
+    with pytest.raises(common.UserError, match=other):
         _dm_folder(tmp_path, elsewhere, '--im_size', '16')
     assert sorted(os.listdir(out)) == before  # refused before anything was written
 
@@ -216,7 +216,7 @@ def test_runs_on_other_data_keep_their_own_files(tmp_path):
 # ------------------------------------------------------------------------------------ 6. strict JSON
 
 def test_results_json_is_strict_json(prepared_mnist, tmp_path):
-    utils.write_json(tmp_path / 'x.json', dict(a=float('nan'), b=[1.5, float('inf'), -float('inf')], c=(2, 'x')))
+    common.write_json(tmp_path / 'x.json', dict(a=float('nan'), b=[1.5, float('inf'), -float('inf')], c=(2, 'x')))
 
     def strict(text):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f'{c} is not JSON'))
@@ -239,7 +239,7 @@ def _parsers(monkeypatch):
         built.append(self)
         raise Built
 
-    monkeypatch.setattr(utils.ArgumentParser, 'parse_args', grab)
+    monkeypatch.setattr(common.ArgumentParser, 'parse_args', grab)
     for parse in (main.parse_args, main_DM.parse_args, CL_DM.parse_args, main_ITGAN.parse_args):
         with pytest.raises(Built):
             parse([])

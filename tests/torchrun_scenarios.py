@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import CL_DM
 import main as main_dc
 import main_DM
-from utils import run_cli
+from condensation.common import run_cli
 
 SCRIPTS = {'main_DM.py': main_DM.main, 'main.py': main_dc.main, 'CL_DM.py': CL_DM.main}
 

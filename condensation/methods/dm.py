@@ -11,11 +11,11 @@ import weakref
 
 import torch
 
-import parallel
-from augment import apply_dsa, sample_dsa_params, select_params
-from graphs import Graphed, graphs_enabled
-from networks import get_network, init_weights
-from utils import autocast, class_means, derive_seed
+from condensation.device import parallel
+from condensation.augment import apply_dsa, sample_dsa_params, select_params
+from condensation.device.graphs import Graphed, graphs_enabled
+from condensation.networks import get_network, init_weights
+from condensation.common import autocast, class_means, derive_seed
 
 
 def pick_real(data, batch_real, generator):

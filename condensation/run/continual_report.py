@@ -5,11 +5,11 @@ import io
 import json
 import os
 
-import parallel
-from cl import class_order
-from data import file_label
-from plots import plot_curves
-from utils import atomic_write_text, mean_std, sample_std, versions, write_json
+from condensation.device import parallel
+from condensation.methods.continual import class_order
+from condensation.data import file_label
+from condensation.plots import plot_curves
+from condensation.common import atomic_write_text, mean_std, sample_std, versions, write_json
 
 
 def summarise(args, state, data, recorded):

@@ -16,9 +16,9 @@ import re
 
 import torch
 
-import parallel
-from networks import get_network
-from utils import UserError
+from condensation.device import parallel
+from condensation.networks import get_network
+from condensation.common import UserError
 
 ENV = 'CONDENSE_MEMORY_LIMIT'
 _UNITS = {'': 1, 'K': 2 ** 10, 'M': 2 ** 20, 'G': 2 ** 30, 'T': 2 ** 40}

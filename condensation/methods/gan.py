@@ -12,11 +12,11 @@ import os
 import torch
 import torch.nn.functional as F
 
-import utils
-from data import standardise
-from graphs import Graphed
-from networks import define_gan
-from utils import UserError, cpu_state
+from condensation import common
+from condensation.data import standardise
+from condensation.device.graphs import Graphed
+from condensation.networks import define_gan
+from condensation.common import UserError, cpu_state
 
 # ----------------------------------------------------------------------------------------------------------------
 # Building
@@ -50,7 +50,7 @@ def generator_bytes(G):
 
 def _draw(fn, *args, generator):
     """fn(*args) drawn with generator on its own device (a CPU generator: on the CPU, as the reference streams)."""
-    return fn(*args, generator=generator, device=utils.draw_device(generator))
+    return fn(*args, generator=generator, device=common.draw_device(generator))
 
 
 def generate(G, y, generator):
@@ -344,11 +344,11 @@ def read_checkpoint(path, flag, keys=('generator',)):
     try:
         ck = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise UserError(f'{flag}: {utils.unreadable(path, e)}; pass a .pth written by gen_condense.py or '
+        raise UserError(f'{flag}: {common.unreadable(path, e)}; pass a .pth written by gen_condense.py or '
                         f'pool_match.py') from None
     if not isinstance(ck, dict) or any(k not in ck for k in keys):
         raise UserError(f'{flag} {path} is not a DiM checkpoint (it needs the keys {", ".join(keys)})')
-    utils.refuse_non_finite(ck, f'{flag} {path}', 'pass a checkpoint of a run that did not diverge (an earlier '
+    common.refuse_non_finite(ck, f'{flag} {path}', 'pass a checkpoint of a run that did not diverge (an earlier '
                                                   'model_dict_<epoch>.pth)')
     return ck
 

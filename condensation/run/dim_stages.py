@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import cli
-import data as data_mod
-import gan
-import parallel
-import runner
-import utils
-from dim import ClassScore, DiMData, epoch_batches
-from utils import UserError, make_generator
+from condensation.run import cli
+from condensation import data as data_mod
+from condensation.methods import gan
+from condensation.device import parallel
+from condensation.run import runner
+from condensation import common
+from condensation.methods.dim import ClassScore, DiMData, epoch_batches
+from condensation.common import UserError, make_generator
 
 # Arguments that a resumed run of stage 1 or 2 may change (the rest must be as in its last.pth).
 RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',
@@ -89,7 +89,7 @@ def protocol_label(args):
 def storage(G, data, ipc):
     """The distilled artefact's size next to the image budget it replaces (ipc uint8 images per class)."""
     image_bytes = data.num_classes * ipc * data.channel * data.im_size[0] * data.im_size[1]
-    return dict(generator_params=utils.count_parameters(G), generator_bytes=gan.generator_bytes(G),
+    return dict(generator_params=common.count_parameters(G), generator_bytes=gan.generator_bytes(G),
                 image_budget_bytes=image_bytes, ipc=ipc)
 
 
@@ -136,8 +136,8 @@ class StageRun(runner.Run):
         """config.json, written with the run's first checkpoint or results (not when it starts), so that it always
         describes the files beside it: a run that fails at its first step leaves an earlier run's config alone."""
         if not self._config_written:
-            utils.write_json(self.path('config.json'), dict(args=config(self.args), protocol=protocol_label(self.args),
-                                                            versions=utils.versions(),
+            common.write_json(self.path('config.json'), dict(args=config(self.args), protocol=protocol_label(self.args),
+                                                            versions=common.versions(),
                                                             world_size=parallel.world_size()))
             self._config_written = True
 
@@ -145,7 +145,7 @@ class StageRun(runner.Run):
         """A GAN checkpoint: gan.gan_state plus epoch, args (config(args)) and `extra` (selection, state)."""
         self.write_config()
         state = gan.gan_state(self.G, self.D, self.opt_g, self.opt_d, self.ema)
-        utils.atomic_save(dict(state, epoch=epoch, args=config(self.args), **extra), self.path(name))
+        common.atomic_save(dict(state, epoch=epoch, args=config(self.args), **extra), self.path(name))
 
     def link(self, name, other):
         """`other` as a second name of the checkpoint `name` (a copy where hard links are not possible): same
@@ -228,7 +228,7 @@ class StageRun(runner.Run):
         parts = {k: float(v) for k, v in parts.items()}
         self._bar.set_postfix({k: f'{v:.3f}' for k, v in parts.items()})
         # A diverged GAN stays diverged: checked where the losses are logged, and before every checkpoint.
-        utils.check_losses(parts, f'stage {args.stage} epoch {epoch} iteration {it}', f'lower --lr (now {args.lr})')
+        common.check_losses(parts, f'stage {args.stage} epoch {epoch} iteration {it}', f'lower --lr (now {args.lr})')
         self.log(f'epoch {epoch} iter {it + 1}/{iterations}: ' + ', '.join(f'{k} {v:.4f}' for k, v in parts.items()))
 
 

@@ -3,7 +3,7 @@ reproduction report's paper-against-measured chart."""
 import io
 import math
 
-from utils import atomic_write_bytes
+from condensation.common import atomic_write_bytes
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]

@@ -16,11 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-import parallel
-from augment import ParamDiffAug, augment_dc, parse_strategy, sample_dsa_params, apply_dsa
-from graphs import Graphed, graphs_enabled
-from networks import get_network
-from utils import autocast, draw_device, make_generator, mean_std
+from condensation.device import parallel
+from condensation.augment import ParamDiffAug, augment_dc, parse_strategy, sample_dsa_params, apply_dsa
+from condensation.device.graphs import Graphed, graphs_enabled
+from condensation.networks import get_network
+from condensation.common import autocast, draw_device, make_generator, mean_std
 
 
 @dataclasses.dataclass(frozen=True)

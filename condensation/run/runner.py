@@ -25,12 +25,13 @@ import time
 import torch
 from tqdm import tqdm
 
-import parallel
-from data import denormalise, file_label
-from evaluation import evaluate_pool, progress_lines
-from footprint import check_fits, condensation_bytes
-from utils import Log, UserError, atomic_save, atomic_write, hold_lock, make_generator, mean_std, refuse_non_finite, \
-    release_lock, remove_stale_temps, sample_std, unreadable, versions, write_json
+from condensation.device import parallel
+from condensation.data import denormalise, file_label
+from condensation.evaluation import evaluate_pool, progress_lines
+from condensation.device.footprint import check_fits, condensation_bytes
+from condensation.common import (Log, UserError, atomic_save, atomic_write, hold_lock, make_generator, mean_std,
+                                 refuse_non_finite, release_lock, remove_stale_temps, sample_std, unreadable,
+                                 versions, write_json)
 
 
 # ----------------------------------------------------------------------------------------------------------------

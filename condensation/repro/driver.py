@@ -20,12 +20,12 @@ import sys
 import time
 import traceback
 
-import cells
-from data import canonical_dataset, dataset_available
-from dc import get_loops
-from evaluation import get_eval_pool
-from plots import plot_agreement
-from utils import Terminated, UserError, atomic_write_text, mean_std, run_cli, write_json
+from condensation.repro import cells
+from condensation.data import canonical_dataset, dataset_available
+from condensation.methods.dc import get_loops
+from condensation.evaluation import get_eval_pool
+from condensation.plots import plot_agreement
+from condensation.common import Terminated, UserError, atomic_write_text, mean_std, run_cli, write_json
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MARKER = 'reproduce_stage.json'

@@ -10,7 +10,7 @@ Every published number names its source; a tier without a measured reference say
 """
 from collections import namedtuple
 
-from dc import recommended_dsa_strategy
+from condensation.methods.dc import recommended_dsa_strategy
 
 TIERS = {
     'smoke': 'toy size, seconds each on a CPU: every command runs end to end (the test suite runs this tier on '

@@ -27,11 +27,11 @@ import os
 
 import torch
 
-import gan
-from augment import apply_dsa, sample_dsa_params, select_params
-from data import standardise
-from dm import dm_loss, embed_real, frozen_network, sample_real
-from utils import UserError, class_means, make_generator
+from condensation.methods import gan
+from condensation.augment import apply_dsa, sample_dsa_params, select_params
+from condensation.data import standardise
+from condensation.methods.dm import dm_loss, embed_real, frozen_network, sample_real
+from condensation.common import UserError, class_means, make_generator
 
 
 # ----------------------------------------------------------------------------------------------------------------

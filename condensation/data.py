@@ -18,8 +18,8 @@ from collections import namedtuple
 import numpy as np
 import torch
 
-from footprint import check_fits
-from utils import ArgumentParser, UserError, atomic_save, draw_device, remove_stale_temps, run_cli
+from condensation.device.footprint import check_fits
+from condensation.common import ArgumentParser, UserError, atomic_save, draw_device, remove_stale_temps, run_cli
 
 # name -> (channels, (H, W), classes, mean, std): the normalisation constants of the original code.
 DATASETS = {

@@ -7,11 +7,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import parallel
-from augment import DiffAugment, apply_dsa, sample_dsa_params
-from graphs import Graphed, graphs_enabled
-from networks import get_network, init_weights
-from utils import UserError, derive_seed, draw_device
+from condensation.device import parallel
+from condensation.augment import DiffAugment, apply_dsa, sample_dsa_params
+from condensation.device.graphs import Graphed, graphs_enabled
+from condensation.networks import get_network, init_weights
+from condensation.common import UserError, derive_seed, draw_device
 
 # The original's table, ipc -> (outer_loop, inner_loop); inner_loop counts epochs over the synthetic set.
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}

@@ -19,13 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import data as data_mod
-import evaluation
-import utils
-from augment import ParamDiffAug, make_dim_augs
-from gan import generate, sample_standardised
-from networks import DIM_NETWORKS, NETWORKS, define_model, get_network
-from utils import UserError, make_generator
+from condensation import data as data_mod
+from condensation import evaluation
+from condensation import common
+from condensation.augment import ParamDiffAug, make_dim_augs
+from condensation.methods.gan import generate, sample_standardised
+from condensation.networks import DIM_NETWORKS, NETWORKS, define_model, get_network
+from condensation.common import UserError, make_generator
 
 # DiM's normalisation of evaluation and pool-model inputs, by dataset name (args.dataset); other datasets use the
 # project's constants (data.DATASETS), and the user's own data its training split's mean and std.
@@ -209,7 +209,7 @@ class ClassScore:
 
 def present_class_means(v, y, num_classes):
     """Mean row of v per class present in y (K' x D, classes in increasing order)."""
-    return utils.class_means(v, y, num_classes)[torch.unique(y)]
+    return common.class_means(v, y, num_classes)[torch.unique(y)]
 
 
 def _two_passes(f, real, fake, joint_bn):

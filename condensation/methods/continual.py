@@ -25,17 +25,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import gan
-import parallel
-from data import TensorLoader, file_label
-from dc import DCStep
-from dm import DMStep
-from evaluation import EvalRecipe, evaluate_synset
-from footprint import check_fits, condensation_bytes, set_bytes
-from graphs import graphs_enabled
-from networks import get_network
-from runner import SyntheticSet
-from utils import UserError, atomic_save, check_losses, derive_seed, make_generator, non_finite, \
+from condensation.methods import gan
+from condensation.device import parallel
+from condensation.data import TensorLoader, file_label
+from condensation.methods.dc import DCStep
+from condensation.methods.dm import DMStep
+from condensation.evaluation import EvalRecipe, evaluate_synset
+from condensation.device.footprint import check_fits, condensation_bytes, set_bytes
+from condensation.device.graphs import graphs_enabled
+from condensation.networks import get_network
+from condensation.run.runner import SyntheticSet
+from condensation.common import UserError, atomic_save, check_losses, derive_seed, make_generator, non_finite, \
     refuse_non_finite
 
 METHODS = ('random', 'herding', 'kcenter', 'DSA', 'DM', 'DiM')

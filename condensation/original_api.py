@@ -1,6 +1,6 @@
 """The original DC repository's `utils` API on this project's code, so that scripts written against it run here:
 
-    from utils import get_loops, get_dataset, get_network, get_eval_pool, evaluate_synset, get_daparam, \
+    from condensation.common import get_loops, get_dataset, get_network, get_eval_pool, evaluate_synset, get_daparam, \
         match_loss, get_time, TensorDataset, epoch, DiffAugment, ParamDiffAug
 
 `utils` hands these names out on first use (its module __getattr__): this module imports data, networks,
@@ -25,14 +25,14 @@ import time
 
 import torch
 
-import dc
-import evaluation
-import networks
-from augment import ParamDiffAug, get_daparam  # noqa: F401  (the original names, unchanged)
-from augment import DiffAugment as _diff_augment
-from data import get_dataset as _get_dataset
-from evaluation import get_eval_pool  # noqa: F401
-from utils import UserError, _fail, default_device, make_generator
+from condensation.methods import dc
+from condensation import evaluation
+from condensation import networks
+from condensation.augment import ParamDiffAug, get_daparam  # noqa: F401  (the original names, unchanged)
+from condensation.augment import DiffAugment as _diff_augment
+from condensation.data import get_dataset as _get_dataset
+from condensation.evaluation import get_eval_pool  # noqa: F401
+from condensation.common import UserError, _fail, default_device, make_generator
 
 
 def _exits_on_bad_input(fn):

@@ -13,14 +13,14 @@ import sys
 
 import torch
 
-import parallel
-from augment import DIM_TOKENS, ParamDiffAug, parse_strategy
-from data import canonical_dataset, dataset_info
-from dim import MATCH_COEFF, POOL, check_model_name, default_pool
-from evaluation import get_eval_pool
-from networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, NETWORKS, get_network, resolve_stem
-from utils import ArgumentParser, UserError, check_device, check_finite, check_output_folder, check_positive, \
-    default_device
+from condensation.device import parallel
+from condensation.augment import DIM_TOKENS, ParamDiffAug, parse_strategy
+from condensation.data import canonical_dataset, dataset_info
+from condensation.methods.dim import MATCH_COEFF, POOL, check_model_name, default_pool
+from condensation.evaluation import get_eval_pool
+from condensation.networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, NETWORKS, get_network, resolve_stem
+from condensation.common import (ArgumentParser, UserError, check_device, check_finite, check_output_folder,
+                                 check_positive, default_device)
 
 FLAGS = {
     'dataset': dict(default='CIFAR10', aliases=('--data',),

@@ -23,7 +23,7 @@ import sys
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import parallel
+from condensation.device import parallel
 
 FALLBACKS = []  # (step name, reason) of every recording that failed in this process (bench/gpu_check.py reports them)
 

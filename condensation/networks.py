@@ -1,0 +1,748 @@
+"""Every network: the classifiers and their factories, and the GAN's generator and critic (`define_gan`;
+trained by gan.py). Conventions: docs/design.md, Networks.
+
+DC family (DC / DSA / DM / CL): `get_network(name, ...)` with the names in NETWORKS.
+DiM family: `define_model(name, ...)` with DiM's lower-case names in DIM_NETWORKS; the DiM ResNet-10s and
+DenseNet are also reachable from get_network as ResNet10, ResNet10_AP and DenseNet.
+
+Every model has forward(x) -> logits and embed(x) -> the flattened input of its final linear layer (what DM
+matches). Models are built on the meta device and initialised by init_weights from an explicit torch.Generator,
+so building a network never touches the global RNG (unlike the original factory, which reseeded it from
+the clock) and a seed fixes every initial weight.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shape bookkeeping and layer helpers
+
+def _pair(im_size):
+    if isinstance(im_size, int):
+        return (im_size, im_size)
+    h, w = im_size
+    return (int(h), int(w))
+
+
+def _conv_out(s, k, stride=1, pad=0):
+    return (s + 2 * pad - k) // stride + 1
+
+
+def _check_map(net, h, w, im_size):
+    if h < 1 or w < 1:
+        raise ValueError(f'{net}: input {im_size[0]}x{im_size[1]} shrinks to a {h}x{w} feature map; '
+                         f'use a larger im_size or a shallower network')
+
+
+def instance_norm(c):
+    # GroupNorm with one group per channel is instance norm (biased var, eps 1e-5). On CPU it measured faster
+    # than nn.InstanceNorm2d and F.instance_norm (which reshape to a batch-norm call), with the same numbers.
+    return nn.GroupNorm(c, c, affine=True)
+
+
+def _norm2d(kind, c, hw=None):
+    if kind == 'instancenorm':
+        return instance_norm(c)
+    if kind == 'batchnorm':
+        return nn.BatchNorm2d(c)
+    if kind == 'layernorm':  # over (C, h, w) of the map it normalises, as the reference
+        return nn.LayerNorm([c, *hw], elementwise_affine=True)
+    if kind == 'groupnorm':
+        return nn.GroupNorm(4, c, affine=True)
+    if kind == 'none':
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; use one of instancenorm, batchnorm, layernorm, groupnorm, none")
+
+
+def _act(kind):
+    if kind == 'relu':
+        return nn.ReLU(inplace=True)
+    if kind == 'sigmoid':
+        return nn.Sigmoid()
+    if kind == 'leakyrelu':
+        return nn.LeakyReLU(0.01)
+    if kind == 'swish':
+        return nn.SiLU()  # x * sigmoid(x)
+    raise ValueError(f"unknown activation {kind!r}; use one of relu, sigmoid, leakyrelu, swish")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DC family. Attribute names follow the reference so its checkpoints load.
+
+class ConvNet(nn.Module):
+    """depth x [conv 3x3 -> norm -> act -> pool] -> linear. Also the DiM `convnet`."""
+
+    def __init__(self, channel, num_classes, im_size=(32, 32), net_width=128, net_depth=3, net_act='relu',
+                 net_norm='instancenorm', net_pooling='avgpooling'):
+        super().__init__()
+        if net_pooling not in ('avgpooling', 'maxpooling', 'none'):
+            raise ValueError(f"unknown pooling {net_pooling!r}; use one of avgpooling, maxpooling, none")
+        if net_depth < 1:
+            raise ValueError(f'net_depth must be >= 1, got {net_depth}')
+        layers, self.block_ends = [], []
+        h, w = im_size
+        c = channel
+        for d in range(net_depth):
+            pad = 3 if channel == 1 and d == 0 else 1  # 28x28 grey -> 32x32 maps, so shapes match CIFAR
+            layers.append(nn.Conv2d(c, net_width, 3, padding=pad))
+            h, w, c = _conv_out(h, 3, 1, pad), _conv_out(w, 3, 1, pad), net_width
+            if net_norm != 'none':
+                layers.append(_norm2d(net_norm, c, (h, w)))
+            layers.append(_act(net_act))
+            if net_pooling != 'none':
+                layers.append(nn.AvgPool2d(2, 2) if net_pooling == 'avgpooling' else nn.MaxPool2d(2, 2))
+                h, w = h // 2, w // 2
+            self.block_ends.append(len(layers))
+        _check_map('ConvNet', h, w, im_size)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c * h * w, num_classes)
+
+    def block_features(self, x):
+        """Output of every block (DiM's per-block features)."""
+        outs, start = [], 0
+        for end in self.block_ends:
+            for layer in self.features[start:end]:
+                x = layer(x)
+            outs.append(x)
+            start = end
+        return outs
+
+    def embed(self, x):
+        return self.features(x).flatten(1)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+class MLP(nn.Module):
+    def __init__(self, channel, num_classes, im_size=(32, 32)):
+        super().__init__()
+        self.fc_1 = nn.Linear(channel * im_size[0] * im_size[1], 128)
+        self.fc_2 = nn.Linear(128, 128)
+        self.fc_3 = nn.Linear(128, num_classes)
+
+    def embed(self, x):
+        return F.relu(self.fc_2(F.relu(self.fc_1(x.flatten(1)))))
+
+    def forward(self, x):
+        return self.fc_3(self.embed(x))
+
+
+class LeNet(nn.Module):
+    def __init__(self, channel, num_classes, im_size=(32, 32)):
+        super().__init__()
+        pad = 2 if channel == 1 else 0
+        self.features = nn.Sequential(
+            nn.Conv2d(channel, 6, 5, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2))
+        h, w = (_conv_out(_conv_out(s, 5, 1, pad) // 2, 5) // 2 for s in im_size)
+        _check_map('LeNet', h, w, im_size)
+        self.fc_1 = nn.Linear(16 * h * w, 120)
+        self.fc_2 = nn.Linear(120, 84)
+        self.fc_3 = nn.Linear(84, num_classes)
+
+    def embed(self, x):
+        x = self.features(x).flatten(1)
+        return F.relu(self.fc_2(F.relu(self.fc_1(x))))
+
+    def forward(self, x):
+        return self.fc_3(self.embed(x))
+
+
+class AlexNet(nn.Module):
+    """AlexNet (norm 'none') and AlexNetBN (norm 'batchnorm': BN between every conv and its ReLU)."""
+
+    def __init__(self, channel, num_classes, im_size=(32, 32), norm='none'):
+        super().__init__()
+        if norm not in ('none', 'batchnorm'):
+            raise ValueError(f"AlexNet norm must be 'none' or 'batchnorm', got {norm!r}")
+        pad = 4 if channel == 1 else 2
+        # (out channels, kernel, padding, pool after)
+        cfg = [(128, 5, pad, True), (192, 5, 2, True), (256, 3, 1, False), (192, 3, 1, False), (192, 3, 1, True)]
+        layers, c = [], channel
+        h, w = im_size
+        for out, k, p, pool in cfg:
+            layers.append(nn.Conv2d(c, out, k, padding=p))
+            if norm == 'batchnorm':
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.ReLU(inplace=True))
+            h, w, c = _conv_out(h, k, 1, p), _conv_out(w, k, 1, p), out
+            if pool:
+                layers.append(nn.MaxPool2d(2, 2))
+                h, w = h // 2, w // 2
+        _check_map('AlexNet', h, w, im_size)
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(c * h * w, num_classes)
+
+    def embed(self, x):
+        return self.features(x).flatten(1)
+
+    def forward(self, x):
+        return self.fc(self.embed(x))
+
+
+class VGG11(nn.Module):
+    """VGG11 (per-channel instance norm) and VGG11BN (norm 'batchnorm')."""
+    cfg = [64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M']
+
+    def __init__(self, channel, num_classes, im_size=(32, 32), norm='instancenorm'):
+        super().__init__()
+        if norm not in ('instancenorm', 'batchnorm'):
+            raise ValueError(f"VGG11 norm must be 'instancenorm' or 'batchnorm', got {norm!r}")
+        layers, c = [], channel
+        h, w = im_size
+        for v in self.cfg:
+            if v == 'M':
+                layers.append(nn.MaxPool2d(2, 2))
+                h, w = h // 2, w // 2
+            else:
+                pad = 3 if channel == 1 and not layers else 1  # first conv: 28 -> 32
+                layers += [nn.Conv2d(c, v, 3, padding=pad), _norm2d(norm, v), nn.ReLU(inplace=True)]
+                h, w, c = _conv_out(h, 3, 1, pad), _conv_out(w, 3, 1, pad), v
+        layers.append(nn.AvgPool2d(1, 1))  # the reference's no-op pool, kept so layer indices match
+        _check_map('VGG11', h, w, im_size)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c * h * w, num_classes)
+
+    def embed(self, x):
+        return self.features(x).flatten(1)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block, shared by the DC ResNet18 family and the DiM ResNets.
+
+    ap=True is the '_AP' variant: convs never stride; a stride-2 block average-pools (2x2) the first conv's
+    ReLU output, and its shortcut is conv 1x1 -> avgpool 2x2 -> norm.
+    """
+
+    def __init__(self, in_planes, planes, stride=1, norm='instancenorm', ap=False, bias=False):
+        super().__init__()
+        self.stride, self.ap = stride, ap
+        conv_stride = 1 if ap else stride
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=conv_stride, padding=1, bias=bias)
+        self.bn1 = _norm2d(norm, planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=bias)
+        self.bn2 = _norm2d(norm, planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            down = [nn.Conv2d(in_planes, planes, 1, stride=conv_stride, bias=bias)]
+            if ap and stride != 1:
+                down.append(nn.AvgPool2d(2, 2))
+            self.shortcut = nn.Sequential(*down, _norm2d(norm, planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        if self.ap and self.stride != 1:
+            out = F.avg_pool2d(out, 2, 2)
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def _block_out(s, stride, ap):
+    # spatial size after a BasicBlock: 3x3 conv with padding 1 at `stride`, or 2x2 avg pooling for _AP
+    return s // stride if ap else _conv_out(s, 3, stride, 1)
+
+
+class ResNet18(nn.Module):
+    """DC ResNet18 / ResNet18BN (CIFAR style, widths 64..512) and, with ap=True, ResNet18_AP / ResNet18BN_AP."""
+
+    def __init__(self, channel, num_classes, im_size=(32, 32), norm='instancenorm', ap=False):
+        super().__init__()
+        if norm not in ('instancenorm', 'batchnorm'):
+            raise ValueError(f"ResNet18 norm must be 'instancenorm' or 'batchnorm', got {norm!r}")
+        self.ap = ap
+        self.conv1 = nn.Conv2d(channel, 64, 3, stride=1, padding=1, bias=False)
+        self.bn1 = _norm2d(norm, 64)
+        h, w = im_size
+        in_planes, stages = 64, []
+        for planes, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            blocks = []
+            for s in (stride, 1):
+                blocks.append(BasicBlock(in_planes, planes, s, norm, ap))
+                in_planes = planes
+                h, w = _block_out(h, s, ap), _block_out(w, s, ap)
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        _check_map('ResNet18', h, w, im_size)
+        # _AP flattens the whole final map; the plain net pools globally (= the reference's 4x4 pool at 28/32)
+        self.classifier = nn.Linear(512 * h * w if ap else 512, num_classes)
+
+    def embed(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        if not self.ap:
+            out = F.adaptive_avg_pool2d(out, 1)
+        return out.flatten(1)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DiM family
+
+class DiMResNet(nn.Module):
+    """DiM's resnet10 / resnet18 and (ap=True) resnet10_ap / resnet18_ap.
+
+    stem 'cifar': conv 3x3 (C->32) -> BN -> ReLU, n=(depth-2)//6 blocks per stage, widths 32..256.
+    stem 'imagenet': conv 7x7 stride 2 -> BN -> ReLU -> maxpool 3x3/2 ([1,1,1,1] or [2,2,2,2] blocks, widths
+    64..512); with ap=True: conv 7x7 stride 1 -> BN -> ReLU -> avgpool 4x4. Both end with global average pooling.
+    The reference picks the stem from the dataset name (see resolve_stem); here it is an explicit argument.
+    """
+    _NORMS = {'batch': 'batchnorm', 'instance': 'instancenorm', 'none': 'none'}
+
+    def __init__(self, channel, num_classes, im_size=(32, 32), depth=10, stem='cifar', ap=False, norm='batch'):
+        super().__init__()
+        if depth not in (10, 18):
+            raise ValueError(f'DiMResNet depth must be 10 or 18 (no bottleneck depths), got {depth}')
+        if stem not in ('cifar', 'imagenet'):
+            raise ValueError(f"stem must be 'cifar' or 'imagenet' (resolve 'auto' with resolve_stem), got {stem!r}")
+        if norm not in self._NORMS:
+            raise ValueError(f"DiM ResNet norm must be one of batch, instance, none (spectral is not supported), "
+                             f"got {norm!r}")
+        kind, bias = self._NORMS[norm], norm == 'none'  # convs get a bias only without a norm
+        h, w = im_size
+        if stem == 'cifar':
+            widths, counts = [32, 64, 128, 256], [(depth - 2) // 6] * 4
+            self.conv1 = nn.Conv2d(channel, 32, 3, stride=1, padding=1, bias=bias)
+            self.pool = nn.Identity()
+        else:
+            widths, counts = [64, 128, 256, 512], [{10: 1, 18: 2}[depth]] * 4
+            if ap:
+                self.conv1 = nn.Conv2d(channel, 64, 7, stride=1, padding=3, bias=bias)
+                self.pool = nn.AvgPool2d(4, 4)
+                h, w = h // 4, w // 4
+            else:
+                self.conv1 = nn.Conv2d(channel, 64, 7, stride=2, padding=3, bias=bias)
+                self.pool = nn.MaxPool2d(3, 2, 1)
+                h, w = (_conv_out(_conv_out(s, 7, 2, 3), 3, 2, 1) for s in (h, w))
+        self.bn1 = _norm2d(kind, widths[0])
+        in_planes, stages = widths[0], []
+        for i, (planes, n) in enumerate(zip(widths, counts)):
+            blocks = []
+            for j in range(n):
+                s = 2 if i > 0 and j == 0 else 1
+                blocks.append(BasicBlock(in_planes, planes, s, kind, ap, bias))
+                in_planes = planes
+                h, w = _block_out(h, s, ap), _block_out(w, s, ap)
+                if h < 1 or w < 1:  # the _ap imagenet stem collapses 28x28 to 0x0
+                    raise ValueError(f'DiM resnet{depth}{"_ap" if ap else ""} with the {stem} stem shrinks '
+                                     f'{im_size[0]}x{im_size[1]} input to an empty map; use stem="cifar"')
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.classifier = nn.Linear(in_planes, num_classes)
+
+    def _init_weights(self, g):
+        """DiM's rule: conv weight N(0, 2/(k*k*out_channels)), BN 1/0; everything else PyTorch's default."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                std = math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels))
+                _fill(m.weight, g, lambda t: t.normal_(0.0, std, generator=g))
+                if m.bias is not None:
+                    _default_bias(m, g)
+            else:
+                _init_module(m, g)
+
+    def block_features(self, x):
+        """Stem output, then the output of each stage."""
+        outs = [self.pool(F.relu(self.bn1(self.conv1(x))))]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            outs.append(layer(outs[-1]))
+        return outs
+
+    def embed(self, x):
+        return F.adaptive_avg_pool2d(self.block_features(x)[-1], 1).flatten(1)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+class DenseLayer(nn.Module):
+    """BN -> ReLU -> conv 1x1 (4g) -> BN -> ReLU -> conv 3x3 (g), concatenated with the input."""
+
+    def __init__(self, in_planes, growth):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, 4 * growth, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4 * growth)
+        self.conv2 = nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        out = self.conv2(F.relu(self.bn2(self.conv1(F.relu(self.bn1(x))))))
+        return torch.cat([out, x], 1)
+
+
+class Transition(nn.Module):
+    def __init__(self, in_planes, out_planes):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.conv = nn.Conv2d(in_planes, out_planes, 1, bias=False)
+
+    def forward(self, x):
+        return F.avg_pool2d(self.conv(F.relu(self.bn(x))), 2)
+
+
+class DenseNet(nn.Module):
+    """DiM's `densenet` (CIFAR DenseNet, growth 12, blocks 6/12/24/16, reduction 0.5, ~1.0 M parameters).
+
+    Changes from the reference: input channels from the argument, and global average pooling at the end
+    (identical to its 4x4 pool at 32x32), so it runs at 28x28x1 and 64x64x3 too.
+    """
+
+    def __init__(self, channel, num_classes, im_size=(32, 32), growth=12, blocks=(6, 12, 24, 16), reduction=0.5):
+        super().__init__()
+        planes = 2 * growth
+        self.conv1 = nn.Conv2d(channel, planes, 3, padding=1, bias=False)
+        stages = []
+        for i, n in enumerate(blocks):
+            stages.append(nn.Sequential(*[DenseLayer(planes + j * growth, growth) for j in range(n)]))
+            planes += n * growth
+            if i < len(blocks) - 1:
+                out = int(math.floor(planes * reduction))
+                stages.append(Transition(planes, out))
+                planes = out
+        self.dense1, self.trans1, self.dense2, self.trans2, self.dense3, self.trans3, self.dense4 = stages
+        h, w = (s // 2 ** (len(blocks) - 1) for s in im_size)
+        _check_map('DenseNet', h, w, im_size)
+        self.bn = nn.BatchNorm2d(planes)
+        self.classifier = nn.Linear(planes, num_classes)
+
+    def block_features(self, x):
+        """Stem output, then the output of each dense block (transitions included)."""
+        outs = [self.conv1(x)]
+        for stage in ((self.dense1, self.trans1), (self.dense2, self.trans2), (self.dense3, self.trans3),
+                      (self.dense4,)):
+            out = outs[-1]
+            for m in stage:
+                out = m(out)
+            outs.append(out)
+        return outs
+
+    def embed(self, x):
+        out = F.relu(self.bn(self.block_features(x)[-1]))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# initialisation: PyTorch's default distributions, drawn from an explicit generator
+
+_CONV_LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                nn.ConvTranspose3d)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)  # _NormBase: BatchNorm* and InstanceNorm*
+
+
+def _fill(t, g, draw):
+    if t.is_meta:  # device='meta' builds shapes only (parameter counts, head sizes): nothing to draw
+        return
+    # draw on the generator's device (CPU by default) and copy, so a seed gives the same weights on any device
+    tmp = torch.empty(t.shape, dtype=t.dtype, device=g.device if g is not None else 'cpu')
+    draw(tmp)
+    t.copy_(tmp)
+
+
+def _default_bias(m, g):
+    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(m.weight)
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    _fill(m.bias, g, lambda t: t.uniform_(-bound, bound, generator=g))
+
+
+def _init_module(m, g):
+    """PyTorch's default init for the parameters and buffers owned directly by m."""
+    if isinstance(m, _CONV_LINEAR):
+        _fill(m.weight, g, lambda t: nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=g))
+        if m.bias is not None:
+            _default_bias(m, g)
+    elif isinstance(m, _NORMS):
+        if getattr(m, 'weight', None) is not None:
+            m.weight.fill_(1.0)
+        if getattr(m, 'bias', None) is not None:
+            m.bias.zero_()
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            m.reset_running_stats()  # mean 0, var 1, num_batches_tracked 0
+    elif isinstance(m, nn.Embedding):
+        _fill(m.weight, g, lambda t: t.normal_(0.0, 1.0, generator=g))
+        if m.padding_idx is not None:
+            m.weight[m.padding_idx].zero_()
+    elif next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None:
+        # after to_empty() its tensors hold garbage; refuse rather than train from uninitialised memory
+        raise ValueError(f'init_weights has no rule for {type(m).__name__}; add it to networks._init_module '
+                         f'or give the model an _init_weights(generator) method')
+
+
+def init_weights(model, generator=None):
+    """(Re)initialise every parameter and buffer of model in place, drawing only from generator.
+
+    Reproduces PyTorch's default initialisation (kaiming_uniform(a=sqrt(5)) weights, U(+-1/sqrt(fan_in)) biases,
+    norm layers 1/0 with running stats reset). A module with an `_init_weights(generator)` method initialises its
+    own subtree instead (DiM ResNets). generator=None draws from torch's global CPU generator.
+    """
+    def visit(m):
+        if hasattr(m, '_init_weights'):
+            m._init_weights(generator)
+            return
+        _init_module(m, generator)
+        for child in m.children():
+            visit(child)
+
+    with torch.no_grad():
+        visit(model)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# factory
+
+_CONVNET_VARIANTS = {
+    'ConvNet': {},
+    'ConvNetD1': dict(net_depth=1), 'ConvNetD2': dict(net_depth=2), 'ConvNetD3': dict(net_depth=3),
+    'ConvNetD4': dict(net_depth=4),
+    'ConvNetW32': dict(net_width=32), 'ConvNetW64': dict(net_width=64), 'ConvNetW128': dict(net_width=128),
+    'ConvNetW256': dict(net_width=256),
+    'ConvNetAS': dict(net_act='sigmoid'), 'ConvNetAR': dict(net_act='relu'), 'ConvNetAL': dict(net_act='leakyrelu'),
+    'ConvNetASwish': dict(net_act='swish'), 'ConvNetASwishBN': dict(net_act='swish', net_norm='batchnorm'),
+    'ConvNetNN': dict(net_norm='none'), 'ConvNetBN': dict(net_norm='batchnorm'),
+    'ConvNetLN': dict(net_norm='layernorm'), 'ConvNetIN': dict(net_norm='instancenorm'),
+    'ConvNetGN': dict(net_norm='groupnorm'),
+    'ConvNetNP': dict(net_pooling='none'), 'ConvNetMP': dict(net_pooling='maxpooling'),
+    'ConvNetAP': dict(net_pooling='avgpooling'),
+}
+
+# name -> (constructor, preset keyword arguments); caller kwargs override the preset
+_REGISTRY = {name: (ConvNet, kw) for name, kw in _CONVNET_VARIANTS.items()}
+_REGISTRY.update({
+    'MLP': (MLP, {}),
+    'LeNet': (LeNet, {}),
+    'AlexNet': (AlexNet, dict(norm='none')),
+    'AlexNetBN': (AlexNet, dict(norm='batchnorm')),
+    'VGG11': (VGG11, dict(norm='instancenorm')),
+    'VGG11BN': (VGG11, dict(norm='batchnorm')),
+    'ResNet18': (ResNet18, dict(norm='instancenorm')),
+    'ResNet18BN': (ResNet18, dict(norm='batchnorm')),
+    'ResNet18_AP': (ResNet18, dict(norm='instancenorm', ap=True)),
+    'ResNet18BN_AP': (ResNet18, dict(norm='batchnorm', ap=True)),
+    # DiM networks under project names (BatchNorm, DiM's init, stem='cifar' unless told otherwise)
+    'ResNet10': (DiMResNet, dict(depth=10)),
+    'ResNet10_AP': (DiMResNet, dict(depth=10, ap=True)),
+    'DenseNet': (DenseNet, {}),
+})
+NETWORKS = list(_REGISTRY)
+
+# DiM's define_model names. 'resnet18' here is DiM's (widths 32..256 with the cifar stem), not DC's ResNet18.
+DIM_NETWORKS = {
+    'convnet': (ConvNet, {}),
+    'resnet10': (DiMResNet, dict(depth=10)),
+    'resnet18': (DiMResNet, dict(depth=18)),
+    'resnet10_ap': (DiMResNet, dict(depth=10, ap=True)),
+    'resnet18_ap': (DiMResNet, dict(depth=18, ap=True)),
+    'densenet': (DenseNet, {}),
+}
+
+
+def _build(cls, preset, channel, num_classes, im_size, device, generator, kwargs):
+    im_size = _pair(im_size)
+    with torch.device('meta'):  # no storage, no draws from the global RNG
+        model = cls(channel, num_classes, im_size, **{**preset, **kwargs})
+    model.to_empty(device=device)
+    return init_weights(model, generator)
+
+
+def get_network(name, channel, num_classes, im_size=(32, 32), device='cpu', generator=None, **kwargs):
+    """A freshly initialised network by (case-sensitive) name; every initial weight comes from generator.
+
+    kwargs go to the constructor, e.g. net_width=64 for the ConvNets or stem='imagenet' for ResNet10(_AP).
+    device='meta' gives a storage-less model (shapes and parameter counts only) without drawing anything.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f'unknown network {name!r}; valid names: {", ".join(NETWORKS)}')
+    cls, preset = _REGISTRY[name]
+    return _build(cls, preset, channel, num_classes, im_size, device, generator, kwargs)
+
+
+def define_model(name, channel, num_classes, im_size=(32, 32), device='cpu', generator=None, stem='cifar',
+                 **kwargs):
+    """DiM's model factory by DiM name (DIM_NETWORKS). stem ('cifar' | 'imagenet') applies to the ResNets only."""
+    if name not in DIM_NETWORKS:
+        raise ValueError(f'unknown DiM model {name!r}; valid names: {", ".join(DIM_NETWORKS)}')
+    cls, preset = DIM_NETWORKS[name]
+    if cls is DiMResNet:
+        kwargs = dict(kwargs, stem=stem)
+    return _build(cls, preset, channel, num_classes, im_size, device, generator, kwargs)
+
+
+def resolve_stem(resnet_stem, dataset):
+    """--resnet_stem {auto,cifar,imagenet} -> 'cifar' | 'imagenet'. 'auto' is the reference rule (docs/design.md, D-B7):
+    the CIFAR stem iff the dataset name starts with 'cifar' (so TinyImageNet, SVHN and MNIST get 'imagenet')."""
+    if resnet_stem == 'auto':
+        return 'cifar' if dataset.lower().startswith('cifar') else 'imagenet'
+    if resnet_stem not in ('cifar', 'imagenet'):
+        raise ValueError(f"--resnet_stem must be auto, cifar or imagenet, got {resnet_stem!r}")
+    return resnet_stem
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DiM conditional GAN: an AC-WGAN-GP generator and critic. The defaults (K 10, dim_noise 100, width 196,
+# 'overwrite' conditioning) give the reference's layers exactly; K, dim_noise, 64x64 and 'embed' are generalisations.
+
+GAN_SIZES = (28, 32, 64)
+DIM_CRITIC_HEADS = ('ac', 'projection')
+DIM_CONDITIONINGS = ('overwrite', 'embed', 'cbn')
+
+
+def _gan_size(im_size):
+    h, w = _pair(im_size)
+    if h != w or h not in GAN_SIZES:
+        raise ValueError(f'the DiM GAN makes square 28, 32 or 64 pixel images, got {h}x{w}')
+    return h
+
+
+def _batch_norm(channels, dim, affine=True):
+    """BatchNorm1d (dim 1: N x C inputs) or BatchNorm2d (dim 2: N x C x H x W)."""
+    return (nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d)(channels, affine=affine)
+
+
+class ClassBatchNorm(nn.Module):
+    """Batch norm without its own affine, then a gain and a bias looked up by class: gain[y] * BN(x) + bias[y]
+    (init 1 and 0, so it starts as plain BN). dim 1 for N x C inputs, 2 for N x C x H x W."""
+
+    def __init__(self, channels, num_classes, dim):
+        super().__init__()
+        self.bn = _batch_norm(channels, dim, affine=False)
+        self.gain = nn.Embedding(num_classes, channels)
+        self.bias = nn.Embedding(num_classes, channels)
+
+    def _init_weights(self, generator):  # init_weights' hook: no draws, so G's other weights stay as before
+        self.bn.reset_running_stats()
+        self.gain.weight.fill_(1.0)
+        self.bias.weight.zero_()
+
+    def forward(self, x, y):
+        shape = (len(y), -1) + (1,) * (x.dim() - 2)
+        return self.gain(y).view(shape) * self.bn(x) + self.bias(y).view(shape)
+
+
+class DiMGenerator(nn.Module):
+    """(z, y) -> image in [-1, 1]: fc -> BN -> ReLU -> 4x4 map, upsampled by transposed convs with 3x3 convs in
+    between (BN + ReLU after each), then conv 3x3 -> tanh.
+
+    28 px: 4 -> 7 -> 14 -> 28 (first transposed conv has kernel 3); 32 px: 4 -> 8 -> 16 -> 32; 64 px adds one more
+    transposed conv + conv 3x3 stage. cond 'overwrite' replaces the first K noise entries by the one-hot label (the
+    reference, so dim_noise must exceed K); 'embed' adds a learned class embedding (N(0, 1) at init, as large as the
+    noise) to the noise instead.
+
+    Why added, not multiplied: z * e(y) is zero-mean for every class, so the linear fc1 sees the class only through
+    the variance pattern of its inputs and G barely learns the label (MNIST, width 32: 12-17% of its samples are
+    recognised as their class after 400-800 iterations, against 85% at 450 with z + e(y); docs/results.md). The
+    embedding is stored as `label_embedding`, so a checkpoint of the old multiplicative form is refused, not
+    silently reinterpreted.
+
+    cond 'cbn' is 'embed' plus class-conditional batch norm (de Vries et al. 2017; the generator of Miyato & Koyama's
+    projection cGAN): every BN normalises without its own affine and applies a per-class gain and bias (init 1, 0),
+    so the label reaches every layer instead of only the input, where the BN layers can wash it out.
+    """
+
+    def __init__(self, channel, num_classes, im_size=(32, 32), dim_noise=100, cond='overwrite', width=196):
+        super().__init__()
+        size = _gan_size(im_size)
+        if cond not in DIM_CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {cond!r}; use {', '.join(map(repr, DIM_CONDITIONINGS))}")
+        if cond == 'overwrite' and dim_noise <= num_classes:
+            raise ValueError(f"dim_noise {dim_noise} must exceed the class count {num_classes}: the one-hot label "
+                             f"overwrites the first {num_classes} noise entries; raise dim_noise or use cond='embed'")
+        self.num_classes, self.dim_noise, self.cond, self.width = num_classes, dim_noise, cond, width
+        self.label_embedding = nn.Embedding(num_classes, dim_noise) if cond != 'overwrite' else None
+        norm = (lambda c, dim: ClassBatchNorm(c, num_classes, dim)) if cond == 'cbn' else _batch_norm
+        self.fc1 = nn.Linear(dim_noise, width * 4 * 4)
+        self.bn0 = norm(width * 4 * 4, 1)
+        up = ['up', 'same', 'same', 'same', 'up', 'same', 'up'] + (['up', 'same'] if size == 64 else [])
+        self.body = [f'conv{i}' for i in range(1, 8)] + (['conv_up64', 'conv_64'] if size == 64 else [])
+        for i, (name, kind) in enumerate(zip(self.body, up)):
+            if kind == 'same':
+                conv = nn.Conv2d(width, width, 3, stride=1, padding=1)
+            else:  # kernel 3 once at 28 px turns 4x4 into 7x7; kernel 4 doubles
+                conv = nn.ConvTranspose2d(width, width, 3 if (size == 28 and i == 0) else 4, stride=2, padding=1)
+            setattr(self, name, conv)
+            setattr(self, 'bn' + name[4:], norm(width, 2))
+        self.conv8 = nn.Conv2d(width, channel, 3, stride=1, padding=1)
+
+    def condition(self, z, y):
+        if self.cond != 'overwrite':
+            return z + self.label_embedding(y)
+        return torch.cat([F.one_hot(y, self.num_classes).to(z.dtype), z[:, self.num_classes:]], 1)
+
+    def forward(self, z, y=None):
+        """z: N x dim_noise Gaussian noise; y: N labels (None: z already carries them)."""
+        if y is not None:
+            z = self.condition(z, y)
+        elif self.cond == 'cbn':
+            raise ValueError("a generator with class-conditional batch norm needs the labels y")
+        norm = (lambda bn, x: bn(x, y)) if self.cond == 'cbn' else (lambda bn, x: bn(x))
+        x = F.relu(norm(self.bn0, self.fc1(z))).view(-1, self.width, 4, 4)
+        for name in self.body:
+            x = F.relu(norm(getattr(self, 'bn' + name[4:]), getattr(self, name)(x)))
+        return torch.tanh(self.conv8(x))
+
+
+class DiMDiscriminator(nn.Module):
+    """The critic: conv 3x3 -> LayerNorm(C, H, W) -> LeakyReLU(0.01) eight times (strides 1,2,1,2,1,1,1,2; one more
+    stride-2 conv at 64 px) down to 4x4, max-pool 4x4 to features h, then its heads. No batch norm, so a per-sample
+    gradient penalty is well defined.
+
+    head 'ac' (the reference, AC-GAN): fc1 the critic score s(x) (N,) and fc10 the class logits c(x) (N x K; named
+    after the reference's K = 10). head 'projection' (Miyato & Koyama 2018, cGANs with a projection discriminator):
+    one class-dependent score s(x, y) = fc1(h) + <v_y, h>, with v_y the y-th column of `projection`, and no class
+    logits, so no classification loss pushes the generator toward easy class prototypes."""
+
+    def __init__(self, channel, num_classes, im_size=(32, 32), width=196, head='ac'):
+        super().__init__()
+        size = _gan_size(im_size)
+        if head not in DIM_CRITIC_HEADS:
+            raise ValueError(f"unknown critic head {head!r}; use {' or '.join(map(repr, DIM_CRITIC_HEADS))}")
+        self.head = head
+        strides = [1, 2, 1, 2, 1, 1, 1, 2] + ([2] if size == 64 else [])
+        self.depth = len(strides)
+        s, c = size, channel
+        for i, stride in enumerate(strides, 1):
+            setattr(self, f'conv{i}', nn.Conv2d(c, width, 3, stride=stride, padding=1))
+            s, c = _conv_out(s, 3, stride, 1), width
+            setattr(self, f'ln{i}', nn.LayerNorm([width, s, s]))
+        self.pool = nn.MaxPool2d(4, 4)
+        self.fc1 = nn.Linear(width, 1)
+        if head == 'ac':
+            self.fc10 = nn.Linear(width, num_classes)
+        else:  # a linear map of the one-hot label, so it starts as small as fc1 (U(±1/sqrt(K)))
+            self.projection = nn.Linear(num_classes, width, bias=False)
+
+    def embed(self, x):
+        for i in range(1, self.depth + 1):
+            x = F.leaky_relu(getattr(self, f'ln{i}')(getattr(self, f'conv{i}')(x)), 0.01)
+        return self.pool(x).flatten(1)
+
+    def forward(self, x, y=None):
+        """(score (N,), class logits (N x K) or None). y: the labels, which the projection head needs (the AC head
+        ignores them)."""
+        h = self.embed(x)
+        score = self.fc1(h).squeeze(1)
+        if self.head == 'ac':
+            return score, self.fc10(h)
+        if y is None:
+            raise ValueError("the projection critic scores an image under a label: pass y")
+        return score + (self.projection.weight.t()[y] * h).sum(1), None
+
+
+def define_gan(channel, num_classes, im_size=(32, 32), dim_noise=100, cond='overwrite', width=196, device='cpu',
+               generator=None, critic='ac'):
+    """(generator, critic), freshly initialised (PyTorch's default distributions) from `generator`: G first, then D.
+    critic: the critic's head, 'ac' (the reference) or 'projection' (DiMDiscriminator)."""
+    G = _build(DiMGenerator, {}, channel, num_classes, im_size, device, generator,
+               dict(dim_noise=dim_noise, cond=cond, width=width))
+    D = _build(DiMDiscriminator, {}, channel, num_classes, im_size, device, generator, dict(width=width, head=critic))
+    return G, D
