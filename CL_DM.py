@@ -85,10 +85,10 @@ def parse_args(argv=None):
     g.add_argument('--gan_iters', type=int, default=5000, help='GAN iterations (one G and one D step) per CL step')
     g.add_argument('--gan_batch', type=int, default=128, help='GAN batch: new-class real images plus old-class replay')
     g.add_argument('--gan_lr', type=float, default=1e-4, help='Adam learning rate of G and D (betas 0, 0.9)')
-    g.add_argument('--dim_noise', type=int, default=None,
-                   help='generator input width (default 100, or K + 28 if K >= 100)')
-    add_flags(g, ('gan_width', 'cond', 'critic', 'n_critic', 'gp_every', 'mode_seeking', 'g_ema'), aliases=OLD_SPELLING,
-              cond='embed', critic='projection', gp_every=4, mode_seeking=1.0, g_ema=0.999)
+    add_flags(g, ('dim_noise', 'gan_width', 'cond', 'critic', 'n_critic', 'gp_every', 'mode_seeking', 'g_ema'),
+              aliases=OLD_SPELLING,
+              dim_noise=None, cond='embed', critic='projection', gp_every=4, mode_seeking=1.0, g_ema=0.999,
+              helps=dict(dim_noise='generator input width (default 100, or K + 28 if K >= 100)'))
     g.add_argument('--dim_replay', choices=['fresh', 'stored'], default='fresh',
                    help="how the evaluation networks use the generator: 'fresh' draws a new set of --ipc images per "
                         "seen class from the step's generator after every epoch (the same images per epoch as a "

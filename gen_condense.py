@@ -21,7 +21,7 @@ from condensation.device.graphs import graphs_enabled
 
 
 def main(argv=None):
-    args = cli.parse_dim_args(1, __doc__.split('\n')[0], argv)
+    args = dim_stages.parse_dim_args(1, __doc__.split('\n')[0], argv)
     data = dim_stages.load_data(args)
     G, D, opt_g, opt_d = dim_stages.new_gan(args, data)
     ema = gan.new_ema(G, args.g_ema)  # --g_ema: the averaged generator is the one previewed, validated and sampled

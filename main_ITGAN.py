@@ -10,7 +10,6 @@ The method is itgan.py; docs/results.md has measured numbers.
 """
 from condensation import env  # first: the environment PyTorch reads when it starts (env.py)
 
-import argparse
 import functools
 import math
 import os
@@ -42,6 +41,7 @@ def parse_args(argv=None):
     add_flags(g, ('dataset', 'im_size', 'model', 'ipc', 'num_eval', 'epoch_eval_train', 'Iteration', 'lr_net',
                   'batch_real', 'batch_train', 'dsa_strategy', 'data_path', 'save_path', 'seed', 'device', 'resume',
                   'checkpoint_every', 'align_corners', 'no_progress', 'real_chunk', 'cuda_graphs'),
+              aliases={'epoch_eval_train': ('--epochs-eval',), 'num_eval': ('--num-eval',)},  # DiM's spellings
               ipc=None, num_eval=3, epoch_eval_train=200, Iteration=1000, dsa_strategy=None, checkpoint_every=100,
               helps=dict(ipc='real images per class to invert and condense (default: every training image, the '
                              "paper's setting)",
@@ -58,13 +58,12 @@ def parse_args(argv=None):
                      help='MODULE:FUNCTION returning any generator, FUNCTION(path, data, device) -> module with '
                           'forward(z, y) in [-1, 1] and dim_noise (or dim_z); e.g. a pretrained BigGAN (default: '
                           '--generator is a gen_condense.py / pool_match.py checkpoint)')
-    own.add_argument('--dim_noise', '--dim-noise', type=int, default=None,
-                     help="the generator's input width (default: as recorded in the checkpoint)")
-    add_flags(own, ('cond', 'gan_width'), hyphens=True, cond=None, gan_width=None,
-              helps=dict(cond="the generator's label conditioning (default: as recorded in the checkpoint)",
-                         gan_width="the generator's width (default: as recorded in the checkpoint)"))
-    own.add_argument('--eval_model', '--eval-model', nargs='+', default=['ResNet18BN'],
-                     help='evaluation architectures (networks.py names)')
+    add_flags(own, ('dim_noise', 'cond', 'gan_width', 'eval_model'), hyphens=True, dim_noise=None, cond=None,
+              gan_width=None, eval_model=['ResNet18BN'],
+              helps=dict(dim_noise="the generator's input width (default: as recorded in the checkpoint)",
+                         cond="the generator's label conditioning (default: as recorded in the checkpoint)",
+                         gan_width="the generator's width (default: as recorded in the checkpoint)",
+                         eval_model='evaluation architectures (networks.py names)'))
     own.add_argument('--curve_at', type=int, nargs='*', default=[1, 5, 10, 25, 50, 100],
                      help='epochs after which every evaluation network is also tested (the learning curve)')
     own.add_argument('--invert_iters', type=int, default=1000, help='Adam steps of the inversion')
@@ -77,11 +76,6 @@ def parse_args(argv=None):
     own.add_argument('--batch_syn', type=int, default=256, help='latents of every class per IT-GAN step')
     own.add_argument('--reg', type=float, default=0.1,
                      help='weight of the regulariser keeping each sample near its real image in feature space')
-    dims = p.add_argument_group("DiM's spellings")
-    # --data and --data-dir come with --dataset and --data_path (cli.FLAGS).
-    for flag, dest in (('--epochs-eval', 'epoch_eval_train'), ('--num-eval', 'num_eval')):
-        dims.add_argument(flag, dest=dest, default=argparse.SUPPRESS, type=int if dest.endswith('eval') else str,
-                          help=f'= --{dest}')
     args = p.parse_args(argv)
     if args.dsa_strategy is None:  # no flipped digits, as the DSA papers recommend
         args.dsa_strategy = recommended_dsa_strategy(canonical_dataset(args.dataset))
@@ -107,10 +101,38 @@ def main(argv=None):
     if args.ipc is not None and args.ipc > smallest:
         raise UserError(f'--ipc {args.ipc} exceeds the smallest class of {data.name} ({smallest} images); lower it')
     G, gen = itgan.load_generator(args, data, ck)  # frozen, in eval mode
+    run, state, name = open_run(args, data, gen)
+    real_idx, labels = itgan.choose_subset(data, args.ipc, make_generator(args.seed, 'subset'))
+    size = itgan.latent_storage(gen['bytes'], len(labels), gen['dim_noise'], data)
+    log_start(run, args, data, gen, name, labels, size, state)
 
-    # <save_path>/ITGAN_<dataset>_<model>_<ipc>ipc.{json,log,ckpt.pt}, res_….pt and vis_….png. The checkpoint is
-    # written after every inverted chunk, every --checkpoint_every iterations and every evaluated set; every draw
-    # is named by (seed, phase, ...), so a resumed run repeats the uninterrupted one.
+    z_inv = invert_phase(args, data, G, real_idx, labels, state, run)  # 1. one latent per real image
+    index_class = itgan.class_positions(labels, data.num_classes)
+    z_itgan = condense_phase(args, data, G, z_inv, real_idx, labels, index_class, state, run)  # 2. IT-GAN
+
+    # The four sets, the same images each: real, random latents, inverted latents, IT-GAN latents.
+    z_rand = torch.randn(len(labels), gen['dim_noise'], generator=make_generator(args.seed, 'random_latents'))
+    latents = dict(random=z_rand, inverted=z_inv, itgan=z_itgan)
+    y = labels.to(args.device)
+    sets = {s: (itgan.render_set(G, z.to(args.device), y, data.mean, data.std), labels) for s, z in latents.items()}
+    sets['real'] = (data.images(real_idx).cpu(), labels)
+    n = min(args.ipc or 10, 10)  # the picture: one block per set (top to bottom), a row per class
+    keep = torch.cat([p[:n] for p in index_class])
+    blocks = [sets[s][0][keep] for s in SETS]
+    save_image_grid(os.path.join(args.save_path, f'vis_{name}.png'), torch.cat(blocks), data.mean, data.std, nrow=n)
+
+    evaluate_phase(args, data, sets, state, run)  # 3. networks trained on every set, with learning curves
+    summary = write_results(args, data, run, state, name, dict(latents=latents, labels=labels, real_index=real_idx,
+                                                               generator=gen, storage=size))
+    run.close()
+    return summary
+
+
+def open_run(args, data, gen):
+    """The run's files and its state (resumed, or new): <save_path>/ITGAN_<dataset>_<model>_<ipc>ipc.{json,log,
+    ckpt.pt}, res_….pt and vis_….png. The checkpoint is written after every inverted chunk, every
+    --checkpoint_every iterations and every evaluated set; every draw is named by (seed, phase, ...), so a resumed
+    run repeats the uninterrupted one."""
     name = f'ITGAN_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc or "all"}ipc'
     path = functools.partial(os.path.join, args.save_path)
     run = Run(args, RESUMABLE + EVAL_FLAGS, args.save_path, **run_files(args.save_path, name),
@@ -127,17 +149,20 @@ def main(argv=None):
     state.update(eval_fingerprint=eval_fingerprint)
     state.setdefault('accs', {})
     state.setdefault('curves', {})
-    real_idx, labels = itgan.choose_subset(data, args.ipc, make_generator(args.seed, 'subset'))
-    width = gen['dim_noise']
-    size = itgan.latent_storage(gen['bytes'], len(labels), width, data)
-    run.log(f'IT-GAN {name}: {data}; {len(labels)} latents of width {width}; generator {gen["path"]} '
+    return run, state, name
+
+
+def log_start(run, args, data, gen, name, labels, size, state):
+    run.log(f'IT-GAN {name}: {data}; {len(labels)} latents of width {gen["dim_noise"]}; generator {gen["path"]} '
             f'(sha256 {gen["sha256"][:12]}); device {args.device}{parallel.processes()}; seed {args.seed}')
     run.log(f'storage: generator {size["generator_bytes"] / 2 ** 10:.1f} KiB + latents '
             f'{size["latent_bytes"] / 2 ** 10:.1f} KiB against {size["image_bytes"] / 2 ** 10:.1f} KiB of uint8 '
             f'images (x{size["ratio"]:.2f})')
-    run.log(f'arguments: {dict(run.fingerprint, **eval_fingerprint)}')
+    run.log(f'arguments: {dict(run.fingerprint, **state["eval_fingerprint"])}')
 
-    # 1. Inversion: one latent per real image, chunk by chunk (--invert_batch); resumable after every chunk.
+
+def invert_phase(args, data, G, real_idx, labels, state, run):
+    """1. Inversion: one latent per real image, chunk by chunk (--invert_batch); resumable after every chunk."""
     t0 = time.time()
     chunks = list(zip(real_idx.split(args.invert_batch), labels.split(args.invert_batch)))
     for k in range(len(state['chunks']), len(chunks)):
@@ -152,14 +177,15 @@ def main(argv=None):
         run.log(f'inversion chunk {k + 1}/{len(chunks)}: {len(z)} latents, reconstruction MSE {mse[0]:.4f} -> '
                 f'{mse[1]:.4f} (standardised pixels)')
         run.save(state)
-    z_inv = torch.cat(state['chunks'])
+    return torch.cat(state['chunks'])
 
-    # 2. IT-GAN: --Iteration Adam steps on the latents, from the inverted ones (DM's loss plus the regulariser).
+
+def condense_phase(args, data, G, z_inv, real_idx, labels, index_class, state, run):
+    """2. IT-GAN: --Iteration Adam steps on the latents, from the inverted ones (DM's loss plus the regulariser)."""
     z = state.get('z_itgan', z_inv).clone().to(args.device).requires_grad_(True)
     opt = torch.optim.Adam([z], lr=args.lr_latent)
     if 'opt' in state:
         opt.load_state_dict(state['opt'])
-    index_class = itgan.class_positions(labels, data.num_classes)
     t0 = time.time()
     for it in range(state['it'], args.Iteration):
         loss, cond, reg = itgan.itgan_step(args, data, G, z, labels, real_idx, opt, args.seed, (it,), index_class)
@@ -174,21 +200,12 @@ def main(argv=None):
             t0 = time.time()
             state.update(it=it + 1, z_itgan=z.detach().cpu(), opt=opt.state_dict())
             run.save(state)
-    z_itgan = z.detach().cpu()
+    return z.detach().cpu()
 
-    # The four sets, the same images each: real, random latents, inverted latents, IT-GAN latents.
-    z_rand = torch.randn(len(labels), width, generator=make_generator(args.seed, 'random_latents'))
-    latents = dict(random=z_rand, inverted=z_inv, itgan=z_itgan)
-    y = labels.to(args.device)
-    sets = {s: (itgan.render_set(G, z.to(args.device), y, data.mean, data.std), labels) for s, z in latents.items()}
-    sets['real'] = (data.images(real_idx).cpu(), labels)
-    n = min(args.ipc or 10, 10)  # the picture: one block per set (top to bottom), a row per class
-    keep = torch.cat([p[:n] for p in index_class])
-    blocks = [sets[s][0][keep] for s in SETS]
-    save_image_grid(path(f'vis_{name}.png'), torch.cat(blocks), data.mean, data.std, nrow=n)
 
-    # 3. Evaluation: --num_eval networks per --eval_model trained from scratch on every set, tested after the
-    # --curve_at epochs too (the learning curve); resumable after every set.
+def evaluate_phase(args, data, sets, state, run):
+    """3. Evaluation: --num_eval networks per --eval_model trained from scratch on every set, tested after the
+    --curve_at epochs too (the learning curve); resumable after every set."""
     recipes = {arch: EvalRecipe.from_args(args) for arch in args.eval_model}
     testloader = data.testloader()
     for s in SETS:
@@ -211,31 +228,36 @@ def main(argv=None):
         state['curves'][s] = {arch: [c + [a] for c, a in zip(curve[arch], accs[arch])] for arch in curve}
         state['times'][f'eval_{s}_s'] = time.time() - t0
         run.save(state)
-    accs, curves = state['accs'], state['curves']
 
+
+def write_results(args, data, run, state, name, result):
+    """res_<name>.pt (`result`: latents, labels, real_index, generator, storage; plus the accuracies, curves and
+    meta) and <name>.json; the summary {set: {arch: mean, std, all}}."""
+    accs, curves = state['accs'], state['curves']
     summary = {s: {arch: dict(zip(('mean', 'std'), mean_std(a)), all=a) for arch, a in accs[s].items()} for s in SETS}
     curve_means = {s: {arch: [mean_std([c[j] for c in cs])[0] for j in range(len(cs[0]))]
                        for arch, cs in curves[s].items()} for s in SETS}
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean, std=data.std,
-                method='ITGAN', model=args.model, ipc=args.ipc, args=dict(run.fingerprint, **eval_fingerprint),
+                method='ITGAN', model=args.model, ipc=args.ipc, args=dict(run.fingerprint, **state['eval_fingerprint']),
                 seed=args.seed, world_size=parallel.world_size(),
                 versions=versions(), render='standardise((G(z, y) + 1) / 2), G in eval mode, chunks of 500',
                 protocol=dict(epoch_eval_train=args.epoch_eval_train, dsa_strategy=args.dsa_strategy,
                               eval_model=args.eval_model, curve_epochs=args.curve_at + [args.epoch_eval_train + 1]))
-    atomic_save(dict(latents=latents, labels=labels, real_index=real_idx, generator=gen, accs=accs, curves=curves,
-                     summary=summary, storage=size, inversion_mse=state['mse'], losses=state['losses'], meta=meta),
-                path(f'res_{name}.pt'))
+    path = functools.partial(os.path.join, args.save_path)
+    gen, size = result['generator'], result['storage']
+    atomic_save(dict(latents=result['latents'], labels=result['labels'], real_index=result['real_index'],
+                     generator=gen, accs=accs, curves=curves, summary=summary, storage=size,
+                     inversion_mse=state['mse'], losses=state['losses'], meta=meta), path(f'res_{name}.pt'))
     write_json(path(f'{name}.json'), dict(run=name, accuracy=summary, curve_epochs=meta['protocol']['curve_epochs'],
                                       curve_mean=curve_means, storage=size, generator=gen,
                                       inversion_mse=state['mse'], times=state['times'], args=meta['args'],
                                       versions=meta['versions']))
     for s in SETS:
         for arch, r in summary[s].items():
-            run.log(f'({s}) {len(labels)} images, {arch}: {r["mean"]:.2f} ± {r["std"]:.2f}% over {args.num_eval} '
-                    f'networks; learning curve at epochs {meta["protocol"]["curve_epochs"]}: '
+            run.log(f'({s}) {len(result["labels"])} images, {arch}: {r["mean"]:.2f} ± {r["std"]:.2f}% over '
+                    f'{args.num_eval} networks; learning curve at epochs {meta["protocol"]["curve_epochs"]}: '
                     + ', '.join(f'{a:.2f}' for a in curve_means[s][arch]))
     run.log(f'results: {path(f"res_{name}.pt")}')
-    run.close()
     return summary
 
 

@@ -18,7 +18,7 @@ from condensation import common
 
 
 def main(argv=None):
-    args = cli.parse_dim_args(2, __doc__.split('\n')[0], argv)
+    args = dim_stages.parse_dim_args(2, __doc__.split('\n')[0], argv)
     data = dim_stages.load_data(args)
     G, D, opt_g, opt_d = dim_stages.new_gan(args, data)
     matcher = dim.PoolMatcher(args, data)

@@ -37,13 +37,12 @@ def parse_args(argv=None):
                    help='cells of these methods: DM DC DSA DiM IT-GAN CL (any capitalisation)')
     p.add_argument('--datasets', nargs='+', default=None, metavar='DATASET', help='only cells on these datasets')
     p.add_argument('--all', action='store_true', help='every cell')
-    add_flags(p, ('device',))
-    p.add_argument('--data_path', default='data', help='dataset folder, passed to every entry script')
+    add_flags(p, ('device', 'data_path'), helps=dict(data_path='dataset folder, passed to every entry script'))
     p.add_argument('--out', default=None,
                    help='output folder: a folder per run and the report (None: runs/reproduce/<tier>)')
-    p.add_argument('--resume', action='store_true',
-                   help='do not rerun the cells that an earlier run into --out finished with the same commands; an '
-                        'interrupted one continues from its checkpoint (or restarts cleanly where its script has none)')
+    add_flags(p, ('resume',), helps=dict(
+        resume='do not rerun the cells that an earlier run into --out finished with the same commands; an '
+               'interrupted one continues from its checkpoint (or restarts cleanly where its script has none)'))
     p.add_argument('--max_minutes', type=float, default=None,
                    help='stop before a cell whose estimated time would not fit in this many minutes in all')
     p.add_argument('--isolate', action='store_true',

@@ -12,7 +12,6 @@ from condensation import env  # first: the environment PyTorch reads when it sta
 
 import torch
 
-from condensation.run import cli
 from condensation.methods import dim
 from condensation.run import dim_stages
 from condensation.device import footprint
@@ -115,7 +114,7 @@ def evaluate_fixed(G, args, data, run):
 
 
 def main(argv=None):
-    args = cli.parse_dim_args(3, __doc__.split('\n')[0], argv)  # also fits --batch-size to K*ipc (--auto_bs)
+    args = dim_stages.parse_dim_args(3, __doc__.split('\n')[0], argv)  # also fits --batch-size to K*ipc (--auto_bs)
     data = dim_stages.load_data(args, val_split=False)
     if args.dim_eval != 'onthefly':  # a fixed set is generated whole, and held as drawn, standardised and on the device
         footprint.check_fits(3 * footprint.set_bytes(data.num_classes * args.ipc, (data.channel, *data.im_size)),

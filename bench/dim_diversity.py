@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from condensation.methods import dim
-from condensation.run import cli
 from condensation.run import dim_stages
 from condensation.methods import gan
 from condensation.networks import get_network
@@ -47,7 +46,7 @@ p.add_argument('--tag', default='x')
 p.add_argument('--extra', nargs='*', default=[], help='more gen_condense.py flags')
 a = p.parse_args()
 
-args = cli.parse_dim_args(1, 'exp', ['--data', 'mnist', '--data-dir', a.data_dir, '--gan_width', str(a.width),
+args = dim_stages.parse_dim_args(1, 'exp', ['--data', 'mnist', '--data-dir', a.data_dir, '--gan_width', str(a.width),
                                      '--cond', a.cond, '--batch-size', str(a.batch), '--lr', str(a.lr),
                                      '--device', 'cpu', '--seed', str(a.seed), '--val_split', '100'] + a.extra)
 data = dim_stages.load_data(args)

@@ -54,18 +54,16 @@ def _module(name):
         return importlib.import_module(name)
 
 
+STRATEGY = 'color_crop_cutout_flip_scale_rotate'
+
+
 def measure(a, torch):
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    augment, dc, dim, dm, evaluation, networks, data, runner = (
-        _module(n) for n in ('augment', 'dc', 'dim', 'dm', 'evaluation', 'networks', 'data', 'runner'))
-    import main as main_dc
+    augment, dm, evaluation, networks, data, runner = (
+        _module(n) for n in ('augment', 'dm', 'evaluation', 'networks', 'data', 'runner'))
     import main_DM
     Data, init_synset = data.Data, runner.init_synset
-    try:
-        gan = _module('gan')  # the GAN's losses and steps (in dim.py in an older --code)
-    except ImportError:
-        gan = dim
 
     class Count(TorchDispatchMode):
         def __init__(self):
@@ -97,7 +95,7 @@ def measure(a, torch):
     labels = torch.arange(10).repeat_interleave(8)
     x = torch.randint(0, 256, (80, 3, 8, 8), generator=g, dtype=torch.uint8)
     data = Data('CIFAR10', [str(i) for i in range(10)], x, labels, x[:20], labels[:20])
-    strategy = 'color_crop_cutout_flip_scale_rotate'
+    strategy = STRATEGY
     rows = {}
 
     # DM step: ConvNetW32, ipc 1, 4 real images per class, DSA
@@ -134,6 +132,20 @@ def measure(a, torch):
         lambda: evaluation._train(list(params.values()), lambda b: forward(params, buffers, b), images, ys, recipe,
                                   gens(4)))
 
+    gan_and_dc_rows(a, torch, rows, ops_and_us, data, g, images, ys, it)
+    return rows
+
+
+def gan_and_dc_rows(a, torch, rows, ops_and_us, data, g, images, ys, it):
+    """The GAN iteration and the DC/DSA rows (the same data, evaluation images and step keys `it` as measure's)."""
+    dc, dim, networks, runner = (_module(n) for n in ('dc', 'dim', 'networks', 'runner'))
+    import main as main_dc
+    try:
+        gan = _module('gan')  # the GAN's losses and steps (in dim.py in an older --code)
+    except ImportError:
+        gan = dim
+    init_synset, strategy, new = runner.init_synset, STRATEGY, hasattr(dc, 'DCStep')
+
     # GAN iteration: width 8, batch 8, MNIST shapes, gradient penalty
     G, D = networks.define_gan(1, 10, 28, 100, 'embed', 8, generator=g)
     opt_g, opt_d = gan.adam(G, 2e-4), gan.adam(D, 2e-4)
@@ -160,7 +172,6 @@ def measure(a, torch):
     opt_net = torch.optim.SGD(net_dc.parameters(), lr=0.01)
     rows['DSA inner epoch (replayed)'] = ops_and_us(
         lambda: dc.train_epochs(net_dc, opt_net, images, ys, 1, 256, g, strategy, dsa.dsa_param))
-    return rows
 
 
 if __name__ == '__main__':

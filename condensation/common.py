@@ -27,6 +27,9 @@ from condensation.device import parallel
 from condensation.device.parallel import is_main
 
 
+# The folder of the entry scripts (the repository's top), which the commands a run prints and reproduce.py run.
+SCRIPTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 class UserError(Exception):
     """Bad input from the user: reported as one line on stderr with exit code 2, never a traceback."""
 

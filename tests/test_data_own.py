@@ -201,17 +201,16 @@ def test_specs_are_checked_before_anything_runs(tmp_path):
 
 def test_cl_and_dim_read_the_class_count_and_shape_of_own_data(tmp_path):
     import CL_DM
-    from condensation.run import cli
+    from condensation.run import dim_stages
     path = write_file(tmp_path / 'six.pt', num_classes=6, channel=3, size=32)
     args = CL_DM.parse_args(['--dataset', f'file:{path}', '--steps', '3', '--device', 'cpu'])
     assert args.dataset == f'file:{path}'
     with pytest.raises(UserError, match='--steps 4 does not divide the 6 classes of six; choose one of 2, 3, 6'):
         CL_DM.parse_args(['--dataset', f'file:{path}', '--steps', '4', '--device', 'cpu'])
-    args = cli.parse_dim_args(3, 'validate', ['--data', f'file:{path}', '--pretrain-weight', 'g.pth', '--ipc', '2',
-                                               '--batch-size', '12', '--device', 'cpu'])
+    stage3 = ['--data', f'file:{path}', '--pretrain-weight', 'g.pth', '--ipc', '2', '--device', 'cpu']
+    args = dim_stages.parse_dim_args(3, 'validate', stage3 + ['--batch-size', '12'])
     with pytest.raises(UserError, match='exceeds K\\*ipc = 12'):
-        cli.parse_dim_args(3, 'validate', ['--data', f'file:{path}', '--pretrain-weight', 'g.pth', '--ipc', '2',
-                                            '--batch-size', '13', '--device', 'cpu'])
+        dim_stages.parse_dim_args(3, 'validate', stage3 + ['--batch-size', '13'])
     assert args.dataset == f'file:{path}'
 
 

@@ -45,7 +45,7 @@ def _count(m):
 def _args(stage, *extra):
     base = ['--data', 'mnist', '--device', 'cpu', '--no_progress', '--gan_width', str(W)]
     base += {1: [], 2: ['--weight', 'unused.pth'], 3: ['--pretrain-weight', 'unused.pth']}[stage]
-    return cli.Config(cli.parse_dim_args(stage, 'test', base + list(extra)), stem='cifar')
+    return cli.Config(dim_stages.parse_dim_args(stage, 'test', base + list(extra)), stem='cifar')
 
 
 def _toy_data(n=12, classes=10):
@@ -492,10 +492,10 @@ def test_critic_and_ema_options_round_trip_through_checkpoints(prepared_mnist):
     assert not torch.equal(a['generator_ema']['generator']['fc1.weight'], a['generator']['fc1.weight'])
 
     weight = str(tmp / 'results/ema/last.pth')
-    args = cli.parse_dim_args(3, 'x', _flags(tmp, 3, '--pretrain-weight', weight, '--critic', 'projection'))
+    args = dim_stages.parse_dim_args(3, 'x', _flags(tmp, 3, '--pretrain-weight', weight, '--critic', 'projection'))
     G, _ = dim_stages.load_sampler(weight, args, dim_stages.load_data(args, val_split=False))
     assert torch.equal(G.fc1.weight, a['generator_ema']['generator']['fc1.weight'])
-    refused = cli.parse_dim_args(3, 'x', _flags(tmp, 3, '--pretrain-weight', weight))
+    refused = dim_stages.parse_dim_args(3, 'x', _flags(tmp, 3, '--pretrain-weight', weight))
     with pytest.raises(common.UserError, match='--critic projection'):
         dim_stages.load_sampler(weight, refused, dim_stages.load_data(refused, val_split=False))
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from condensation.repro import cells
 import CL_DM
-from condensation.run import cli
+from condensation.run import dim_stages
 import main
 import main_DM
 import main_ITGAN
@@ -23,9 +23,9 @@ from conftest import ROOT, toy_images, write_idx, write_prepared
 from condensation.common import write_json
 
 PARSERS = {'main_DM.py': main_DM.parse_args, 'main.py': main.parse_args, 'CL_DM.py': CL_DM.parse_args,
-           'main_ITGAN.py': main_ITGAN.parse_args, 'gen_condense.py': lambda a: cli.parse_dim_args(1, '', a),
-           'pool_match.py': lambda a: cli.parse_dim_args(2, '', a),
-           'validate.py': lambda a: cli.parse_dim_args(3, '', a)}
+           'main_ITGAN.py': main_ITGAN.parse_args, 'gen_condense.py': lambda a: dim_stages.parse_dim_args(1, '', a),
+           'pool_match.py': lambda a: dim_stages.parse_dim_args(2, '', a),
+           'validate.py': lambda a: dim_stages.parse_dim_args(3, '', a)}
 
 
 def write_fixtures(folder):

@@ -25,9 +25,10 @@ from condensation.data import canonical_dataset, dataset_available
 from condensation.methods.dc import get_loops
 from condensation.evaluation import get_eval_pool
 from condensation.plots import plot_agreement
-from condensation.common import Terminated, UserError, atomic_write_text, mean_std, run_cli, write_json
+from condensation.common import SCRIPTS_DIR, Terminated, UserError, atomic_write_text, mean_std, run_cli, write_json
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = SCRIPTS_DIR  # the entry scripts' folder: the stages run from there
+
 MARKER = 'reproduce_stage.json'
 # Each entry script's data, output and device flags; DiM's stages write into <out>/run/ and log into <out>/logs/.
 IO_FLAGS = {

@@ -4,7 +4,9 @@ Each flag is declared once in FLAGS with its help text; a script adds the flags 
 its own defaults (the original scripts differ: main.py ipc 1, main_DM.py ipc 50, CL_DM.py ipc 20, DiM seed 3407,
 ...). `check_args` validates whichever of them a script has and derives the settings they imply (canonical dataset
 name, device, DSA parameters), so no script repeats a check. The DiM stages keep DiM's own hyphenated flags beside
-the shared ones (`dim_parser`, `check_dim_args`), and each stage prints the command of the next (`next_command`).
+the shared ones: they are FLAGS entries too, which `dim_parser` picks from the DIM_* name lists for each stage
+and spells with hyphens only; each stage prints the command of the next (`next_command`). This layer
+imports no method module: DiM's checks that need the method's tables live in run/dim_stages.py.
 """
 import argparse
 import os
@@ -14,13 +16,12 @@ import sys
 import torch
 
 from condensation.device import parallel
-from condensation.augment import DIM_TOKENS, ParamDiffAug, parse_strategy
+from condensation.augment import ParamDiffAug, parse_strategy
 from condensation.data import canonical_dataset, dataset_info
-from condensation.methods.dim import MATCH_COEFF, POOL, check_model_name, default_pool
 from condensation.evaluation import get_eval_pool
-from condensation.networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, NETWORKS, get_network, resolve_stem
-from condensation.common import (ArgumentParser, UserError, check_device, check_finite, check_output_folder,
-                                 check_positive, default_device)
+from condensation.networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, NETWORKS, get_network
+from condensation.common import (SCRIPTS_DIR, ArgumentParser, UserError, check_device, check_finite,
+                                 check_output_folder, check_positive, default_device)
 
 FLAGS = {
     'dataset': dict(default='CIFAR10', aliases=('--data',),
@@ -113,6 +114,90 @@ FLAGS = {
                             help='train the evaluation networks of a pool one after another; on a GPU they are '
                                  'otherwise trained together (same protocol, float rounding aside; BN models are '
                                  'always one by one)'),
+    # main.py and main_DM.py
+    'eval_every': dict(type=int, default=None, help='iterations between evaluations (default: the original schedule)'),
+    'eval_final_only': dict(action='store_true', help='evaluate only at the last iteration'),
+    's_mode_strict': dict(action='store_true',
+                          help='eval mode S maps ResNet18BN_AP to ResNet18_AP instead of the strided ResNet18'),
+    # The DiM stages: the reference's flags (hyphenated: --batch-size only) ...
+    'data': dict(default='cifar10', aliases=('--dataset',),
+                 help="cifar10, svhn, mnist, fashion (DiM's names), any project dataset name, or folder:PATH / "
+                      "file:PATH.pt for your own data (docs/reference.md, 'Your own data')"),
+    'num_classes': dict(type=int, default=None, help="class count (default: the dataset's)"),
+    'data_dir': dict(default='data', aliases=('--data_path',), help='dataset folder'),
+    'output_dir': dict(default='./results/', aliases=('--save_path',),
+                       help='checkpoints and pictures go to <output-dir>/<tag>'),
+    'logs_dir': dict(default='./logs/',
+                     help='logs.txt goes to <logs-dir>/<tag> (each run appends to it)'),
+    'tag': dict(default='test', help='run name'),
+    'batch_size': dict(type=int, default=128, help='batch of the evaluation networks and of the GAN'),
+    'epochs_eval': dict(type=int, default=1000, help='epochs of every evaluation network'),
+    'eval_lr': dict(type=float, default=0.01, help='SGD lr of evaluation (and pool) networks'),
+    'momentum': dict(type=float, default=0.9, help='SGD momentum of evaluation (and pool) networks'),
+    'weight_decay': dict(type=float, default=5e-4,
+                         help='SGD weight decay of evaluation (and pool) networks'),
+    'eval_model': dict(nargs='+', default=['convnet'],
+                       help='evaluation architectures: DiM names (convnet, resnet10, resnet18, resnet10_ap, ...) or '
+                            'any networks.py name (ConvNet, ResNet18BN, ...)'),
+    'dim_noise': dict(type=int, default=100, help='generator input width'),
+    'num_workers': dict(type=int, default=4,
+                        help='accepted for compatibility; ignored (batches come from tensors on the device)'),
+    'test_interval': dict(type=int, default=200, help='evaluation epochs between test passes'),
+    'aug_type': dict(default='color_crop_cutout', help='DiM DiffAug strategy'),
+    'mixup_net': dict(default='cut', choices=['cut', 'vanilla'],
+                      help="CutMix ('cut') or mixup ('vanilla') for evaluation networks; 'cut' also drops cutout "
+                           "from their augmentation, as the reference does"),
+    'mix_p': dict(type=float, default=-1.0, help='probability of mixing a batch (< 0: off)'),
+    'beta': dict(type=float, default=1.0, help='Beta(beta, beta) of the mixing ratio'),
+    'print_freq': dict(type=int, default=50, help='GAN iterations between log lines'),
+    'eval_interval': dict(type=int, default=10,
+                          help='epochs between validations and checkpoints'),
+    'epochs': dict(type=int, default=150, help='GAN epochs'),
+    'lr': dict(type=float, default=1e-4,
+               help='Adam lr of G and D (stage 2 overrides the lr of the loaded optimiser states)'),
+    'weight': dict(required=True, help='stage-1 checkpoint (e.g. results/gan/best.pth)'),
+    'epochs_match_train': dict(type=int, default=16, help='pool-model SGD steps per generator step'),
+    'match': dict(default='logit', choices=['logit', 'grad', 'feat'],
+                  help='matching loss (the reference defaults to grad; the README recipe uses logit)'),
+    'match_aug': dict(default=True, action=argparse.BooleanOptionalAction,
+                      help='match on augmented images (the README recipe; --no-match-aug to switch off)'),
+    'match_coeff': dict(type=float, default=None,
+                        help='weight of the matching loss (default 0.01 for logit, 0.001 for grad and feat)'),
+    'metric': dict(default='l1', choices=['l1', 'l2', 'cos'], help='gradient distance (grad mode)'),
+    'bias': dict(action='store_true', help='grad mode: also match conv (and fc) biases'),
+    'fc': dict(action='store_true', help='grad mode: also match the linear layers'),
+    'pretrain_weight': dict(required=True, help='generator checkpoint (stage 1 or 2)'),
+    'epochs_match': dict(help='a reference flag no stage uses'),
+    'match_model': dict(help='a reference flag no stage uses'),
+    'fix_disc': dict(help='a reference flag no stage uses'),
+    # ... and the project's additions to them (--val_split and --val-split)
+    'resnet_stem': dict(default='auto', choices=['auto', 'cifar', 'imagenet'],
+                        help="DiM ResNet stem; 'auto' is the reference rule (CIFAR stem iff the dataset name starts "
+                             "with cifar)"),
+    'val_split': dict(type=int, default=None,
+                      help='validation images per class held out of the training set for selecting checkpoints '
+                           '(default: 10%% of the smallest class, at most 500); ignored with --compat reference'),
+    'iters_per_epoch': dict(type=int, default=None,
+                            help='at most this many GAN iterations per epoch (default: a whole pass over the training '
+                                 'images)'),
+    'cas': dict(action='store_true',
+                help='log a classification accuracy score after every epoch: the share of generator samples of '
+                     'class c that a small ConvNet, trained once at the start on the real training images, '
+                     'labels c (about a minute on a CPU core for MNIST; no effect on training)'),
+    'pool': dict(nargs='+', default=None, help="pool architectures (default: DiM's pool)"),
+    'match_reduce': dict(default='pair', choices=['pair', 'classmean'],
+                         help="'pair': real i vs generated i (reference); 'classmean': class-mean log-probabilities"),
+    'match_joint_bn': dict(action='store_true',
+                           help='one forward pass over real and generated images (shared BN statistics)'),
+    'match_norm': dict(default='reference', choices=['reference', 'consistent'],
+                       help="'consistent': map [-1, 1] to [0, 1] before standardising, as evaluation does "
+                            "(docs/design.md, D-B11)"),
+    'feat_from': dict(type=int, default=1, help='feat mode: first block matched'),
+    'feat_to': dict(type=int, default=None, help='feat mode: blocks before this one (default: all)'),
+    'dim_eval': dict(default='onthefly', choices=['onthefly', 'fixed', 'both'],
+                     help="'onthefly': fresh samples every step, ipc a per-epoch budget (reference); 'fixed': ipc "
+                          "images per class generated once and evaluated like DC/DM sets"),
+    'auto_bs': dict(action='store_true', help='shrink --batch-size to K*ipc instead of failing'),
 }
 
 # Flags that must be positive where a script has them (None means "the script's default" and passes).
@@ -121,16 +206,20 @@ POSITIVE = ('im_size', 'ipc', 'num_exp', 'num_eval', 'epoch_eval_train', 'lr_img
             'checkpoint_every', 'eval_every', 'real_chunk')
 
 
-def add_flags(group, names, helps=None, hyphens=False, aliases=None, **defaults):
+def add_flags(group, names, helps=None, hyphens=False, aliases=None, ignored=None, **defaults):
     """Add the FLAGS `names` to an argparse group, with per-script defaults and, where a script's default is decided
-    at run time, per-script help texts (`helps`: name -> text) that say how. hyphens: also accept --name-with-hyphens
-    (the DiM stages' spelling); aliases: name -> a script's older spellings, still accepted."""
+    at run time, per-script help texts (`helps`: name -> text) that say how. hyphens: True also accepts
+    --name-with-hyphens, 'only' accepts that spelling alone (the DiM reference's); aliases: name -> a script's older
+    spellings, still accepted. ignored: a reason; the flags are accepted, as a switch or with a value, and ignored."""
     for name in names:
-        kw = dict(FLAGS[name])
+        kw, hyphen = dict(FLAGS[name]), f'--{name.replace("_", "-")}'
+        spellings = [hyphen] if hyphens == 'only' else [f'--{name}'] + ([hyphen] if hyphens and '_' in name else [])
+        if ignored:  # nargs='?': both the switch form (--fix-disc) and the valued form (--epochs-match 5) parse
+            kw = dict(default=None, nargs='?', const=True, help=f'accepted and ignored ({ignored})')
+            spellings = sorted(set(spellings), key=lambda s: s != hyphen)
         if name in defaults:
             kw['default'] = defaults[name]
         kw['help'] = (helps or {}).get(name, kw['help'])
-        spellings = [f'--{name}'] + ([f'--{name.replace("_", "-")}'] if hyphens and '_' in name else [])
         group.add_argument(*spellings, *kw.pop('aliases', ()), *(aliases or {}).get(name, ()), dest=name, **kw)
 
 
@@ -214,20 +303,16 @@ CONDENSE_ORIGINAL = ('dataset', 'model', 'ipc', 'eval_mode', 'num_exp', 'num_eva
                      'save_path', 'dis_metric')
 
 
+CONDENSE_ADDED = ('seed', 'im_size', 'eval_every', 'eval_final_only', 'device', 'resume', 'checkpoint_every',
+                  'align_corners', 'no_progress', 'compat', 'amp', 'eval_one_by_one', 'cuda_graphs', 's_mode_strict')
+
+
 def condense_parser(description, helps=None, **defaults):
     """The flags of the original main.py / main_DM.py, with per-script defaults (and help texts, add_flags), plus
     the project's additions."""
     p = ArgumentParser(description=description)
     add_flags(p.add_argument_group('original flags'), CONDENSE_ORIGINAL, helps, **defaults)
-    g = p.add_argument_group('project additions')
-    add_flags(g, ('seed', 'im_size'))
-    g.add_argument('--eval_every', type=int, default=defaults.get('eval_every'),
-                   help='iterations between evaluations (default: the original schedule)')
-    g.add_argument('--eval_final_only', action='store_true', help='evaluate only at the last iteration')
-    add_flags(g, ('device', 'resume', 'checkpoint_every', 'align_corners', 'no_progress', 'compat', 'amp',
-                  'eval_one_by_one', 'cuda_graphs'))
-    g.add_argument('--s_mode_strict', action='store_true',
-                   help='eval mode S maps ResNet18BN_AP to ResNet18_AP instead of the strided ResNet18')
+    add_flags(p.add_argument_group('project additions'), CONDENSE_ADDED, **defaults)
     return p
 
 
@@ -248,209 +333,66 @@ def check_condense_args(args):
 # The DiM stages (gen_condense.py, pool_match.py, validate.py): DiM's hyphenated flags and defaults, plus the
 # project's (underscore or hyphen spelling)
 
-def _both_spellings(group, name, **kw):
-    """A project flag under both spellings, --val_split and --val-split."""
-    flags = [f'--{name}'] + ([f'--{name.replace("_", "-")}'] if '_' in name else [])
-    group.add_argument(*flags, dest=name, **kw)
-
-
-def _accepted_and_ignored(group, name, why='unused, as in the reference'):
-    """--name-with-hyphens (and --name_with_underscores for the project's flags, PROJECT_SPELLING)."""
-    flags = ['--' + name.replace('_', '-')] + (['--' + name] if name in PROJECT_SPELLING else [])
-    # nargs='?' so that both the switch form (--fix-disc) and the valued form (--epochs-match 5) parse
-    group.add_argument(*flags, dest=name, default=None, nargs='?', const=True, help=f'accepted and ignored ({why})')
-
-
 SCRIPTS = {1: 'gen_condense', 2: 'pool_match', 3: 'validate'}
 IGNORED = ('epochs_match', 'match_model', 'fix_disc')  # reference flags no stage uses
 STAGE3_IGNORED = ('epochs', 'lr', 'epochs_match_train', 'match', 'match_aug', 'match_coeff', 'metric', 'bias', 'fc',
                   'weight', 'print_freq', 'eval_interval', 'val_split')  # training flags, meaningless to validate.py
-PROJECT_SPELLING = ('val_split',)  # of these, the project's spelling is accepted too
+# (the last, val_split, is the project's: both spellings)
+
+# Each stage's flags, in the order --help lists them: the reference's (DIM_REFERENCE) and the project's (DIM_OWN),
+# each the flags of every stage followed by the stage's own.
+DIM_REFERENCE = {
+    'all': ('data', 'num_classes', 'data_dir', 'output_dir', 'logs_dir', 'tag', 'seed', 'ipc', 'batch_size',
+            'epochs_eval', 'eval_lr', 'momentum', 'weight_decay', 'eval_model', 'dim_noise', 'num_workers',
+            'test_interval', 'aug_type', 'mixup_net', 'mix_p', 'beta'),
+    1: ('print_freq', 'eval_interval', 'epochs', 'lr'),
+    2: ('print_freq', 'eval_interval', 'epochs', 'lr', 'weight', 'epochs_match_train', 'match', 'match_aug',
+        'match_coeff', 'metric', 'bias', 'fc'),
+    3: ('pretrain_weight',),
+}
+DIM_OWN = {
+    'all': ('device', 'cuda_graphs', 'compat', 'no_progress', 'im_size', 'resnet_stem', 'cond', 'gan_width', 'critic'),
+    1: ('val_split', 'resume', 'iters_per_epoch', 'n_critic', 'gp_every', 'mode_seeking', 'g_ema', 'cas'),
+    2: ('val_split', 'resume', 'iters_per_epoch', 'n_critic', 'gp_every', 'mode_seeking', 'g_ema', 'cas', 'pool',
+        'match_reduce', 'match_joint_bn', 'match_norm', 'feat_from', 'feat_to'),
+    3: ('dim_eval', 'auto_bs', 'num_eval', 'num_exp', 'dsa_strategy', 'batch_train'),
+}
+DIM_DEFAULTS = {  # the reference's defaults where they differ from FLAGS's, by stage
+    1: dict(seed=3407, ipc=50, compat=None),
+    2: dict(seed=3407, ipc=50, compat=None, batch_size=64, epochs=100, lr=5e-6),
+    3: dict(seed=3407, ipc=50, compat=None, num_eval=5, num_exp=1, dsa_strategy=None),
+}
+DIM_HELPS = dict(
+    ipc='evaluation budget in images per class',
+    compat="default: the reference's training with the sound evaluation protocol; 'reference': also the reference's "
+           "evaluation protocol (test-set selection, train-mode BN tests; docs/design.md D-B1 D-B2 D-B5); 'clean': "
+           "sound protocol and every number-moving fix (--match_norm consistent, --match_joint_bn)",
+    im_size="folder: data: resize every image to this square size (the GAN makes 28, 32 or 64; default: the "
+            "images' own size)",
+    resume='continue from <output-dir><tag>/last.pth')
+DIM_STAGE3_HELPS = dict(
+    batch_size='batch of the evaluation networks', num_eval='evaluation networks per architecture (and per set)',
+    num_exp='fixed mode: independently generated sets',
+    dsa_strategy='fixed mode: DSA strategy of evaluate_synset (default: color_crop_cutout_flip_scale_rotate, without '
+                 'flip for MNIST and SVHN)',
+    batch_train='fixed mode: batch of evaluate_synset')
 
 
-def dim_parser(stage, description):
-    """The flags of stage 1 (gen_condense), 2 (pool_match) or 3 (validate)."""
+def dim_parser(stage, description, helps=None):
+    """The flags of stage 1 (gen_condense), 2 (pool_match) or 3 (validate); helps: name -> a help text of the
+    caller's (the method's defaults, which this layer does not know)."""
     p = ArgumentParser(description=description)
+    helps = {**DIM_HELPS, **(DIM_STAGE3_HELPS if stage == 3 else {}), **(helps or {})}
     ref = p.add_argument_group('DiM flags (the reference names and defaults)')
-    ref.add_argument('--data', '--dataset', dest='data', default='cifar10',
-                     help="cifar10, svhn, mnist, fashion (DiM's names), any project dataset name, or folder:PATH / "
-                          "file:PATH.pt for your own data (docs/reference.md, 'Your own data')")
-    ref.add_argument('--num-classes', type=int, default=None, help="class count (default: the dataset's)")
-    ref.add_argument('--data-dir', '--data_path', dest='data_dir', default='data', help='dataset folder')
-    ref.add_argument('--output-dir', '--save_path', dest='output_dir', default='./results/',
-                     help='checkpoints and pictures go to <output-dir>/<tag>')
-    ref.add_argument('--logs-dir', default='./logs/', help='logs.txt goes to <logs-dir>/<tag> (each run appends to it)')
-    ref.add_argument('--tag', default='test', help='run name')
-    add_flags(ref, ('seed',), seed=3407)
-    ref.add_argument('--ipc', type=int, default=50, help='evaluation budget in images per class')
-    ref.add_argument('--batch-size', type=int, default={1: 128, 2: 64, 3: 128}[stage],
-                     help='batch of the evaluation networks' + ('' if stage == 3 else ' and of the GAN'))
-    ref.add_argument('--epochs-eval', type=int, default=1000, help='epochs of every evaluation network')
-    ref.add_argument('--eval-lr', type=float, default=0.01, help='SGD lr of evaluation (and pool) networks')
-    ref.add_argument('--momentum', type=float, default=0.9, help='SGD momentum of evaluation (and pool) networks')
-    ref.add_argument('--weight-decay', type=float, default=5e-4,
-                     help='SGD weight decay of evaluation (and pool) networks')
-    ref.add_argument('--eval-model', nargs='+', default=['convnet'],
-                     help='evaluation architectures: DiM names (convnet, resnet10, resnet18, resnet10_ap, ...) or '
-                          'any networks.py name (ConvNet, ResNet18BN, ...)')
-    ref.add_argument('--dim-noise', type=int, default=100, help='generator input width')
-    ref.add_argument('--num-workers', type=int, default=4,
-                     help='accepted for compatibility; ignored (batches come from tensors on the device)')
-    ref.add_argument('--test-interval', type=int, default=200, help='evaluation epochs between test passes')
-    ref.add_argument('--aug-type', default='color_crop_cutout', help='DiM DiffAug strategy')
-    ref.add_argument('--mixup-net', default='cut', choices=['cut', 'vanilla'],
-                     help="CutMix ('cut') or mixup ('vanilla') for evaluation networks; 'cut' also drops cutout "
-                          "from their augmentation, as the reference does")
-    ref.add_argument('--mix-p', type=float, default=-1.0, help='probability of mixing a batch (< 0: off)')
-    ref.add_argument('--beta', type=float, default=1.0, help='Beta(beta, beta) of the mixing ratio')
-    if stage in (1, 2):
-        ref.add_argument('--print-freq', type=int, default=50, help='GAN iterations between log lines')
-        ref.add_argument('--eval-interval', type=int, default=10, help='epochs between validations and checkpoints')
-        ref.add_argument('--epochs', type=int, default={1: 150, 2: 100}[stage], help='GAN epochs')
-        ref.add_argument('--lr', type=float, default={1: 1e-4, 2: 5e-6}[stage],
-                         help='Adam lr of G and D (stage 2 overrides the lr of the loaded optimiser states)')
-    if stage == 2:
-        ref.add_argument('--weight', required=True, help='stage-1 checkpoint (e.g. results/gan/best.pth)')
-        ref.add_argument('--epochs-match-train', type=int, default=16, help='pool-model SGD steps per generator step')
-        ref.add_argument('--match', default='logit', choices=['logit', 'grad', 'feat'],
-                         help='matching loss (the reference defaults to grad; the README recipe uses logit)')
-        ref.add_argument('--match-aug', default=True, action=argparse.BooleanOptionalAction,
-                         help='match on augmented images (the README recipe; --no-match-aug to switch off)')
-        ref.add_argument('--match-coeff', type=float, default=None,
-                         help='weight of the matching loss (default 0.01 for logit, 0.001 for grad and feat)')
-        ref.add_argument('--metric', default='l1', choices=['l1', 'l2', 'cos'], help='gradient distance (grad mode)')
-        ref.add_argument('--bias', action='store_true', help='grad mode: also match conv (and fc) biases')
-        ref.add_argument('--fc', action='store_true', help='grad mode: also match the linear layers')
+    add_flags(ref, DIM_REFERENCE['all'] + DIM_REFERENCE[stage], helps, hyphens='only', **DIM_DEFAULTS[stage])
     if stage == 3:
-        ref.add_argument('--pretrain-weight', required=True, help='generator checkpoint (stage 1 or 2)')
-        for name in STAGE3_IGNORED:
-            _accepted_and_ignored(ref, name, 'a training flag; validate.py trains no GAN')
-    for name in IGNORED:
-        _accepted_and_ignored(ref, name)
-
+        why = 'a training flag; validate.py trains no GAN'
+        add_flags(ref, STAGE3_IGNORED[:-1], hyphens='only', ignored=why)
+        add_flags(ref, STAGE3_IGNORED[-1:], hyphens=True, ignored=why)  # --val_split, the project's, both spellings
+    add_flags(ref, IGNORED, hyphens='only', ignored='unused, as in the reference')
     own = p.add_argument_group('project additions')
-    add_flags(own, ('device', 'cuda_graphs', 'compat', 'no_progress', 'im_size'), hyphens=True, compat=None, helps=dict(
-        compat="default: the reference's training with the sound evaluation protocol; 'reference': also "
-                         "the reference's evaluation protocol (test-set selection, train-mode BN tests; "
-                         "docs/design.md D-B1 D-B2 D-B5); 'clean': sound protocol and every number-moving fix "
-                "(--match_norm consistent, --match_joint_bn)",
-        im_size="folder: data: resize every image to this square size (the GAN makes 28, 32 or 64; default: the "
-                "images' own size)"))
-    _both_spellings(own, 'resnet_stem', default='auto', choices=['auto', 'cifar', 'imagenet'],
-                    help="DiM ResNet stem; 'auto' is the reference rule (CIFAR stem iff the dataset name starts "
-                         "with cifar)")
-    add_flags(own, ('cond', 'gan_width', 'critic'), hyphens=True)
-    if stage in (1, 2):
-        _both_spellings(own, 'val_split', type=int, default=None,
-                        help='validation images per class held out of the training set for selecting checkpoints '
-                             '(default: 10%% of the smallest class, at most 500); ignored with --compat reference')
-        add_flags(own, ('resume',), helps=dict(resume='continue from <output-dir><tag>/last.pth'))
-        _both_spellings(own, 'iters_per_epoch', type=int, default=None,
-                        help='at most this many GAN iterations per epoch (default: a whole pass over the training '
-                             'images)')
-        add_flags(own, ('n_critic', 'gp_every', 'mode_seeking', 'g_ema'), hyphens=True)
-        _both_spellings(own, 'cas', action='store_true',
-                        help='log a classification accuracy score after every epoch: the share of generator samples of '
-                             'class c that a small ConvNet, trained once at the start on the real training images, '
-                             'labels c (about a minute on a CPU core for MNIST; no effect on training)')
-    if stage == 2:
-        _both_spellings(own, 'pool', nargs='+', default=None,
-                        help=f'pool architectures (default: {" ".join(POOL)}; without _ap on 28x28 data with the '
-                             f'ImageNet stem, where they collapse)')
-        _both_spellings(own, 'match_reduce', default='pair', choices=['pair', 'classmean'],
-                        help="'pair': real i vs generated i (reference); 'classmean': class-mean log-probabilities")
-        _both_spellings(own, 'match_joint_bn', action='store_true',
-                        help='one forward pass over real and generated images (shared BN statistics)')
-        _both_spellings(own, 'match_norm', default='reference', choices=['reference', 'consistent'],
-                        help="'consistent': map [-1, 1] to [0, 1] before standardising, as evaluation does "
-                             "(docs/design.md, D-B11)")
-        _both_spellings(own, 'feat_from', type=int, default=1, help='feat mode: first block matched')
-        _both_spellings(own, 'feat_to', type=int, default=None, help='feat mode: blocks before this one (default: all)')
-    if stage == 3:
-        _both_spellings(own, 'dim_eval', default='onthefly', choices=['onthefly', 'fixed', 'both'],
-                        help="'onthefly': fresh samples every step, ipc a per-epoch budget (reference); 'fixed': ipc "
-                             "images per class generated once and evaluated like DC/DM sets")
-        _both_spellings(own, 'auto_bs', action='store_true', help='shrink --batch-size to K*ipc instead of failing')
-        add_flags(own, ('num_eval', 'num_exp', 'dsa_strategy', 'batch_train'), hyphens=True, num_eval=5, num_exp=1,
-                  dsa_strategy=None, helps=dict(
-                      num_eval='evaluation networks per architecture (and per set)',
-                      num_exp='fixed mode: independently generated sets',
-                      dsa_strategy='fixed mode: DSA strategy of evaluate_synset (default: '
-                                   'color_crop_cutout_flip_scale_rotate, without flip for MNIST and SVHN)',
-                      batch_train='fixed mode: batch of evaluate_synset'))
+    add_flags(own, DIM_OWN['all'] + DIM_OWN[stage], helps, hyphens=True, **DIM_DEFAULTS[stage])
     return p
-
-
-def check_dim_args(args, stage):
-    """Validate the flags (UserError: one line) and derive everything the run needs from them: dataset name,
-    device, protocol, ResNet stem, stage defaults, validate.py's batch size under --auto_bs, and `notes`, the
-    warnings the run's log opens with. Nothing writes to args after this."""
-    notes = []
-    ignored = IGNORED + (STAGE3_IGNORED if stage == 3 else ())
-    args.stage = stage
-    args.dataset = canonical_dataset(args.data)
-    info = dataset_info(args.dataset, args.data_dir, args.im_size)
-    im_size, num_classes = info.im_size, info.num_classes
-    positive = ['ipc', 'batch_size', 'epochs_eval', 'eval_lr', 'dim_noise', 'test_interval', 'gan_width']
-    gan = ['epochs', 'lr', 'n_critic', 'gp_every', 'print_freq', 'eval_interval']
-    positive += {1: gan, 2: gan + ['epochs_match_train'], 3: ['num_eval', 'num_exp', 'batch_train']}[stage]
-    check_finite(args)
-    check_output_folder(args.output_dir, '--output-dir')
-    check_output_folder(args.logs_dir, '--logs-dir')
-    if not sys.stderr.isatty() or not parallel.is_main():
-        args.no_progress = True  # carriage-return bar updates would fill a redirected log; one bar under torchrun
-    for name in positive:
-        check_positive(name.replace('_', '-'), getattr(args, name))
-    for name in ('val_split', 'iters_per_epoch', 'num_classes', 'im_size'):
-        if getattr(args, name, None) is not None and name not in ignored:
-            check_positive(name, getattr(args, name))
-    check_gan_flags(args)
-    args.device = resolve_device(args.device)
-    try:
-        parse_strategy(args.aug_type, valid=DIM_TOKENS)
-    except ValueError as e:
-        raise UserError(f'--aug-type: {e}') from None
-    for name in args.eval_model:
-        check_model_name(name)
-    args.protocol = 'reference' if args.compat == 'reference' else 'sound'
-    args.stem = resolve_stem(args.resnet_stem, args.dataset)
-    for flag in ignored:
-        if getattr(args, flag, None) is not None:
-            notes.append(f'--{flag.replace("_", "-")} is ignored by {SCRIPTS[stage]}.py')
-    if stage == 2:
-        if args.match_coeff is None:
-            args.match_coeff = MATCH_COEFF[args.match]
-        if args.compat == 'clean':
-            args.match_norm, args.match_joint_bn = 'consistent', True
-        if not args.pool and default_pool(args.stem, im_size[0]) != POOL:
-            notes.append(f'pool without the _ap ResNets on {info.name} (their ImageNet stem collapses '
-                         f'{im_size[0]}x{im_size[1]} inputs); --resnet_stem cifar keeps the full pool')
-    if stage == 3:
-        if args.dsa_strategy is not None:
-            try:
-                parse_strategy(args.dsa_strategy)
-            except ValueError as e:
-                raise UserError(f'--dsa_strategy: {e}') from None
-        args.batch_size = _stage3_batch_size(args, num_classes, notes)
-    args.notes = tuple(notes)  # recorded in config.json and checkpoints, logged as warnings by dim_run.StageRun
-    return args
-
-
-def _stage3_batch_size(args, num_classes, notes):
-    """validate.py trains n_it = ⌊K·ipc/bs⌋ steps per epoch: bs > K·ipc would train nothing (docs/design.md,
-    D-B3). The batch size to use: --batch-size, or K·ipc with --auto_bs; UserError otherwise."""
-    budget = num_classes * args.ipc
-    if args.batch_size <= budget:
-        return args.batch_size
-    if not args.auto_bs:
-        raise UserError(f'--batch-size {args.batch_size} exceeds K*ipc = {budget}, so an epoch would train 0 '
-                        f'steps; pass --batch-size {budget} or less, or --auto_bs')
-    notes.append(f'--auto_bs: batch size {args.batch_size} -> {budget} (K*ipc)')
-    return budget
-
-
-def parse_dim_args(stage, description, argv=None):
-    return Config(check_dim_args(dim_parser(stage, description).parse_args(argv), stage))
 
 
 # What the command a stage prints for the next one carries over, where it differs from the next stage's default:
@@ -471,7 +413,7 @@ def next_command(args, stage, weight, num_classes):
     for validate.py --auto_bs when its default batch would exceed K*ipc."""
     actions = {a.dest: a for a in dim_parser(stage, '')._actions}
     ignored = IGNORED + (STAGE3_IGNORED if stage == 3 else ())
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{SCRIPTS[stage]}.py')
+    script = os.path.join(SCRIPTS_DIR, f'{SCRIPTS[stage]}.py')
     relative = os.path.relpath(script)
     argv = ['python', script if relative.startswith('..') else relative, {2: '--weight', 3: '--pretrain-weight'}[stage],
             weight, '--tag', f'{args.tag}_{NEXT_TAG[stage]}']

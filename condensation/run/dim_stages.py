@@ -12,6 +12,7 @@ so a resumed run repeats an uninterrupted one.
 """
 import os
 import shutil
+import sys
 
 import numpy as np
 import torch
@@ -23,12 +24,93 @@ from condensation.methods import gan
 from condensation.device import parallel
 from condensation.run import runner
 from condensation import common
-from condensation.methods.dim import ClassScore, DiMData, epoch_batches
-from condensation.common import UserError, make_generator
+from condensation.augment import DIM_TOKENS, parse_strategy
+from condensation.methods.dim import MATCH_COEFF, POOL, ClassScore, DiMData, check_model_name, default_pool, \
+    epoch_batches
+from condensation.networks import resolve_stem
+from condensation.common import UserError, check_finite, check_output_folder, check_positive, make_generator
 
 # Arguments that a resumed run of stage 1 or 2 may change (the rest must be as in its last.pth).
 RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',
              'logs_dir', 'notes', 'cas', 'cuda_graphs')
+
+# ----------------------------------------------------------------------------------------------------------------
+# A stage's flags (declared in cli.FLAGS; checked here, where DiM's tables are known)
+
+def check_dim_args(args, stage):
+    """Validate the flags (UserError: one line) and derive everything the run needs from them: dataset name,
+    device, protocol, ResNet stem, stage defaults, validate.py's batch size under --auto_bs, and `notes`, the
+    warnings the run's log opens with. Nothing writes to args after this."""
+    notes = []
+    ignored = cli.IGNORED + (cli.STAGE3_IGNORED if stage == 3 else ())
+    args.stage = stage
+    args.dataset = data_mod.canonical_dataset(args.data)
+    info = data_mod.dataset_info(args.dataset, args.data_dir, args.im_size)
+    im_size, num_classes = info.im_size, info.num_classes
+    positive = ['ipc', 'batch_size', 'epochs_eval', 'eval_lr', 'dim_noise', 'test_interval', 'gan_width']
+    gan = ['epochs', 'lr', 'n_critic', 'gp_every', 'print_freq', 'eval_interval']
+    positive += {1: gan, 2: gan + ['epochs_match_train'], 3: ['num_eval', 'num_exp', 'batch_train']}[stage]
+    check_finite(args)
+    check_output_folder(args.output_dir, '--output-dir')
+    check_output_folder(args.logs_dir, '--logs-dir')
+    if not sys.stderr.isatty() or not parallel.is_main():
+        args.no_progress = True  # carriage-return bar updates would fill a redirected log; one bar under torchrun
+    for name in positive:
+        check_positive(name.replace('_', '-'), getattr(args, name))
+    for name in ('val_split', 'iters_per_epoch', 'num_classes', 'im_size'):
+        if getattr(args, name, None) is not None and name not in ignored:
+            check_positive(name, getattr(args, name))
+    cli.check_gan_flags(args)
+    args.device = cli.resolve_device(args.device)
+    try:
+        parse_strategy(args.aug_type, valid=DIM_TOKENS)
+    except ValueError as e:
+        raise UserError(f'--aug-type: {e}') from None
+    for name in args.eval_model:
+        check_model_name(name)
+    args.protocol = 'reference' if args.compat == 'reference' else 'sound'
+    args.stem = resolve_stem(args.resnet_stem, args.dataset)
+    for flag in ignored:
+        if getattr(args, flag, None) is not None:
+            notes.append(f'--{flag.replace("_", "-")} is ignored by {cli.SCRIPTS[stage]}.py')
+    if stage == 2:
+        if args.match_coeff is None:
+            args.match_coeff = MATCH_COEFF[args.match]
+        if args.compat == 'clean':
+            args.match_norm, args.match_joint_bn = 'consistent', True
+        if not args.pool and default_pool(args.stem, im_size[0]) != POOL:
+            notes.append(f'pool without the _ap ResNets on {info.name} (their ImageNet stem collapses '
+                         f'{im_size[0]}x{im_size[1]} inputs); --resnet_stem cifar keeps the full pool')
+    if stage == 3:
+        if args.dsa_strategy is not None:
+            try:
+                parse_strategy(args.dsa_strategy)
+            except ValueError as e:
+                raise UserError(f'--dsa_strategy: {e}') from None
+        args.batch_size = _stage3_batch_size(args, num_classes, notes)
+    args.notes = tuple(notes)  # recorded in config.json and checkpoints, logged as warnings by StageRun
+    return args
+
+
+def _stage3_batch_size(args, num_classes, notes):
+    """validate.py trains n_it = ⌊K·ipc/bs⌋ steps per epoch: bs > K·ipc would train nothing (docs/design.md,
+    D-B3). The batch size to use: --batch-size, or K·ipc with --auto_bs; UserError otherwise."""
+    budget = num_classes * args.ipc
+    if args.batch_size <= budget:
+        return args.batch_size
+    if not args.auto_bs:
+        raise UserError(f'--batch-size {args.batch_size} exceeds K*ipc = {budget}, so an epoch would train 0 '
+                        f'steps; pass --batch-size {budget} or less, or --auto_bs')
+    notes.append(f'--auto_bs: batch size {args.batch_size} -> {budget} (K*ipc)')
+    return budget
+
+
+def parse_dim_args(stage, description, argv=None):
+    """Stage `stage`'s validated arguments (cli.Config) from argv (default: the command line)."""
+    helps = dict(pool=f'pool architectures (default: {" ".join(POOL)}; without _ap on 28x28 data with the ImageNet '
+                      f'stem, where they collapse)')
+    return cli.Config(check_dim_args(cli.dim_parser(stage, description, helps).parse_args(argv), stage))
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # What a stage starts from
