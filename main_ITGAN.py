@@ -23,6 +23,7 @@ from condensation.run.cli import Config, add_flags, check_args, check_network
 from condensation.data import canonical_dataset, file_label, get_dataset
 from condensation.methods.dc import recommended_dsa_strategy
 from condensation.evaluation import EvalRecipe, evaluate_pool, test_accuracy
+from condensation.run.progress import Progress
 from condensation.run.runner import Run, fingerprint, run_files, save_image_grid
 from condensation.common import (ArgumentParser, UserError, atomic_save, check_positive, make_generator, mean_std,
                                  run_cli, versions, write_json)
@@ -186,16 +187,20 @@ def condense_phase(args, data, G, z_inv, real_idx, labels, index_class, state, r
     opt = torch.optim.Adam([z], lr=args.lr_latent)
     if 'opt' in state:
         opt.load_state_dict(state['opt'])
+    progress = Progress(run.log, args.Iteration, start=state['it'], desc='IT-GAN', bar=not args.no_progress,
+                        checkpoint_every=args.checkpoint_every, where='IT-GAN iteration {it}',
+                        diverged='the latents diverged', advice=f'lower --lr_latent (now {args.lr_latent})')
     t0 = time.time()
-    for it in range(state['it'], args.Iteration):
-        loss, cond, reg = itgan.itgan_step(args, data, G, z, labels, real_idx, opt, args.seed, (it,), index_class)
-        if not math.isfinite(loss):
-            raise UserError(f'IT-GAN iteration {it}: the loss is {loss}; lower --lr_latent (now {args.lr_latent})')
-        if it % 10 == 0 or it + 1 == args.Iteration:
+    for it in progress:
+        losses = itgan.itgan_step(args, data, G, z, labels, real_idx, opt, args.seed, (it,), index_class)
+        save = progress.checkpoint_due(it) or it + 1 == args.Iteration
+        parts = progress.read(it, dict(zip(('', 'condensation', 'regulariser'), losses)), save)
+        if parts is not None and (it % 10 == 0 or it + 1 == args.Iteration):
+            loss, cond, reg = parts.values()
             run.log(f'iter {it:05d}: loss {loss:.4f} (condensation {cond:.4f}, regulariser {reg:.4f})',
                     echo=it % 100 == 0)
             state['losses'].append([it, loss, cond, reg])
-        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.Iteration:
+        if save:
             state['times']['itgan_s'] = state['times'].get('itgan_s', 0.0) + time.time() - t0
             t0 = time.time()
             state.update(it=it + 1, z_itgan=z.detach().cpu(), opt=opt.state_dict())

@@ -343,12 +343,12 @@ def refuse_non_finite(obj, what, advice):
                         f'{advice}')
 
 
-def check_losses(parts, where, advice):
-    """UserError when a training step's loss (parts: name -> float) is nan or inf: the models diverged, and they
-    stay so, so the run stops before a diverged model reaches a checkpoint."""
+def check_losses(parts, where, advice, diverged='the training diverged'):
+    """UserError when a training step's loss (parts: name -> float; '' names the only loss) is nan or inf: the
+    models diverged, and they stay so, so the run stops before a diverged model reaches a checkpoint."""
     for name, value in parts.items():
         if not math.isfinite(value):
-            raise UserError(f'{where}: the {name} loss is {value}, the training diverged; {advice}')
+            raise UserError(f'{where}: the {name + " " if name else ""}loss is {value}, {diverged}; {advice}')
 
 
 def check_output_folder(path, flag):

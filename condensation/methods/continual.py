@@ -23,7 +23,6 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from condensation.methods import gan
 from condensation.device import parallel
@@ -34,8 +33,9 @@ from condensation.evaluation import EvalRecipe, evaluate_synset
 from condensation.device.footprint import check_fits, condensation_bytes, set_bytes
 from condensation.device.graphs import graphs_enabled
 from condensation.networks import get_network
+from condensation.run.progress import Progress
 from condensation.run.runner import SyntheticSet
-from condensation.common import UserError, atomic_save, check_losses, derive_seed, make_generator, non_finite, \
+from condensation.common import UserError, atomic_save, derive_seed, make_generator, non_finite, \
     refuse_non_finite
 
 METHODS = ('random', 'herding', 'kcenter', 'DSA', 'DM', 'DiM')
@@ -243,18 +243,17 @@ def condense_memory(args, data, classes, seed, step, partial_path, log):
     if part:
         log(f'  resuming the synthesis of step {step} at iteration {start} from {partial_path}')
     step_fn = (DMStep if args.method == 'DM' else DCStep)(args, view, syn.images, syn.labels, syn.optimizer)
-    bar = tqdm(range(start, args.Iteration), desc=f'{args.method} seed {seed} step {step}', initial=start,
-               total=args.Iteration, disable=args.no_progress, leave=False, dynamic_ncols=True)
-    for it in bar:
+    progress = syn.progress(log, args.Iteration, f'seed {seed} step {step} ({args.method})', start=start,
+                            desc=f'{args.method} seed {seed} step {step}', bar=not args.no_progress, leave=False,
+                            checkpoint_every=args.checkpoint_every)
+    for it in progress:
         loss = step_fn(synthesis_seed, (step, it))
-        save = (it + 1) % args.checkpoint_every == 0 and it + 1 < args.Iteration
-        loss = syn.read_loss(it, loss, save or it + 1 == args.Iteration, f'seed {seed} step {step} ({args.method})',
-                             bar)
+        save = progress.checkpoint_due(it) and it + 1 < args.Iteration
+        loss = progress.read(it, loss, save or it + 1 == args.Iteration)
         if loss is not None and it % 100 == 0:
             log(f'  step {step} iter {it:05d}: loss {loss:.4f} (per class {loss / len(classes):.4f})', echo=False)
         if save:
             atomic_save(dict(step=step, it=it + 1, builder=fingerprint, **syn.state_dict()), partial_path)
-    bar.close()
     return [syn.images.detach().cpu(), torch.as_tensor(classes)[syn.labels]]
 
 
@@ -318,9 +317,12 @@ def dim_memory(args, data, order, step, seed, state, log):
                            ema, graphs=graphs_enabled(args.device, args.cuda_graphs))
     g = gan_step.use_stream(make_generator(seed, 'cl_gan', step))  # the batches are drawn from the same stream
     new_idx = torch.cat([data.indices_class[c] for c in step_classes(order, args.steps, step)]).to(g.device)
-    bar = tqdm(range(args.gan_iters), desc=f'DiM seed {seed} step {step}', disable=args.no_progress, leave=False,
-               dynamic_ncols=True)
-    for it in bar:
+    # A diverged GAN stays diverged: checked where the losses are logged and before the memory is drawn.
+    progress = Progress(log, args.gan_iters, desc=f'DiM seed {seed} step {step}', bar=not args.no_progress,
+                        leave=False, read_every=100, shown=('g', 'd'),
+                        where=f'seed {seed} step {step} GAN iteration {{it}}',
+                        advice=f'lower --gan_lr (now {args.gan_lr})')
+    for it in progress:
         pick = new_idx[torch.randperm(len(new_idx), generator=g, device=g.device)[:args.gan_batch - replay]]
         pick = pick.to(data.device)
         x = data.x_train[pick].float().div_(127.5).sub_(1)
@@ -330,14 +332,9 @@ def dim_memory(args, data, order, step, seed, state, log):
             with torch.no_grad():
                 x = torch.cat([x, gan.generate(G_old, y_old, g)])
             y = torch.cat([y, y_old])
-        parts = gan_step(it, x, y)
-        if it % 100 == 0 or it + 1 == args.gan_iters:  # reading the losses makes the host wait
-            parts = {k: float(v) for k, v in parts.items()}
-            # A diverged GAN stays diverged: checked where the losses are logged and before the memory is drawn.
-            check_losses(parts, f'seed {seed} step {step} GAN iteration {it}', f'lower --gan_lr (now {args.gan_lr})')
-            bar.set_postfix({k: f'{v:.3f}' for k, v in parts.items() if k in ('g', 'd')})
+        parts = progress.read(it, gan_step(it, x, y), it + 1 == args.gan_iters)
+        if parts is not None:
             log(f'  step {step} GAN iter {it:05d}: ' + ', '.join(f'{n} {v:.4f}' for n, v in parts.items()), echo=False)
-    bar.close()
     memory = list(sample_memory(sampler, data, order, n_seen, args.ipc, make_generator(seed, 'cl_gan_sample', step)))
     return memory, dict(gan.gan_state(G, D, opt_g, opt_d, ema), step=step, generator_bytes=gan.generator_bytes(G))
 

@@ -236,13 +236,13 @@ def itgan_loss(args, data, G, z, y, real_idx, net, generator, index_class):
     syn = render(G, zb, yb, data.mean, data.std)
     cond = dm_loss(net, real, real_cls, syn, yb, K, params, args.dsa_param, args.real_chunk)
     if not args.reg:
-        return cond, cond.item(), 0.0
+        return cond, cond.detach(), 0.0
     own = data.images(real_idx[pick])
     if params is not None:
         p = select_params(params, yb.cpu())
         syn, own = apply_dsa(syn, p, args.dsa_param), apply_dsa(own, p, args.dsa_param)
     reg = paired_loss(net, syn, own, yb, K)
-    return cond + args.reg * reg, cond.item(), reg.item()
+    return cond + args.reg * reg, cond.detach(), reg.detach()
 
 
 def itgan_step(args, data, G, z, y, real_idx, optimizer, seed, keys, index_class):
@@ -254,7 +254,7 @@ def itgan_step(args, data, G, z, y, real_idx, optimizer, seed, keys, index_class
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item(), cond, reg
+    return loss.detach(), cond, reg
 
 
 def class_positions(labels, num_classes):

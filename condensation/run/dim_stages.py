@@ -16,13 +16,13 @@ import sys
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from condensation.run import cli
 from condensation import data as data_mod
 from condensation.methods import gan
 from condensation.device import parallel
 from condensation.run import runner
+from condensation.run.progress import Progress
 from condensation import common
 from condensation.augment import DIM_TOKENS, parse_strategy
 from condensation.methods.dim import MATCH_COEFF, POOL, ClassScore, DiMData, check_model_name, default_pool, \
@@ -295,22 +295,22 @@ class StageRun(runner.Run):
         idx = epoch_plan(self.args, self.data, gan_step, epoch)
         self.G.train()
         self.D.train()
-        self._bar = tqdm(range(len(idx)), desc=f'stage {self.args.stage} epoch {epoch}', disable=self.args.no_progress,
-                         dynamic_ncols=True)
-        for it in self._bar:
+        args = self.args
+        self._progress = Progress(self.log, len(idx), desc=f'stage {args.stage} epoch {epoch}',
+                                  bar=not args.no_progress, read_every=args.print_freq,
+                                  where=f'stage {args.stage} epoch {epoch} iteration {{it}}',
+                                  advice=f'lower --lr (now {args.lr})')
+        for it in self._progress:
             yield (it, *self.data.batch(idx[it]))
-        self._bar.close()
 
     def iteration_done(self, epoch, it, parts):
         """Every --print-freq iterations (and at an epoch's last): the losses on the bar and in the log, and the
         divergence check. Reading the losses makes the host wait for the device, so not more often."""
-        args, iterations = self.args, self._bar.total
-        if it % args.print_freq and it + 1 != iterations:
-            return
-        parts = {k: float(v) for k, v in parts.items()}
-        self._bar.set_postfix({k: f'{v:.3f}' for k, v in parts.items()})
+        iterations = self._progress.total
         # A diverged GAN stays diverged: checked where the losses are logged, and before every checkpoint.
-        common.check_losses(parts, f'stage {args.stage} epoch {epoch} iteration {it}', f'lower --lr (now {args.lr})')
+        parts = self._progress.read(it, parts, it + 1 == iterations)
+        if parts is None:
+            return
         self.log(f'epoch {epoch} iter {it + 1}/{iterations}: ' + ', '.join(f'{k} {v:.4f}' for k, v in parts.items()))
 
 

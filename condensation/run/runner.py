@@ -18,17 +18,16 @@ main.py and main_DM.py read (see either script):
 """
 import functools
 import json
-import math
 import os
 import time
 
 import torch
-from tqdm import tqdm
 
 from condensation.device import parallel
 from condensation.data import denormalise, file_label
 from condensation.evaluation import evaluate_pool, progress_lines
 from condensation.device.footprint import check_fits, condensation_bytes
+from condensation.run.progress import Progress
 from condensation.common import (Log, UserError, atomic_save, atomic_write, hold_lock, make_generator, mean_std,
                                  refuse_non_finite, release_lock, remove_stale_temps, sample_std, unreadable,
                                  versions, write_json)
@@ -207,7 +206,7 @@ def init_synset(data, ipc, init, generator):
 
 class SyntheticSet:
     """A synthetic set being learned and the step bookkeeping of every condensation loop: K·ipc images (init_synset
-    from `generator`, or a checkpoint's `state`), their SGD (momentum 0.5 in every method), and `read_loss`."""
+    from `generator`, or a checkpoint's `state`), their SGD (momentum 0.5 in every method), and `progress`."""
 
     def __init__(self, data, ipc, init, lr_img, generator, state=None, diverged='the synthetic images diverged'):
         if state is None:
@@ -224,18 +223,10 @@ class SyntheticSet:
     def state_dict(self):
         return dict(image_syn=self.images.detach().cpu(), optimizer=self.optimizer.state_dict())
 
-    def read_loss(self, it, loss, force, where, bar):
-        """The step's loss as a float every 10 iterations and whenever `force` (a checkpoint or the end follows),
-        else None: the loss may be a GPU tensor, and reading it every iteration would make the host wait each time.
-        A loss that is not finite stops the run before a diverged set (it stays so) reaches a checkpoint."""
-        if it % 10 and not force:
-            return None
-        loss = float(loss)
-        if not math.isfinite(loss):
-            raise UserError(f'{where} iteration {it}: the loss is {loss}, {self.diverged}; lower --lr_img (now '
-                            f'{self.lr_img})')
-        bar.set_postfix(loss=f'{loss / self.num_classes:.4f}')
-        return loss
+    def progress(self, log, total, where, **kw):
+        """The bookkeeping (Progress) of a loop that learns this set, with its divergence message."""
+        return Progress(log, total, where=f'{where} iteration {{it}}', diverged=self.diverged,
+                        advice=f'lower --lr_img (now {self.lr_img})', **kw)
 
 
 def eval_iterations(args, reference_every):
@@ -302,18 +293,17 @@ class CondensationRun(Run):
         """The iterations still to run. Before iteration `it` (and after the last one) the set is evaluated when
         `it` is an evaluation point; the set saved at the end is the one evaluated last."""
         args = self.args
-        self._bar = tqdm(range(self.state['it'], args.Iteration + 1), desc=f'{self.method} exp {exp}',
-                         initial=self.state['it'], total=args.Iteration + 1, disable=args.no_progress,
-                         dynamic_ncols=True)
+        self._progress = syn.progress(self.log, args.Iteration + 1, f'exp {exp}', start=self.state['it'],
+                                      desc=f'{self.method} exp {exp}', bar=not args.no_progress,
+                                      checkpoint_every=args.checkpoint_every)
         self._t0 = None
-        for it in self._bar:
+        for it in self._progress:
             if it in self.eval_its and f'{exp}/{it}' not in self.state['accs_iters']:
                 self.evaluate(exp, it, syn.images.detach(), syn.labels)
             if it == args.Iteration:
                 break
             self._t0 = time.time()
             yield it
-        self._bar.close()
 
     def evaluate(self, exp, it, images, labels):
         t0 = time.time()
@@ -334,10 +324,9 @@ class CondensationRun(Run):
 
     def step_done(self, exp, it, loss, syn):
         """Progress, a log line every 10 iterations, a checkpoint every --checkpoint_every and before evaluations."""
-        args = self.args
-        save = (it + 1) % args.checkpoint_every == 0 or it + 1 in self.eval_its
+        save = self._progress.checkpoint_due(it) or it + 1 in self.eval_its
         self.state['t_syn'] += time.time() - self._t0
-        loss = syn.read_loss(it, loss, save, f'exp {exp}', self._bar)
+        loss = self._progress.read(it, loss, save)
         if loss is not None and it % 10 == 0:
             # Logged per class as the original does; the optimised loss is the sum over classes.
             self.log(f'exp {exp} iter {it:05d}: loss {loss:.4f} (per class {loss / syn.num_classes:.4f})')
