@@ -25,6 +25,7 @@ from condensation.data import canonical_dataset, dataset_available
 from condensation.methods.dc import get_loops
 from condensation.evaluation import get_eval_pool
 from condensation.plots import plot_agreement
+from condensation.run.progress import duration
 from condensation.common import SCRIPTS_DIR, Terminated, UserError, atomic_write_text, mean_std, run_cli, write_json
 
 ROOT = SCRIPTS_DIR  # the entry scripts' folder: the stages run from there
@@ -223,17 +224,6 @@ def estimate(stage_ids, tier, device_kind):
 
 def device_kind(device):
     return 'cpu' if str(device).startswith('cpu') else 'H200'
-
-
-def duration(seconds):
-    if seconds is None:
-        return ''
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f'{seconds} s'
-    if seconds < 3600:
-        return f'{seconds // 60} min {seconds % 60:02d} s'
-    return f'{seconds // 3600} h {seconds % 3600 // 60:02d} min'
 
 
 # ----------------------------------------------------------------------------------------------------------------
