@@ -12,7 +12,6 @@ split held out from the training set) is <output-dir><tag>/best.pth, the input o
 """
 from condensation import env  # first: the environment PyTorch reads when it starts (env.py)
 
-from condensation.run import cli
 from condensation.methods import dim
 from condensation.run import dim_stages
 from condensation.methods import gan
@@ -45,12 +44,7 @@ def main(argv=None):
         state['epoch'] = epoch + 1
         run.save('last.pth', epoch, state=dict(state, matcher=None))
 
-    dim_stages.log_best(run, state)
-    best = run.path('best.pth')
-    run.log(f'stage 2: {cli.next_command(args, 2, best, data.num_classes)}')
-    run.log(f'or stage 3 on this generator: {cli.next_command(args, 3, best, data.num_classes)}')
-    run.close()
-    return state
+    return run.finish(state, data, {2: 'stage 2', 3: 'or stage 3 on this generator'})  # the next commands
 
 
 if __name__ == '__main__':

@@ -10,7 +10,6 @@ over pairs of a real and a generated image of the same class; the critic step is
 """
 from condensation import env  # first: the environment PyTorch reads when it starts (env.py)
 
-from condensation.run import cli
 from condensation.methods import dim
 from condensation.run import dim_stages
 from condensation.methods import gan
@@ -55,10 +54,7 @@ def main(argv=None):
         state['epoch'] = epoch + 1
         run.save('last.pth', epoch, state=dict(state, matcher=matcher.state_dict()))
 
-    dim_stages.log_best(run, state)
-    run.log(f'stage 3: {cli.next_command(args, 3, run.path("best.pth"), data.num_classes)}')
-    run.close()
-    return state
+    return run.finish(state, data, {3: 'stage 3'})  # the best checkpoints and the command of stage 3
 
 
 if __name__ == '__main__':

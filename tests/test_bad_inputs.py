@@ -317,7 +317,7 @@ def test_one_vocabulary_across_scripts(prepared_mnist):
     a = main_DM.parse_args(['--data', 'mnist', '--data-dir', str(tmp), '--output-dir', str(tmp / 'o'),
                             '--device', 'cpu'])
     assert (a.dataset, a.data_path, a.save_path) == ('MNIST', str(tmp), str(tmp / 'o'))
-    from condensation.run.cli import parse_dim_args as dim_args
+    from condensation.run.dim_stages import parse_dim_args as dim_args
     b = dim_args(1, 'x', ['--dataset', 'MNIST', '--data_path', str(tmp), '--save_path', str(tmp / 'o'),
                           '--device', 'cpu'])
     assert (b.dataset, b.data_dir, b.output_dir) == ('MNIST', str(tmp), str(tmp / 'o'))

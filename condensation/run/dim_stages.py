@@ -279,6 +279,15 @@ class StageRun(runner.Run):
             self.log(f'--cas: classifier trained on the real training images; CAS of the start: '
                      f'{100 * self.cas.score(self.sampler):.1f}%')
 
+    def finish(self, state, data, next_stages):
+        """The closing lines of stage 1 or 2: the best checkpoints, then the command of each next stage on best.pth
+        (next_stages: {stage: the words before it}); the log and the lock closed. Returns the state."""
+        log_best(self, state)
+        for stage, words in next_stages.items():
+            self.log(f'{words}: {cli.next_command(self.args, stage, self.path("best.pth"), data.num_classes)}')
+        self.close()
+        return state
+
     def epoch_done(self, epoch):
         """After an epoch's iterations: rank 0's BN statistics on every process, the preview
         outputs/img_<epoch>.png, and with --cas the classification accuracy score."""
