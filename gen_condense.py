@@ -39,10 +39,10 @@ def main(argv=None):
         run.epoch_done(epoch)  # rank 0's BN statistics on every process, the preview, with --cas the score
         # Every --eval-interval epochs: a classifier trained on samples scores the generator; the best is kept.
         if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs:
-            run.save(f'model_dict_{epoch}.pth', epoch)
+            run.save_gan(f'model_dict_{epoch}.pth', epoch)
             dim_stages.keep_best(run, state, dim.validate_generator(run.sampler, args, data, 1, epoch), epoch)
         state['epoch'] = epoch + 1
-        run.save('last.pth', epoch, state=dict(state, matcher=None))
+        run.save_gan('last.pth', epoch, state=dict(state, matcher=None))
 
     return run.finish(state, data, {2: 'stage 2', 3: 'or stage 3 on this generator'})  # the next commands
 

@@ -52,7 +52,7 @@ def main(argv=None):
         if (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs:  # best_<model>.pth, best.pth
             dim_stages.keep_best(run, state, dim.validate_generator(run.sampler, args, data, 2, epoch), epoch)
         state['epoch'] = epoch + 1
-        run.save('last.pth', epoch, state=dict(state, matcher=matcher.state_dict()))
+        run.save_gan('last.pth', epoch, state=dict(state, matcher=matcher.state_dict()))
 
     return run.finish(state, data, {3: 'stage 3'})  # the best checkpoints and the command of stage 3
 

@@ -223,7 +223,7 @@ class StageRun(runner.Run):
                                                             world_size=parallel.world_size()))
             self._config_written = True
 
-    def save(self, name, epoch, **extra):
+    def save_gan(self, name, epoch, **extra):
         """A GAN checkpoint: gan.gan_state plus epoch, args (config(args)) and `extra` (selection, state)."""
         self.write_config()
         state = gan.gan_state(self.G, self.D, self.opt_g, self.opt_d, self.ema)
@@ -366,7 +366,7 @@ def keep_best(run, state, scores, epoch):
         best = state['best'].get(name)
         if best is None or s['score'] > best['score']:
             state['best'][name] = best = dict(score=s['score'], epoch=epoch)
-            run.save(f'best_{name}.pth', epoch, selection=dict(model=name, split=s['split'], top1=s['score'],
+            run.save_gan(f'best_{name}.pth', epoch, selection=dict(model=name, split=s['split'], top1=s['score'],
                                                               protocol=args.protocol))
             if args.stage == 2:
                 run.link(f'best_{name}.pth', f'model_dict_{name}.pth')
@@ -380,7 +380,7 @@ def keep_best(run, state, scores, epoch):
     if len(scores) == 1:
         run.link(f'best_{args.eval_model[0]}.pth', 'best.pth')
     else:
-        run.save('best.pth', epoch, selection=dict(model='mean of ' + ', '.join(scores), split=split, top1=mean,
+        run.save_gan('best.pth', epoch, selection=dict(model='mean of ' + ', '.join(scores), split=split, top1=mean,
                                                    protocol=args.protocol))
     run.log(f'epoch {epoch}: new best.pth (mean {split} accuracy {100 * mean:.2f}%)')
 
