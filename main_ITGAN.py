@@ -25,8 +25,8 @@ from data import canonical_dataset, file_label, get_dataset
 from dc import recommended_dsa_strategy
 from evaluation import EvalRecipe, evaluate_pool, test_accuracy
 from runner import Run, fingerprint, run_files, save_image_grid
-from utils import ArgumentParser, UserError, atomic_save, check_positive, make_generator, mean_std, run_cli, \
-    versions, write_json
+from utils import ArgumentParser, UserError, atomic_save, check_positive, load_optimizer_state, make_generator, \
+    mean_std, run_cli, versions, write_json
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
 # Flags that may change between a run and its --resume.
@@ -158,7 +158,7 @@ def main(argv=None):
     z = state.get('z_itgan', z_inv).clone().to(args.device).requires_grad_(True)
     opt = torch.optim.Adam([z], lr=args.lr_latent)
     if 'opt' in state:
-        opt.load_state_dict(state['opt'])
+        load_optimizer_state(opt, state['opt'])
     index_class = itgan.class_positions(labels, data.num_classes)
     t0 = time.time()
     for it in range(state['it'], args.Iteration):

@@ -29,8 +29,8 @@ import parallel
 from data import denormalise, file_label
 from evaluation import evaluate_pool, progress_lines
 from footprint import check_fits, condensation_bytes
-from utils import Log, UserError, atomic_save, atomic_write, hold_lock, make_generator, mean_std, refuse_non_finite, \
-    release_lock, remove_stale_temps, sample_std, unreadable, versions, write_json
+from utils import Log, UserError, atomic_save, atomic_write, hold_lock, load_optimizer_state, make_generator, mean_std, \
+    refuse_non_finite, release_lock, remove_stale_temps, sample_std, unreadable, versions, write_json
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ class SyntheticSet:
         self.images.requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=lr_img, momentum=0.5)
         if state is not None:
-            self.optimizer.load_state_dict(state['optimizer'])
+            load_optimizer_state(self.optimizer, state['optimizer'])
         self.num_classes, self.lr_img, self.diverged = data.num_classes, lr_img, diverged
 
     def state_dict(self):

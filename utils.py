@@ -216,6 +216,24 @@ def make_generator(seed, *keys, device='cpu'):
     return torch.Generator(device=device).manual_seed(derive_seed(seed, *keys))
 
 
+def load_optimizer_state(optimizer, state):
+    """optimizer.load_state_dict(state), made to step where its parameters are now. A state keeps the settings it
+    was saved with, Adam's `capturable` among them (gan.adam sets it on CUDA, for CUDA graphs): a GPU's state would
+    make the CPU's Adam fail at its first step, a CPU's state would stop a GPU's recordings. Each group keeps this
+    optimiser's own setting, and the step counts move to where that setting wants them (the parameters' device
+    when capturable, else the host)."""
+    own = [group.get('capturable') for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, capturable in zip(optimizer.param_groups, own):
+        if capturable is None:
+            continue
+        group['capturable'] = capturable
+        for p in group['params']:
+            step = optimizer.state.get(p, {}).get('step')
+            if torch.is_tensor(step):
+                optimizer.state[p]['step'] = step.to(torch.float32).to(p.device if capturable else 'cpu')
+
+
 AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16}
 
 
