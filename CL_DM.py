@@ -27,11 +27,12 @@ from evaluation import EvalRecipe, evaluate_networks
 from networks import get_network
 from runner import Run, run_files
 from utils import ArgumentParser, UserError, check_positive, cpu_state, derive_seed, make_generator, mean_std, \
-    remove_stale_temps, run_cli
+    precision_text, remove_stale_temps, run_cli
 
 # Arguments that may differ between a run and its resumption.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
-             'eval_one_by_one', 'per_class', 'real_chunk', 'cuda_graphs')
+             'eval_one_by_one', 'per_class', 'real_chunk', 'cuda_graphs',
+             'precision')
 # The GAN flags' first CL spellings, still accepted (and named in their error messages).
 OLD_SPELLING = {name: (f'--{first}',) for name, first in cl.CACHE_NAMES.items()}
 
@@ -61,7 +62,7 @@ def parse_args(argv=None):
     g.add_argument('--train_mode', choices=['scratch', 'finetune'], default='scratch',
                    help="scratch: a fresh network per step (the protocol); finetune: continue the previous step's")
     add_flags(g, ('device', 'resume', 'no_progress', 'dsa_strategy', 'align_corners', 'checkpoint_every',
-                  'eval_one_by_one', 'cuda_graphs'),
+                  'eval_one_by_one', 'cuda_graphs', 'precision'),
               dsa_strategy='color_crop_cutout_flip_scale_rotate', checkpoint_every=200,
               helps=dict(checkpoint_every='DSA and DM memories: synthesis iterations between checkpoints of the memory '
                                           'being built (the run itself is checkpointed after every step)'))
@@ -238,7 +239,8 @@ def main(argv=None):
     builder = {'DSA': f', {args.Iteration} DSA iterations', 'DM': f', {args.Iteration} DM iterations',
                'DiM': f', {args.gan_iters} GAN iterations'}.get(args.method, '')
     log(f'plan: {len(args.seeds)} seed(s) x {args.steps} steps on {args.device}{parallel.processes()}; per step a '
-        f'memory{builder}, then {args.num_eval} network(s) trained {args.epoch_eval_train} epochs')
+        f'memory{builder}, then {args.num_eval} network(s) trained {args.epoch_eval_train} epochs; precision: '
+        f'{precision_text(args)}')
     log(f'CL {name}: {data}; {args.steps} steps of {data.num_classes // args.steps} classes, ipc {args.ipc}, seeds '
         f'{args.seeds}, train mode {args.train_mode}, device {args.device}')
     log(f'evaluation: {args.num_eval} x {args.model} ({data.num_classes}-way), {args.epoch_eval_train} epochs, lr '

@@ -20,7 +20,7 @@ from dim import MATCH_COEFF, POOL, check_model_name, default_pool
 from evaluation import get_eval_pool
 from networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, NETWORKS, get_network, resolve_stem
 from utils import ArgumentParser, UserError, check_device, check_finite, check_output_folder, check_positive, \
-    default_device
+    default_device, set_precision
 
 FLAGS = {
     'dataset': dict(default='CIFAR10', aliases=('--data',),
@@ -74,6 +74,11 @@ FLAGS = {
     'amp': dict(choices=['off', 'bf16'], default='off',
                 help="'bf16': the matching network's forward passes (DM) and the evaluation training in bfloat16 "
                      "autocast; faster on recent GPUs, float32 otherwise (docs/reference.md, GPU speed)"),
+    'precision': dict(choices=['default', 'tf32', 'ieee'], default='default',
+                      help="CUDA's float32 convolutions and matrix products: 'tf32' (TensorFloat-32, faster on "
+                           "Ampere and later), 'ieee' (full float32), 'default' (PyTorch's: TF32 convolutions, full "
+                           "float32 matrix products); --amp bf16 runs in bfloat16 where it applies. The log and the "
+                           "results record the precision that ran"),
     'cuda_graphs': dict(choices=['on', 'off'], default='on',
                         help="on CUDA, replay every hot step (the DM step, the DC/DSA passes, the evaluation epochs, "
                              "the GAN iterations) as one CUDA graph; 'off' runs them eagerly (the same computation, "
@@ -196,6 +201,8 @@ def check_args(args):
     if 'no_progress' in has and (not sys.stderr.isatty() or not parallel.is_main()):
         args.no_progress = True  # carriage-return bar updates would fill a redirected log; one bar under torchrun
     args.device = resolve_device(args.device)
+    if 'precision' in has:
+        set_precision(args.precision, args.device)
     if 'dsa_strategy' in has:
         try:
             parse_strategy(args.dsa_strategy)
@@ -225,7 +232,7 @@ def condense_parser(description, helps=None, **defaults):
                    help='iterations between evaluations (default: the original schedule)')
     g.add_argument('--eval_final_only', action='store_true', help='evaluate only at the last iteration')
     add_flags(g, ('device', 'resume', 'checkpoint_every', 'align_corners', 'no_progress', 'compat', 'amp',
-                  'eval_one_by_one', 'cuda_graphs'))
+                  'eval_one_by_one', 'cuda_graphs', 'precision'))
     g.add_argument('--s_mode_strict', action='store_true',
                    help='eval mode S maps ResNet18BN_AP to ResNet18_AP instead of the strided ResNet18')
     return p
@@ -329,7 +336,9 @@ def dim_parser(stage, description):
         _accepted_and_ignored(ref, name)
 
     own = p.add_argument_group('project additions')
-    add_flags(own, ('device', 'cuda_graphs', 'compat', 'no_progress', 'im_size'), hyphens=True, compat=None, helps=dict(
+    add_flags(own, ('device', 'cuda_graphs', 'precision', 'compat', 'no_progress', 'im_size'), hyphens=True,
+              compat=None,
+              helps=dict(
         compat="default: the reference's training with the sound evaluation protocol; 'reference': also "
                          "the reference's evaluation protocol (test-set selection, train-mode BN tests; "
                          "docs/design.md D-B1 D-B2 D-B5); 'clean': sound protocol and every number-moving fix "
@@ -406,6 +415,7 @@ def check_dim_args(args, stage):
             check_positive(name, getattr(args, name))
     check_gan_flags(args)
     args.device = resolve_device(args.device)
+    set_precision(args.precision, args.device)
     try:
         parse_strategy(args.aug_type, valid=DIM_TOKENS)
     except ValueError as e:

@@ -28,7 +28,7 @@ from utils import UserError, make_generator
 
 # Arguments that a resumed run of stage 1 or 2 may change (the rest must be as in its last.pth).
 RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',
-             'logs_dir', 'notes', 'cas', 'cuda_graphs')
+             'logs_dir', 'notes', 'cas', 'cuda_graphs', 'precision')
 
 # ----------------------------------------------------------------------------------------------------------------
 # What a stage starts from
@@ -138,6 +138,7 @@ class StageRun(runner.Run):
         if not self._config_written:
             utils.write_json(self.path('config.json'), dict(args=config(self.args), protocol=protocol_label(self.args),
                                                             versions=utils.versions(),
+                                                            precision=utils.precision_text(self.args),
                                                             world_size=parallel.world_size()))
             self._config_written = True
 
@@ -172,7 +173,7 @@ class StageRun(runner.Run):
             self.log(f'torchrun: {parallel.world_size()} processes, data parallel: each takes its share of every '
                      f'epoch\'s batches of {args.batch_size} and the gradients are averaged (effective batch '
                      f'{parallel.world_size() * args.batch_size}); rank 0 writes')
-        self.log(f'protocol: {protocol_label(args)}')
+        self.log(f'protocol: {protocol_label(args)}; precision: {utils.precision_text(args)}')
         if data.val_idx is not None:
             self.log(f'validation split: {data.val_per_class} images per class held out of the training set '
                      f'({len(data.train_idx)} left for training)')

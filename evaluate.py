@@ -31,11 +31,11 @@ from data import IMAGE_EXTENSIONS, _read_image, canonical_dataset, get_dataset
 from dc import recommended_dsa_strategy
 from evaluation import EvalRecipe, evaluate_pool, get_eval_pool, progress_lines
 from runner import Run, run_files
-from utils import ArgumentParser, UserError, atomic_write_text, make_generator, mean_std, run_cli, sample_std, \
-    versions, write_json
+from utils import ArgumentParser, UserError, atomic_write_text, make_generator, mean_std, precision_text, run_cli, \
+    sample_std, versions, write_json
 
 # Flags that may change between a run and its --resume.
-RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'cuda_graphs')
+RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'cuda_graphs', 'precision')
 
 
 def parse_args(argv=None):
@@ -68,7 +68,7 @@ def parse_args(argv=None):
                         'with the same networks, and report the gain')
     g = p.add_argument_group('run')
     add_flags(g, ('device', 'save_path', 'resume', 'align_corners', 'no_progress', 'amp', 'eval_one_by_one',
-                  'cuda_graphs'))
+                  'cuda_graphs', 'precision'))
     args = p.parse_args(argv)
     # Defaults that depend on other flags: DSA with the strategy the papers use for the dataset, 1000 epochs.
     explicit_strategy = args.dsa_strategy is not None
@@ -356,7 +356,7 @@ def main(argv=None):
               digests=[s['digest'] for s in sets])
     done, log = run.resumed['done'] if run.resumed else {}, run.log
     log(f'evaluate {len(sets)} set(s) on {data}; device {args.device}; seed {args.seed}; {args.num_eval} network(s) '
-        f'per architecture and experiment; baseline {args.baseline}')
+        f'per architecture and experiment; baseline {args.baseline}; precision: {precision_text(args)}')
     for arch, r in recipes.items():
         log(f'protocol {protocol_text(arch, r)}')
     for s in sets:
@@ -399,7 +399,7 @@ def main(argv=None):
         protocol={arch: protocol_text(arch, r) for arch, r in recipes.items()},
         sets=[{k: s[k] for k in ('name', 'path', 'kind', 'note', 'iteration', 'digest')} | dict(
             experiments=[e for e, _, _ in s['exps']]) for s in sets],
-        results=rows, args=run.fingerprint, versions=versions()))
+        results=rows, args=run.fingerprint, versions=versions(), precision=precision_text(args)))
     log(table, echo=False)
     log(f'results: {paths["md"]}, {paths["json"]}')
     run.close()

@@ -140,8 +140,8 @@ class CheckFailed(Exception):
 class Graphed:
     """fn() replayed as one CUDA graph once `warmup` eager calls have run, and checked (module docstring); with
     enabled=False a plain call of fn. state: what fn changes (tensors, modules, optimisers, read at each check:
-    an optimiser's state made in the warm-up is in), which a check copies and puts back; device: where the step runs (default: its first
-    generator's device)."""
+    an optimiser's state made in the warm-up is in), which a check copies and puts back; device: where the step
+    runs (default: its first generator's device)."""
 
     def __init__(self, fn, generators=(), enabled=False, name='step', warmup=2, state=(), device=None):
         self.fn, self.generators, self.name, self.warmup, self.state = fn, list(generators), name, warmup, state

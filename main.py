@@ -28,7 +28,8 @@ from runner import CondensationRun
 from utils import UserError, run_cli
 
 # Flags that may change between a run and its --resume.
-RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs')
+RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs',
+             'precision')
 
 
 def eval_settings(args, explicit_epochs):

@@ -24,7 +24,7 @@ from utils import UserError, run_cli
 
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs',
-             'compile')
+             'compile', 'precision')
 
 
 def parse_args(argv=None):

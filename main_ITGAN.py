@@ -26,12 +26,12 @@ from dc import recommended_dsa_strategy
 from evaluation import EvalRecipe, evaluate_pool, test_accuracy
 from runner import Run, fingerprint, run_files, save_image_grid
 from utils import ArgumentParser, UserError, atomic_save, check_positive, load_optimizer_state, make_generator, \
-    mean_std, run_cli, versions, write_json
+    mean_std, precision_text, run_cli, versions, write_json
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'generator',
-             'cuda_graphs')
+             'cuda_graphs', 'precision')
 # Flags of the evaluation only: a --resume with other values keeps the latents and evaluates them anew.
 EVAL_FLAGS = ('num_eval', 'epoch_eval_train', 'eval_model', 'curve_at', 'lr_net', 'batch_train')
 
@@ -41,7 +41,8 @@ def parse_args(argv=None):
     g = p.add_argument_group('project flags')
     add_flags(g, ('dataset', 'im_size', 'model', 'ipc', 'num_eval', 'epoch_eval_train', 'Iteration', 'lr_net',
                   'batch_real', 'batch_train', 'dsa_strategy', 'data_path', 'save_path', 'seed', 'device', 'resume',
-                  'checkpoint_every', 'align_corners', 'no_progress', 'real_chunk', 'cuda_graphs'),
+                  'checkpoint_every', 'align_corners', 'no_progress', 'real_chunk', 'cuda_graphs',
+                  'precision'),
               ipc=None, num_eval=3, epoch_eval_train=200, Iteration=1000, dsa_strategy=None, checkpoint_every=100,
               helps=dict(ipc='real images per class to invert and condense (default: every training image, the '
                              "paper's setting)",
@@ -131,7 +132,8 @@ def main(argv=None):
     width = gen['dim_noise']
     size = itgan.latent_storage(gen['bytes'], len(labels), width, data)
     run.log(f'IT-GAN {name}: {data}; {len(labels)} latents of width {width}; generator {gen["path"]} '
-            f'(sha256 {gen["sha256"][:12]}); device {args.device}{parallel.processes()}; seed {args.seed}')
+            f'(sha256 {gen["sha256"][:12]}); device {args.device}{parallel.processes()}; seed {args.seed}; '
+            f'precision: {precision_text(args)}')
     run.log(f'storage: generator {size["generator_bytes"] / 2 ** 10:.1f} KiB + latents '
             f'{size["latent_bytes"] / 2 ** 10:.1f} KiB against {size["image_bytes"] / 2 ** 10:.1f} KiB of uint8 '
             f'images (x{size["ratio"]:.2f})')
@@ -219,7 +221,8 @@ def main(argv=None):
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean, std=data.std,
                 method='ITGAN', model=args.model, ipc=args.ipc, args=dict(run.fingerprint, **eval_fingerprint),
                 seed=args.seed, world_size=parallel.world_size(),
-                versions=versions(), render='standardise((G(z, y) + 1) / 2), G in eval mode, chunks of 500',
+                versions=versions(), precision=precision_text(args),
+                render='standardise((G(z, y) + 1) / 2), G in eval mode, chunks of 500',
                 protocol=dict(epoch_eval_train=args.epoch_eval_train, dsa_strategy=args.dsa_strategy,
                               eval_model=args.eval_model, curve_epochs=args.curve_at + [args.epoch_eval_train + 1]))
     atomic_save(dict(latents=latents, labels=labels, real_index=real_idx, generator=gen, accs=accs, curves=curves,
@@ -228,7 +231,7 @@ def main(argv=None):
     write_json(path(f'{name}.json'), dict(run=name, accuracy=summary, curve_epochs=meta['protocol']['curve_epochs'],
                                       curve_mean=curve_means, storage=size, generator=gen,
                                       inversion_mse=state['mse'], times=state['times'], args=meta['args'],
-                                      versions=meta['versions']))
+                                      versions=meta['versions'], precision=meta['precision']))
     for s in SETS:
         for arch, r in summary[s].items():
             run.log(f'({s}) {len(labels)} images, {arch}: {r["mean"]:.2f} ± {r["std"]:.2f}% over {args.num_eval} '

@@ -29,8 +29,9 @@ import parallel
 from data import denormalise, file_label
 from evaluation import evaluate_pool, progress_lines
 from footprint import check_fits, condensation_bytes
-from utils import Log, UserError, atomic_save, atomic_write, hold_lock, load_optimizer_state, make_generator, mean_std, \
-    refuse_non_finite, release_lock, remove_stale_temps, sample_std, unreadable, versions, write_json
+from utils import Log, UserError, atomic_save, atomic_write, hold_lock, load_optimizer_state, make_generator, \
+    mean_std, precision_text, refuse_non_finite, release_lock, remove_stale_temps, sample_std, unreadable, versions, \
+    write_json
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ class CondensationRun(Run):
         self.log(f'plan: {args.num_exp} experiment(s) x {args.Iteration} iterations on '
                  f'{args.device}{parallel.processes()}; at each of '
                  f'{len(self.eval_its)} evaluation point(s), {args.num_eval} network(s) x {len(recipes)} '
-                 f'architecture(s) trained {"/".join(map(str, epochs))} epochs')
+                 f'architecture(s) trained {"/".join(map(str, epochs))} epochs; precision: {precision_text(args)}')
         self.log(f'{method} {self.name}: {data}; device {args.device}; seed {args.seed}; evaluation at iterations '
                  f'{self.eval_its}')
         self.log(f'hyper-parameters: {self.fingerprint}')
@@ -361,7 +362,8 @@ class CondensationRun(Run):
         acc = {arch: dict(zip(('mean', 'std'), mean_std(a)), std_ddof1=sample_std(a), all=a)
                for arch, a in state['accs_all_exps'].items()}
         summary = dict(run=self.name, dataset=self.data.name, accuracy=acc, accs_iters=state['accs_iters'],
-                       times=state['times'], args=self.fingerprint, versions=versions())
+                       times=state['times'], args=self.fingerprint, versions=versions(),
+                       precision=precision_text(args))
         write_json(self.summary_path, summary)
         for arch, s in acc.items():
             self.log(f'Run {args.num_exp} experiments, train on {args.model}, evaluate {len(s["all"])} random '
@@ -375,6 +377,6 @@ class CondensationRun(Run):
         return dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean,
                     std=data.std, classes=data.class_names, normalised=True, method=self.method, model=args.model,
                     ipc=args.ipc, args=self.fingerprint, seed=args.seed, versions=versions(),
-                    world_size=parallel.world_size(),
+                    precision=precision_text(args), world_size=parallel.world_size(),
                     protocol=dict(epoch_eval_train=args.epoch_eval_train, eval_mode=args.eval_mode, dsa=args.dsa,
                                   dsa_strategy=args.dsa_strategy), **(extra or {}))

@@ -237,6 +237,52 @@ def load_optimizer_state(optimizer, state):
 AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16}
 
 
+def set_precision(mode, device):
+    """--precision on a CUDA device: 'tf32' (TensorFloat-32) or 'ieee' (full float32) for both cuDNN and cuBLAS
+    float32 work; 'default' leaves PyTorch's own (TF32 convolutions, full float32 matrix products). Process-wide,
+    as PyTorch's switches are; nothing to choose on the CPU, which computes float32 in full."""
+    if mode == 'default' or torch.device(device).type != 'cuda':
+        return
+    # cuDNN's convolution and RNN switches both (PyTorch refuses to read allow_tf32 when they differ), and the
+    # matmul precision through the setter that keeps torch.get_float32_matmul_precision readable
+    torch.set_float32_matmul_precision('highest' if mode == 'ieee' else 'high')
+    if hasattr(torch.backends.cudnn, 'conv'):  # torch >= 2.9
+        torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = mode
+    else:
+        torch.backends.cudnn.allow_tf32 = mode == 'tf32'
+
+
+def _fp32_precision(*switches, default):
+    """The first set one of torch's fp32_precision switches ('tf32' or 'ieee'; 'none' defers to the next)."""
+    for value in switches:
+        if value not in (None, 'none'):
+            return value
+    return default
+
+
+def precision_text(args):
+    """The precision a run computes in (its plan line, log and results record it): float32 convolutions and
+    matrix products in TF32 or IEEE float32 on CUDA, always IEEE on the CPU; with --amp bf16, bfloat16 autocast
+    for the forwards that take it."""
+    device = torch.device(args.device)
+    if device.type != 'cuda':
+        text = 'IEEE fp32 (CPU)'
+    else:
+        names = {'tf32': 'TF32', 'ieee': 'IEEE fp32'}
+        cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+        if hasattr(cudnn, 'conv'):
+            top = torch.backends.fp32_precision
+            conv = _fp32_precision(cudnn.conv.fp32_precision, cudnn.fp32_precision, top, default='tf32')
+            mm = _fp32_precision(matmul.fp32_precision, top, default=None)
+        else:
+            conv, mm = 'tf32' if cudnn.allow_tf32 else 'ieee', None
+        mm = mm or ('ieee' if torch.get_float32_matmul_precision() == 'highest' else 'tf32')
+        text = f'convolutions {names[conv]}, matmuls {names[mm]}'
+    if getattr(args, 'amp', 'off') == 'bf16':
+        text = f'bf16 autocast where --amp takes it, else {text}'
+    return text
+
+
 def autocast(device, amp='off'):
     """The forward-pass precision context of --amp: 'off' (float32) or 'bf16' (bfloat16 autocast)."""
     dtype = AMP_DTYPES[amp or 'off']

@@ -41,7 +41,8 @@ def evaluate_onthefly(G, args, data, log):
     out = dict(mode='onthefly', label=label, steps_per_epoch=n_it, epochs=args.epochs_eval, models={})
     networks = args.num_eval * len(args.eval_model)
     log(f'plan: {networks} network(s), each {args.epochs_eval} epochs of {n_it:,} steps on {args.batch_size} fresh '
-        f'samples ({networks * args.epochs_eval * n_it:,} steps in all; --ipc sets the steps per epoch)')
+        f'samples ({networks * args.epochs_eval * n_it:,} steps in all; --ipc sets the steps per epoch); precision: '
+        f'{utils.precision_text(args)}')
     for name in args.eval_model:
         def train_one(i, name=name):
             rng = make_generator(args.seed, 'onthefly', name, i)
@@ -102,7 +103,8 @@ def evaluate_fixed(G, args, data, run):
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=real.mean, std=real.std,
                 classes=real.class_names, normalised=True, method='DiM', model='GAN', ipc=args.ipc,
                 args=dim_run.config(args),
-                seed=args.seed, versions=utils.versions(), world_size=parallel.world_size(),
+                seed=args.seed, versions=utils.versions(), precision=utils.precision_text(args),
+                world_size=parallel.world_size(),
                 protocol=dict(mode='fixed', label=label, epoch_eval_train=args.epochs_eval, dsa=True,
                               dsa_strategy=strategy, generator=args.pretrain_weight))
     runner.save_results(path, sets, accs, meta)
@@ -133,6 +135,7 @@ def main(argv=None):
     modes = ['onthefly', 'fixed'] if args.dim_eval == 'both' else [args.dim_eval]
     results = dict(generator=args.pretrain_weight, dataset=data.name, classes=data.real.class_names, ipc=args.ipc,
                    protocol=args.protocol, storage=size, args=dim_run.config(args), versions=utils.versions(),
+                   precision=utils.precision_text(args),
                    world_size=parallel.world_size())
     for mode in modes:
         if mode == 'onthefly':

@@ -2,6 +2,7 @@
 that an earlier run wrote is lost. Most cases run in-process through run_cli (as the scripts do); a few run the
 script itself to show what a user sees."""
 import errno
+import json
 import os
 import re
 import signal
@@ -310,6 +311,11 @@ def test_a_redirected_run_has_no_progress_bars_and_states_its_plan(prepared_mnis
     header, plan = (prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_1ipc.log').read_text().splitlines()[:2]
     assert header.startswith('==== ') and 'main_DM.py --dataset MNIST' in header  # the time and the command
     assert plan.startswith('plan: 1 experiment(s) x 4 iterations on cpu; at each of 1 evaluation point(s), 1 network')
+    # the precision that ran, in the plan line and in every result
+    assert plan.endswith('; precision: IEEE fp32 (CPU)')
+    summary = json.loads((prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_1ipc.json').read_text())
+    results = torch.load(prepared_mnist / 'out' / 'res_DM_MNIST_ConvNetW32_1ipc.pt', weights_only=True)
+    assert summary['precision'] == results['meta']['precision'] == 'IEEE fp32 (CPU)'
 
 
 def test_one_vocabulary_across_scripts(prepared_mnist):

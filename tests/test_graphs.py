@@ -315,8 +315,8 @@ def _eager_toy(calls):
 
 @pytest.mark.parametrize('mode,good', [('nothing', 0), ('stale', 0), ('stops', 3), ('fail', 0)])
 def test_a_replay_that_fails_its_check_gives_the_eager_result_with_one_warning(mode, good, monkeypatch, capsys):
-    """A graph that replays nothing, replays its recording's draws, stops working at a watched replay (the 4th), or cannot be recorded:
-    the step ends exactly where eager calls end, and says so once."""
+    """A graph that replays nothing, replays its recording's draws, stops working at a watched replay (the 4th),
+    or cannot be recorded: the step ends exactly where eager calls end, and says so once."""
     recorder = FakeRecorder(mode, good=good)
     step, g, w = _toy(recorder, monkeypatch, name=f'toy {mode}')
     before = len(graphs.FALLBACKS)

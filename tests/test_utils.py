@@ -252,3 +252,29 @@ def test_png_grid_is_denormalised(tmp_path):
     im = Image.open(tmp_path / 'g.png')
     assert im.size == (3 * 8 + 4 * 2, 2 * 8 + 3 * 2)  # save_image's 2-pixel padding
     assert abs(im.getpixel((5, 5))[0] - 128) <= 1
+
+
+def test_precision_is_chosen_on_cuda_and_stated_as_it_runs():
+    """--precision sets PyTorch's float32 switches on a CUDA device only, and precision_text reads back what they
+    are (the switches are flags: set and read without a GPU)."""
+    cpu, cuda = types.SimpleNamespace(device='cpu'), types.SimpleNamespace(device='cuda', amp='off')
+    assert utils.precision_text(cpu) == 'IEEE fp32 (CPU)'
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if not hasattr(cudnn, 'conv'):
+        pytest.skip('torch before 2.9: the legacy allow_tf32 switches')
+    saved = cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, torch.get_float32_matmul_precision()
+    try:
+        utils.set_precision('ieee', 'cpu')
+        assert utils.precision_text(cuda) == 'convolutions TF32, matmuls IEEE fp32'  # as PyTorch starts
+        utils.set_precision('default', 'cuda')  # the CPU and 'default': nothing chosen
+        assert utils.precision_text(cuda) == 'convolutions TF32, matmuls IEEE fp32'
+        assert cudnn.allow_tf32 and not matmul.allow_tf32  # PyTorch's own switches still readable
+        utils.set_precision('ieee', 'cuda')
+        assert utils.precision_text(cuda) == 'convolutions IEEE fp32, matmuls IEEE fp32'
+        utils.set_precision('tf32', 'cuda:1')
+        assert utils.precision_text(cuda) == 'convolutions TF32, matmuls TF32'
+        assert cudnn.allow_tf32 and matmul.allow_tf32 and torch.get_float32_matmul_precision() == 'high'
+        assert utils.precision_text(types.SimpleNamespace(device='cuda', amp='bf16')).startswith('bf16 autocast')
+    finally:
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
