@@ -78,11 +78,12 @@ FLAGS = {
                       help="CUDA's float32 convolutions and matrix products: 'tf32' (TensorFloat-32, faster on "
                            "Ampere and later), 'ieee' (full float32), 'default' (PyTorch's: TF32 convolutions, full "
                            "float32 matrix products); --amp bf16 runs in bfloat16 where it applies. The log and the "
-                           "results record the precision that ran"),
+                           "results record the precision that ran (docs/reference.md, GPU speed)"),
     'cuda_graphs': dict(choices=['on', 'off'], default='on',
-                        help="on CUDA, replay every hot step (the DM step, the DC/DSA passes, the evaluation epochs, "
-                             "the GAN iterations) as one CUDA graph; 'off' runs them eagerly (the same computation, "
-                             "float rounding aside; docs/reference.md, GPU speed)"),
+                        help="on CUDA, replay the DM step, the DC/DSA passes, the evaluation epochs (DSA or no "
+                             "augmentation) and the GAN iterations of DiM stage 1 and CL as CUDA graphs, each checked "
+                             "against an eager step on its first replays; 'off' runs them eagerly (the same "
+                             "computation, float rounding aside; docs/reference.md, GPU speed)"),
     'compile': dict(choices=['on', 'off'], default='off',
                     help="DM: 'on' compiles the matching network's forward with torch.compile (inductor), which fuses "
                          "each block's normalisation, activation and pooling; the first iterations wait for the "

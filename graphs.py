@@ -36,6 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import parallel
 
 FALLBACKS = []  # (step name, reason) of every recording that failed in this process (bench/gpu_check.py reports them)
+PASSED = collections.Counter()  # step name -> checked replays that matched their eager step (bench/gpu_check.py)
 CHECKED = 2     # replays compared with an eager step: the recording call's, and the next, whose streams are reseeded
 # A checked replay agrees with the eager step when every tensor of its state and outputs is within TOLERANCE of the
 # eager step's change of that tensor (plus float32 rounding of its size): kernels that add with atomics are not
@@ -230,6 +231,7 @@ class Graphed:
             self._restore(eager)
             self._fall_back(f'replay {self.replays} does not match an eager step: {e}')
             return eager_out
+        PASSED[self.name] += 1
         return self.out
 
     def _watched(self):

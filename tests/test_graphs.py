@@ -417,6 +417,10 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     report = (tmp_path / 'report.md').read_text()
     assert '**PASSED**' in report and 'audit' in report and '| DM ipc 1 fp32' in report
     assert 'skipped: CIFAR-10 not found' in report
+    # every check only a card settles is listed, and says so; the one the CPU can run passes
+    assert report.count('| needs CUDA |') == 7 and '| DM step on cuda:1 | needs two CUDA devices |' in report
+    assert '(its Adam state marked capturable, as a GPU writes it) continues on cpu | pass |' in report
+    assert 'on one H200: about' in report and 'within the 8 allowed: True' in report
 
 
 def test_host_overhead_measures_every_step():

@@ -278,3 +278,21 @@ def test_precision_is_chosen_on_cuda_and_stated_as_it_runs():
     finally:
         cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = saved[:2]
         torch.set_float32_matmul_precision(saved[2])
+
+
+def test_the_footprint_counts_the_cuda_graphs_memory_pools(monkeypatch):
+    """With CUDA graphs the estimate adds each recorded step's pool (its activations and the set's gradient) and
+    the check's two copies of the set and its momentum; without them (the CPU, --cuda_graphs off) it is unchanged."""
+    import footprint
+    data = types.SimpleNamespace(channel=1, im_size=(28, 28), num_classes=10)
+    args = types.SimpleNamespace(model='ConvNetW32', ipc=5, per_class=False, batch_real=8, batch_train=16,
+                                 device='cpu', cuda_graphs='on')
+    images = footprint.set_bytes(50, (1, 28, 28))
+    plain = {m: footprint.condensation_bytes(args, data, m) for m in ('DM', 'DC')}
+    monkeypatch.setattr(footprint, 'graphs_enabled', lambda device, mode: mode == 'on')
+    for method, steps in (('DM', 1), ('DC', 2)):
+        activations = plain[method] - 5 * images
+        assert footprint.condensation_bytes(args, data, method) == plain[method] + steps * (activations + images) \
+            + 4 * images
+    args.cuda_graphs = 'off'
+    assert footprint.condensation_bytes(args, data, 'DM') == plain['DM']
