@@ -148,7 +148,8 @@ class Graphed:
         self.fn, self.generators, self.name, self.warmup, self.state = fn, list(generators), name, warmup, state
         self.recorder = RECORDER
         self.enabled = enabled and self.recorder.accepts(self.generators)
-        self.device = device if device is not None else next((g.device for g in self.generators), None)
+        self.device = device if device is not None else next((g.device for g in self.generators if g is not None),
+                                                              None)
         self.calls = self.replays = 0
         self.graph = self.out = None
         self.must_move = set()  # indices of the state's floating tensors that the checked steps moved
