@@ -19,7 +19,7 @@ records fn and replays it; later calls replay. Recording does not run fn, so no 
 (warm-up, recording, replay, the checks) runs inside the step's device (torch.cuda.device), which is the device of
 its generators: with --device cuda:1 the graph, its streams and its memory pool are on cuda:1.
 
-A recorded step proves itself before it is trusted (Graphed.check): its first CHECKED replays are each compared with
+A recorded step proves itself before it is trusted (Graphed._checked): its first CHECKED replays are each compared with
 an eager step run from the same state and the same generator states (the state is copied before and put back
 after the eager step, so the reference changes nothing); later replays, at the 4th, 8th, 16th ... replay, must
 move every floating tensor of `state` that the checked steps moved. A recording that fails, or a replay that fails
@@ -35,7 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import parallel
 
-FALLBACKS = []  # (step name, reason) of every recording that failed in this process (bench/gpu_check.py reports them)
+FALLBACKS = []  # (step name, reason) of every recording or check that failed in this process (bench/gpu_check.py)
 PASSED = collections.Counter()  # step name -> checked replays that matched their eager step (bench/gpu_check.py)
 CHECKED = 2     # replays compared with an eager step: the recording call's, and the next, whose streams are reseeded
 # A checked replay agrees with the eager step when every tensor of its state and outputs is within TOLERANCE of the
