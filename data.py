@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from footprint import check_fits
-from utils import ArgumentParser, UserError, atomic_save, draw_device, remove_stale_temps, run_cli
+from utils import UserError, atomic_save, draw_device, remove_stale_temps, run_cli
 
 # name -> (channels, (H, W), classes, mean, std): the normalisation constants of the original code.
 DATASETS = {
@@ -644,6 +644,7 @@ def _read_image(path, im_size):
 
 if __name__ == '__main__':
     def _prepare():
+        from cli import ArgumentParser  # the parser that checks flag domains (cli imports this module)
         p = ArgumentParser(description='write the prepared tensor file of a dataset once (TinyImageNet: from the '
                                        'tiny-imagenet-200/ folder), so later loads skip torchvision and decoding')
         p.add_argument('dataset', help='a dataset name, or folder:PATH for an image folder')

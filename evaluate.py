@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from augment import get_daparam
-from cli import Config, add_flags, check_args, check_network
+from cli import ArgumentParser, Config, add_flags, check_args, check_network
 from data import IMAGE_EXTENSIONS, _read_image, canonical_dataset, get_dataset
 from dc import recommended_dsa_strategy
 from evaluation import EvalRecipe, evaluate_pool, get_eval_pool, progress_lines
 from runner import Run, run_files
-from utils import ArgumentParser, UserError, atomic_write_text, make_generator, mean_std, run_cli, sample_std, \
+from utils import UserError, atomic_write_text, make_generator, mean_std, run_cli, sample_std, \
     versions, write_json
 
 # Flags that may change between a run and its --resume.

@@ -20,12 +20,12 @@ import torch
 
 import itgan
 import parallel
-from cli import Config, add_flags, check_args, check_network
+from cli import ArgumentParser, Config, add_flags, check_args, check_network
 from data import canonical_dataset, file_label, get_dataset
 from dc import recommended_dsa_strategy
 from evaluation import EvalRecipe, evaluate_pool, test_accuracy
 from runner import Run, fingerprint, run_files, save_image_grid
-from utils import ArgumentParser, UserError, atomic_save, check_positive, make_generator, mean_std, run_cli, \
+from utils import UserError, atomic_save, make_generator, mean_std, run_cli, \
     versions, write_json
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
@@ -86,11 +86,6 @@ def parse_args(argv=None):
     if args.dsa_strategy is None:  # no flipped digits, as the DSA papers recommend
         args.dsa_strategy = recommended_dsa_strategy(canonical_dataset(args.dataset))
     check_args(args)
-    for name in ('invert_iters', 'lr_invert', 'invert_batch', 'lr_latent', 'batch_syn'):
-        check_positive(name, getattr(args, name))
-    for name in ('reg', 'feat_weight'):
-        if not getattr(args, name) >= 0:
-            raise UserError(f'--{name} must be >= 0, got {getattr(args, name)}')
     for name in args.eval_model:
         check_network(name)
     args.curve_at = sorted({e for e in args.curve_at if 0 < e < args.epoch_eval_train + 1})

@@ -275,7 +275,7 @@ def test_checkpoint_advice_says_what_is_wrong(prepared_mnist, capsys):
 @pytest.mark.parametrize('script, argv, message', [
     (main_DM.main, ['--lr_img', '-1e-4'], '--lr_img must be positive'),
     (gen_condense.main, ['--lr', '-1e-4'], '--lr must be positive'),
-    (gen_condense.main, ['--gp_every', '0'], '--gp-every must be positive'),
+    (gen_condense.main, ['--gp-every', '0'], '--gp-every must be >= 1'),  # named as typed
     (gen_condense.main, ['--mode_seeking', '-1'], '--mode_seeking must be >= 0'),
     (CL_DM.main, ['--method', 'DiM', '--gan_mode_seeking', '-0.5'], '--gan_mode_seeking must be >= 0'),
 ])
@@ -621,3 +621,94 @@ def test_a_dim_stage_holds_its_run_folder(prepared_mnist, capsys):
     gen_condense.main(argv)
     release_lock(str(lock))
     assert not lock.exists()
+
+
+# ---------------------------------------------------------------------------------------------- 18. flag domains
+
+import cli  # noqa: E402
+import evaluate  # noqa: E402
+import reproduce  # noqa: E402
+
+# Every entry script's parse function and the flags it requires (data.py's, one flag, is run as a command below).
+ENTRY = {
+    'main.py': (main.parse_args, []), 'main_DM.py': (main_DM.parse_args, []), 'CL_DM.py': (CL_DM.parse_args, []),
+    'gen_condense.py': (lambda a: cli.parse_dim_args(1, '', a), []),
+    'pool_match.py': (lambda a: cli.parse_dim_args(2, '', a), ['--weight', 'w.pth']),
+    'validate.py': (lambda a: cli.parse_dim_args(3, '', a), ['--pretrain-weight', 'w.pth']),
+    'main_ITGAN.py': (main_ITGAN.parse_args, ['--generator', 'g.pth']),
+    'evaluate.py': (evaluate.parse_args, ['--set', 's.pt']), 'reproduce.py': (reproduce.parse_args, []),
+}
+
+
+class _Built(Exception):
+    pass
+
+
+def _parser(script):
+    """The parser a script's parse function builds (stopped before it parses anything)."""
+    def stop(self, *a, **k):
+        raise _Built(self)
+    real, cli.ArgumentParser.parse_known_args = cli.ArgumentParser.parse_known_args, stop
+    try:
+        ENTRY[script][0](ENTRY[script][1])
+    except _Built as built:
+        return built.args[0]
+    finally:
+        cli.ArgumentParser.parse_known_args = real
+    raise AssertionError(f'{script} parsed without cli.ArgumentParser')
+
+
+PARSERS = {script: _parser(script) for script in ENTRY}
+
+
+def _catalogue():
+    """(script, flag, bad value) for every numeric flag of every script and every bound of its domain (plus nan for
+    a float flag), generated from cli.DOMAINS: a new flag is in it the moment it is declared."""
+    cases = []
+    for script, parser in PARSERS.items():
+        for action in parser.numeric_actions():
+            domain = cli.DOMAINS[action.dest]
+            bad = domain.outside(action.type is int) + (['nan'] if action.type is float else [])
+            cases += [(script, action.option_strings[0], str(v)) for v in bad]
+    return cases
+
+
+def test_every_entry_script_is_in_the_catalogue():
+    scripts = {f for f in os.listdir(ROOT) if f.endswith('.py') and 'run_cli(' in open(os.path.join(ROOT, f)).read()
+               and "if __name__ == '__main__':" in open(os.path.join(ROOT, f)).read()}
+    assert scripts == set(ENTRY) | {'data.py'}
+    used = {a.dest for p in PARSERS.values() for a in p.numeric_actions()}
+    assert used | {'im_size'} == set(cli.DOMAINS)  # no domain outlives its flag
+
+
+@pytest.mark.parametrize('script, flag, value', _catalogue())
+def test_a_number_outside_its_flags_domain_is_one_line_before_any_work(script, flag, value, capsys, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the defaults' outputs would go: nothing may be written
+    parse, required = ENTRY[script]
+    err = _error(parse, required + [flag, value, '--device', 'cpu'], capsys)
+    assert f'error: {flag} ' in err and ('must be' in err), err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_domain_names_the_flag_as_typed_and_data_py_checks_its_own(tmp_path):
+    assert cli.DOMAINS['g_ema'].outside(False) == [-1e-3, 1.0] and cli.DOMAINS['ipc'].outside(True) == [0]
+    assert cli.DOMAINS['match_coeff'].outside(False) == [0.0, 2e4]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'data.py'), 'MNIST', '--data_path', str(tmp_path),
+                        '--im_size', '0'], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr == 'data.py: error: --im_size must be >= 1, got 0\n', r.stderr
+
+
+@pytest.mark.parametrize('script, argv', [
+    (main.main, ['--Iter', '4']), (main.main, ['--meth', 'DSA']), (CL_DM.main, ['--st', '2']),
+    (main_DM.main, ['--num', '1']), (gen_condense.main, ['--epoch', '1']), (evaluate.main, ['--set', 's', '--mod', 'x']),
+])
+def test_abbreviated_flags_are_refused(script, argv, capsys):
+    assert 'unrecognized arguments' in _error(script, argv + ['--device', 'cpu'], capsys)
+
+
+@pytest.mark.parametrize('tag', ['../escape', '/abs', '', '.', '..', 'a/b'])
+def test_a_dim_tag_is_one_folder_name(tag, prepared_mnist, capsys):
+    err = _error(gen_condense.main, _dim(prepared_mnist, '--tag', tag), capsys)
+    assert 'must be a single folder name' in err
+    assert not (prepared_mnist / 'escape').exists() and not (prepared_mnist / 'results').exists()

@@ -89,7 +89,7 @@ def test_the_smoke_tier_runs_every_cell_and_writes_the_report(smoke):
             continue
         assert r['status'] == 'done', (c.id, r['verdict'])
         assert r['measured']['n'] >= 1 and 0 <= r['measured']['mean'] <= 100
-        assert r['verdict'] == 'no reference (none yet)'
+        assert r['verdict'].startswith('not comparable: cut budget')
         # the printed command is the one that ran: script and arguments as the stage's marker records them
         for s, command in zip(c.stages, r['commands']):
             marker = rp.read_marker(rp.stage_dir(out, s))
@@ -190,12 +190,18 @@ def test_the_list_prints_every_cell_with_its_source_and_estimates(capsys):
 
 def test_the_verdict_rule():
     paper = cells.Value(48.9, 0.6, None, 'paper')
-    assert rp.verdict(50.6, 0.2, paper).startswith('agrees')  # within 3 x 0.6
-    assert rp.verdict(50.8, 0.2, paper).startswith('disagrees')
-    assert rp.verdict(47.0, 1.0, paper).startswith('agrees')  # the measured std is the larger
-    assert rp.verdict(73.4, 0.1, cells.Value(72.6, None, None, 'paper')).startswith('agrees')  # at least 1 point
-    assert 'informative' in rp.verdict(39.0, 0.5, cells.Value(39.0, None, None, 'figure', True))
-    assert rp.verdict(50.0, 0.1, None) == 'no reference (none yet)'
+    assert rp.verdict(50.6, 0.2, paper, 'paper').startswith('agrees with the paper')  # within 3 x 0.6
+    assert rp.verdict(50.8, 0.2, paper, 'paper').startswith('disagrees with the paper')
+    assert rp.verdict(47.0, 1.0, paper, 'paper').startswith('agrees')  # the measured std is the larger
+    assert rp.verdict(73.4, 0.1, cells.Value(72.6, None, None, 'paper'), 'paper').startswith('agrees')  # >= 1 point
+    assert 'informative' in rp.verdict(39.0, 0.5, cells.Value(39.0, None, None, 'figure', True), 'paper')
+    assert rp.verdict(50.0, 0.1, None, 'paper') == 'no published value'
+    # Below the paper tier the word names the tier's own reference, never the paper six points away.
+    ref = cells.Value(83.6, 1.4, None, 'CPU, 2026-12-04')
+    for tier in ('smoke', 'cpu', 'quick'):
+        assert rp.verdict(83.0, 1.0, ref, tier).startswith("matches this tier's reference")
+        assert rp.verdict(60.0, 1.0, ref, tier).startswith("differs from this tier's reference")
+        assert rp.verdict(83.0, 1.0, None, tier).startswith('not comparable: cut budget')
 
 
 def test_a_stage_reruns_when_a_stage_it_reads_ran_after_it(tmp_path):
