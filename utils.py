@@ -388,8 +388,10 @@ def unreadable(path, error):
 
 
 def non_finite(obj, where=''):
-    """The key path ('generator/fc1.weight') of the first floating-point tensor in obj (a tensor or nested dicts,
-    lists and tuples) that holds nan or inf; None when there is none."""
+    """The key path ('generator/fc1.weight', 'accs/0/2') of the first floating-point tensor or float in obj (a
+    tensor, a number or nested dicts, lists and tuples) that holds nan or inf; None when there is none."""
+    if isinstance(obj, float):
+        return where or 'value' if not math.isfinite(obj) else None
     if torch.is_tensor(obj):
         return where or 'tensor' if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
@@ -407,6 +409,14 @@ def refuse_non_finite(obj, what, advice):
     if where is not None:
         raise UserError(f'{what} holds non-finite values (nan or inf, in {where}): the run that wrote it diverged; '
                         f'{advice}')
+
+
+def check_within(x, limit, what, advice):
+    """UserError when the tensor x holds nan, inf or a value beyond ±limit: finite garbage (a set at 1e10 after a
+    learning rate of 1e10) stays finite, so a check for nan and inf alone lets it through as a result."""
+    peak = float(x.detach().abs().max()) if x.numel() else 0.0
+    if not peak <= limit:  # nan fails every comparison
+        raise UserError(f'{what} reach {peak:.3g}, beyond ±{limit:.3g}; {advice}')
 
 
 def check_losses(parts, where, advice):
@@ -436,7 +446,13 @@ def check_output_folder(path, flag):
 
 
 def atomic_save(obj, path):
-    """torch.save, atomically."""
+    """torch.save, atomically, and only values worth keeping: what holds nan or inf (a diverged run's) does not
+    replace the file at path, which stays as it was. (The checks of the runs stop a divergence earlier, naming the
+    flag to lower; this one keeps a good file whatever they miss.)"""
+    where = non_finite(obj)
+    if where is not None:
+        raise UserError(f'{path} was not replaced: the values to save hold nan or inf (in {where}), the run '
+                        f'diverged; lower the learning rates')
     atomic_write(path, lambda f: torch.save(obj, f))
 
 

@@ -4,6 +4,7 @@ script itself to show what a user sees."""
 import errno
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -14,13 +15,16 @@ import pytest
 import torch
 
 import CL_DM
+import cli
+import evaluate
 import gen_condense
 import main
 import main_DM
 import main_ITGAN
 import pool_match
+import reproduce
 import validate
-from conftest import ROOT, dim_flags, dm_argv, toy_images, write_idx
+from conftest import ROOT, dim_flags, dm_argv, toy_images, write_folder, write_idx
 from utils import Log, atomic_save, atomic_write_text, run_cli
 
 SCRIPTS = ('main.py', 'main_DM.py', 'CL_DM.py', 'gen_condense.py', 'pool_match.py', 'validate.py', 'main_ITGAN.py',
@@ -625,10 +629,6 @@ def test_a_dim_stage_holds_its_run_folder(prepared_mnist, capsys):
 
 # ---------------------------------------------------------------------------------------------- 18. flag domains
 
-import cli  # noqa: E402
-import evaluate  # noqa: E402
-import reproduce  # noqa: E402
-
 # Every entry script's parse function and the flags it requires (data.py's, one flag, is run as a command below).
 ENTRY = {
     'main.py': (main.parse_args, []), 'main_DM.py': (main_DM.parse_args, []), 'CL_DM.py': (CL_DM.parse_args, []),
@@ -701,7 +701,8 @@ def test_a_domain_names_the_flag_as_typed_and_data_py_checks_its_own(tmp_path):
 
 @pytest.mark.parametrize('script, argv', [
     (main.main, ['--Iter', '4']), (main.main, ['--meth', 'DSA']), (CL_DM.main, ['--st', '2']),
-    (main_DM.main, ['--num', '1']), (gen_condense.main, ['--epoch', '1']), (evaluate.main, ['--set', 's', '--mod', 'x']),
+    (main_DM.main, ['--num', '1']), (gen_condense.main, ['--epoch', '1']),
+    (evaluate.main, ['--set', 's', '--mod', 'x']),
 ])
 def test_abbreviated_flags_are_refused(script, argv, capsys):
     assert 'unrecognized arguments' in _error(script, argv + ['--device', 'cpu'], capsys)
@@ -712,3 +713,112 @@ def test_a_dim_tag_is_one_folder_name(tag, prepared_mnist, capsys):
     err = _error(gen_condense.main, _dim(prepared_mnist, '--tag', tag), capsys)
     assert 'must be a single folder name' in err
     assert not (prepared_mnist / 'escape').exists() and not (prepared_mnist / 'results').exists()
+
+
+# ---------------------------------------------------------------------------------------------- 19. finite garbage
+
+@pytest.mark.parametrize('script', [main_DM.main, main.main])
+def test_a_finite_but_diverged_set_stops_the_run_and_keeps_the_earlier_files(script, prepared_mnist, capsys):
+    """--lr_img 1e10 gives sets far beyond any image of the data while every value stays finite."""
+    tmp = prepared_mnist
+    script(dm_argv(tmp))
+    before = _snapshot(tmp / 'out')
+    err = _error(script, dm_argv(tmp, '--lr_img', '1e10'), capsys)
+    assert 'iteration 0: the synthetic images reach' in err and 'lower --lr_img (now 10000000000.0)' in err, err
+    assert _snapshot(tmp / 'out') == before
+
+
+def test_the_value_limit_is_far_beyond_every_image_of_the_data():
+    from data import DATASETS, VALUE_MARGIN, value_limit
+    for name, (_, _, _, mean, std) in DATASETS.items():
+        widest = max(max(abs(0 - m), abs(1 - m)) / s for m, s in zip(mean, std))
+        assert value_limit(mean, std) == pytest.approx(VALUE_MARGIN * widest) and widest < 5, name
+
+
+def test_a_prepared_file_with_a_nan_statistic_is_named_before_any_work(tmp_path, capsys):
+    x, y = toy_images(3, 2, 1, 8)
+    for key, value in (('mean', [float('nan')]), ('std', [float('inf')]), ('std', [0.0])):
+        stats = {**dict(mean=[0.5], std=[0.25]), key: value}
+        torch.save(dict(classes=['a', 'b'], images_train=x, labels_train=y, images_val=x, labels_val=y, **stats),
+                   tmp_path / 'own.pt')
+        err = _error(main_DM.main, dm_argv(tmp_path, '--dataset', f'file:{tmp_path / "own.pt"}'), capsys)
+        assert f'{tmp_path / "own.pt"}: {key} must hold one finite' in err and '--lr_img' not in err, err
+        assert not (tmp_path / 'out').exists()
+
+
+def test_a_folders_cached_file_with_a_nan_statistic_is_named(tmp_path, capsys):
+    from data import folder_cache_path, get_dataset
+    write_folder(tmp_path / 'f', channel=1, sizes=[(28, 28)])
+    get_dataset(f'folder:{tmp_path / "f"}', 'unused')
+    cache = folder_cache_path(str(tmp_path / 'f'))
+    raw = torch.load(cache)
+    raw['mean'] = [float('nan')]
+    torch.save(raw, cache)
+    err = _error(main_DM.main, dm_argv(tmp_path, '--dataset', f'folder:{tmp_path / "f"}'), capsys)
+    assert f'{cache}: mean must hold one finite value per channel' in err
+
+
+def test_a_checkpoint_float_that_is_nan_is_refused_where_it_is_read_back(prepared_mnist, capsys):
+    """CL's --resume (accuracies in its checkpoint) and a DM checkpoint's stored timings: plain floats, checked as
+    tensors are."""
+    tmp = prepared_mnist
+    argv = _cl(tmp, '--steps', '2', '--seeds', '0')
+    CL_DM.main(argv)
+    ckpt = next((tmp / 'out').glob('cl_*.ckpt.pt'))
+    state = torch.load(ckpt)
+    state['accs']['0'][0][0] = float('nan')
+    torch.save(state, ckpt)
+    before = _snapshot(tmp / 'out')
+    err = _error(CL_DM.main, argv + ['--resume'], capsys)
+    assert 'holds non-finite values (nan or inf, in accs/0/0/0)' in err
+    assert _snapshot(tmp / 'out') == before
+
+
+def test_an_evaluate_checkpoint_with_a_nan_accuracy_is_refused(prepared_mnist, capsys):
+    tmp = prepared_mnist
+    x, y = toy_images(1, 10, 1, 28, seed=5)
+    torch.save(dict(images=x, labels=y), tmp / 'set.pt')
+    argv = ['--set', str(tmp / 'set.pt'), '--dataset', 'MNIST', '--data_path', str(tmp), '--save_path',
+            str(tmp / 'ev'), '--models', 'ConvNetW32', '--num_eval', '1', '--epoch_eval_train', '1', '--device', 'cpu',
+            '--no_progress', '--baseline', 'none']
+    evaluate.main(argv)
+    ckpt = next((tmp / 'ev').glob('*.ckpt.pt'))
+    state = torch.load(ckpt)
+    key = next(iter(state['done']))
+    state['done'][key][0] = float('nan')
+    torch.save(state, ckpt)
+    before = _snapshot(tmp / 'ev')
+    err = _error(evaluate.main, argv + ['--resume'], capsys)
+    assert f'holds non-finite values (nan or inf, in done/{key}/0)' in err
+    assert _snapshot(tmp / 'ev') == before
+
+
+def test_a_file_is_replaced_only_by_a_finite_one(tmp_path):
+    from utils import UserError
+    atomic_save(dict(x=torch.ones(2), acc=[90.0]), tmp_path / 'c.pt')
+    before = (tmp_path / 'c.pt').read_bytes()
+    for bad in (dict(x=torch.tensor([1.0, float('inf')]), acc=[90.0]), dict(x=torch.ones(2), acc=[float('nan')])):
+        with pytest.raises(UserError, match='was not replaced: the values to save hold nan or inf'):
+            atomic_save(bad, tmp_path / 'c.pt')
+        assert (tmp_path / 'c.pt').read_bytes() == before and os.listdir(tmp_path) == ['c.pt']
+
+
+def test_stage_1_writes_last_pth_before_its_best_checkpoints_so_a_resume_point_always_exists(prepared_mnist,
+                                                                                           full_disk, capsys):
+    """A disk that fills while the first best checkpoint is written: last.pth is there, and --resume writes the
+    best checkpoints it had chosen from the generator it restores."""
+    tmp = prepared_mnist
+    argv = _dim(tmp, '--tag', 'g', '--epochs', '1', '--iters-per-epoch', '2', '--val_split', '2')
+    gen_condense.main(argv)
+    whole = {p.name: torch.load(p) for p in (tmp / 'results' / 'g').glob('*.pth')}
+    shutil.rmtree(tmp / 'results' / 'g')
+    full_disk('best_')
+    assert 'No space left on device' in _error(gen_condense.main, argv, capsys)
+    assert sorted(p.name for p in (tmp / 'results' / 'g').glob('*.pth')) == ['last.pth', 'model_dict_0.pth']
+    full_disk('no file has this name')  # the disk has room again
+    gen_condense.main(argv + ['--resume'])
+    again = {p.name: torch.load(p) for p in (tmp / 'results' / 'g').glob('*.pth')}
+    assert sorted(again) == sorted(whole)
+    for name in whole:
+        for k, v in whole[name]['generator'].items():
+            assert torch.equal(v, again[name]['generator'][k]), (name, k)
