@@ -24,7 +24,7 @@ import main_ITGAN
 import pool_match
 import reproduce
 import validate
-from conftest import ROOT, dim_flags, dm_argv, toy_images, write_folder, write_idx
+from conftest import ROOT, dim_flags, dm_argv, hold_lock_file, toy_images, write_folder, write_idx
 from utils import Log, atomic_save, atomic_write_text, run_cli
 
 SCRIPTS = ('main.py', 'main_DM.py', 'CL_DM.py', 'gen_condense.py', 'pool_match.py', 'validate.py', 'main_ITGAN.py',
@@ -551,30 +551,12 @@ def test_sizes_that_cannot_fit_folder_images_and_a_fixed_dim_set(prepared_mnist,
 
 # ---------------------------------------------------------------------------------------------- 17. one run at a time
 
-HOLD = '''import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
-fcntl.flock(fd, fcntl.LOCK_EX)
-os.write(fd, b'%d' % os.getpid())
-print('held', flush=True)
-sys.stdin.read()'''
-
-
-def _hold(lock):
-    """Another run holding the lock file (a process that takes it as utils.hold_lock does, without torch's start-up
-    time), until it is killed."""
-    os.makedirs(lock.parent, exist_ok=True)
-    holder = subprocess.Popen([sys.executable, '-c', HOLD, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-    assert holder.stdout.readline() == 'held\n'
-    return holder
-
-
 def test_a_second_run_into_the_same_outputs_is_refused_until_the_first_is_gone(prepared_mnist, capsys):
     tmp = prepared_mnist
     main_DM.main(dm_argv(tmp))
     lock = tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.lock'
     assert not lock.exists()  # a finished run leaves no lock behind
-    holder = _hold(lock)
+    holder = hold_lock_file(lock)
     try:
         before = _snapshot(tmp / 'out')
         err = _error(main_DM.main, dm_argv(tmp), capsys)
@@ -614,7 +596,7 @@ def test_a_dim_stage_holds_its_run_folder(prepared_mnist, capsys):
     tmp = prepared_mnist
     argv = _dim(tmp, '--tag', 'g', '--epochs', '1', '--iters-per-epoch', '2', '--val_split', '2')
     lock = tmp / 'results' / 'g' / 'run.lock'
-    holder = _hold(lock)
+    holder = hold_lock_file(lock)
     try:
         assert f'another run (pid {holder.pid}) is writing' in _error(gen_condense.main, argv, capsys)
         assert os.listdir(tmp / 'results' / 'g') == ['run.lock']
