@@ -339,7 +339,7 @@ def dim_parser(stage, description):
     ref.add_argument('--output-dir', '--save_path', dest='output_dir', default='./results/',
                      help='checkpoints and pictures go to <output-dir>/<tag>')
     ref.add_argument('--logs-dir', default='./logs/', help='logs.txt goes to <logs-dir>/<tag> (each run appends to it)')
-    ref.add_argument('--tag', default='test', help='run name')
+    ref.add_argument('--tag', default='test', help='run name: one folder name, inside --output-dir and --logs-dir')
     add_flags(ref, ('seed',), seed=3407)
     ref.add_argument('--ipc', type=int, default=50, help='evaluation budget in images per class')
     ref.add_argument('--batch-size', type=int, default={1: 128, 2: 64, 3: 128}[stage],

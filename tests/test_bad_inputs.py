@@ -804,3 +804,33 @@ def test_stage_1_writes_last_pth_before_its_best_checkpoints_so_a_resume_point_a
     for name in whole:
         for k, v in whole[name]['generator'].items():
             assert torch.equal(v, again[name]['generator'][k]), (name, k)
+
+
+# ---------------------------------------------------------------------------------------------- 20. ignored flags
+
+def test_a_flag_the_chosen_mode_ignores_is_reported_once_at_the_start():
+    """One rule everywhere (cli.USED_WHEN): a flag set to another value than its default in a mode that does not
+    use it is reported, once, among the run's opening warnings; at its default it says nothing."""
+    a = cli.parse_dim_args(1, '', ['--beta', '0.5', '--device', 'cpu'])
+    assert a.notes == ('--beta 0.5 is ignored without --mix-p > 0 (mixing on)',)
+    assert cli.parse_dim_args(1, '', ['--beta', '0.5', '--mix-p', '0.5', '--device', 'cpu']).notes == ()
+    a = cli.parse_dim_args(2, '', ['--weight', 'w.pth', '--feat_from', '2', '--bias', '--device', 'cpu'])
+    assert a.notes == ('--bias is ignored without --match grad', '--feat_from 2 is ignored without --match feat')
+    a = cli.parse_dim_args(3, '', ['--pretrain-weight', 'w.pth', '--num_exp', '3', '--device', 'cpu'])
+    assert a.notes == ('--num_exp 3 is ignored without --dim_eval fixed or both',)
+    notes = []
+    CL_DM.parse_args(['--dataset', 'MNIST', '--method', 'DM', '--gan_iters', '10', '--outer_loop', '3', '--device',
+                      'cpu'], notes)
+    assert notes == ['warning: --outer_loop 3 is ignored without --method DSA',
+                     'warning: --gan_iters 10 is ignored without --method DiM']
+    notes = []
+    main_DM.parse_args(['--eval_every', '5', '--eval_final_only', '--device', 'cpu'], notes)
+    assert notes == ['warning: --eval_every 5 is ignored without --eval_mode S or SS without --eval_final_only '
+                     '(otherwise only the last iteration is evaluated)']
+
+
+def test_an_ignored_flag_is_in_the_runs_log_once(prepared_mnist):
+    tmp = prepared_mnist
+    main_DM.main(dm_argv(tmp, '--eval_every', '2'))
+    log = (tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.log').read_text()
+    assert log.count('--eval_every 2 is ignored') == 1
