@@ -224,7 +224,9 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def check_float(flag, value):
-    """A float flag's value: a finite number within float32's range."""
+    """A float flag's value: a finite number (nan slips through any comparison, inf through most) within float32's
+    range: the tensors it reaches are float32, and a finite 1e300 would fail deep inside a step ('cannot be
+    converted to type float without overflow')."""
     if isinstance(value, float) and not math.isfinite(value):
         raise UserError(f'{flag} must be a finite number, got {value}')
     if isinstance(value, float) and abs(value) > FLOAT32_MAX:
