@@ -163,6 +163,7 @@ USED_WHEN = {
     'main': dict(CONDENSE_USED_WHEN, dsa_strategy=(_is('method', 'DSA'), '--method DSA (DC augments only at '
                                                    'evaluation, with get_daparam)')),
     'main_DM': CONDENSE_USED_WHEN,
+    'evaluate': dict(dsa_strategy=(lambda a: not a.dc_aug, 'DSA evaluation (it is off with --dc_aug)')),
     'CL_DM': dict(
         **{f: (_is('method', 'DSA', 'DM'), '--method DSA or DM') for f in ('Iteration', 'lr_img', 'batch_real',
                                                                           'checkpoint_every')},
