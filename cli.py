@@ -19,8 +19,8 @@ from data import canonical_dataset, dataset_info
 from dim import MATCH_COEFF, POOL, check_model_name, default_pool
 from evaluation import get_eval_pool
 from networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, NETWORKS, get_network, resolve_stem
-from utils import ArgumentParser, UserError, check_device, check_finite, check_output_folder, check_positive, \
-    default_device, set_precision
+import utils
+from utils import Domain, UserError, check_device, check_output_folder, default_device, set_precision
 
 FLAGS = {
     'dataset': dict(default='CIFAR10', aliases=('--data',),
@@ -121,10 +121,85 @@ FLAGS = {
                                  'always one by one)'),
 }
 
-# Flags that must be positive where a script has them (None means "the script's default" and passes).
-POSITIVE = ('im_size', 'ipc', 'num_exp', 'num_eval', 'epoch_eval_train', 'lr_img', 'lr_net', 'batch_real',
-            'batch_train',
-            'checkpoint_every', 'eval_every', 'real_chunk')
+# The domain of every numeric flag of every script, by destination; each script's parser checks the values it
+# parsed against it before any work (a flag declared without a domain stops the parser: none can be forgotten).
+# A default of None ("decided at run time") always passes. A list flag (--seeds, --curve_at) is checked value by
+# value.
+_D = {text: Domain(text) for text in ('> 0', '>= 0', '>= 1', '>= 2', '<= 1', '[0, 1)', '(0, 1e4]')}
+DOMAINS = {name: _D[text] for text, names in {
+    '> 0': ('lr_img', 'lr_net', 'gan_lr', 'lr', 'eval_lr', 'lr_invert', 'lr_latent', 'beta', 'max_minutes'),
+    '>= 0': ('seed', 'seeds', 'Iteration', 'inner_loop', 'feature_epochs', 'num_workers', 'mode_seeking',
+             'weight_decay', 'feat_weight', 'reg', 'feat_from'),
+    '>= 1': ('ipc', 'im_size', 'num_exp', 'num_eval', 'epoch_eval_train', 'batch_real', 'batch_train', 'eval_every',
+             'checkpoint_every', 'outer_loop', 'real_chunk', 'steps', 'gan_iters', 'gan_batch', 'dim_noise',
+             'gan_width', 'n_critic', 'gp_every', 'curve_at', 'invert_iters', 'invert_batch', 'batch_syn',
+             'batch_size', 'epochs_eval', 'test_interval', 'print_freq', 'eval_interval', 'epochs',
+             'epochs_match_train', 'val_split', 'iters_per_epoch', 'feat_to'),
+    '>= 2': ('num_classes',),
+    # --mix-p: the probability of mixing a batch; any negative value switches mixing off (the reference's -1).
+    '<= 1': ('mix_p',),
+    # An exponential moving average's decay; 0 is off, 1 would never move.
+    '[0, 1)': ('g_ema', 'momentum'),
+    # The matching loss's weight against the GAN's losses, which are of order 1 (the reference: 0.01 or 0.001);
+    # beyond 1e4 the GAN's own terms vanish in float32 rounding and the generator learns the matching alone.
+    '(0, 1e4]': ('match_coeff',),
+}.items() for name in names}
+
+
+class ArgumentParser(utils.ArgumentParser):
+    """Every script's parser: utils.ArgumentParser checking the DOMAINS of its numeric flags."""
+    domains = DOMAINS
+
+
+# Flags that only some modes of a script use: {flag: (whether the parsed flags use it, the mode that does)}, per
+# script. One rule for them all: a flag given another value than its default in a mode that ignores it is reported
+# once, as a warning among the run's opening lines (unused_flags); the run goes on, as the flag changes nothing.
+def _dim_eval_fixed(a):
+    return a.dim_eval != 'onthefly'
+
+
+def _is(flag, *values):
+    return lambda a: getattr(a, flag) in values
+
+
+CONDENSE_USED_WHEN = {'eval_every': (lambda a: a.eval_mode in ('S', 'SS') and not a.eval_final_only,
+                                     '--eval_mode S or SS without --eval_final_only (otherwise only the last '
+                                     'iteration is evaluated)')}
+USED_WHEN = {
+    'main': dict(CONDENSE_USED_WHEN, dsa_strategy=(_is('method', 'DSA'), '--method DSA (DC augments only at '
+                                                   'evaluation, with get_daparam)')),
+    'main_DM': CONDENSE_USED_WHEN,
+    'evaluate': dict(dsa_strategy=(lambda a: not a.dc_aug, 'DSA evaluation (it is off with --dc_aug)')),
+    'CL_DM': dict(
+        **{f: (_is('method', 'DSA', 'DM'), '--method DSA or DM') for f in ('Iteration', 'lr_img', 'batch_real',
+                                                                          'checkpoint_every')},
+        **{f: (_is('method', 'DSA'), '--method DSA') for f in ('outer_loop', 'inner_loop', 'dis_metric')},
+        **{f: (_is('method', 'DM'), '--method DM') for f in ('per_class', 'real_chunk')},
+        **{f: (_is('method', 'DiM'), '--method DiM') for f in ('gan_iters', 'gan_batch', 'gan_lr', 'dim_noise',
+                                                               'gan_width', 'cond', 'critic', 'n_critic', 'gp_every',
+                                                               'mode_seeking', 'g_ema', 'dim_replay')},
+        **{f: (_is('method', 'herding', 'kcenter'), '--method herding or kcenter') for f in ('feature_net',
+                                                                                            'feature_epochs')}),
+    'dim': dict(
+        beta=(lambda a: a.mix_p > 0, '--mix-p > 0 (mixing on)'),
+        val_split=(lambda a: a.compat != 'reference', 'a --compat other than reference'),
+        **{f: (_is('match', 'feat'), '--match feat') for f in ('feat_from', 'feat_to')},
+        **{f: (_is('match', 'grad'), '--match grad') for f in ('metric', 'bias', 'fc')},
+        **{f: (_dim_eval_fixed, '--dim_eval fixed or both') for f in ('num_exp', 'dsa_strategy', 'batch_train')}),
+}
+
+
+def unused_flags(parser, args, script):
+    """The warnings, one per flag, for the flags that the mode chosen by the parsed `args` ignores (USED_WHEN)."""
+    notes = []
+    for action in parser._actions:
+        used, mode = USED_WHEN[script].get(action.dest, (None, None))
+        value = getattr(args, action.dest, None)
+        if used is not None and value != action.default and not used(args):
+            shown = '' if isinstance(value, bool) else ' ' + ' '.join(map(str, value if isinstance(value, list)
+                                                                          else [value]))
+            notes.append(f'warning: {action.option_strings[0]}{shown} is ignored without {mode}')
+    return notes
 
 
 def add_flags(group, names, helps=None, hyphens=False, aliases=None, **defaults):
@@ -174,31 +249,16 @@ def resolve_device(device):
     return parallel.start(check_device(device))
 
 
-def check_gan_flags(args, spelled=str):
-    """--mode_seeking >= 0 and --g_ema in [0, 1) (0: off), where the script has them; spelled(name): the flag as
-    the script's messages name it."""
-    if getattr(args, 'mode_seeking', 0.0) < 0:
-        raise UserError(f'--{spelled("mode_seeking")} must be >= 0 (0: off), got {args.mode_seeking}')
-    if not 0 <= getattr(args, 'g_ema', 0.0) < 1:
-        raise UserError(f'--{spelled("g_ema")} must be in [0, 1) (0: off), got {args.g_ema}')
-
-
 def check_args(args):
     """Validate the shared flags a script has; derive the dataset's canonical name, the device, `dsa` (is DSA on)
     and `dsa_param`. UserError (one line) for bad input."""
     has = vars(args)
-    check_finite(args)
     if 'dataset' in has:
         args.dataset = canonical_dataset(args.dataset)
     if 'save_path' in has:
         check_output_folder(args.save_path, '--save_path')
     if 'model' in has:
         check_network(args.model)
-    for name in POSITIVE:
-        if has.get(name) is not None:
-            check_positive(name, has[name])
-    if has.get('Iteration') is not None and args.Iteration < 0:
-        raise UserError(f'--Iteration must be >= 0, got {args.Iteration}')
     if 'no_progress' in has and (not sys.stderr.isatty() or not parallel.is_main()):
         args.no_progress = True  # carriage-return bar updates would fill a redirected log; one bar under torchrun
     args.device = resolve_device(args.device)
@@ -288,7 +348,7 @@ def dim_parser(stage, description):
     ref.add_argument('--output-dir', '--save_path', dest='output_dir', default='./results/',
                      help='checkpoints and pictures go to <output-dir>/<tag>')
     ref.add_argument('--logs-dir', default='./logs/', help='logs.txt goes to <logs-dir>/<tag> (each run appends to it)')
-    ref.add_argument('--tag', default='test', help='run name')
+    ref.add_argument('--tag', default='test', help='run name: one folder name, inside --output-dir and --logs-dir')
     add_flags(ref, ('seed',), seed=3407)
     ref.add_argument('--ipc', type=int, default=50, help='evaluation budget in images per class')
     ref.add_argument('--batch-size', type=int, default={1: 128, 2: 64, 3: 128}[stage],
@@ -391,30 +451,29 @@ def dim_parser(stage, description):
     return p
 
 
-def check_dim_args(args, stage):
+def check_folder_name(name, flag):
+    """A run name that is one folder name: it is joined to an output folder, and a path (../x, /x) would put the
+    run's files outside it."""
+    if name in ('', '.', '..') or any(sep and sep in name for sep in (os.sep, os.altsep, '\0')):
+        raise UserError(f'{flag} {name!r} must be a single folder name (no {os.sep}, not empty, not . or ..); the '
+                        f'outputs go to a folder of that name inside the output folders')
+
+
+def check_dim_args(args, stage, notes=()):
     """Validate the flags (UserError: one line) and derive everything the run needs from them: dataset name,
     device, protocol, ResNet stem, stage defaults, validate.py's batch size under --auto_bs, and `notes`, the
-    warnings the run's log opens with. Nothing writes to args after this."""
-    notes = []
+    warnings the run's log opens with (beginning with `notes`). Nothing writes to args after this."""
+    notes = [n.removeprefix('warning: ') for n in notes]
     ignored = IGNORED + (STAGE3_IGNORED if stage == 3 else ())
     args.stage = stage
     args.dataset = canonical_dataset(args.data)
     info = dataset_info(args.dataset, args.data_dir, args.im_size)
     im_size, num_classes = info.im_size, info.num_classes
-    positive = ['ipc', 'batch_size', 'epochs_eval', 'eval_lr', 'dim_noise', 'test_interval', 'gan_width']
-    gan = ['epochs', 'lr', 'n_critic', 'gp_every', 'print_freq', 'eval_interval']
-    positive += {1: gan, 2: gan + ['epochs_match_train'], 3: ['num_eval', 'num_exp', 'batch_train']}[stage]
-    check_finite(args)
     check_output_folder(args.output_dir, '--output-dir')
     check_output_folder(args.logs_dir, '--logs-dir')
+    check_folder_name(args.tag, '--tag')
     if not sys.stderr.isatty() or not parallel.is_main():
         args.no_progress = True  # carriage-return bar updates would fill a redirected log; one bar under torchrun
-    for name in positive:
-        check_positive(name.replace('_', '-'), getattr(args, name))
-    for name in ('val_split', 'iters_per_epoch', 'num_classes', 'im_size'):
-        if getattr(args, name, None) is not None and name not in ignored:
-            check_positive(name, getattr(args, name))
-    check_gan_flags(args)
     args.device = resolve_device(args.device)
     set_precision(args.precision, args.device)
     try:
@@ -461,7 +520,9 @@ def _stage3_batch_size(args, num_classes, notes):
 
 
 def parse_dim_args(stage, description, argv=None):
-    return Config(check_dim_args(dim_parser(stage, description).parse_args(argv), stage))
+    parser = dim_parser(stage, description)
+    args = parser.parse_args(argv)
+    return Config(check_dim_args(args, stage, unused_flags(parser, args, 'dim')))
 
 
 # What the command a stage prints for the next one carries over, where it differs from the next stage's default:

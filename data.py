@@ -11,6 +11,7 @@ channels and size). Its channels, size and classes come from the data, its mean 
 unless the file gives them. `dataset_info` tells a dataset's shape and classes without loading its images.
 """
 import hashlib
+import math
 import os
 import sys
 from collections import namedtuple
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from footprint import check_fits
-from utils import ArgumentParser, UserError, atomic_save, draw_device, remove_stale_temps, run_cli
+from utils import UserError, atomic_save, draw_device, remove_stale_temps, run_cli
 
 # name -> (channels, (H, W), classes, mean, std): the normalisation constants of the original code.
 DATASETS = {
@@ -218,6 +219,18 @@ def channel_stats(images, chunk=4096):
     return mean.tolist(), std.tolist()
 
 
+# A synthetic image may leave the range of real images (the methods do not clip), but not by orders of magnitude:
+# a standardised pixel of the data lies within (0 - mean) / std .. (1 - mean) / std, and a set or generated image
+# beyond VALUE_MARGIN times the wider end of that range is the garbage of a diverged optimisation (docs/design.md).
+VALUE_MARGIN = 100
+
+
+def value_limit(mean, std):
+    """The largest |value| a standardised image of data with per-channel `mean` and `std` may hold before it counts
+    as diverged: VALUE_MARGIN times the farthest a real pixel lies from 0."""
+    return VALUE_MARGIN * max(max(m, 1 - m) / s for m, s in zip(mean, std))
+
+
 def denormalise(images, mean, std):
     """Standardised images -> [0, 1] for viewing."""
     shape = (1, -1, 1, 1)
@@ -331,10 +344,23 @@ def _check_prepared(raw, path, channel=None, im_size=None, num_classes=None):
     empty = (torch.bincount(raw['labels_train'].long(), minlength=num_classes) == 0).nonzero()[:, 0].tolist()
     if empty:
         raise UserError(f'{path}: class {raw["classes"][empty[0]]} has no training images')
+    _check_stats(raw, path, channel)
+
+
+def _check_stats(raw, path, channel):
+    """A prepared file's stored mean and std (when it has them): one finite value per channel, std positive. A nan
+    would make every image nan, evaluated at chance without a word."""
     for key in ('mean', 'std'):
-        if key in raw and (len(raw[key]) != channel or (key == 'std' and min(raw[key]) <= 0)):
-            raise UserError(f'{path}: {key} must hold one {"positive " if key == "std" else ""}value per channel '
-                            f'({channel}), got {list(raw[key])}')
+        if key not in raw:
+            continue
+        try:
+            values = [float(v) for v in raw[key]]
+        except (TypeError, ValueError):
+            values = None
+        if (values is None or len(values) != channel or not all(map(math.isfinite, values))
+                or (key == 'std' and min(values) <= 0)):
+            raise UserError(f'{path}: {key} must hold one finite{" positive" if key == "std" else ""} value per '
+                            f'channel ({channel}), got {raw[key]!r}; fix or delete the file')
 
 
 def _recovery(name, data_path):
@@ -530,6 +556,7 @@ def _load_folder(root, im_size, mmap=False):
     if os.path.isfile(path):
         raw = _read_tensor_file(path, 'delete it to rebuild it from the images', mmap)
         if isinstance(raw, dict) and raw.get('source') == source:
+            _check_prepared(raw, path)
             return raw
     if (root, im_size, source) in _UNCACHED:
         return _UNCACHED[(root, im_size, source)]
@@ -644,6 +671,7 @@ def _read_image(path, im_size):
 
 if __name__ == '__main__':
     def _prepare():
+        from cli import ArgumentParser  # the parser that checks flag domains (cli imports this module)
         p = ArgumentParser(description='write the prepared tensor file of a dataset once (TinyImageNet: from the '
                                        'tiny-imagenet-200/ folder), so later loads skip torchvision and decoding')
         p.add_argument('dataset', help='a dataset name, or folder:PATH for an image folder')

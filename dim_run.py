@@ -269,17 +269,18 @@ def keep_best(run, state, scores, epoch):
     """After a validation (scores: dim.validate_generator's), recorded in the state's history: best_<model>.pth
     for every model whose score improved (stage 2 also names it model_dict_<model>.pth, the reference's name), and
     best.pth when the mean score over the models improved (the first model's best_<model>.pth when it is the only
-    model). A log line per model."""
+    model). A log line per model. The files are listed in state['pending'], for write_pending after last.pth."""
     args = run.args
     state['history'].append(dict(epoch=epoch, scores={m: s['score'] for m, s in scores.items()}))
+    pending = state['pending'] = []  # [file, epoch, the selection to record | the file it is a second name of]
     for name, s in scores.items():
         best = state['best'].get(name)
         if best is None or s['score'] > best['score']:
             state['best'][name] = best = dict(score=s['score'], epoch=epoch)
-            run.save(f'best_{name}.pth', epoch, selection=dict(model=name, split=s['split'], top1=s['score'],
-                                                              protocol=args.protocol))
+            pending.append([f'best_{name}.pth', epoch, dict(model=name, split=s['split'], top1=s['score'],
+                                                            protocol=args.protocol)])
             if args.stage == 2:
-                run.link(f'best_{name}.pth', f'model_dict_{name}.pth')
+                pending.append([f'model_dict_{name}.pth', epoch, f'best_{name}.pth'])
         run.log(f'epoch {epoch}: {name} {s["split"]} accuracy {100 * s["score"]:.2f}% (top-5 '
                 f'{100 * s["top5"]:.2f}%); best {100 * best["score"]:.2f}% at epoch {best["epoch"]}')
     mean = float(np.mean([s['score'] for s in scores.values()]))
@@ -287,12 +288,21 @@ def keep_best(run, state, scores, epoch):
         return
     state['best_all'] = dict(score=mean, epoch=epoch)
     split = list(scores.values())[-1]['split']  # the same for every model
-    if len(scores) == 1:
-        run.link(f'best_{args.eval_model[0]}.pth', 'best.pth')
-    else:
-        run.save('best.pth', epoch, selection=dict(model='mean of ' + ', '.join(scores), split=split, top1=mean,
-                                                   protocol=args.protocol))
+    pending.append(['best.pth', epoch, f'best_{args.eval_model[0]}.pth' if len(scores) == 1 else dict(
+        model='mean of ' + ', '.join(scores), split=split, top1=mean, protocol=args.protocol)])
     run.log(f'epoch {epoch}: new best.pth (mean {split} accuracy {100 * mean:.2f}%)')
+
+
+def write_pending(run, state):
+    """Write the best checkpoints keep_best chose, after last.pth: then a resume point exists whatever fails when,
+    and a run resumed from a last.pth whose best files were not all written writes them first, from the GAN it
+    restored, which is the one they select."""
+    for name, epoch, what in state.get('pending', ()):
+        if isinstance(what, str):
+            run.link(what, name)
+        else:
+            run.save(name, epoch, selection=what)
+    state['pending'] = []
 
 
 def log_best(run, state):

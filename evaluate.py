@@ -26,19 +26,21 @@ import numpy as np
 import torch
 
 from augment import get_daparam
-from cli import Config, add_flags, check_args, check_network
+from cli import ArgumentParser, Config, add_flags, check_args, check_network, unused_flags
 from data import IMAGE_EXTENSIONS, _read_image, canonical_dataset, get_dataset
 from dc import recommended_dsa_strategy
 from evaluation import EvalRecipe, evaluate_pool, get_eval_pool, progress_lines
 from runner import Run, run_files
-from utils import ArgumentParser, UserError, atomic_write_text, make_generator, mean_std, precision_text, run_cli, \
-    sample_std, versions, write_json
+from utils import UserError, atomic_write_text, make_generator, mean_std, precision_text, run_cli, sample_std, \
+    versions, write_json
 
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'cuda_graphs', 'precision')
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, notes=None):
+    """evaluate.py's flags, validated; notes collects lines for the run log."""
+    notes = [] if notes is None else notes
     p = ArgumentParser(description=__doc__.split('\n')[0])
     g = p.add_argument_group('sets')
     g.add_argument('--set', dest='sets', action='append', required=True, metavar='PATH',
@@ -70,12 +72,12 @@ def parse_args(argv=None):
     add_flags(g, ('device', 'save_path', 'resume', 'align_corners', 'no_progress', 'amp', 'eval_one_by_one',
                   'cuda_graphs', 'precision'))
     args = p.parse_args(argv)
+    notes += unused_flags(p, args, 'evaluate')
     # Defaults that depend on other flags: DSA with the strategy the papers use for the dataset, 1000 epochs.
-    explicit_strategy = args.dsa_strategy is not None
-    if args.dc_aug and explicit_strategy:
-        raise UserError('--dc_aug replaces DSA; drop --dsa_strategy')
-    if args.dsa_strategy is None:
-        args.dsa_strategy = 'None' if args.dc_aug else recommended_dsa_strategy(canonical_dataset(args.dataset))
+    if args.dc_aug:
+        args.dsa_strategy = 'None'  # DC's augmentation replaces DSA (unused_flags reports a strategy given)
+    elif args.dsa_strategy is None:
+        args.dsa_strategy = recommended_dsa_strategy(canonical_dataset(args.dataset))
     args.explicit_epochs = args.epoch_eval_train is not None
     if not args.explicit_epochs:
         args.epoch_eval_train = 1000
@@ -344,7 +346,8 @@ def summary(accs):
 # ----------------------------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    args = parse_args(argv)
+    notes = []
+    args = parse_args(argv, notes)
     data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     recipes = eval_recipes(args, data)
     sets = read_sets(args, data)
@@ -357,6 +360,8 @@ def main(argv=None):
     done, log = run.resumed['done'] if run.resumed else {}, run.log
     log(f'evaluate {len(sets)} set(s) on {data}; device {args.device}; seed {args.seed}; {args.num_eval} network(s) '
         f'per architecture and experiment; baseline {args.baseline}; precision: {precision_text(args)}')
+    for line in notes:
+        log(line)
     for arch, r in recipes.items():
         log(f'protocol {protocol_text(arch, r)}')
     for s in sets:

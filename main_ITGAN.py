@@ -20,13 +20,13 @@ import torch
 
 import itgan
 import parallel
-from cli import Config, add_flags, check_args, check_network
-from data import canonical_dataset, file_label, get_dataset
+from cli import ArgumentParser, Config, add_flags, check_args, check_network
+from data import canonical_dataset, file_label, get_dataset, value_limit
 from dc import recommended_dsa_strategy
 from evaluation import EvalRecipe, evaluate_pool, test_accuracy
 from runner import Run, fingerprint, run_files, save_image_grid
-from utils import ArgumentParser, UserError, atomic_save, check_positive, load_optimizer_state, make_generator, \
-    mean_std, precision_text, run_cli, versions, write_json
+from utils import UserError, atomic_save, check_within, load_optimizer_state, make_generator, mean_std, \
+    precision_text, run_cli, versions, write_json
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
 # Flags that may change between a run and its --resume.
@@ -87,11 +87,6 @@ def parse_args(argv=None):
     if args.dsa_strategy is None:  # no flipped digits, as the DSA papers recommend
         args.dsa_strategy = recommended_dsa_strategy(canonical_dataset(args.dataset))
     check_args(args)
-    for name in ('invert_iters', 'lr_invert', 'invert_batch', 'lr_latent', 'batch_syn'):
-        check_positive(name, getattr(args, name))
-    for name in ('reg', 'feat_weight'):
-        if not getattr(args, name) >= 0:
-            raise UserError(f'--{name} must be >= 0, got {getattr(args, name)}')
     for name in args.eval_model:
         check_network(name)
     args.curve_at = sorted({e for e in args.curve_at if 0 < e < args.epoch_eval_train + 1})
@@ -144,9 +139,10 @@ def main(argv=None):
     chunks = list(zip(real_idx.split(args.invert_batch), labels.split(args.invert_batch)))
     for k in range(len(state['chunks']), len(chunks)):
         z, mse = itgan.invert(args, data, G, *chunks[k], args.seed, k)
-        if not (math.isfinite(mse[1]) and torch.isfinite(z).all()):
-            raise UserError(f'inversion chunk {k + 1}: the latents diverged (reconstruction error {mse[1]}); lower '
-                            f'--lr_invert (now {args.lr_invert})')
+        advice = f'the latents diverged (reconstruction error {mse[1]}); lower --lr_invert (now {args.lr_invert})'
+        if not math.isfinite(mse[1]):
+            raise UserError(f'inversion chunk {k + 1}: {advice}')
+        check_within(z, itgan.LATENT_LIMIT, f'inversion chunk {k + 1}: the latents', advice)
         state['chunks'].append(z)
         state['mse'].append(mse)
         state['times']['inversion_s'] = state['times'].get('inversion_s', 0.0) + time.time() - t0
@@ -167,11 +163,15 @@ def main(argv=None):
         loss, cond, reg = itgan.itgan_step(args, data, G, z, labels, real_idx, opt, args.seed, (it,), index_class)
         if not math.isfinite(loss):
             raise UserError(f'IT-GAN iteration {it}: the loss is {loss}; lower --lr_latent (now {args.lr_latent})')
-        if it % 10 == 0 or it + 1 == args.Iteration:
+        logged, save = it % 10 == 0 or it + 1 == args.Iteration, (it + 1) % args.checkpoint_every == 0
+        if logged or save:  # the step's latents, before they are logged as a result or saved
+            check_within(z, itgan.LATENT_LIMIT, f'IT-GAN iteration {it}: the latents',
+                         f'the latents diverged; lower --lr_latent (now {args.lr_latent})')
+        if logged:
             run.log(f'iter {it:05d}: loss {loss:.4f} (condensation {cond:.4f}, regulariser {reg:.4f})',
                     echo=it % 100 == 0)
             state['losses'].append([it, loss, cond, reg])
-        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.Iteration:
+        if save or it + 1 == args.Iteration:
             state['times']['itgan_s'] = state['times'].get('itgan_s', 0.0) + time.time() - t0
             t0 = time.time()
             state.update(it=it + 1, z_itgan=z.detach().cpu(), opt=opt.state_dict())
@@ -183,6 +183,9 @@ def main(argv=None):
     latents = dict(random=z_rand, inverted=z_inv, itgan=z_itgan)
     y = labels.to(args.device)
     sets = {s: (itgan.render_set(G, z.to(args.device), y, data.mean, data.std), labels) for s, z in latents.items()}
+    for s, (images, _) in sets.items():  # a generator's images in [-1, 1] stay far within; another's may not
+        check_within(images, value_limit(data.mean, data.std), f'the {s} set rendered by the generator',
+                     'its generator does not give images in [-1, 1]; check --generator (or --generator_factory)')
     sets['real'] = (data.images(real_idx).cpu(), labels)
     n = min(args.ipc or 10, 10)  # the picture: one block per set (top to bottom), a row per class
     keep = torch.cat([p[:n] for p in index_class])

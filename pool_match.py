@@ -39,6 +39,7 @@ def main(argv=None):
     state = run.resumed['state'] if run.resumed else dict(epoch=0, best={}, best_all=None, history=[])
     run.log(f'resumed from {run.ckpt_path} at epoch {state["epoch"]}' if run.resumed else
             f'loaded {args.weight}; Adam lr set to {args.lr}')
+    dim_run.write_pending(run, state)  # resumed: the best checkpoints a stopped run had chosen but not written
     run.start_training(data, state)  # checks the batch size; with --cas the classifier the CAS is scored by
     # Stage 1's GAN iteration, the generator's loss plus the pool model's matching loss (eager: the pool model and
     # its augmentation are chosen on the host).
@@ -54,6 +55,7 @@ def main(argv=None):
             dim_run.keep_best(run, state, dim.validate_generator(run.sampler, args, data, 2, epoch), epoch)
         state['epoch'] = epoch + 1
         run.save('last.pth', epoch, state=dict(state, matcher=matcher.state_dict()))
+        dim_run.write_pending(run, state)  # the best checkpoints after last.pth: a resume point always exists
 
     dim_run.log_best(run, state)
     run.log(f'stage 3: {cli.next_command(args, 3, run.path("best.pth"), data.num_classes)}')

@@ -26,12 +26,12 @@ import torch
 from tqdm import tqdm
 
 import parallel
-from data import denormalise, file_label
+from data import denormalise, file_label, value_limit
 from evaluation import evaluate_pool, progress_lines
 from footprint import check_fits, condensation_bytes
-from utils import Log, UserError, atomic_save, atomic_write, hold_lock, load_optimizer_state, make_generator, \
-    mean_std, precision_text, refuse_non_finite, release_lock, remove_stale_temps, sample_std, unreadable, versions, \
-    write_json
+from utils import Log, UserError, atomic_save, atomic_write, check_within, hold_lock, load_optimizer_state, \
+    make_generator, mean_std, precision_text, refuse_non_finite, release_lock, remove_stale_temps, sample_std, \
+    unreadable, versions, write_json
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -220,6 +220,7 @@ class SyntheticSet:
         if state is not None:
             load_optimizer_state(self.optimizer, state['optimizer'])
         self.num_classes, self.lr_img, self.diverged = data.num_classes, lr_img, diverged
+        self.limit = value_limit(data.mean, data.std)
 
     def state_dict(self):
         return dict(image_syn=self.images.detach().cpu(), optimizer=self.optimizer.state_dict())
@@ -227,13 +228,15 @@ class SyntheticSet:
     def read_loss(self, it, loss, force, where, bar):
         """The step's loss as a float every 10 iterations and whenever `force` (a checkpoint or the end follows),
         else None: the loss may be a GPU tensor, and reading it every iteration would make the host wait each time.
-        A loss that is not finite stops the run before a diverged set (it stays so) reaches a checkpoint."""
+        A loss that is not finite, or images beyond any range the data can produce (data.value_limit), stop the
+        run before a diverged set (it stays so) reaches a checkpoint."""
         if it % 10 and not force:
             return None
         loss = float(loss)
+        advice = f'{self.diverged}; lower --lr_img (now {self.lr_img})'
         if not math.isfinite(loss):
-            raise UserError(f'{where} iteration {it}: the loss is {loss}, {self.diverged}; lower --lr_img (now '
-                            f'{self.lr_img})')
+            raise UserError(f'{where} iteration {it}: the loss is {loss}, {advice}')
+        check_within(self.images, self.limit, f'{where} iteration {it}: the synthetic images', advice)
         bar.set_postfix(loss=f'{loss / self.num_classes:.4f}')
         return loss
 

@@ -29,7 +29,7 @@ import gan
 from networks import get_network
 from utils import make_generator
 
-p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
 p.add_argument('--data-dir', default='../shared/data')
 p.add_argument('--critic', default='ac')
 p.add_argument('--cond', default='embed')

@@ -570,7 +570,7 @@ def accuracy(c, device, data_path, out_dir, smoke):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--smoke', action='store_true', help='tiny shapes and counts: checks that the script runs')
     p.add_argument('--data_path', default='data', help='where CIFAR10.pt (or the torchvision CIFAR-10) is')

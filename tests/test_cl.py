@@ -239,7 +239,7 @@ def test_a_rejected_rerun_keeps_the_earlier_log(tmp_path):
 @pytest.mark.parametrize('extra, message', [
     (['--steps', '3'], 'does not divide the 10 classes'),
     (['--method', 'gdumb'], "unknown method 'gdumb'"),
-    (['--ipc', '0'], '--ipc must be positive'),
+    (['--ipc', '0'], '--ipc must be >= 1'),
     (['--ipc', '7'], 'exceeds the smallest class'),
     (['--seeds', '0', '0'], 'distinct'),
     (['--feature_net', 'nowhere.pt', '--method', 'herding'], 'no such file'),

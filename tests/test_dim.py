@@ -582,7 +582,7 @@ def test_bad_inputs_are_one_line_errors(prepared_mnist, capsys):
         pool_match.main, _flags(tmp, 2, '--weight', str(tmp / 'g_only.pth')), capsys)
     ok = base + ['--pretrain-weight', str(tmp / 'g_only.pth')]
     assert "unknown model 'ResNet99'" in _cli_error(validate.main, ok + ['--eval-model', 'ResNet99'], capsys)
-    assert '--ipc must be positive' in _cli_error(validate.main, ok + ['--ipc', '0'], capsys)
+    assert '--ipc must be >= 1' in _cli_error(validate.main, ok + ['--ipc', '0'], capsys)
     assert '--auto_bs' in _cli_error(validate.main, ok + ['--batch-size', '128'], capsys)
     assert "unknown dataset" in _cli_error(validate.main, ok + ['--data', 'imagenet'], capsys)
     assert 'no checkpoint' in _cli_error(gen_condense.main, _flags(tmp, 1, '--tag', 'x', '--resume'), capsys)

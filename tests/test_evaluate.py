@@ -83,8 +83,10 @@ def test_protocol_flags_name_the_recipes(tmp_path):
     assert (recipes['ConvNet'].epoch_eval_train, recipes['ConvNetBN'].epoch_eval_train) == (300, 1000)
     dsa = evaluate.eval_recipes(evaluate.parse_args(base + ['--dataset', 'MNIST']), mnist)['ConvNet']
     assert dsa.dsa and dsa.dsa_strategy == 'color_crop_cutout_scale_rotate' and dsa.epoch_eval_train == 1000
-    with pytest.raises(UserError, match='drop --dsa_strategy'):
-        evaluate.parse_args(base + ['--dataset', 'MNIST', '--dc_aug', '--dsa_strategy', 'crop'])
+    notes = []
+    args = evaluate.parse_args(base + ['--dataset', 'MNIST', '--dc_aug', '--dsa_strategy', 'crop'], notes)
+    assert args.dsa_strategy == 'None' and notes == ['warning: --dsa_strategy crop is ignored without DSA '
+                                                     'evaluation (it is off with --dc_aug)']
 
 
 def _png(path, a):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import itgan
-from utils import UserError
+from utils import UserError, non_finite, run_cli
 import main_ITGAN
 import networks
 from augment import ParamDiffAug
@@ -227,3 +227,20 @@ def test_a_generator_with_too_few_classes_is_refused():
     data.num_classes = 10
     with pytest.raises(itgan.UserError, match='does not take the 10 classes'):
         itgan.check_generator(_gan(num_classes=4), data, 'cpu')
+
+
+@pytest.mark.parametrize('lr', ['1e10', '3e38'])
+def test_diverging_latents_stop_the_run_and_the_last_checkpoint_stays_good(prepared_mnist, lr, capsys):
+    """Latents far beyond any standard normal draw, finite or not, stop IT-GAN at the step they appear, naming
+    --lr_latent; the checkpoint the inversion wrote stays as it was."""
+    tmp = prepared_mnist
+    argv = _cli(tmp, '--generator', _write_generator(str(tmp)), '--lr_latent', lr)
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main_ITGAN.main(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1, err
+    assert 'lower --lr_latent' in err or 'lower the learning rates' in err, err
+    ckpt = next((tmp / 'out').glob('*.ckpt.pt'))
+    state = torch.load(ckpt)
+    assert state['it'] == 0 and 'z_itgan' not in state and non_finite(state) is None
+    assert not list((tmp / 'out').glob('res_*.pt'))
