@@ -1,7 +1,9 @@
-"""Plots drawn with PIL alone (no matplotlib dependency): the continual-learning accuracy curves and the
-reproduction report's paper-against-measured chart."""
+"""Pictures drawn with PIL alone (no matplotlib dependency): the continual-learning accuracy curves, the
+reproduction report's paper-against-measured chart, and grids of images in titled blocks."""
 import io
 import math
+
+import torch
 
 from utils import atomic_write_bytes
 
@@ -102,4 +104,29 @@ def plot_agreement(path, points, title, size=(900, 640)):
         cx, cy = px(x, y)
         d.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
         text((cx + 6, cy), label, 'lm', fill=colour)
+    _save(img, path)
+
+
+def save_grids(path, blocks, nrow, min_width=256, title_width=140):
+    """Image grids ([0, 1] images, nrow a row, torchvision's 2-pixel padding) side by side, each with its title
+    above it when titled; enlarged (nearest neighbour) by a whole factor to min_width pixels across, and every
+    titled grid to title_width, so that 28-pixel digits and the titles can be read. blocks: [(title or None,
+    N x C x H x W)]."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+    grids = [make_grid(x, nrow=nrow) for _, x in blocks]
+    titled = any(title for title, _ in blocks)
+    gap, top = (12 if len(grids) > 1 else 0), (22 if titled else 0)
+    k = max(1, math.ceil(min_width / sum(g.shape[2] for g in grids)),
+            math.ceil(title_width / min(g.shape[2] for g in grids)) if titled else 1)
+    img, _, text = _canvas((sum(k * g.shape[2] for g in grids) + gap * (len(grids) - 1),
+                            top + k * max(g.shape[1] for g in grids)))
+    x = 0
+    for (title, _), g in zip(blocks, grids):
+        pixels = g.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()  # as save_image
+        h, w = pixels.shape[:2]
+        img.paste(Image.fromarray(pixels).resize((k * w, k * h), Image.NEAREST), (x, top))
+        if title:
+            text((x + k * w / 2, top / 2), title, 'mm')
+        x += k * w + gap
     _save(img, path)

@@ -250,5 +250,25 @@ def test_png_grid_is_denormalised(tmp_path):
     x = torch.zeros(6, 3, 8, 8)  # standardised 0 is the mean: grey 0.5 after de-normalising
     save_image_grid(str(tmp_path / 'g.png'), x, mean, std, nrow=3)
     im = Image.open(tmp_path / 'g.png')
-    assert im.size == (3 * 8 + 4 * 2, 2 * 8 + 3 * 2)  # save_image's 2-pixel padding
-    assert abs(im.getpixel((5, 5))[0] - 128) <= 1
+    k = 8  # enlarged by a whole factor to at least 256 pixels across
+    assert im.size == (k * (3 * 8 + 4 * 2), k * (2 * 8 + 3 * 2))  # save_image's 2-pixel padding
+    assert abs(im.getpixel((k * 5, k * 5))[0] - 128) <= 1
+    assert im.getpixel((k * 1, k * 1))[0] == 0  # the padding
+
+
+def test_a_set_picture_is_a_grid_about_as_wide_as_high():
+    from runner import grid_columns
+    assert grid_columns(1, 10) == 5  # ipc 1 of 10 classes: 2 rows of 5, not a strip of 10
+    assert grid_columns(10, 10) == 10 and grid_columns(50, 10) == 50  # a row per class
+    assert grid_columns(2, 10) == 10 and grid_columns(1, 100) == 10 and grid_columns(1, 7) == 7
+
+
+def test_titled_blocks_stand_side_by_side_under_their_titles(tmp_path):
+    from PIL import Image
+    x = torch.zeros(8, 1, 28, 28)
+    save_image_grid(str(tmp_path / 'b.png'), x, [0.5], [0.5], nrow=2, titles=[('(a) real', 4), ('(b) IT-GAN', 4)])
+    im = Image.open(tmp_path / 'b.png').convert('L')
+    side = 2 * 28 + 3 * 2  # each block: 4 images, 2 a row
+    k = 3  # enlarged so that a block is as wide as its title needs (140 pixels)
+    assert im.size == (2 * k * side + 12, 22 + k * side)
+    assert min(im.getpixel((x_, y_)) for x_ in range(k * side) for y_ in range(22)) < 128  # a title drawn above
