@@ -272,3 +272,15 @@ def test_titled_blocks_stand_side_by_side_under_their_titles(tmp_path):
     k = 3  # enlarged so that a block is as wide as its title needs (140 pixels)
     assert im.size == (2 * k * side + 12, 22 + k * side)
     assert min(im.getpixel((x_, y_)) for x_ in range(k * side) for y_ in range(22)) < 128  # a title drawn above
+
+
+def test_the_agreement_chart_gives_each_label_its_own_line():
+    from plots import _spread
+    ys = [40.0, 38.5, 41.0, 39.0, 300.0, 587.0, 589.0]  # cells at 97-99 % crowd the top, two the bottom edge
+    out = _spread(ys, 36, 590, 13)
+    placed = sorted(zip(ys, out))
+    assert [o for _, o in placed] == sorted(out)  # the order of the points is kept
+    assert all(b - a >= 13 - 1e-9 for (_, a), (_, b) in zip(placed, placed[1:]))
+    assert 36 <= min(out) and max(out) <= 590 and out[4] == 300.0  # a point alone keeps its height
+    many = _spread([100.0] * 60, 36, 590, 13)  # more than fit: evenly spaced over the height
+    assert min(many) >= 36 and max(many) <= 590 and len(set(many)) == 60
