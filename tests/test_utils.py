@@ -17,9 +17,12 @@ from utils import UserError
 
 # ---------------------------------------------------------------------------------------------- datasets
 
-def test_mnist_idx_through_torchvision_then_prepared_cache(mnist_idx):
+def test_mnist_idx_through_torchvision_then_prepared_cache(mnist_idx, capsys):
     root, xtr, ytr = mnist_idx
     data = get_dataset('MNIST', str(root), download=False)
+    size = os.path.getsize(root / 'MNIST.pt') / 2 ** 20
+    assert capsys.readouterr().out == (f'wrote {root / "MNIST.pt"} ({size:.1f} MiB): the decoded data, read by later '
+                                       f'runs instead of the original files (delete it to decode them again)\n')
     assert data.images_train.shape == (60, 1, 28, 28) and data.images_test.shape == (20, 1, 28, 28)
     assert data.class_names == [str(i) for i in range(10)]
     expected = (xtr.float() / 255 - 0.1307) / 0.3081
@@ -30,7 +33,7 @@ def test_mnist_idx_through_torchvision_then_prepared_cache(mnist_idx):
     for f in os.listdir(root / 'MNIST' / 'raw'):
         os.unlink(root / 'MNIST' / 'raw' / f)
     again = get_dataset('mnist', str(root), download=False)
-    assert torch.equal(again.images_train, data.images_train)
+    assert torch.equal(again.images_train, data.images_train) and capsys.readouterr().out == ''  # read, not written
 
 
 def test_fashion_mnist_idx(tmp_path):
