@@ -134,7 +134,7 @@ DOMAINS = {name: _D[text] for text, names in {
              'checkpoint_every', 'outer_loop', 'real_chunk', 'steps', 'gan_iters', 'gan_batch', 'dim_noise',
              'gan_width', 'n_critic', 'gp_every', 'curve_at', 'invert_iters', 'invert_batch', 'batch_syn',
              'batch_size', 'epochs_eval', 'test_interval', 'print_freq', 'eval_interval', 'epochs',
-             'epochs_match_train', 'val_split', 'iters_per_epoch', 'feat_to'),
+             'epochs_match_train', 'val_split', 'iters_per_epoch', 'feat_to', 'full_epochs', 'full_num_eval'),
     '>= 2': ('num_classes',),
     # --mix-p: the probability of mixing a batch; any negative value switches mixing off (the reference's -1).
     '<= 1': ('mix_p',),
@@ -527,29 +527,33 @@ def parse_dim_args(stage, description, argv=None):
 
 # What the command a stage prints for the next one carries over, where it differs from the next stage's default:
 # the data, the GAN's shape (a checkpoint made with other values is refused), where the outputs go, and the
-# experiment's evaluation protocol and GAN training options. Not carried: the run's own flags (tag, resume,
-# checkpoints), the stage-specific ones (batch size, epochs, lr: their defaults differ between stages) and what
-# the next stage ignores.
+# experiment's evaluation protocol and GAN training options. BUDGET: carried where the printing stage ran with
+# other than its own default (a 1-epoch stage 1 is followed by a 1-epoch stage 2, not by the reference's 100 epochs).
+# Not carried: the run's own flags (tag, resume, checkpoints), the stage-specific ones (batch size, lr: their
+# defaults differ between stages) and what the next stage ignores.
 CARRIED = ('data', 'num_classes', 'data_dir', 'im_size', 'output_dir', 'logs_dir', 'dim_noise', 'cond', 'gan_width',
            'critic', 'seed', 'compat', 'resnet_stem', 'ipc', 'eval_model', 'epochs_eval', 'eval_lr', 'momentum',
            'weight_decay', 'aug_type', 'mixup_net', 'mix_p', 'beta', 'test_interval', 'eval_interval', 'print_freq',
            'val_split', 'iters_per_epoch', 'n_critic', 'gp_every', 'mode_seeking', 'g_ema')
+BUDGET = ('epochs',)  # with iters_per_epoch, eval_interval, print_freq above: the length of a GAN stage
 NEXT_TAG = {2: 'match', 3: 'test'}  # the next stage's tag: this run's tag with this suffix
 
 
 def next_command(args, stage, weight, num_classes):
     """The command line of DiM stage `stage` (2 or 3) on this run's checkpoint `weight`, runnable as printed (from
-    the same directory): the script's path from there, CARRIED flags, the device when it is not the default, and
-    for validate.py --auto_bs when its default batch would exceed K*ipc."""
+    the same directory): the script's path from there, CARRIED flags, the BUDGET the printing stage was given, the
+    device when it is not the default, and for validate.py --auto_bs when its default batch would exceed K*ipc."""
     actions = {a.dest: a for a in dim_parser(stage, '')._actions}
     ignored = IGNORED + (STAGE3_IGNORED if stage == 3 else ())
+    # Only stage 1 prints a stage-2 command; stage 3 takes no GAN budget.
+    own = {a.dest: a.default for a in dim_parser(1, '')._actions if a.dest in BUDGET} if stage == 2 else {}
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), f'{SCRIPTS[stage]}.py')
     relative = os.path.relpath(script)
     argv = ['python', script if relative.startswith('..') else relative, {2: '--weight', 3: '--pretrain-weight'}[stage],
             weight, '--tag', f'{args.tag}_{NEXT_TAG[stage]}']
-    for name in CARRIED:
+    for name in CARRIED + BUDGET:
         action, value = actions.get(name), getattr(args, name, None)
-        if action is None or name in ignored or value == action.default:
+        if action is None or name in ignored or value == own.get(name, action.default):
             continue
         argv += [action.option_strings[0], *map(str, value if isinstance(value, (list, tuple)) else [value])]
     device = args.device if parallel.world_size() == 1 else torch.device(args.device).type  # torchrun: cuda:<rank>

@@ -462,6 +462,9 @@ def _cache_prepared(raw, path, replace=False):
     if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) and (replace or not os.path.exists(path)):
         try:
             atomic_save(raw, path)
+            # a file of tens of MB in the user's data folder is not written without a word
+            print(f'wrote {path} ({os.path.getsize(path) / 2 ** 20:.1f} MiB): the decoded data, read by later runs '
+                  f'instead of the original files (delete it to decode them again)', flush=True)
             return True
         except OSError as e:  # a full disk: the run needs no cache, but the user should know why it is missing
             print(f'warning: {path}: {e.strerror or e}; the data was not cached, so the next run decodes it again',

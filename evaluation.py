@@ -20,7 +20,7 @@ import parallel
 from augment import ParamDiffAug, augment_dc, parse_strategy, sample_dsa_params, apply_dsa
 from graphs import Graphed, graphs_enabled
 from networks import get_network
-from utils import autocast, draw_device, make_generator, mean_std
+from utils import autocast, draw_device, make_generator, mean_pm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,9 +259,8 @@ def evaluate_pool(recipes, num_eval, data, images, labels, seed, keys, log, labe
         hook = None if on_epoch is None else (lambda i, ep, net, arch=arch: on_epoch(arch, i, ep, net))
         results, _ = evaluate_networks(num_eval, build, images, labels, data.testloader(), recipe, report, hook)
         accs[arch] = [acc for _, acc, _ in results]
-        m, s = mean_std(accs[arch])
         log(f'{label}: {arch} trained {recipe.epoch_eval_train} epochs on {len(images)} images, '
-            f'test acc {m:.2f} ± {s:.2f} over {num_eval} models')
+            f'test acc {mean_pm(accs[arch])} over {num_eval} models')
     return accs
 
 

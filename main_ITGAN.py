@@ -25,10 +25,11 @@ from data import canonical_dataset, file_label, get_dataset, value_limit
 from dc import recommended_dsa_strategy
 from evaluation import EvalRecipe, evaluate_pool, test_accuracy
 from runner import Run, fingerprint, run_files, save_image_grid
-from utils import UserError, atomic_save, check_within, load_optimizer_state, make_generator, mean_std, \
-    precision_text, run_cli, versions, write_json
+from utils import UserError, atomic_save, check_within, load_optimizer_state, make_generator, mean_pm, \
+    mean_std, precision_text, run_cli, versions, write_json
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
+TITLES = {'real': '(a) real', 'random': '(b) random latents', 'inverted': '(c) inverted latents', 'itgan': '(d) IT-GAN'}
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'generator',
              'cuda_graphs', 'precision')
@@ -110,8 +111,9 @@ def main(argv=None):
     name = f'ITGAN_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc or "all"}ipc'
     path = functools.partial(os.path.join, args.save_path)
     run = Run(args, RESUMABLE + EVAL_FLAGS, args.save_path, **run_files(args.save_path, name),
-              results=(path(f'res_{name}.pt'), path(f'{name}.json')),
-              stale=(f'res_{name}.', f'{name}.', f'vis_{name}.'), generator_sha256=gen['sha256'])
+              results=(path(f'res_{name}.pt'), path(f'res_{name}_images.pt'), path(f'{name}.json')),
+              stale=(f'res_{name}.', f'res_{name}_images.', f'{name}.', f'vis_{name}.'),
+              generator_sha256=gen['sha256'])
     run.warn_fresh_start()
     state = run.resumed or dict(chunks=[], mse=[], it=0, losses=[], times={})
     # A --resume with other evaluation flags keeps the latents and evaluates them anew.
@@ -187,10 +189,10 @@ def main(argv=None):
         check_within(images, value_limit(data.mean, data.std), f'the {s} set rendered by the generator',
                      'its generator does not give images in [-1, 1]; check --generator (or --generator_factory)')
     sets['real'] = (data.images(real_idx).cpu(), labels)
-    n = min(args.ipc or 10, 10)  # the picture: one block per set (top to bottom), a row per class
+    n = min(args.ipc or 10, 10)  # the picture: one titled block per set (left to right), a row per class
     keep = torch.cat([p[:n] for p in index_class])
-    blocks = [sets[s][0][keep] for s in SETS]
-    save_image_grid(path(f'vis_{name}.png'), torch.cat(blocks), data.mean, data.std, nrow=n)
+    save_image_grid(path(f'vis_{name}.png'), torch.cat([sets[s][0][keep] for s in SETS]), data.mean, data.std, nrow=n,
+                    titles=[(TITLES[s], len(keep)) for s in SETS])
 
     # 3. Evaluation: --num_eval networks per --eval_model trained from scratch on every set, tested after the
     # --curve_at epochs too (the learning curve); resumable after every set.
@@ -231,16 +233,21 @@ def main(argv=None):
     atomic_save(dict(latents=latents, labels=labels, real_index=real_idx, generator=gen, accs=accs, curves=curves,
                      summary=summary, storage=size, inversion_mse=state['mse'], losses=state['losses'], meta=meta),
                 path(f'res_{name}.pt'))
+    # The IT-GAN set as images in the original results layout (data = [[images, labels]], standardised floats, the
+    # ones evaluated above): readable without the generator, by evaluate.py or any code of the field. eval_keys
+    # names the networks that evaluated it, so evaluate.py with this run's protocol and seed gives accs['itgan'].
+    atomic_save(dict(data=[[sets['itgan'][0], labels]], accs_all_exps=accs['itgan'],
+                     meta=dict(meta, normalised=True, eval_keys=[['itgan']])), path(f'res_{name}_images.pt'))
     write_json(path(f'{name}.json'), dict(run=name, accuracy=summary, curve_epochs=meta['protocol']['curve_epochs'],
                                       curve_mean=curve_means, storage=size, generator=gen,
                                       inversion_mse=state['mse'], times=state['times'], args=meta['args'],
                                       versions=meta['versions'], precision=meta['precision']))
     for s in SETS:
         for arch, r in summary[s].items():
-            run.log(f'({s}) {len(labels)} images, {arch}: {r["mean"]:.2f} ± {r["std"]:.2f}% over {args.num_eval} '
+            run.log(f'({s}) {len(labels)} images, {arch}: {mean_pm(r["all"], "%")} over {args.num_eval} '
                     f'networks; learning curve at epochs {meta["protocol"]["curve_epochs"]}: '
                     + ', '.join(f'{a:.2f}' for a in curve_means[s][arch]))
-    run.log(f'results: {path(f"res_{name}.pt")}')
+    run.log(f'results: {path(f"res_{name}.pt")}; the IT-GAN images: {path(f"res_{name}_images.pt")}')
     run.close()
     return summary
 

@@ -29,7 +29,8 @@ import parallel
 from data import denormalise, file_label, value_limit
 from evaluation import evaluate_pool, progress_lines
 from footprint import check_fits, condensation_bytes
-from utils import Log, UserError, atomic_save, atomic_write, check_within, hold_lock, load_optimizer_state, \
+from plots import save_grids
+from utils import Log, UserError, atomic_save, check_within, hold_lock, load_optimizer_state, \
     make_generator, mean_std, precision_text, refuse_non_finite, release_lock, remove_stale_temps, sample_std, \
     unreadable, versions, write_json
 
@@ -123,13 +124,22 @@ def save_results(path, data, accs_all_exps, meta=None, accs_iters=None):
     atomic_save(res, path)
 
 
-def save_image_grid(path, images, mean, std, nrow):
-    """De-normalise standardised images and write them as a PNG grid, nrow images per row."""
-    from torchvision.utils import save_image
+def save_image_grid(path, images, mean, std, nrow, titles=None):
+    """De-normalise standardised images and write them as a PNG grid, nrow images per row, enlarged to be seen
+    (plots.save_grids). titles: [(title, count)]: consecutive blocks of the images, each titled."""
     grid = denormalise(images.detach().float().cpu(), mean, std)
     if grid.shape[1] not in (1, 3):
         grid = grid[:, :1]  # a PNG holds 1 or 3 channels: other data is shown by its first channel
-    atomic_write(path, lambda f: save_image(grid, f, nrow=nrow, format='png'))
+    counts = [n for _, n in titles] if titles else [len(grid)]
+    save_grids(path, list(zip([t for t, _ in titles] if titles else [None], grid.split(counts))), nrow)
+
+
+def grid_columns(ipc, num_classes):
+    """Images a row in the picture of a set with ipc images per class (class-major): the images of c whole classes,
+    c the smallest divisor of K with c ≥ √(K / ipc), for a picture about as wide as high (ipc 1 of 10 classes: 2
+    rows of 5; ipc 10: a row per class)."""
+    c = next(c for c in range(1, num_classes + 1) if num_classes % c == 0 and c * c * ipc >= num_classes)
+    return c * ipc
 
 
 def run_files(folder, stem):
@@ -328,7 +338,7 @@ class CondensationRun(Run):
                              label=f'exp {exp} iter {it}', on_epoch=progress)
         keep = (torch.arange(len(labels)) % args.ipc < 50).nonzero()[:, 0]  # ≤ 50 per class in a picture
         save_image_grid(os.path.join(args.save_path, f'vis_{self.name}_exp{exp}_iter{it}.png'), images[keep],
-                        data.mean, data.std, nrow=min(args.ipc, 50))
+                        data.mean, data.std, nrow=grid_columns(min(args.ipc, 50), data.num_classes))
         state['accs_iters'][f'{exp}/{it}'] = accs
         state['t_eval'] += time.time() - t0
         if it == args.Iteration:

@@ -379,6 +379,12 @@ def mean_std(accs):
     return (float(a.mean()), float(a.std())) if len(a) else (float('nan'), float('nan'))
 
 
+def mean_pm(accs, unit=''):
+    """'mean ± std' in percent, or the mean alone for one value: the std of one network is no spread."""
+    m, s = mean_std(accs)
+    return f'{m:.2f}{unit}' if len(accs) == 1 else f'{m:.2f} ± {s:.2f}{unit}'
+
+
 def sample_std(accs):
     """The sample std (ddof 1) in percent, logged next to the papers' population std."""
     return float(np.std(np.asarray(accs, dtype=np.float64) * 100, ddof=1)) if len(accs) > 1 else float('nan')

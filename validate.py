@@ -98,7 +98,7 @@ def evaluate_fixed(G, args, data, run):
         keep = (torch.arange(len(labels)) % args.ipc < 50).nonzero()[:, 0]  # at most 50 per class in a picture
         run.write_config()
         runner.save_image_grid(run.path(f'vis_{stem}_{args.ipc}ipc_exp{exp}.png'), images[keep], real.mean, real.std,
-                               nrow=min(args.ipc, 50))
+                               nrow=runner.grid_columns(min(args.ipc, 50), data.num_classes))
     path = run.path(f'res_{stem}_GAN_{args.ipc}ipc.pt')
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=real.mean, std=real.std,
                 classes=real.class_names, normalised=True, method='DiM', model='GAN', ipc=args.ipc,

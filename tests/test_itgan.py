@@ -12,6 +12,7 @@ import torch
 
 import itgan
 from utils import UserError, non_finite, run_cli
+import evaluate
 import main_ITGAN
 import networks
 from augment import ParamDiffAug
@@ -153,6 +154,27 @@ def test_a_run_stores_latents_that_regenerate_the_evaluated_images(prepared_mnis
     assert torch.equal(torch.load(tmp / 'out' / f'res_{name}.pt')['latents']['itgan'], res['latents']['itgan'])
     with pytest.raises(UserError, match='differs in Iteration'):  # but not with other latents
         main_ITGAN.main(_cli(tmp, '--generator', gen, '--resume', '--Iteration', '5'))
+
+
+def test_the_exported_images_evaluate_to_the_accuracy_the_run_recorded(prepared_mnist):
+    """res_<run>_images.pt: the IT-GAN set as images in the original layout, beside the latents; evaluate.py with
+    the run's protocol and seed trains the networks the run trained on it, and gets its accuracies."""
+    tmp = prepared_mnist
+    main_ITGAN.main(_cli(tmp, '--generator', _write_generator(str(tmp)), '--num_eval', '2'))
+    name = 'ITGAN_MNIST_ConvNetW32_2ipc'
+    res = torch.load(tmp / 'out' / f'res_{name}.pt')
+    exported = torch.load(tmp / 'out' / f'res_{name}_images.pt')  # plain torch.load
+    [[images, labels]] = exported['data']
+    assert images.shape == (20, 1, 28, 28) and torch.equal(labels, res['labels'])
+    assert exported['meta']['normalised'] and exported['accs_all_exps'] == res['accs']['itgan']
+    [row] = evaluate.main(['--set', str(tmp / 'out' / f'res_{name}_images.pt'), '--dataset', 'MNIST', '--data_path',
+                           str(tmp), '--save_path', str(tmp / 'ev'), '--models', 'ConvNetW32', '--num_eval', '2',
+                           '--epoch_eval_train', '2', '--device', 'cpu', '--no_progress', '--baseline', 'none'])
+    assert row['accuracy']['all'] == res['accs']['itgan']['ConvNetW32']
+    # the result file itself holds no images: evaluate.py names the file that does
+    with pytest.raises(UserError, match=f'{name}_images.pt'):
+        evaluate.main(['--set', str(tmp / 'out' / f'res_{name}.pt'), '--dataset', 'MNIST', '--data_path', str(tmp),
+                       '--save_path', str(tmp / 'ev2'), '--device', 'cpu'])
 
 
 def test_an_interrupted_run_resumes_to_the_same_latents(prepared_mnist, monkeypatch):
