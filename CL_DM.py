@@ -20,18 +20,19 @@ from tqdm import tqdm
 from condensation.methods import continual
 from condensation.run import continual_report
 from condensation.device import parallel
-from condensation.run.cli import Config, add_flags, check_args, check_gan_flags, check_network
+from condensation.run.cli import ArgumentParser, Config, add_flags, check_args, check_network, unused_flags
 from condensation.data import dataset_info, get_dataset
 from condensation.methods.dc import get_loops
 from condensation.evaluation import EvalRecipe, evaluate_networks
 from condensation.networks import get_network
 from condensation.run.runner import Run, run_files
-from condensation.common import (ArgumentParser, UserError, check_positive, cpu_state, derive_seed, make_generator,
-                                 mean_std, remove_stale_temps, run_cli)
+from condensation.common import (UserError, cpu_state, derive_seed, make_generator, mean_std, precision_text,
+                                 remove_stale_temps, run_cli)
 
 # Arguments that may differ between a run and its resumption.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'seeds', 'checkpoint_every', 'dsa_param',
-             'eval_one_by_one', 'per_class', 'real_chunk', 'cuda_graphs')
+             'eval_one_by_one', 'per_class', 'real_chunk', 'cuda_graphs',
+             'precision')
 # The GAN flags' first CL spellings, still accepted (and named in their error messages).
 OLD_SPELLING = {name: (f'--{first}',) for name, first in continual.CACHE_NAMES.items()}
 
@@ -44,7 +45,9 @@ def method_name(value):
     return by_lower[value.lower()]
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, notes=None):
+    """CL's flags, validated; notes collects lines for the run log."""
+    notes = [] if notes is None else notes
     p = ArgumentParser(description=__doc__.split('\n')[0])
     g = p.add_argument_group('original flags')
     g.add_argument('--method', type=method_name, default='random', help=', '.join(continual.METHODS))
@@ -61,7 +64,7 @@ def parse_args(argv=None):
     g.add_argument('--train_mode', choices=['scratch', 'finetune'], default='scratch',
                    help="scratch: a fresh network per step (the protocol); finetune: continue the previous step's")
     add_flags(g, ('device', 'resume', 'no_progress', 'dsa_strategy', 'align_corners', 'checkpoint_every',
-                  'eval_one_by_one', 'cuda_graphs'),
+                  'eval_one_by_one', 'cuda_graphs', 'precision'),
               dsa_strategy='color_crop_cutout_flip_scale_rotate', checkpoint_every=200,
               helps=dict(checkpoint_every='DSA and DM memories: synthesis iterations between checkpoints of the memory '
                                           'being built (the run itself is checkpointed after every step)'))
@@ -94,7 +97,9 @@ def parse_args(argv=None):
                         "seen class from the step's generator after every epoch (the same images per epoch as a "
                         "stored memory; DiM's own on-the-fly evaluation), 'stored' trains on the set drawn once "
                         "(the memory cache's images)")
-    return validate(p.parse_args(argv))
+    args = p.parse_args(argv)
+    notes += unused_flags(p, args, 'CL_DM')
+    return validate(args)
 
 
 def validate(args):
@@ -103,23 +108,13 @@ def validate(args):
     info = dataset_info(args.dataset, args.data_path, args.im_size)
     check_network(args.model, info)
     num_classes = info.num_classes
-    def spelled(name):  # --mode_seeking / --gan_mode_seeking
-        return ' / '.join([name] + list(OLD_SPELLING.get(name, ())))
-
-    for name in ('steps', 'gan_iters', 'gan_batch', 'gan_lr', 'gan_width', 'n_critic', 'gp_every'):
-        check_positive(spelled(name), getattr(args, name))
-    check_gan_flags(args, spelled)
     if num_classes % args.steps:
         divisors = [d for d in range(2, num_classes + 1) if num_classes % d == 0][:6]
         raise UserError(f'--steps {args.steps} does not divide the {num_classes} classes of {info.name}; choose '
                         f'one of {", ".join(map(str, divisors))}, ...')
-    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
-        raise UserError(f'--seeds must be distinct non-negative integers, got {" ".join(map(str, args.seeds))}')
-    if args.feature_epochs < 0:
-        raise UserError(f'--feature_epochs must be >= 0, got {args.feature_epochs}')
-    if args.feature_net is not None:
-        if args.method not in ('herding', 'kcenter'):
-            raise UserError(f'--feature_net is for --method herding or kcenter, not {args.method}')
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f'--seeds must be distinct, got {" ".join(map(str, args.seeds))}')
+    if args.feature_net is not None and args.method in ('herding', 'kcenter'):
         if not os.path.isfile(args.feature_net):
             raise UserError(f'--feature_net {args.feature_net}: no such file')
         args.feature_net = os.path.abspath(args.feature_net)
@@ -227,7 +222,8 @@ def restore_nets(args, data, state, seed):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    notes = []
+    args = parse_args(argv, notes)
     data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     continual.check_budget(args, data)
     name = continual.run_name(args)
@@ -239,12 +235,15 @@ def main(argv=None):
     builder = {'DSA': f', {args.Iteration} DSA iterations', 'DM': f', {args.Iteration} DM iterations',
                'DiM': f', {args.gan_iters} GAN iterations'}.get(args.method, '')
     log(f'plan: {len(args.seeds)} seed(s) x {args.steps} steps on {args.device}{parallel.processes()}; per step a '
-        f'memory{builder}, then {args.num_eval} network(s) trained {args.epoch_eval_train} epochs')
+        f'memory{builder}, then {args.num_eval} network(s) trained {args.epoch_eval_train} epochs; precision: '
+        f'{precision_text(args)}')
     log(f'CL {name}: {data}; {args.steps} steps of {data.num_classes // args.steps} classes, ipc {args.ipc}, seeds '
         f'{args.seeds}, train mode {args.train_mode}, device {args.device}')
     log(f'evaluation: {args.num_eval} x {args.model} ({data.num_classes}-way), {args.epoch_eval_train} epochs, lr '
         f'{args.lr_net}, batch {args.batch_train}, DSA {args.dsa_strategy}')
     log(f'hyper-parameters: {run.fingerprint}')
+    for line in notes:
+        log(line)
     run.warn_fresh_start()
     if args.resume and run.resumed is None:
         log(f'--resume: no finished step recorded in {run.ckpt_path}; starting from step 0 (cached memories are '

@@ -1,7 +1,12 @@
-"""Evaluate condensed sets under one stated protocol, next to random real images of the same size.
+"""Evaluate condensed sets under one stated protocol, next to random real images of the same size and the full
+training set.
 
-Fresh networks are trained on each set and tested on the real test set; the random real images are trained by the
-same networks (the same initial weights and batch orders), so the gain is a paired comparison.
+Fresh networks are trained on each set and tested on the real test set. Next to each set: one random real subset of
+its size (per dataset, size, architecture, protocol and seed: every set of that size is measured against the same
+baseline, in this run and the next), the full training set under the same protocol, the share of the full-data
+accuracy the set recovers, and DD-Ranking's label-robust score; with --no_aug also the accuracies without the
+evaluation augmentation and DD-Ranking's augmentation-robust score (formulas: docs/design.md, section 1.5).
+The baseline's and the full data's accuracies are cached in --cache_dir (trained once).
 
     python evaluate.py --set result/res_DM_CIFAR10_ConvNet_10ipc.pt --dataset CIFAR10 --data_path data
 
@@ -10,6 +15,7 @@ A set (--set, repeatable) is
   - the original repository's results file (the same name; `data` = [[images, labels], ...], standardised),
   - a tensor file with `images` and `labels` (uint8 pixels, or float standardised with the dataset's mean and std;
     --normalized no: float pixels in [0, 1]),
+  - a bare [images, labels] list (float images need --normalized yes or no: such a file does not say),
   - an image folder with one sub-folder per class (class names of the dataset, class indices, or any K names,
     taken in sorted order).
 The protocol is evaluate_synset's (DSA or DC augmentation, epochs, lr, batch); the DC/DSA/DM papers' defaults.
@@ -19,26 +25,33 @@ from condensation import env  # first: the environment PyTorch reads when it sta
 import os
 
 import contextlib
+import dataclasses
 import hashlib
+import json
+import math
 import sys
 
 import numpy as np
 import torch
 
 from condensation.augment import get_daparam
-from condensation.run.cli import Config, add_flags, check_args, check_network
+from condensation.common import (UserError, atomic_write_text, make_generator, mean_pm, mean_std, precision_text,
+                                 run_cli, sample_std, versions, write_json)
 from condensation.data import IMAGE_EXTENSIONS, _read_image, canonical_dataset, get_dataset
-from condensation.methods.dc import recommended_dsa_strategy
 from condensation.evaluation import EvalRecipe, evaluate_pool, get_eval_pool, progress_lines
+from condensation.methods.dc import recommended_dsa_strategy
+from condensation.run.cli import ArgumentParser, Config, add_flags, check_args, check_network, unused_flags
 from condensation.run.runner import Run, run_files
-from condensation.common import (ArgumentParser, UserError, atomic_write_text, make_generator, mean_std, run_cli,
-                                 sample_std, versions, write_json)
 
 # Flags that may change between a run and its --resume.
-RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'cuda_graphs')
+RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'cuda_graphs', 'precision', 'cache_dir',
+             'full_data', 'full_epochs', 'full_num_eval', 'no_aug')
+SCORE_WEIGHT = 0.5  # DD-Ranking's default weight of the two terms of its scores (docs/design.md, section 1.5)
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, notes=None):
+    """evaluate.py's flags, validated; notes collects lines for the run log."""
+    notes = [] if notes is None else notes
     p = ArgumentParser(description=__doc__.split('\n')[0])
     g = p.add_argument_group('sets')
     g.add_argument('--set', dest='sets', action='append', required=True, metavar='PATH',
@@ -64,22 +77,40 @@ def parse_args(argv=None):
                    help="DC's evaluation augmentation (get_daparam: crop/scale/rotate on MNIST, crop/noise for "
                         "ConvNetBN, none otherwise; 300 epochs without augmentation, 1000 with) instead of DSA")
     g.add_argument('--baseline', choices=['random', 'none'], default='random',
-                   help='random: also evaluate the same number of random real images per class (drawn from --seed) '
-                        'with the same networks, and report the gain')
+                   help='random: also evaluate the same number of random real images per class, one subset per '
+                        'size drawn from --seed and shared by every set of that size (cached), and report the gain')
+    g = p.add_argument_group('scores', 'the full training set under the same protocol (trained once per dataset, '
+                                       'architecture, protocol and seed, and cached) and DD-Ranking\'s scores')
+    g.add_argument('--full_data', choices=['auto', 'train', 'none'], default='auto',
+                   help="the full-data accuracy: auto: from the cache when it holds it, else left out with a note "
+                        "(on a CPU a full MNIST network takes hours); train: from the cache, trained and cached when "
+                        "missing; none: left out")
+    g.add_argument('--full_epochs', type=int, default=None,
+                   help="epochs of the full-data networks (default: the protocol's; another value is part of the "
+                        "cache key and stated in the table)")
+    g.add_argument('--full_num_eval', type=int, default=1, help='full-data networks per architecture')
+    g.add_argument('--no_aug', action='store_true',
+                   help='also train every set and its baseline without the evaluation augmentation: the '
+                        'augmentation-robust view (accuracies without augmentation and the ARS)')
+    g.add_argument('--cache_dir', default=None,
+                   help='where the random baselines and full-data accuracies are cached, one JSON file each '
+                        '(default: <data_path>/evaluate_cache)')
     g = p.add_argument_group('run')
     add_flags(g, ('device', 'save_path', 'resume', 'align_corners', 'no_progress', 'amp', 'eval_one_by_one',
-                  'cuda_graphs'))
+                  'cuda_graphs', 'precision'))
     args = p.parse_args(argv)
+    notes += unused_flags(p, args, 'evaluate')
     # Defaults that depend on other flags: DSA with the strategy the papers use for the dataset, 1000 epochs.
-    explicit_strategy = args.dsa_strategy is not None
-    if args.dc_aug and explicit_strategy:
-        raise UserError('--dc_aug replaces DSA; drop --dsa_strategy')
-    if args.dsa_strategy is None:
-        args.dsa_strategy = 'None' if args.dc_aug else recommended_dsa_strategy(canonical_dataset(args.dataset))
+    if args.dc_aug:
+        args.dsa_strategy = 'None'  # DC's augmentation replaces DSA (unused_flags reports a strategy given)
+    elif args.dsa_strategy is None:
+        args.dsa_strategy = recommended_dsa_strategy(canonical_dataset(args.dataset))
     args.explicit_epochs = args.epoch_eval_train is not None
     if not args.explicit_epochs:
         args.epoch_eval_train = 1000
     check_args(args)
+    if args.cache_dir is None:
+        args.cache_dir = os.path.join(args.data_path, 'evaluate_cache')
     if args.exp != 'all' and not args.exp.isdigit():
         raise UserError(f"--exp must be an experiment index (0, 1, ...) or 'all', got {args.exp}")
     if args.eval_mode in ('S', 'SS'):
@@ -107,16 +138,17 @@ def _numpy_scalars():
                  *dtypes])
 
 
-WHAT_A_SET_IS = ('a results file (data = [[images, labels], ...]), a tensor file with images and labels, or a folder '
-                 'with one sub-folder of images per class')
+WHAT_A_SET_IS = ('a results file (data = [[images, labels], ...]), a tensor file with images and labels, a bare '
+                 '[images, labels] list, or a folder with one sub-folder of images per class')
 
 
 def read_set(path, args, data):
-    """{name, path, kind, note, iteration, exps: [(exp, images, labels)]} with standardised float images."""
+    """{name, path, kind, note, keys, exps: [(exp, images, labels)]} with standardised float images; keys[exp]: the
+    keys of the networks that evaluate experiment exp (evaluation.evaluate_pool)."""
     if os.path.isdir(path):
         images, labels, note = read_folder(path, data)
-        return dict(kind='image folder', note=note, iteration=0, exps=[(0, *standardised(images, labels, 'pixels',
-                                                                                        None, data, path))])
+        return dict(kind='image folder', note=note, keys={0: (0, 0)}, exps=[(0, *standardised(images, labels, 'pixels',
+                                                                                              None, data, path))])
     if not os.path.isfile(path):
         raise SetError(f'{path}: no such file or folder')
     try:
@@ -127,11 +159,24 @@ def read_set(path, args, data):
     if isinstance(obj, dict) and 'data' in obj:
         return read_results(path, obj, args, data)
     if isinstance(obj, dict) and 'images' in obj and 'labels' in obj:
-        form, note = float_form(obj['images'], args.normalized)
-        images, labels = standardised(obj['images'], obj['labels'], form, None, data, path)
-        return dict(kind='tensor file', note=note, iteration=0, exps=[(0, images, labels)])
+        return tensor_set(path, obj['images'], obj['labels'], 'tensor file', args, data)
+    if isinstance(obj, (list, tuple)) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj):
+        if obj[0].is_floating_point() and args.normalized is None:
+            raise SetError(f"{path}: a bare [images, labels] list does not say how its float images are scaled; pass "
+                           f"--normalized yes (standardised with {data.name}'s mean and std) or --normalized no "
+                           f"(pixels in [0, 1])")
+        return tensor_set(path, *obj, '[images, labels] list', args, data)
+    if isinstance(obj, dict) and 'latents' in obj:
+        raise SetError(f'{path}: an IT-GAN result (latents and a generator, no images); evaluate the images '
+                       f'main_ITGAN.py wrote beside it, {os.path.basename(path)[:-3]}_images.pt')
     keys = f' (keys: {", ".join(map(str, obj))})' if isinstance(obj, dict) else f' (a {type(obj).__name__})'
     raise SetError(f'{path}: not a set{keys}; a set is {WHAT_A_SET_IS}')
+
+
+def tensor_set(path, images, labels, kind, args, data):
+    form, note = float_form(images, args.normalized)
+    return dict(kind=kind, note=note, keys={0: (0, 0)}, exps=[(0, *standardised(images, labels, form, None, data,
+                                                                                  path))])
 
 
 def read_results(path, obj, args, data):
@@ -156,15 +201,18 @@ def read_results(path, obj, args, data):
     else:
         form, note = float_form(sets[chosen[0]][0], args.normalized)
         stats = None
-    # A set from this project's DC/DSA/DM run is evaluated by the networks its run used for the final evaluation:
-    # with the same --seed and protocol the accuracies are the recorded ones.
+    # A set from this project's runs is evaluated by the networks its run used for the final evaluation: with the
+    # same --seed and protocol the accuracies are the recorded ones. DC/DSA/DM key them by (experiment, Iteration);
+    # a run that keys them otherwise (IT-GAN) records the keys of each experiment.
     iteration = int((meta or {}).get('args', {}).get('Iteration', 0) or 0)
+    recorded = (meta or {}).get('eval_keys')
+    keys = {exp: tuple(recorded[exp]) if recorded and exp < len(recorded) else (exp, iteration) for exp in chosen}
     exps = []
     for exp in chosen:
         where = f'{path} (experiment {exp})' if len(sets) > 1 else path
         exps.append((exp, *standardised(*sets[exp], form, stats, data, where)))
     kind = 'results file' if meta is not None else 'original results file'
-    return dict(kind=kind, note=note, iteration=iteration, exps=exps)
+    return dict(kind=kind, note=note, keys=keys, exps=exps)
 
 
 def float_form(images, normalized):
@@ -306,106 +354,277 @@ def protocol_text(arch, r):
             f'momentum 0.9, weight decay 5e-4, batch {r.batch_train}, {aug}')
 
 
+def without_augmentation(recipe):
+    """The same protocol with no augmentation of the training batches (the augmentation-robust view)."""
+    return dataclasses.replace(recipe, dsa=False, dc_aug_param=None)
+
+
 def random_real(data, counts, generator):
     """counts[c] random real images of class c (all of a smaller class; standardised) and their labels."""
     picks = [data.get_images(c, int(n), generator).cpu() for c, n in enumerate(counts)]
     return torch.cat(picks), torch.cat([torch.full((len(x),), c) for c, x in enumerate(picks)])
 
 
+def baseline_draw(data, counts, seed):
+    """The random real subset of a set with counts[c] images of class c, and the keys of its networks: named by
+    the seed and the counts alone, so every set of that size, in any run, is measured against the same one."""
+    keys = ('random_real', *map(int, counts))
+    return (*random_real(data, counts, make_generator(seed, *keys)), keys)
+
+
 def per_class(counts):
     return str(counts[0]) if min(counts) == max(counts) else f'{min(counts)}-{max(counts)}'
 
 
-def pct(accs):
-    m, s = mean_std(accs)
-    return f'{m:.2f} ± {s:.2f}'
+# ----------------------------------------------------------------------------------------------------------------
+# The accuracies trained once: the random baselines and the full data, cached per dataset, architecture, protocol,
+# device type and seed (one JSON file each; delete one to train it again)
+
+def data_digest(data):
+    """sha1 of the dataset's tensors: a cached accuracy belongs to exactly these images."""
+    h = hashlib.sha1()
+    for t in (data.x_train, data.labels_train, data.x_test, data.labels_test):
+        h.update(t.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
-def markdown(args, data, sets, recipes, rows):
-    lines = [f'Evaluation on {data.name} ({len(data.x_test)} test images), seed {args.seed}, device {args.device}, '
-             f'{args.num_eval} network(s) per architecture and experiment:', '']
-    lines += [f'- {protocol_text(arch, r)}' for arch, r in recipes.items()]
-    lines += [f'- {s["name"]}: {s["kind"]}, {s["note"]}, {len(s["exps"])} experiment(s)' for s in sets]
-    lines += ['', '| set | images/class | architecture | accuracy (%) | n | random real (%) | gain (points) |',
-              '|---|---|---|---|---|---|---|']
-    for r in rows:
-        base = pct(r['random']['all']) if r['random'] else '-'
-        gain = f'{r["gain"]:+.2f}' if r['random'] else '-'
-        lines.append(f'| {r["set"]} | {r["images_per_class"]} | {r["architecture"]} | {pct(r["accuracy"]["all"])} | '
-                     f'{r["n"]} | {base} | {gain} |')
-    return '\n'.join(lines) + '\n'
+def cache_key(what, data, digest, arch, recipe, args, networks, **extra):
+    return dict(what=what, dataset=data.name, data_sha1=digest, architecture=arch, protocol=protocol_text(arch, recipe),
+                amp=recipe.amp, align_corners=args.align_corners, device=torch.device(recipe.device).type,
+                seed=args.seed, networks=networks, **extra)
+
+
+def cache_path(folder, key):
+    tag = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    name = ''.join(c if c.isalnum() or c in '-.' else '_' for c in f'{key["what"]}_{key["dataset"]}_'
+                   f'{key["architecture"]}')
+    return os.path.join(folder, f'{name}_{tag}.json')
+
+
+def cache_read(folder, key):
+    """The accuracies cached under key, or None."""
+    try:
+        with open(cache_path(folder, key)) as f:
+            entry = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return entry['accuracies'] if isinstance(entry, dict) and entry.get('key') == key else None
+
+
+def cache_write(folder, key, accs, log):
+    try:
+        os.makedirs(folder, exist_ok=True)
+        write_json(cache_path(folder, key), dict(key=key, accuracies=accs, versions=versions()))
+    except OSError as e:  # the run needs no cache; the next one trains again
+        log(f'warning: {folder}: {e.strerror or e}; the accuracies were not cached')
+
+
+def cached(folder, key, train, log):
+    accs = cache_read(folder, key)
+    if accs is None:
+        accs = train()
+        cache_write(folder, key, accs, log)
+    else:
+        log(f'{key["what"]} {key["architecture"]}: {mean_pm(accs, "%")} from {cache_path(folder, key)}')
+    return accs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scores (docs/design.md, section 1.5)
+
+def dd_ranking_score(first, second, weight=SCORE_WEIGHT):
+    """DD-Ranking's normalisation of weight·first + (1 − weight)·second, two accuracy differences as fractions of
+    1 (so in [−1, 1]), to [0, 100] %: 100 (e^x − e^−1) / (e − e^−1)."""
+    x = weight * first + (1 - weight) * second
+    return 100 * (math.exp(x) - math.exp(-1)) / (math.e - math.exp(-1))
+
+
+def mean(accs):
+    return float(sum(accs)) / len(accs)
+
+
+def scores(accs, base, full):
+    """gain (points), recovered (% of the full-data accuracy) and the label-robust score of one row; None where an
+    accuracy is missing. LRS: weight·IOR − (1 − weight)·HLR with IOR = set − random, HLR = full − set."""
+    syn = mean(accs)
+    return dict(gain=100 * (syn - mean(base)) if base else None,
+                recovered=100 * syn / mean(full) if full else None,
+                lrs=dd_ranking_score(syn - mean(base), syn - mean(full)) if base and full else None)
 
 
 def summary(accs):
+    if not accs:
+        return None
     m, s = mean_std(accs)
     return dict(mean=m, std=s, std_ddof1=sample_std(accs), all=accs)
 
 
+def markdown(args, data, sets, recipes, rows, notes):
+    lines = [f'Evaluation on {data.name} ({len(data.x_test)} test images), seed {args.seed}, device {args.device}, '
+             f'{args.num_eval} network(s) per architecture and experiment:', '']
+    lines += [f'- {protocol_text(arch, r)}' for arch, r in recipes.items()]
+    lines += [f'- {s["name"]}: {s["kind"]}, {s["note"]}, {len(s["exps"])} experiment(s)' for s in sets]
+    lines += [f'- {n}' for n in notes]
+
+    def cell(v, fmt='{:.2f}'):
+        return '-' if v is None else fmt.format(v)
+
+    def acc(v):
+        return '-' if v is None else mean_pm(v['all'])
+
+    lines += ['', '| set | images/class | architecture | accuracy (%) | n | random real (%) | gain (points) | '
+                  'full data (%) | recovered (%) | LRS (%) |', '|---|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f'| {r["set"]} | {r["images_per_class"]} | {r["architecture"]} | {acc(r["accuracy"])} | '
+                     f'{r["n"]} | {acc(r["random"])} | {cell(r["gain"], "{:+.2f}")} | {acc(r["full"])} | '
+                     f'{cell(r["recovered"], "{:.1f}")} | {cell(r["lrs"])} |')
+    if args.no_aug:
+        lines += ['', 'The same sets without the evaluation augmentation (the augmentation-robust view):', '',
+                  '| set | architecture | with (%) | without (%) | random real with (%) | random real without (%) | '
+                  'ARS (%) |', '|---|---|---|---|---|---|---|']
+        for r in rows:
+            na = r['no_aug']
+            lines.append(f'| {r["set"]} | {r["architecture"]} | {acc(r["accuracy"])} | {acc(na["accuracy"])} | '
+                         f'{acc(r["random"])} | {acc(na["random"])} | {cell(na["ars"])} |')
+    return '\n'.join(lines) + '\n'
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
-def main(argv=None):
-    args = parse_args(argv)
-    data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
-    recipes = eval_recipes(args, data)
-    sets = read_sets(args, data)
+class Pools:
+    """The networks a run trains: a set's pools (checkpointed in the run once trained), the random real baselines
+    and the full data (cached across runs), with progress lines on a CPU."""
 
+    def __init__(self, args, data, run):
+        self.args, self.data, self.run, self.log = args, data, run, run.log
+        self.done = run.resumed['done'] if run.resumed else {}
+        self.on_cpu = torch.device(args.device).type == 'cpu'
+        self.digest = data_digest(data)
+
+    def pool(self, recipe, arch, images, labels, keys, label, n=None):
+        """The accuracies of n (default --num_eval) networks of arch on (images, labels)."""
+        args = self.args
+        progress = progress_lines(self.log, recipe.epoch_eval_train) if self.on_cpu else None
+        return evaluate_pool({arch: recipe}, n or args.num_eval, self.data, images, labels, args.seed, keys, self.log,
+                             label=label, on_epoch=progress)[arch]
+
+    def accuracies(self, key, recipe, arch, images, labels, keys, label):
+        """A set's accuracies, each pool checkpointed once trained."""
+        if key not in self.done:
+            self.done[key] = self.pool(recipe, arch, images, labels, keys, label)
+            self.run.save(dict(done=self.done))
+        return self.done[key]
+
+    def baseline(self, counts, arch, recipe, view=''):
+        """The random real subset of that size, evaluated once per protocol and cached."""
+        args, data = self.args, self.data
+        key = cache_key('random_real', data, self.digest, arch, recipe, args, args.num_eval, counts=counts)
+        x, y, keys = baseline_draw(data, counts, args.seed)
+        return cached(args.cache_dir, key, lambda: self.pool(recipe, arch, x, y, keys, f'random real '
+                                                             f'({per_class(counts)}/class){view}'), self.log)
+
+    def full_data(self, recipes):
+        """{arch: accuracies} of the full training set (from the cache; trained with --full_data train) and the
+        table's notes on the baseline, the full data and the scores."""
+        args, data = self.args, self.data
+        notes, full = [], {}
+        cache_words = f'cached in {os.path.abspath(args.cache_dir)}'
+        if args.baseline == 'random':
+            notes.append(f'random real: one subset per size and seed, shared by every set of that size; {cache_words}')
+        for arch, r in recipes.items():
+            if args.full_data == 'none':
+                break
+            r = dataclasses.replace(r, epoch_eval_train=args.full_epochs or r.epoch_eval_train)
+            key = cache_key('full_data', data, self.digest, arch, r, args, args.full_num_eval)
+            what = (f'{arch}: {args.full_num_eval} network(s) of {r.epoch_eval_train} epochs on the '
+                    f'{len(data.x_train)} training images')
+            if args.full_data == 'auto' and cache_read(args.cache_dir, key) is None:
+                notes.append(f'full data {what}: not in the cache; --full_data train trains them once ({cache_words})')
+                continue
+            full[arch] = cached(args.cache_dir, key, lambda: self.pool(r, arch, data.images_train, data.labels_train,
+                                                                       ('full_data',), 'full data', args.full_num_eval),
+                                self.log)
+            notes.append(f'full data {what}: {mean_pm(full[arch], "%")}; {cache_words}')
+        notes.append(f'recovered: the share of the full-data accuracy; LRS, ARS: DD-Ranking\'s label- and '
+                     f'augmentation-robust scores, weight {SCORE_WEIGHT} (docs/design.md, section 1.5)')
+        return full, notes
+
+    def row(self, i, s, arch, recipe, full):
+        """The table row of set i on arch: its accuracies, the baseline's, the full data's and the scores."""
+        args, data = self.args, self.data
+        views = {'': recipe, ' without augmentation': without_augmentation(recipe)} if args.no_aug else {'': recipe}
+        accs, base = {v: [] for v in views}, {v: [] for v in views}
+        for exp, images, labels in s['exps']:
+            for view, r in views.items():
+                # Network j of arch on experiment exp starts from the weights of the stream (seed, *keys, arch, j),
+                # with keys the ones its own run used.
+                accs[view] += self.accuracies(f'set {i}/{exp}/{arch}{view}', r, arch, images, labels,
+                                              s['keys'][exp], f'{s["name"]} exp {exp}{view}')
+        distinct = {tuple(torch.bincount(y, minlength=data.num_classes).tolist()) for _, _, y in s['exps']}
+        if args.baseline == 'random':
+            for counts in sorted(distinct):
+                for view, r in views.items():
+                    base[view] += self.baseline(list(counts), arch, r, view)
+        counts = torch.bincount(s['exps'][0][2], minlength=data.num_classes).tolist()
+        row = dict(set=s['name'], images_per_class=per_class(counts), architecture=arch, n=len(accs['']),
+                   accuracy=summary(accs['']), random=summary(base['']), full=summary(full.get(arch)),
+                   **scores(accs[''], base[''], full.get(arch)))
+        if args.no_aug:
+            plain = ' without augmentation'
+            ars = dd_ranking_score(mean(accs['']) - mean(base['']), mean(accs[plain]) - mean(base[plain])) \
+                if base[''] else None
+            row['no_aug'] = dict(accuracy=summary(accs[plain]), random=summary(base[plain]), ars=ars)
+        return row
+
+
+def open_run(args, data, sets, recipes, notes):
+    """The run (its files named after the first set: eval_<dataset>_<set>[_and_<n>_more].{md,json,log,ckpt.pt})
+    and its opening lines; returns the run and the paths of the table and the JSON."""
     stem = f'eval_{data.name}_{os.path.splitext(os.path.basename(os.path.normpath(args.sets[0])))[0]}' + (
         f'_and_{len(sets) - 1}_more' if len(sets) > 1 else '')
     paths = {ext: os.path.join(args.save_path, f'{stem}.{ext}') for ext in ('md', 'json')}
     run = Run(args, RESUMABLE, args.save_path, **run_files(args.save_path, stem), stale=(stem,),
               digests=[s['digest'] for s in sets])
-    done, log = run.resumed['done'] if run.resumed else {}, run.log
+    log = run.log
     log(f'evaluate {len(sets)} set(s) on {data}; device {args.device}; seed {args.seed}; {args.num_eval} network(s) '
-        f'per architecture and experiment; baseline {args.baseline}')
+        f'per architecture and experiment; baseline {args.baseline}; full data {args.full_data}; cache '
+        f'{os.path.abspath(args.cache_dir)}; precision: {precision_text(args)}')
+    for line in notes:
+        log(line)
     for arch, r in recipes.items():
         log(f'protocol {protocol_text(arch, r)}')
     for s in sets:
         log(f'set {s["name"]}: {s["kind"]}, {s["note"]}, experiments {[e for e, _, _ in s["exps"]]}, '
             f'sha1 {s["digest"]}')
-    progress = None if torch.device(args.device).type != 'cpu' else progress_lines(
-        log, max(r.epoch_eval_train for r in recipes.values()))
+    return run, paths
 
-    def accuracies(key, images, labels, keys, label, arch):
-        """The accuracies of num_eval networks of arch on (images, labels), each checkpointed once trained."""
-        if key not in done:
-            done[key] = evaluate_pool({arch: recipes[arch]}, args.num_eval, data, images, labels, args.seed, keys, log,
-                                      label=label, on_epoch=progress)[arch]
-            run.save(dict(done=done))
-        return done[key]
 
-    rows = []
-    for i, s in enumerate(sets):
-        for arch in recipes:
-            accs, base = [], []
-            for exp, images, labels in s['exps']:
-                # Network j of arch starts from the weights of the stream (seed, exp, iteration, arch, j), for the
-                # set and for its random baseline alike.
-                keys = (exp, s['iteration'])
-                accs += accuracies(f'set {i}/{exp}/{arch}', images, labels, keys, f'{s["name"]} exp {exp}', arch)
-                if args.baseline == 'random':
-                    counts = torch.bincount(labels, minlength=data.num_classes).tolist()
-                    x, y = random_real(data, counts, make_generator(args.seed, 'random_real', exp))
-                    base += accuracies(f'random {counts}/{exp}/{s["iteration"]}/{arch}', x, y, keys,
-                                       f'random real ({per_class(counts)}/class) exp {exp}', arch)
-            counts = torch.bincount(s['exps'][0][2], minlength=data.num_classes).tolist()
-            rows.append(dict(set=s['name'], images_per_class=per_class(counts), architecture=arch, n=len(accs),
-                             accuracy=summary(accs), random=summary(base) if base else None,
-                             gain=mean_std(accs)[0] - mean_std(base)[0] if base else None))
+def main(argv=None):
+    notes = []
+    args = parse_args(argv, notes)
+    data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
+    recipes = eval_recipes(args, data)
+    sets = read_sets(args, data)
+    run, paths = open_run(args, data, sets, recipes, notes)
+    pools = Pools(args, data, run)
+    full, notes = pools.full_data(recipes)
+    rows = [pools.row(i, s, arch, recipe, full) for i, s in enumerate(sets) for arch, recipe in recipes.items()]
 
-    table = markdown(args, data, sets, recipes, rows)
+    table = markdown(args, data, sets, recipes, rows, notes)
     atomic_write_text(paths['md'], table)
     write_json(paths['json'], dict(
         dataset=data.name, seed=args.seed, device=args.device, num_eval=args.num_eval, baseline=args.baseline,
+        cache=os.path.abspath(args.cache_dir), score_weight=SCORE_WEIGHT,
         protocol={arch: protocol_text(arch, r) for arch, r in recipes.items()},
-        sets=[{k: s[k] for k in ('name', 'path', 'kind', 'note', 'iteration', 'digest')} | dict(
-            experiments=[e for e, _, _ in s['exps']]) for s in sets],
-        results=rows, args=run.fingerprint, versions=versions()))
-    log(table, echo=False)
-    log(f'results: {paths["md"]}, {paths["json"]}')
+        sets=[{k: s[k] for k in ('name', 'path', 'kind', 'note', 'digest')} | dict(
+            experiments=[e for e, _, _ in s['exps']], network_keys=[list(s['keys'][e]) for e, _, _ in s['exps']])
+            for s in sets],
+        results=rows, args=run.fingerprint, versions=versions(), precision=precision_text(args)))
+    run.log(table, echo=False)
+    run.log(f'results: {paths["md"]}, {paths["json"]}')
     run.close()
     print(table)
     return rows
-
 
 if __name__ == '__main__':
     run_cli(main)

@@ -29,6 +29,7 @@ def main(argv=None):
     state = run.resumed['state'] if run.resumed else dict(epoch=0, best={}, best_all=None, history=[])
     if run.resumed:
         run.log(f'resumed from {run.ckpt_path} at epoch {state["epoch"]}')
+        dim_stages.write_pending(run, state)  # the best checkpoints a stopped run had chosen but not written
     run.start_training(data, state)  # checks the batch size; with --cas the classifier the CAS is scored by
     step = gan.GANStep(G, D, opt_g, opt_d, data.num_classes, args.n_critic, args.gp_every, args.mode_seeking, ema,
                        graphs=graphs_enabled(args.device, args.cuda_graphs))  # on CUDA: replayed as CUDA graphs
@@ -43,6 +44,7 @@ def main(argv=None):
             dim_stages.keep_best(run, state, dim.validate_generator(run.sampler, args, data, 1, epoch), epoch)
         state['epoch'] = epoch + 1
         run.save_gan('last.pth', epoch, state=dict(state, matcher=None))
+        dim_stages.write_pending(run, state)  # the best checkpoints after last.pth: a resume point always exists
 
     return run.finish(state, data, {2: 'stage 2', 3: 'or stage 3 on this generator'})  # the next commands
 

@@ -20,15 +20,16 @@ from condensation import env  # first: the environment PyTorch reads when it sta
 import argparse
 
 from condensation.augment import get_daparam
-from condensation.run.cli import Config, add_flags, check_condense_args, condense_parser
+from condensation.run.cli import Config, add_flags, check_condense_args, condense_parser, unused_flags
 from condensation.data import canonical_dataset, get_dataset
-from condensation.methods.dc import DCStep, get_loops, recommended_dsa_strategy, warn
+from condensation.methods.dc import DCStep, get_loops, recommended_dsa_strategy
 from condensation.evaluation import EvalRecipe, get_eval_pool
 from condensation.run.runner import CondensationRun
 from condensation.common import UserError, run_cli
 
 # Flags that may change between a run and its --resume.
-RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs')
+RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs',
+             'precision')
 
 
 def eval_settings(args, explicit_epochs):
@@ -69,6 +70,7 @@ def parse_args(argv=None, notes=None):
     g.add_argument('--dc_rotate', choices=['cpu', 'gpu'], default='cpu',
                    help="DC evaluation rotation: 'cpu' = cubic spline as scipy (reference), 'gpu' = bilinear, faster")
     args = p.parse_args(argv)
+    notes += unused_flags(p, args, 'main')
     explicit_epochs = args.epoch_eval_train is not None
     if not explicit_epochs:
         args.epoch_eval_train = 1000  # a placeholder for the checks; set per evaluation architecture below
@@ -84,10 +86,7 @@ def parse_args(argv=None, notes=None):
             notes.append(f'--method DSA without --dsa_strategy: using {args.dsa_strategy}, the recommended '
                          f'strategy for {args.dataset}')
     else:
-        if strategy_on:
-            warn(f'--method DC ignores --dsa_strategy {args.dsa_strategy} (DC augments only at evaluation, '
-                  f'with get_daparam); use --method DSA for DSA', notes)
-        args.dsa_strategy = 'None'
+        args.dsa_strategy = 'None'  # DC augments only at evaluation (unused_flags reports a strategy given)
     args = check_condense_args(args)
     assert args.dsa == (args.method == 'DSA')
     args.outer_loop, args.inner_loop = get_loops(args.ipc, args.outer_loop, args.inner_loop, notes)

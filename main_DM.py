@@ -15,7 +15,7 @@ from condensation import env  # first: the environment PyTorch reads when it sta
 import torch
 
 from condensation.device import parallel
-from condensation.run.cli import Config, add_flags, check_condense_args, condense_parser
+from condensation.run.cli import Config, add_flags, check_condense_args, condense_parser, unused_flags
 from condensation.data import get_dataset
 from condensation.methods.dm import DMStep
 from condensation.evaluation import EvalRecipe, get_eval_pool
@@ -24,10 +24,12 @@ from condensation.common import UserError, run_cli
 
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs',
-             'compile')
+             'compile', 'precision')
 
 
-def parse_args(argv=None):
+def parse_args(argv=None, notes=None):
+    """The original main_DM.py's flags and defaults plus the project's; notes collects lines for the run log."""
+    notes = [] if notes is None else notes
     p = condense_parser(__doc__.split('\n')[0], ipc=50, eval_mode='SS', epoch_eval_train=1000, Iteration=20000,
                         lr_img=1.0, init='real', dsa_strategy='color_crop_cutout_flip_scale_rotate')
     g = p.add_argument_group('DM')
@@ -35,7 +37,9 @@ def parse_args(argv=None):
     g.add_argument('--preset', choices=['readme'], default=None,
                    help="'readme': lr_img from the reference README's table for this dataset and ipc (default: none, "
                         "--lr_img as given)")
-    args = check_condense_args(p.parse_args(argv))
+    args = p.parse_args(argv)
+    notes += unused_flags(p, args, 'main_DM')
+    args = check_condense_args(args)
     if args.preset == 'readme':
         args.lr_img = 10.0 if args.dataset == 'CIFAR10' and args.ipc >= 100 else 1.0
     args.per_class = bool(args.per_class)
@@ -54,11 +58,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    notes = []
+    args = parse_args(argv, notes)
     data = get_dataset(args.dataset, args.data_path, device=args.device, im_size=args.im_size)
     recipes = {arch: EvalRecipe.from_args(args) for arch in get_eval_pool(args.eval_mode, args.model,
                                                                          strict=args.s_mode_strict)}
-    run = CondensationRun(args, RESUMABLE, 'DM', data, reference_every=2000, recipes=recipes)
+    run = CondensationRun(args, RESUMABLE, 'DM', data, reference_every=2000, recipes=recipes, notes=notes)
     for exp in run.experiments():
         syn = run.synthetic_set(exp)  # random real images (--init real) or noise, or as checkpointed
         step = DMStep(args, data, syn.images, syn.labels, syn.optimizer)  # on CUDA: replayed as one CUDA graph

@@ -19,19 +19,20 @@ import torch
 
 from condensation.methods import itgan
 from condensation.device import parallel
-from condensation.run.cli import Config, add_flags, check_args, check_network
-from condensation.data import canonical_dataset, file_label, get_dataset
+from condensation.run.cli import ArgumentParser, Config, add_flags, check_args, check_network
+from condensation.data import canonical_dataset, file_label, get_dataset, value_limit
 from condensation.methods.dc import recommended_dsa_strategy
 from condensation.evaluation import EvalRecipe, evaluate_pool, test_accuracy
 from condensation.run.progress import Progress
 from condensation.run.runner import Run, fingerprint, run_files, save_image_grid
-from condensation.common import (ArgumentParser, UserError, atomic_save, check_positive, make_generator, mean_std,
-                                 run_cli, versions, write_json)
+from condensation.common import (UserError, atomic_save, check_within, load_optimizer_state, make_generator,
+                                 mean_pm, mean_std, precision_text, run_cli, versions, write_json)
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
+TITLES = {'real': '(a) real', 'random': '(b) random latents', 'inverted': '(c) inverted latents', 'itgan': '(d) IT-GAN'}
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'generator',
-             'cuda_graphs')
+             'cuda_graphs', 'precision')
 # Flags of the evaluation only: a --resume with other values keeps the latents and evaluates them anew.
 EVAL_FLAGS = ('num_eval', 'epoch_eval_train', 'eval_model', 'curve_at', 'lr_net', 'batch_train')
 
@@ -41,7 +42,8 @@ def parse_args(argv=None):
     g = p.add_argument_group('project flags')
     add_flags(g, ('dataset', 'im_size', 'model', 'ipc', 'num_eval', 'epoch_eval_train', 'Iteration', 'lr_net',
                   'batch_real', 'batch_train', 'dsa_strategy', 'data_path', 'save_path', 'seed', 'device', 'resume',
-                  'checkpoint_every', 'align_corners', 'no_progress', 'real_chunk', 'cuda_graphs'),
+                  'checkpoint_every', 'align_corners', 'no_progress', 'real_chunk', 'cuda_graphs',
+                  'precision'),
               aliases={'epoch_eval_train': ('--epochs-eval',), 'num_eval': ('--num-eval',)},  # DiM's spellings
               ipc=None, num_eval=3, epoch_eval_train=200, Iteration=1000, dsa_strategy=None, checkpoint_every=100,
               helps=dict(ipc='real images per class to invert and condense (default: every training image, the '
@@ -81,11 +83,6 @@ def parse_args(argv=None):
     if args.dsa_strategy is None:  # no flipped digits, as the DSA papers recommend
         args.dsa_strategy = recommended_dsa_strategy(canonical_dataset(args.dataset))
     check_args(args)
-    for name in ('invert_iters', 'lr_invert', 'invert_batch', 'lr_latent', 'batch_syn'):
-        check_positive(name, getattr(args, name))
-    for name in ('reg', 'feat_weight'):
-        if not getattr(args, name) >= 0:
-            raise UserError(f'--{name} must be >= 0, got {getattr(args, name)}')
     for name in args.eval_model:
         check_network(name)
     args.curve_at = sorted({e for e in args.curve_at if 0 < e < args.epoch_eval_train + 1})
@@ -116,15 +113,18 @@ def main(argv=None):
     latents = dict(random=z_rand, inverted=z_inv, itgan=z_itgan)
     y = labels.to(args.device)
     sets = {s: (itgan.render_set(G, z.to(args.device), y, data.mean, data.std), labels) for s, z in latents.items()}
+    for s, (images, _) in sets.items():  # a generator's images in [-1, 1] stay far within; another's may not
+        check_within(images, value_limit(data.mean, data.std), f'the {s} set rendered by the generator',
+                     'its generator does not give images in [-1, 1]; check --generator (or --generator_factory)')
     sets['real'] = (data.images(real_idx).cpu(), labels)
-    n = min(args.ipc or 10, 10)  # the picture: one block per set (top to bottom), a row per class
+    n = min(args.ipc or 10, 10)  # the picture: one titled block per set (left to right), a row per class
     keep = torch.cat([p[:n] for p in index_class])
-    blocks = [sets[s][0][keep] for s in SETS]
-    save_image_grid(os.path.join(args.save_path, f'vis_{name}.png'), torch.cat(blocks), data.mean, data.std, nrow=n)
+    save_image_grid(os.path.join(args.save_path, f'vis_{name}.png'), torch.cat([sets[s][0][keep] for s in SETS]),
+                    data.mean, data.std, nrow=n, titles=[(TITLES[s], len(keep)) for s in SETS])
 
     evaluate_phase(args, data, sets, state, run)  # 3. networks trained on every set, with learning curves
     summary = write_results(args, data, run, state, name, dict(latents=latents, labels=labels, real_index=real_idx,
-                                                               generator=gen, storage=size))
+                                                               generator=gen, storage=size), sets['itgan'][0])
     run.close()
     return summary
 
@@ -137,8 +137,9 @@ def open_run(args, data, gen):
     name = f'ITGAN_{file_label(args.dataset, args.im_size)}_{args.model}_{args.ipc or "all"}ipc'
     path = functools.partial(os.path.join, args.save_path)
     run = Run(args, RESUMABLE + EVAL_FLAGS, args.save_path, **run_files(args.save_path, name),
-              results=(path(f'res_{name}.pt'), path(f'{name}.json')),
-              stale=(f'res_{name}.', f'{name}.', f'vis_{name}.'), generator_sha256=gen['sha256'])
+              results=(path(f'res_{name}.pt'), path(f'res_{name}_images.pt'), path(f'{name}.json')),
+              stale=(f'res_{name}.', f'res_{name}_images.', f'{name}.', f'vis_{name}.'),
+              generator_sha256=gen['sha256'])
     run.warn_fresh_start()
     state = run.resumed or dict(chunks=[], mse=[], it=0, losses=[], times={})
     # A --resume with other evaluation flags keeps the latents and evaluates them anew.
@@ -155,7 +156,8 @@ def open_run(args, data, gen):
 
 def log_start(run, args, data, gen, name, labels, size, state):
     run.log(f'IT-GAN {name}: {data}; {len(labels)} latents of width {gen["dim_noise"]}; generator {gen["path"]} '
-            f'(sha256 {gen["sha256"][:12]}); device {args.device}{parallel.processes()}; seed {args.seed}')
+            f'(sha256 {gen["sha256"][:12]}); device {args.device}{parallel.processes()}; seed {args.seed}; '
+            f'precision: {precision_text(args)}')
     run.log(f'storage: generator {size["generator_bytes"] / 2 ** 10:.1f} KiB + latents '
             f'{size["latent_bytes"] / 2 ** 10:.1f} KiB against {size["image_bytes"] / 2 ** 10:.1f} KiB of uint8 '
             f'images (x{size["ratio"]:.2f})')
@@ -168,9 +170,10 @@ def invert_phase(args, data, G, real_idx, labels, state, run):
     chunks = list(zip(real_idx.split(args.invert_batch), labels.split(args.invert_batch)))
     for k in range(len(state['chunks']), len(chunks)):
         z, mse = itgan.invert(args, data, G, *chunks[k], args.seed, k)
-        if not (math.isfinite(mse[1]) and torch.isfinite(z).all()):
-            raise UserError(f'inversion chunk {k + 1}: the latents diverged (reconstruction error {mse[1]}); lower '
-                            f'--lr_invert (now {args.lr_invert})')
+        advice = f'the latents diverged (reconstruction error {mse[1]}); lower --lr_invert (now {args.lr_invert})'
+        if not math.isfinite(mse[1]):
+            raise UserError(f'inversion chunk {k + 1}: {advice}')
+        check_within(z, itgan.LATENT_LIMIT, f'inversion chunk {k + 1}: the latents', advice)
         state['chunks'].append(z)
         state['mse'].append(mse)
         state['times']['inversion_s'] = state['times'].get('inversion_s', 0.0) + time.time() - t0
@@ -186,10 +189,14 @@ def condense_phase(args, data, G, z_inv, real_idx, labels, index_class, state, r
     z = state.get('z_itgan', z_inv).clone().to(args.device).requires_grad_(True)
     opt = torch.optim.Adam([z], lr=args.lr_latent)
     if 'opt' in state:
-        opt.load_state_dict(state['opt'])
+        load_optimizer_state(opt, state['opt'])
+
+    def check(where, advice):  # the step's latents, before they are logged as a result or saved
+        check_within(z, itgan.LATENT_LIMIT, f'{where}: the latents', advice)
     progress = Progress(run.log, args.Iteration, start=state['it'], desc='IT-GAN', bar=not args.no_progress,
                         checkpoint_every=args.checkpoint_every, where='IT-GAN iteration {it}',
-                        diverged='the latents diverged', advice=f'lower --lr_latent (now {args.lr_latent})')
+                        diverged='the latents diverged', advice=f'lower --lr_latent (now {args.lr_latent})',
+                        check=check)
     t0 = time.time()
     for it in progress:
         losses = itgan.itgan_step(args, data, G, z, labels, real_idx, opt, args.seed, (it,), index_class)
@@ -235,9 +242,10 @@ def evaluate_phase(args, data, sets, state, run):
         run.save(state)
 
 
-def write_results(args, data, run, state, name, result):
+def write_results(args, data, run, state, name, result, itgan_images):
     """res_<name>.pt (`result`: latents, labels, real_index, generator, storage; plus the accuracies, curves and
-    meta) and <name>.json; the summary {set: {arch: mean, std, all}}."""
+    meta), res_<name>_images.pt (the IT-GAN set as images) and <name>.json; the summary {set: {arch: mean, std,
+    all}}."""
     accs, curves = state['accs'], state['curves']
     summary = {s: {arch: dict(zip(('mean', 'std'), mean_std(a)), all=a) for arch, a in accs[s].items()} for s in SETS}
     curve_means = {s: {arch: [mean_std([c[j] for c in cs])[0] for j in range(len(cs[0]))]
@@ -245,7 +253,8 @@ def write_results(args, data, run, state, name, result):
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean, std=data.std,
                 method='ITGAN', model=args.model, ipc=args.ipc, args=dict(run.fingerprint, **state['eval_fingerprint']),
                 seed=args.seed, world_size=parallel.world_size(),
-                versions=versions(), render='standardise((G(z, y) + 1) / 2), G in eval mode, chunks of 500',
+                versions=versions(), precision=precision_text(args),
+                render='standardise((G(z, y) + 1) / 2), G in eval mode, chunks of 500',
                 protocol=dict(epoch_eval_train=args.epoch_eval_train, dsa_strategy=args.dsa_strategy,
                               eval_model=args.eval_model, curve_epochs=args.curve_at + [args.epoch_eval_train + 1]))
     path = functools.partial(os.path.join, args.save_path)
@@ -253,16 +262,21 @@ def write_results(args, data, run, state, name, result):
     atomic_save(dict(latents=result['latents'], labels=result['labels'], real_index=result['real_index'],
                      generator=gen, accs=accs, curves=curves, summary=summary, storage=size,
                      inversion_mse=state['mse'], losses=state['losses'], meta=meta), path(f'res_{name}.pt'))
+    # The IT-GAN set as images in the original results layout (data = [[images, labels]], standardised floats, the
+    # ones evaluated above): readable without the generator, by evaluate.py or any code of the field. eval_keys
+    # names the networks that evaluated it, so evaluate.py with this run's protocol and seed gives accs['itgan'].
+    atomic_save(dict(data=[[itgan_images, result['labels']]], accs_all_exps=accs['itgan'],
+                     meta=dict(meta, normalised=True, eval_keys=[['itgan']])), path(f'res_{name}_images.pt'))
     write_json(path(f'{name}.json'), dict(run=name, accuracy=summary, curve_epochs=meta['protocol']['curve_epochs'],
                                       curve_mean=curve_means, storage=size, generator=gen,
                                       inversion_mse=state['mse'], times=state['times'], args=meta['args'],
-                                      versions=meta['versions']))
+                                      versions=meta['versions'], precision=meta['precision']))
     for s in SETS:
         for arch, r in summary[s].items():
-            run.log(f'({s}) {len(result["labels"])} images, {arch}: {r["mean"]:.2f} ± {r["std"]:.2f}% over '
+            run.log(f'({s}) {len(result["labels"])} images, {arch}: {mean_pm(r["all"], "%")} over '
                     f'{args.num_eval} networks; learning curve at epochs {meta["protocol"]["curve_epochs"]}: '
                     + ', '.join(f'{a:.2f}' for a in curve_means[s][arch]))
-    run.log(f'results: {path(f"res_{name}.pt")}')
+    run.log(f'results: {path(f"res_{name}.pt")}; the IT-GAN images: {path(f"res_{name}_images.pt")}')
     return summary
 
 

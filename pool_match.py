@@ -38,6 +38,7 @@ def main(argv=None):
     state = run.resumed['state'] if run.resumed else dict(epoch=0, best={}, best_all=None, history=[])
     run.log(f'resumed from {run.ckpt_path} at epoch {state["epoch"]}' if run.resumed else
             f'loaded {args.weight}; Adam lr set to {args.lr}')
+    dim_stages.write_pending(run, state)  # resumed: the best checkpoints a stopped run had chosen but not written
     run.start_training(data, state)  # checks the batch size; with --cas the classifier the CAS is scored by
     # Stage 1's GAN iteration, the generator's loss plus the pool model's matching loss (eager: the pool model and
     # its augmentation are chosen on the host).
@@ -53,6 +54,7 @@ def main(argv=None):
             dim_stages.keep_best(run, state, dim.validate_generator(run.sampler, args, data, 2, epoch), epoch)
         state['epoch'] = epoch + 1
         run.save_gan('last.pth', epoch, state=dict(state, matcher=matcher.state_dict()))
+        dim_stages.write_pending(run, state)  # the best checkpoints after last.pth: a resume point always exists
 
     return run.finish(state, data, {3: 'stage 3'})  # the best checkpoints and the command of stage 3
 

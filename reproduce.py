@@ -21,10 +21,10 @@ import time
 
 import torch
 
+from condensation.common import UserError, check_output_folder, hold_lock, release_lock, run_cli
 from condensation.repro import cells
 from condensation.repro import driver as rp
-from condensation.run.cli import Config, add_flags, resolve_device
-from condensation.common import ArgumentParser, UserError, check_output_folder, check_positive, run_cli
+from condensation.run.cli import ArgumentParser, Config, add_flags, resolve_device
 
 
 def parse_args(argv=None):
@@ -49,8 +49,6 @@ def parse_args(argv=None):
                    help='run every stage as a child process (the printed command itself) instead of calling its '
                         "script's main() in this process; slower to start, but a crash cannot touch later cells")
     args = p.parse_args(argv)
-    if args.max_minutes is not None:
-        check_positive('max_minutes', args.max_minutes)
     args.device = resolve_device(args.device)
     args.out = args.out or os.path.join('runs', 'reproduce', args.tier)
     return Config(args)
@@ -144,6 +142,17 @@ def main(argv=None):
     if not os.path.isdir(args.data_path):
         raise UserError(f'--data_path {args.data_path}: no such folder; pass the folder that holds the datasets')
     check_output_folder(args.out, '--out')
+    # One reproduce.py per --out: a second would clear the stage folder the first is running in.
+    lock = os.path.join(args.out, 'reproduce.lock')
+    hold_lock(lock, args.out, 'pass another --out')
+    try:
+        return run_cells(args, chosen, argv)
+    finally:
+        release_lock(lock)
+
+
+def run_cells(args, chosen, argv):
+    """Run the chosen cells into --out (held by this process), writing the report after each."""
     data_path, out, kind = portable(args.data_path), portable(args.out), rp.device_kind(args.device)
     device_name = torch.cuda.get_device_name(torch.device(args.device)) if kind != 'cpu' else cpu_name()
     meta = dict(tier=args.tier, device=args.device, device_name=device_name, data_path=data_path, out=out,
@@ -199,7 +208,7 @@ def main(argv=None):
                 r['measured'] = rp.measured_value(accs)
                 target = rp.expected(cell, args.tier, kind)
                 r.update(status='done', expected=None if target is None else target._asdict(),
-                         verdict=rp.verdict(r['measured']['mean'], r['measured']['std'], target))
+                         verdict=rp.verdict(r['measured']['mean'], r['measured']['std'], target, args.tier))
             shown = rp.value_text(rp.as_value(r['measured'])) if r['measured'] else ''
             print(f'[{i + 1}/{len(chosen)}] {cell.id}: {shown} {r["verdict"]} ({rp.duration(r["wall_s"])})')
             meta['wall_s'] = time.time() - t0

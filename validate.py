@@ -40,7 +40,8 @@ def evaluate_onthefly(G, args, data, log):
     out = dict(mode='onthefly', label=label, steps_per_epoch=n_it, epochs=args.epochs_eval, models={})
     networks = args.num_eval * len(args.eval_model)
     log(f'plan: {networks} network(s), each {args.epochs_eval} epochs of {n_it:,} steps on {args.batch_size} fresh '
-        f'samples ({networks * args.epochs_eval * n_it:,} steps in all; --ipc sets the steps per epoch)')
+        f'samples ({networks * args.epochs_eval * n_it:,} steps in all; --ipc sets the steps per epoch); precision: '
+        f'{common.precision_text(args)}')
     for name in args.eval_model:
         def train_one(i, name=name):
             rng = make_generator(args.seed, 'onthefly', name, i)
@@ -96,12 +97,13 @@ def evaluate_fixed(G, args, data, run):
         keep = (torch.arange(len(labels)) % args.ipc < 50).nonzero()[:, 0]  # at most 50 per class in a picture
         run.write_config()
         runner.save_image_grid(run.path(f'vis_{stem}_{args.ipc}ipc_exp{exp}.png'), images[keep], real.mean, real.std,
-                               nrow=min(args.ipc, 50))
+                               nrow=runner.grid_columns(min(args.ipc, 50), data.num_classes))
     path = run.path(f'res_{stem}_GAN_{args.ipc}ipc.pt')
     meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=real.mean, std=real.std,
                 classes=real.class_names, normalised=True, method='DiM', model='GAN', ipc=args.ipc,
                 args=dim_stages.config(args),
-                seed=args.seed, versions=common.versions(), world_size=parallel.world_size(),
+                seed=args.seed, versions=common.versions(), precision=common.precision_text(args),
+                world_size=parallel.world_size(),
                 protocol=dict(mode='fixed', label=label, epoch_eval_train=args.epochs_eval, dsa=True,
                               dsa_strategy=strategy, generator=args.pretrain_weight))
     runner.save_results(path, sets, accs, meta)
@@ -132,6 +134,7 @@ def main(argv=None):
     modes = ['onthefly', 'fixed'] if args.dim_eval == 'both' else [args.dim_eval]
     results = dict(generator=args.pretrain_weight, dataset=data.name, classes=data.real.class_names, ipc=args.ipc,
                    protocol=args.protocol, storage=size, args=dim_stages.config(args), versions=common.versions(),
+                   precision=common.precision_text(args),
                    world_size=parallel.world_size())
     for mode in modes:
         if mode == 'onthefly':

@@ -77,7 +77,7 @@ def bench_shape(device, channel, size, width, batch, iters, warmup, critic='ac',
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
     p.add_argument('--devices', nargs='+', default=['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     p.add_argument('--shapes', nargs='+', default=list(SHAPES), choices=list(SHAPES))
     p.add_argument('--critic', default='ac', choices=['ac', 'projection'], help='critic head (dim.py)')

@@ -47,7 +47,7 @@ def peak_gib(device):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                    help="cpu or cuda (under torchrun each process takes cuda:<LOCAL_RANK>)")
     p.add_argument('--dataset-shape', choices=list(SHAPES), default='cifar10')

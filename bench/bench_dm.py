@@ -187,7 +187,7 @@ def report(args, device, out):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
     p.add_argument('--devices', nargs='+', default=['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     p.add_argument('--ipc', type=int, nargs='+', default=[1, 10, 50])
     p.add_argument('--batch_real', type=int, default=256)

@@ -28,7 +28,7 @@ from condensation.methods import gan
 from condensation.networks import get_network
 from condensation.common import make_generator
 
-p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
 p.add_argument('--data-dir', default='../shared/data')
 p.add_argument('--critic', default='ac')
 p.add_argument('--cond', default='embed')

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
     p.add_argument('--code', default=ROOT, help='the checkout whose steps are measured')
     p.add_argument('--reps', type=int, default=20, help='timed steps (median)')
     p.add_argument('--gpu_path', action='store_true', help="run the GPU's code path on the CPU (this checkout's "

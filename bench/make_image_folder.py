@@ -27,7 +27,7 @@ def write_folder(raw, out, classes):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
     p.add_argument('source', help='a prepared tensor file (classes, images_train, labels_train, images_val, ...)')
     p.add_argument('out', help='the folder to write')
     p.add_argument('--classes', type=int, nargs='+', default=[0, 1, 2, 3, 4], help='class indices to write')

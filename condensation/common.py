@@ -47,15 +47,93 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr and exit code 2 (no usage dump), defaults shown in --help,
     and values such as -1e-4 parse as numbers (argparse takes them for flags), so that the flag's own check can
-    say what is wrong with them."""
+    say what is wrong with them. No abbreviations: --Iter for --Iteration, or another script's flag that happens
+    to be a prefix of one of ours (--num), would silently mean something else."""
 
     def __init__(self, *a, **kw):
         kw.setdefault('formatter_class', HelpFormatter)
+        kw['allow_abbrev'] = False
         super().__init__(*a, **kw)
         self._negative_number_matcher = re.compile(r'^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$', re.I)
 
     def error(self, message):
         self.exit(2, f'{self.prog}: error: {message}\n')
+
+    # The domain of every numeric flag by destination (cli.DOMAINS); None: the parser checks no domain.
+    domains = None
+
+    def numeric_actions(self):
+        """The flags that take numbers (int or float, one or several)."""
+        return [a for a in self._actions if a.type in (int, float)]
+
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, then every number checked against its flag's domain, before the script does any work (a
+        UserError names the flag as it was typed). A numeric flag without a domain is a programming error."""
+        argv = list(sys.argv[1:] if args is None else args)
+        namespace, extra = super().parse_known_args(argv, namespace)
+        if self.domains is not None:
+            spellings = {}  # dest -> every option string that sets it
+            for action in self.numeric_actions():
+                if action.dest not in self.domains:
+                    raise KeyError(f'{action.option_strings[0]} has no domain in the flag domain table')
+                spellings.setdefault(action.dest, []).extend(action.option_strings)
+            for dest, options in spellings.items():
+                value = getattr(namespace, dest, None)
+                for v in value if isinstance(value, list) else [value]:
+                    self.domains[dest].check(_typed(options, argv), v)
+        return namespace, extra
+
+
+def _typed(options, argv):
+    """The spelling of a flag that argv used (the last one, as argparse keeps the last value); its first one if
+    argv has none."""
+    used = [o for a in argv for o in options if a == o or a.startswith(o + '=')]
+    return used[-1] if used else options[0]
+
+
+class Domain:
+    """The values a numeric flag may take, written as in maths: '> 0', '>= 1', '<= 1', '[0, 1)', '(0, 1e4]'.
+    None (a default decided at run time) is always allowed; nan and inf never are, nor floats beyond float32."""
+
+    def __init__(self, text):
+        self.text = text
+        m = re.fullmatch(r'([\[(])(\S+), (\S+)([\])])', text)
+        if m:
+            self.lo, self.lo_open, self.hi, self.hi_open = float(m[2]), m[1] == '(', float(m[3]), m[4] == ')'
+        else:
+            op, bound = text.split()
+            self.lo, self.lo_open, self.hi, self.hi_open = -math.inf, False, math.inf, False
+            if op.startswith('>'):
+                self.lo, self.lo_open = float(bound), op == '>'
+            else:
+                self.hi, self.hi_open = float(bound), op == '<'
+
+    def __repr__(self):
+        return f'Domain({self.text!r})'
+
+    def contains(self, value):
+        return ((value > self.lo if self.lo_open else value >= self.lo)
+                and (value < self.hi if self.hi_open else value <= self.hi))
+
+    def words(self):
+        return 'positive' if self.text == '> 0' else f'in {self.text}' if self.text[0] in '[(' else self.text
+
+    def check(self, flag, value):
+        if value is None:
+            return
+        check_float(flag, value)
+        if not self.contains(value):
+            raise UserError(f'{flag} must be {self.words()}, got {value}')
+
+    def outside(self, integer):
+        """Values just outside the domain (for the tests' catalogue of bad inputs): each bound crossed."""
+        step = 1 if integer else 1e-3
+        bad = []
+        if self.lo > -math.inf:
+            bad.append(self.lo if self.lo_open else self.lo - step)
+        if self.hi < math.inf:
+            bad.append(self.hi if self.hi_open else self.hi + (step if integer else self.hi))
+        return [int(v) if integer else v for v in bad]
 
 
 def run_cli(main, resumable=True):
@@ -68,6 +146,7 @@ def run_cli(main, resumable=True):
     exit code 143; an unexpected exception (a bug) keeps its traceback, and the log says the run ended there."""
     prog = os.path.basename(sys.argv[0])
     _OPEN_LOGS.clear()  # logs an earlier main() left open in this process are not this run's
+    held = set(_LOCKS)  # a caller's own (reproduce.py's, around the stages it runs in-process) stay held
     previous = _on_sigterm(_terminate)
     try:
         main()
@@ -93,7 +172,8 @@ def run_cli(main, resumable=True):
         raise  # a bug: ours to fix, with its traceback
     finally:
         _on_sigterm(previous)
-        release_lock()
+        for path in set(_LOCKS) - held:
+            release_lock(path)
 
 
 def _resource_error(e):
@@ -145,25 +225,18 @@ def _to_logs(line):
             pass  # a full disk: the line is on stderr
 
 
-def check_positive(name, value):
-    """A flag that must be a positive, finite number (nan and inf pass a plain `<= 0` test)."""
-    if value is None or not math.isfinite(value) or value <= 0:
-        raise UserError(f'--{name} must be positive and finite, got {value}')
-
-
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
-def check_finite(args):
-    """Every float flag must be a finite number: nan slips through any comparison, inf through most. The tensors
-    it reaches are float32, so a finite float64 beyond float32's range (1e300) is refused too: torch would fail
-    deep inside a step ('cannot be converted to type float without overflow')."""
-    for name, value in sorted(vars(args).items()):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f'--{name} must be a finite number, got {value}')
-        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
-            raise UserError(f'--{name} {value} is beyond the float32 range (largest {FLOAT32_MAX:.4g}); pass a '
-                            f'smaller value')
+def check_float(flag, value):
+    """A float flag's value: a finite number (nan slips through any comparison, inf through most) within float32's
+    range: the tensors it reaches are float32, and a finite 1e300 would fail deep inside a step ('cannot be
+    converted to type float without overflow')."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f'{flag} must be a finite number, got {value}')
+    if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+        raise UserError(f'{flag} {value} is beyond the float32 range (largest {FLOAT32_MAX:.4g}); pass a smaller '
+                        f'value')
 
 
 def default_device():
@@ -221,7 +294,71 @@ def make_generator(seed, *keys, device='cpu'):
     return torch.Generator(device=device).manual_seed(derive_seed(seed, *keys))
 
 
+def load_optimizer_state(optimizer, state):
+    """optimizer.load_state_dict(state), made to step where its parameters are now. A state keeps the settings it
+    was saved with, Adam's `capturable` among them (gan.adam sets it on CUDA, for CUDA graphs): a GPU's state would
+    make the CPU's Adam fail at its first step, a CPU's state would stop a GPU's recordings. Each group keeps this
+    optimiser's own setting, and the step counts move to where that setting wants them (the parameters' device
+    when capturable, else the host)."""
+    own = [group.get('capturable') for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, capturable in zip(optimizer.param_groups, own):
+        if capturable is None:
+            continue
+        group['capturable'] = capturable
+        for p in group['params']:
+            step = optimizer.state.get(p, {}).get('step')
+            if torch.is_tensor(step):
+                optimizer.state[p]['step'] = step.to(torch.float32).to(p.device if capturable else 'cpu')
+
+
 AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16}
+
+
+def set_precision(mode, device):
+    """--precision on a CUDA device: 'tf32' (TensorFloat-32) or 'ieee' (full float32) for both cuDNN and cuBLAS
+    float32 work; 'default' leaves PyTorch's own (TF32 convolutions, full float32 matrix products). Process-wide,
+    as PyTorch's switches are; nothing to choose on the CPU, which computes float32 in full."""
+    if mode == 'default' or torch.device(device).type != 'cuda':
+        return
+    # cuDNN's convolution and RNN switches both (PyTorch refuses to read allow_tf32 when they differ), and the
+    # matmul precision through the setter that keeps torch.get_float32_matmul_precision readable
+    torch.set_float32_matmul_precision('highest' if mode == 'ieee' else 'high')
+    if hasattr(torch.backends.cudnn, 'conv'):  # torch >= 2.9
+        torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = mode
+    else:
+        torch.backends.cudnn.allow_tf32 = mode == 'tf32'
+
+
+def _fp32_precision(*switches, default):
+    """The first set one of torch's fp32_precision switches ('tf32' or 'ieee'; 'none' defers to the next)."""
+    for value in switches:
+        if value not in (None, 'none'):
+            return value
+    return default
+
+
+def precision_text(args):
+    """The precision a run computes in (its plan line, log and results record it): float32 convolutions and
+    matrix products in TF32 or IEEE float32 on CUDA, always IEEE on the CPU; with --amp bf16, bfloat16 autocast
+    for the forwards that take it."""
+    device = torch.device(args.device)
+    if device.type != 'cuda':
+        text = 'IEEE fp32 (CPU)'
+    else:
+        names = {'tf32': 'TF32', 'ieee': 'IEEE fp32'}
+        cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+        if hasattr(cudnn, 'conv'):
+            top = torch.backends.fp32_precision
+            conv = _fp32_precision(cudnn.conv.fp32_precision, cudnn.fp32_precision, top, default='tf32')
+            mm = _fp32_precision(matmul.fp32_precision, top, default=None)
+        else:
+            conv, mm = 'tf32' if cudnn.allow_tf32 else 'ieee', None
+        mm = mm or ('ieee' if torch.get_float32_matmul_precision() == 'highest' else 'tf32')
+        text = f'convolutions {names[conv]}, matmuls {names[mm]}'
+    if getattr(args, 'amp', 'off') == 'bf16':
+        text = f'bf16 autocast where --amp takes it, else {text}'
+    return text
 
 
 def autocast(device, amp='off'):
@@ -245,6 +382,12 @@ def mean_std(accs):
     """(mean, population std) in percent, as the papers and the original code report."""
     a = np.asarray(accs, dtype=np.float64) * 100
     return (float(a.mean()), float(a.std())) if len(a) else (float('nan'), float('nan'))
+
+
+def mean_pm(accs, unit=''):
+    """'mean ± std' in percent, or the mean alone for one value: the std of one network is no spread."""
+    m, s = mean_std(accs)
+    return f'{m:.2f}{unit}' if len(accs) == 1 else f'{m:.2f} ± {s:.2f}{unit}'
 
 
 def sample_std(accs):
@@ -322,8 +465,10 @@ def unreadable(path, error):
 
 
 def non_finite(obj, where=''):
-    """The key path ('generator/fc1.weight') of the first floating-point tensor in obj (a tensor or nested dicts,
-    lists and tuples) that holds nan or inf; None when there is none."""
+    """The key path ('generator/fc1.weight', 'accs/0/2') of the first floating-point tensor or float in obj (a
+    tensor, a number or nested dicts, lists and tuples) that holds nan or inf; None when there is none."""
+    if isinstance(obj, float):
+        return where or 'value' if not math.isfinite(obj) else None
     if torch.is_tensor(obj):
         return where or 'tensor' if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else None
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
@@ -341,6 +486,14 @@ def refuse_non_finite(obj, what, advice):
     if where is not None:
         raise UserError(f'{what} holds non-finite values (nan or inf, in {where}): the run that wrote it diverged; '
                         f'{advice}')
+
+
+def check_within(x, limit, what, advice):
+    """UserError when the tensor x holds nan, inf or a value beyond ±limit: finite garbage (a set at 1e10 after a
+    learning rate of 1e10) stays finite, so a check for nan and inf alone lets it through as a result."""
+    peak = float(x.detach().abs().max()) if x.numel() else 0.0
+    if not peak <= limit:  # nan fails every comparison
+        raise UserError(f'{what} reach {peak:.3g}, beyond ±{limit:.3g}; {advice}')
 
 
 def check_losses(parts, where, advice, diverged='the training diverged'):
@@ -370,7 +523,13 @@ def check_output_folder(path, flag):
 
 
 def atomic_save(obj, path):
-    """torch.save, atomically."""
+    """torch.save, atomically, and only values worth keeping: what holds nan or inf (a diverged run's) does not
+    replace the file at path, which stays as it was. (The checks of the runs stop a divergence earlier, naming the
+    flag to lower; this one keeps a good file whatever they miss.)"""
+    where = non_finite(obj)
+    if where is not None:
+        raise UserError(f'{path} was not replaced: the values to save hold nan or inf (in {where}), the run '
+                        f'diverged; lower the learning rates')
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -440,7 +599,7 @@ def _take_lock(path, what, advice):
         except BlockingIOError:
             pid = os.read(fd, 32).decode(errors='replace').strip() or 'unknown'
             os.close(fd)
-            return f'another run (pid {pid}) is writing {what} (lock file {path}); wait for it to finish, or {advice}'
+            return _busy(pid, what, path, advice)
         except OSError:
             os.close(fd)
             return None
@@ -454,6 +613,36 @@ def _take_lock(path, what, advice):
     os.write(fd, f'{os.getpid()}\n'.encode())
     _LOCKS[path] = fd
     return None
+
+
+def _busy(pid, what, path, advice):
+    return f'another run (pid {pid}) is writing {what} (lock file {path}); wait for it to finish, or {advice}'
+
+
+def refuse_if_held(folder, what, advice):
+    """UserError when another process holds a lock file under `folder` (a run writing there): before anything
+    there is deleted."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    for path in glob.glob(os.path.join(glob.escape(folder), '**', '*.lock'), recursive=True):
+        path = os.path.abspath(path)
+        if path in _LOCKS:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # gone meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(_busy(os.read(fd, 32).decode(errors='replace').strip() or 'unknown', what, path,
+                                  advice)) from None
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # (closing also gives up the lock taken for the test)
 
 
 def release_lock(path=None):

@@ -3,7 +3,7 @@
 `get_dataset(name, data_path)` returns a `Data`: training and test images stay uint8 where they were loaded
 (CPU or GPU) and are standardised batch by batch. A prepared tensor file `<data_path>/<NAME>.pt` is read first
 (the layout is in docs/design.md); after a torchvision or folder load it is written once, so later runs skip
-decoding. `python data.py DATASET --data_path DIR` writes it on purpose.
+decoding. `python -m condensation.run.prepare DATASET --data_path DIR` writes it on purpose.
 
 The user's own data is named by a path argument instead of a name: `folder:PATH` (an image folder, `PATH/train/<class>/`
 and `PATH/test/<class>/` or `PATH/val/<class>/`) or `file:PATH.pt` (a prepared tensor file with any classes,
@@ -11,6 +11,7 @@ channels and size). Its channels, size and classes come from the data, its mean 
 unless the file gives them. `dataset_info` tells a dataset's shape and classes without loading its images.
 """
 import hashlib
+import math
 import os
 import sys
 from collections import namedtuple
@@ -18,8 +19,8 @@ from collections import namedtuple
 import numpy as np
 import torch
 
+from condensation.common import UserError, atomic_save, draw_device, remove_stale_temps
 from condensation.device.footprint import check_fits
-from condensation.common import ArgumentParser, UserError, atomic_save, draw_device, remove_stale_temps, run_cli
 
 # name -> (channels, (H, W), classes, mean, std): the normalisation constants of the original code.
 DATASETS = {
@@ -218,6 +219,18 @@ def channel_stats(images, chunk=4096):
     return mean.tolist(), std.tolist()
 
 
+# A synthetic image may leave the range of real images (the methods do not clip), but not by orders of magnitude:
+# a standardised pixel of the data lies within (0 - mean) / std .. (1 - mean) / std, and a set or generated image
+# beyond VALUE_MARGIN times the wider end of that range is the garbage of a diverged optimisation (docs/design.md).
+VALUE_MARGIN = 100
+
+
+def value_limit(mean, std):
+    """The largest |value| a standardised image of data with per-channel `mean` and `std` may hold before it counts
+    as diverged: VALUE_MARGIN times the farthest a real pixel lies from 0."""
+    return VALUE_MARGIN * max(max(m, 1 - m) / s for m, s in zip(mean, std))
+
+
 def denormalise(images, mean, std):
     """Standardised images -> [0, 1] for viewing."""
     shape = (1, -1, 1, 1)
@@ -331,10 +344,23 @@ def _check_prepared(raw, path, channel=None, im_size=None, num_classes=None):
     empty = (torch.bincount(raw['labels_train'].long(), minlength=num_classes) == 0).nonzero()[:, 0].tolist()
     if empty:
         raise UserError(f'{path}: class {raw["classes"][empty[0]]} has no training images')
+    _check_stats(raw, path, channel)
+
+
+def _check_stats(raw, path, channel):
+    """A prepared file's stored mean and std (when it has them): one finite value per channel, std positive. A nan
+    would make every image nan, evaluated at chance without a word."""
     for key in ('mean', 'std'):
-        if key in raw and (len(raw[key]) != channel or (key == 'std' and min(raw[key]) <= 0)):
-            raise UserError(f'{path}: {key} must hold one {"positive " if key == "std" else ""}value per channel '
-                            f'({channel}), got {list(raw[key])}')
+        if key not in raw:
+            continue
+        try:
+            values = [float(v) for v in raw[key]]
+        except (TypeError, ValueError):
+            values = None
+        if (values is None or len(values) != channel or not all(map(math.isfinite, values))
+                or (key == 'std' and min(values) <= 0)):
+            raise UserError(f'{path}: {key} must hold one finite{" positive" if key == "std" else ""} value per '
+                            f'channel ({channel}), got {raw[key]!r}; fix or delete the file')
 
 
 def _recovery(name, data_path):
@@ -436,6 +462,9 @@ def _cache_prepared(raw, path, replace=False):
     if os.access(os.path.dirname(os.path.abspath(path)), os.W_OK) and (replace or not os.path.exists(path)):
         try:
             atomic_save(raw, path)
+            # a file of tens of MB in the user's data folder is not written without a word
+            print(f'wrote {path} ({os.path.getsize(path) / 2 ** 20:.1f} MiB): the decoded data, read by later runs '
+                  f'instead of the original files (delete it to decode them again)', flush=True)
             return True
         except OSError as e:  # a full disk: the run needs no cache, but the user should know why it is missing
             print(f'warning: {path}: {e.strerror or e}; the data was not cached, so the next run decodes it again',
@@ -530,6 +559,7 @@ def _load_folder(root, im_size, mmap=False):
     if os.path.isfile(path):
         raw = _read_tensor_file(path, 'delete it to rebuild it from the images', mmap)
         if isinstance(raw, dict) and raw.get('source') == source:
+            _check_prepared(raw, path)
             return raw
     if (root, im_size, source) in _UNCACHED:
         return _UNCACHED[(root, im_size, source)]
@@ -641,20 +671,3 @@ def _read_image(path, im_size):
         raise UserError(f'{path}: not a readable image ({type(e).__name__}: {e})') from None
     return a[:, :, None] if a.ndim == 2 else a
 
-
-if __name__ == '__main__':
-    def _prepare():
-        p = ArgumentParser(description='write the prepared tensor file of a dataset once (TinyImageNet: from the '
-                                       'tiny-imagenet-200/ folder), so later loads skip torchvision and decoding')
-        p.add_argument('dataset', help='a dataset name, or folder:PATH for an image folder')
-        p.add_argument('--data_path', default='data', help='the folder holding the dataset (not used for folder:PATH)')
-        p.add_argument('--im_size', type=int, default=None,
-                       help="folder: resize every image to this square size (default: the images' own size)")
-        a = p.parse_args()
-        d = get_dataset(a.dataset, a.data_path, im_size=a.im_size)
-        kind, path = user_spec(canonical_dataset(a.dataset)) or (None, None)
-        prepared = {'folder': lambda: folder_cache_path(path, a.im_size), 'file': lambda: path,
-                    None: lambda: _prepared_candidates(d.name, a.data_path)[0]}[kind]()
-        where = prepared if os.path.isfile(prepared) else f'not written ({os.path.dirname(prepared)} is read-only)'
-        print(f'{d}; mean {d.mean}, std {d.std}; prepared file: {where}')
-    run_cli(_prepare, resumable=False)

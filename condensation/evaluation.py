@@ -20,7 +20,7 @@ from condensation.device import parallel
 from condensation.augment import ParamDiffAug, augment_dc, parse_strategy, sample_dsa_params, apply_dsa
 from condensation.device.graphs import Graphed, graphs_enabled
 from condensation.networks import get_network
-from condensation.common import autocast, draw_device, make_generator, mean_std
+from condensation.common import autocast, draw_device, make_generator, mean_pm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +85,8 @@ def evaluate_synset(it_eval, net, images_train, labels_train, testloader, args, 
     images = images_train.detach().to(device)
     labels = labels_train.detach().to(device)
     hook = None if on_epoch is None else (lambda ep: on_epoch(ep, net))
-    correct = _train(list(net.parameters()), lambda x: net(x[0])[None], images, labels, args, [generator], hook)
+    correct = _train(list(net.parameters()), lambda x: net(x[0])[None], images, labels, args, [generator], hook,
+                     list(net.buffers()))
     acc_test = test_accuracy(net, testloader, device)
     return net, correct[0].item() / max(len(images), 1), acc_test
 
@@ -106,12 +107,13 @@ def _augment(x, args, generators):
     return x
 
 
-def _train(params, forward, images, labels, args, generators, on_epoch=None):
+def _train(params, forward, images, labels, args, generators, on_epoch=None, state=()):
     """The evaluation training loop for M networks at once: params (their tensors, leading dim M when M > 1),
     forward (M x b x C x H x W -> M x b x K), one generator per network for its batch order and augmentation, each
     drawn on the generator's device. SGD (momentum 0.9, weight decay 5e-4) acts element by element, so one optimiser
     over stacked tensors steps each network as its own would. on_epoch(ep) is called after every epoch. Returns each
-    network's correct predictions in the last epoch (a tensor).
+    network's correct predictions in the last epoch (a tensor). state: the other tensors an epoch changes (the
+    networks' buffers).
 
     An epoch is one step: with every generator on the CUDA device and DSA (or no) augmentation, it is replayed as a
     CUDA graph (graphs.Graphed), recorded again after the learning-rate decay."""
@@ -139,7 +141,7 @@ def _train(params, forward, images, labels, args, generators, on_epoch=None):
 
     capturable = all(draw_device(g) == device for g in generators) and not _dc_augmented(args)
     step = Graphed(epoch, generators, capturable and graphs_enabled(device, getattr(args, 'cuda_graphs', 'on')),
-                   name='evaluation epoch')
+                   name='evaluation epoch', state=(params, optimizer, correct, state))
     for ep in range(epochs + 1):
         if ep == epochs:
             correct.zero_()  # the last epoch's predictions count
@@ -188,7 +190,8 @@ def train_together(nets, images, labels, testloader, args, generators):
     base = copy.deepcopy(nets[0]).to('meta')
     forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))
     base.train()
-    correct = _train(list(params.values()), lambda x: forward(params, buffers, x), images, labels, args, generators)
+    correct = _train(list(params.values()), lambda x: forward(params, buffers, x), images, labels, args, generators,
+                     state=list(buffers.values()))
     with torch.no_grad():
         for name, stacked in params.items():
             for net, trained in zip(nets, stacked):
@@ -256,9 +259,8 @@ def evaluate_pool(recipes, num_eval, data, images, labels, seed, keys, log, labe
         hook = None if on_epoch is None else (lambda i, ep, net, arch=arch: on_epoch(arch, i, ep, net))
         results, _ = evaluate_networks(num_eval, build, images, labels, data.testloader(), recipe, report, hook)
         accs[arch] = [acc for _, acc, _ in results]
-        m, s = mean_std(accs[arch])
         log(f'{label}: {arch} trained {recipe.epoch_eval_train} epochs on {len(images)} images, '
-            f'test acc {m:.2f} ± {s:.2f} over {num_eval} models')
+            f'test acc {mean_pm(accs[arch])} over {num_eval} models')
     return accs
 
 

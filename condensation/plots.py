@@ -1,7 +1,9 @@
-"""Plots drawn with PIL alone (no matplotlib dependency): the continual-learning accuracy curves and the
-reproduction report's paper-against-measured chart."""
+"""Pictures drawn with PIL alone (no matplotlib dependency): the continual-learning accuracy curves, the
+reproduction report's paper-against-measured chart, and grids of images in titled blocks."""
 import io
 import math
+
+import torch
 
 from condensation.common import atomic_write_bytes
 
@@ -73,7 +75,7 @@ def plot_agreement(path, points, title, size=(900, 640)):
     """Published accuracy (x) against measured accuracy (y) with ±std bars, one labelled point per cell, the
     diagonal and the band of agreement (max(1 point, 3 std) either side, drawn at 1 point) in grey."""
     W, H = size
-    left, right, top, bottom = 60, 170, 36, 50  # labels of points near 100 % run into the right margin
+    left, right, top, bottom = 60, 170, 36, 50  # the labels stand in the right margin
     img, d, text = _canvas(size)
     values = [v for _, x, sx, y, sy in points for v in (x - sx, x + sx, y - sy, y + sy)] or [0, 100]
     lo, hi = max(0, 10 * math.floor(min(values) / 10)), min(100, 10 * math.ceil(max(values) / 10))
@@ -95,11 +97,53 @@ def plot_agreement(path, points, title, size=(900, 640)):
     text(((left + W - right) / 2, H - 14), 'published (%)', 'mm')
     text((8, top - 22), 'measured (%)')
     text(((left + W - right) / 2, 12), title, 'mm')
-    for i, (label, x, sx, y, sy) in enumerate(points):
+    # Labels in the right margin at their point's height, pushed apart to one line each (cells near 97-99 % would
+    # print over each other beside their points), each tied to its point by a thin line of its colour.
+    centres = [px(x, y) for _, x, _, y, _ in points]
+    heights = _spread([cy for _, cy in centres], top, H - bottom, 13)
+    for i, ((label, x, sx, y, sy), (cx, cy), ly) in enumerate(zip(points, centres, heights)):
         colour = COLOURS[i % len(COLOURS)]
         d.line([px(x, y - sy), px(x, y + sy)], fill=colour)
         d.line([px(x - sx, y), px(x + sx, y)], fill=colour)
-        cx, cy = px(x, y)
         d.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
-        text((cx + 6, cy), label, 'lm', fill=colour)
+        d.line([(cx + 4, cy), (W - right + 4, ly), (W - right + 8, ly)], fill=tuple((c + 2 * 255) // 3 for c in colour))
+        text((W - right + 10, ly), label, 'lm', fill=colour)
+    _save(img, path)
+
+
+def _spread(ys, lo, hi, gap):
+    """Heights near ys, in the same order, at least gap apart (less when too many to fit) within [lo, hi]."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    gap = min(gap, (hi - lo) / max(len(ys) - 1, 1))
+    out, last = list(ys), lo - gap
+    for i in order:  # downwards: each at least gap below the one above
+        out[i] = last = max(ys[i], last + gap)
+    last = hi + gap
+    for i in reversed(order):  # then upwards from the bottom edge, for those pushed past it
+        out[i] = last = min(out[i], last - gap)
+    return out
+
+
+def save_grids(path, blocks, nrow, min_width=256, title_width=140):
+    """Image grids ([0, 1] images, nrow a row, torchvision's 2-pixel padding) side by side, each with its title
+    above it when titled; enlarged (nearest neighbour) by a whole factor to min_width pixels across, and every
+    titled grid to title_width, so that 28-pixel digits and the titles can be read. blocks: [(title or None,
+    N x C x H x W)]."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+    grids = [make_grid(x, nrow=nrow) for _, x in blocks]
+    titled = any(title for title, _ in blocks)
+    gap, top = (12 if len(grids) > 1 else 0), (22 if titled else 0)
+    k = max(1, math.ceil(min_width / sum(g.shape[2] for g in grids)),
+            math.ceil(title_width / min(g.shape[2] for g in grids)) if titled else 1)
+    img, _, text = _canvas((sum(k * g.shape[2] for g in grids) + gap * (len(grids) - 1),
+                            top + k * max(g.shape[1] for g in grids)))
+    x = 0
+    for (title, _), g in zip(blocks, grids):
+        pixels = g.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()  # as save_image
+        h, w = pixels.shape[:2]
+        img.paste(Image.fromarray(pixels).resize((k * w, k * h), Image.NEAREST), (x, top))
+        if title:
+            text((x + k * w / 2, top / 2), title, 'mm')
+        x += k * w + gap
     _save(img, path)

@@ -1,6 +1,7 @@
 """Fixtures in the real on-disk formats, tiny enough for a 2-core CI machine."""
 import os
 import struct
+import subprocess
 import sys
 
 import pytest
@@ -170,3 +171,21 @@ def write_folder(root, channel=3, n_train=4, n_test=2, sizes=FOLDER_SIZES, test=
             im = Image.fromarray(a[:, :, 0] if channel == 1 else a).resize(sizes[i % len(sizes)], Image.BILINEAR)
             im.save(d / f'{i:03d}.png')
     return root
+
+
+HOLD = '''import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b'%d' % os.getpid())
+print('held', flush=True)
+sys.stdin.read()'''
+
+
+def hold_lock_file(lock):
+    """Another run holding the lock file (a process that takes it as utils.hold_lock does, without torch's start-up
+    time), until it is killed."""
+    os.makedirs(lock.parent, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, '-c', HOLD, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline() == 'held\n'
+    return holder

@@ -2,8 +2,10 @@
 that an earlier run wrote is lost. Most cases run in-process through run_cli (as the scripts do); a few run the
 script itself to show what a user sees."""
 import errno
+import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -14,13 +16,16 @@ import pytest
 import torch
 
 import CL_DM
+from condensation.run import cli, dim_stages
+import evaluate
 import gen_condense
 import main
 import main_DM
 import main_ITGAN
 import pool_match
+import reproduce
 import validate
-from conftest import ROOT, dim_flags, dm_argv, toy_images, write_idx
+from conftest import ROOT, dim_flags, dm_argv, hold_lock_file, toy_images, write_folder, write_idx
 from condensation.common import Log, atomic_save, atomic_write_text, run_cli
 
 SCRIPTS = ('main.py', 'main_DM.py', 'CL_DM.py', 'gen_condense.py', 'pool_match.py', 'validate.py', 'main_ITGAN.py',
@@ -275,7 +280,7 @@ def test_checkpoint_advice_says_what_is_wrong(prepared_mnist, capsys):
 @pytest.mark.parametrize('script, argv, message', [
     (main_DM.main, ['--lr_img', '-1e-4'], '--lr_img must be positive'),
     (gen_condense.main, ['--lr', '-1e-4'], '--lr must be positive'),
-    (gen_condense.main, ['--gp_every', '0'], '--gp-every must be positive'),
+    (gen_condense.main, ['--gp-every', '0'], '--gp-every must be >= 1'),  # named as typed
     (gen_condense.main, ['--mode_seeking', '-1'], '--mode_seeking must be >= 0'),
     (CL_DM.main, ['--method', 'DiM', '--gan_mode_seeking', '-0.5'], '--gan_mode_seeking must be >= 0'),
 ])
@@ -310,6 +315,11 @@ def test_a_redirected_run_has_no_progress_bars_and_states_its_plan(prepared_mnis
     header, plan = (prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_1ipc.log').read_text().splitlines()[:2]
     assert header.startswith('==== ') and 'main_DM.py --dataset MNIST' in header  # the time and the command
     assert plan.startswith('plan: 1 experiment(s) x 4 iterations on cpu; at each of 1 evaluation point(s), 1 network')
+    # the precision that ran, in the plan line and in every result
+    assert plan.endswith('; precision: IEEE fp32 (CPU)')
+    summary = json.loads((prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_1ipc.json').read_text())
+    results = torch.load(prepared_mnist / 'out' / 'res_DM_MNIST_ConvNetW32_1ipc.pt', weights_only=True)
+    assert summary['precision'] == results['meta']['precision'] == 'IEEE fp32 (CPU)'
 
 
 def test_one_vocabulary_across_scripts(prepared_mnist):
@@ -547,30 +557,12 @@ def test_sizes_that_cannot_fit_folder_images_and_a_fixed_dim_set(prepared_mnist,
 
 # ---------------------------------------------------------------------------------------------- 17. one run at a time
 
-HOLD = '''import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
-fcntl.flock(fd, fcntl.LOCK_EX)
-os.write(fd, b'%d' % os.getpid())
-print('held', flush=True)
-sys.stdin.read()'''
-
-
-def _hold(lock):
-    """Another run holding the lock file (a process that takes it as utils.hold_lock does, without torch's start-up
-    time), until it is killed."""
-    os.makedirs(lock.parent, exist_ok=True)
-    holder = subprocess.Popen([sys.executable, '-c', HOLD, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-    assert holder.stdout.readline() == 'held\n'
-    return holder
-
-
 def test_a_second_run_into_the_same_outputs_is_refused_until_the_first_is_gone(prepared_mnist, capsys):
     tmp = prepared_mnist
     main_DM.main(dm_argv(tmp))
     lock = tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.lock'
     assert not lock.exists()  # a finished run leaves no lock behind
-    holder = _hold(lock)
+    holder = hold_lock_file(lock)
     try:
         before = _snapshot(tmp / 'out')
         err = _error(main_DM.main, dm_argv(tmp), capsys)
@@ -610,7 +602,7 @@ def test_a_dim_stage_holds_its_run_folder(prepared_mnist, capsys):
     tmp = prepared_mnist
     argv = _dim(tmp, '--tag', 'g', '--epochs', '1', '--iters-per-epoch', '2', '--val_split', '2')
     lock = tmp / 'results' / 'g' / 'run.lock'
-    holder = _hold(lock)
+    holder = hold_lock_file(lock)
     try:
         assert f'another run (pid {holder.pid}) is writing' in _error(gen_condense.main, argv, capsys)
         assert os.listdir(tmp / 'results' / 'g') == ['run.lock']
@@ -621,3 +613,231 @@ def test_a_dim_stage_holds_its_run_folder(prepared_mnist, capsys):
     gen_condense.main(argv)
     release_lock(str(lock))
     assert not lock.exists()
+
+
+# ---------------------------------------------------------------------------------------------- 18. flag domains
+
+# Every entry script's parse function and the flags it requires (run/prepare.py's, one flag, is run as a command
+# below).
+ENTRY = {
+    'main.py': (main.parse_args, []), 'main_DM.py': (main_DM.parse_args, []), 'CL_DM.py': (CL_DM.parse_args, []),
+    'gen_condense.py': (lambda a: dim_stages.parse_dim_args(1, '', a), []),
+    'pool_match.py': (lambda a: dim_stages.parse_dim_args(2, '', a), ['--weight', 'w.pth']),
+    'validate.py': (lambda a: dim_stages.parse_dim_args(3, '', a), ['--pretrain-weight', 'w.pth']),
+    'main_ITGAN.py': (main_ITGAN.parse_args, ['--generator', 'g.pth']),
+    'evaluate.py': (evaluate.parse_args, ['--set', 's.pt']), 'reproduce.py': (reproduce.parse_args, []),
+}
+
+
+class _Built(Exception):
+    pass
+
+
+def _parser(script):
+    """The parser a script's parse function builds (stopped before it parses anything)."""
+    def stop(self, *a, **k):
+        raise _Built(self)
+    real, cli.ArgumentParser.parse_known_args = cli.ArgumentParser.parse_known_args, stop
+    try:
+        ENTRY[script][0](ENTRY[script][1])
+    except _Built as built:
+        return built.args[0]
+    finally:
+        cli.ArgumentParser.parse_known_args = real
+    raise AssertionError(f'{script} parsed without cli.ArgumentParser')
+
+
+PARSERS = {script: _parser(script) for script in ENTRY}
+
+
+def _catalogue():
+    """(script, flag, bad value) for every numeric flag of every script and every bound of its domain (plus nan for
+    a float flag), generated from cli.DOMAINS: a new flag is in it the moment it is declared."""
+    cases = []
+    for script, parser in PARSERS.items():
+        for action in parser.numeric_actions():
+            domain = cli.DOMAINS[action.dest]
+            bad = domain.outside(action.type is int) + (['nan'] if action.type is float else [])
+            cases += [(script, action.option_strings[0], str(v)) for v in bad]
+    return cases
+
+
+def test_every_entry_script_is_in_the_catalogue():
+    scripts = {f for f in os.listdir(ROOT) if f.endswith('.py') and 'run_cli(' in open(os.path.join(ROOT, f)).read()
+               and "if __name__ == '__main__':" in open(os.path.join(ROOT, f)).read()}
+    assert scripts == set(ENTRY)
+    used = {a.dest for p in PARSERS.values() for a in p.numeric_actions()}
+    assert used | {'im_size'} == set(cli.DOMAINS)  # no domain outlives its flag
+
+
+@pytest.mark.parametrize('script, flag, value', _catalogue())
+def test_a_number_outside_its_flags_domain_is_one_line_before_any_work(script, flag, value, capsys, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the defaults' outputs would go: nothing may be written
+    parse, required = ENTRY[script]
+    err = _error(parse, required + [flag, value, '--device', 'cpu'], capsys)
+    assert f'error: {flag} ' in err and ('must be' in err), err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_domain_names_the_flag_as_typed_and_the_prepare_command_checks_its_own(tmp_path):
+    assert cli.DOMAINS['g_ema'].outside(False) == [-1e-3, 1.0] and cli.DOMAINS['ipc'].outside(True) == [0]
+    assert cli.DOMAINS['match_coeff'].outside(False) == [0.0, 2e4]
+    r = subprocess.run([sys.executable, '-m', 'condensation.run.prepare', 'MNIST', '--data_path', str(tmp_path),
+                        '--im_size', '0'], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr == 'prepare.py: error: --im_size must be >= 1, got 0\n', r.stderr
+
+
+@pytest.mark.parametrize('script, argv', [
+    (main.main, ['--Iter', '4']), (main.main, ['--meth', 'DSA']), (CL_DM.main, ['--st', '2']),
+    (main_DM.main, ['--num', '1']), (gen_condense.main, ['--epoch', '1']),
+    (evaluate.main, ['--set', 's', '--mod', 'x']),
+])
+def test_abbreviated_flags_are_refused(script, argv, capsys):
+    assert 'unrecognized arguments' in _error(script, argv + ['--device', 'cpu'], capsys)
+
+
+@pytest.mark.parametrize('tag', ['../escape', '/abs', '', '.', '..', 'a/b'])
+def test_a_dim_tag_is_one_folder_name(tag, prepared_mnist, capsys):
+    err = _error(gen_condense.main, _dim(prepared_mnist, '--tag', tag), capsys)
+    assert 'must be a single folder name' in err
+    assert not (prepared_mnist / 'escape').exists() and not (prepared_mnist / 'results').exists()
+
+
+# ---------------------------------------------------------------------------------------------- 19. finite garbage
+
+@pytest.mark.parametrize('script', [main_DM.main, main.main])
+def test_a_finite_but_diverged_set_stops_the_run_and_keeps_the_earlier_files(script, prepared_mnist, capsys):
+    """--lr_img 1e10 gives sets far beyond any image of the data while every value stays finite."""
+    tmp = prepared_mnist
+    script(dm_argv(tmp))
+    before = _snapshot(tmp / 'out')
+    err = _error(script, dm_argv(tmp, '--lr_img', '1e10'), capsys)
+    assert 'iteration 0: the synthetic images reach' in err and 'lower --lr_img (now 10000000000.0)' in err, err
+    assert _snapshot(tmp / 'out') == before
+
+
+def test_the_value_limit_is_far_beyond_every_image_of_the_data():
+    from condensation.data import DATASETS, VALUE_MARGIN, value_limit
+    for name, (_, _, _, mean, std) in DATASETS.items():
+        widest = max(max(abs(0 - m), abs(1 - m)) / s for m, s in zip(mean, std))
+        assert value_limit(mean, std) == pytest.approx(VALUE_MARGIN * widest) and widest < 5, name
+
+
+def test_a_prepared_file_with_a_nan_statistic_is_named_before_any_work(tmp_path, capsys):
+    x, y = toy_images(3, 2, 1, 8)
+    for key, value in (('mean', [float('nan')]), ('std', [float('inf')]), ('std', [0.0])):
+        stats = {**dict(mean=[0.5], std=[0.25]), key: value}
+        torch.save(dict(classes=['a', 'b'], images_train=x, labels_train=y, images_val=x, labels_val=y, **stats),
+                   tmp_path / 'own.pt')
+        err = _error(main_DM.main, dm_argv(tmp_path, '--dataset', f'file:{tmp_path / "own.pt"}'), capsys)
+        assert f'{tmp_path / "own.pt"}: {key} must hold one finite' in err and '--lr_img' not in err, err
+        assert not (tmp_path / 'out').exists()
+
+
+def test_a_folders_cached_file_with_a_nan_statistic_is_named(tmp_path, capsys):
+    from condensation.data import folder_cache_path, get_dataset
+    write_folder(tmp_path / 'f', channel=1, sizes=[(28, 28)])
+    get_dataset(f'folder:{tmp_path / "f"}', 'unused')
+    cache = folder_cache_path(str(tmp_path / 'f'))
+    raw = torch.load(cache)
+    raw['mean'] = [float('nan')]
+    torch.save(raw, cache)
+    err = _error(main_DM.main, dm_argv(tmp_path, '--dataset', f'folder:{tmp_path / "f"}'), capsys)
+    assert f'{cache}: mean must hold one finite value per channel' in err
+
+
+def test_a_checkpoint_float_that_is_nan_is_refused_where_it_is_read_back(prepared_mnist, capsys):
+    """CL's --resume (accuracies in its checkpoint) and a DM checkpoint's stored timings: plain floats, checked as
+    tensors are."""
+    tmp = prepared_mnist
+    argv = _cl(tmp, '--steps', '2', '--seeds', '0')
+    CL_DM.main(argv)
+    ckpt = next((tmp / 'out').glob('cl_*.ckpt.pt'))
+    state = torch.load(ckpt)
+    state['accs']['0'][0][0] = float('nan')
+    torch.save(state, ckpt)
+    before = _snapshot(tmp / 'out')
+    err = _error(CL_DM.main, argv + ['--resume'], capsys)
+    assert 'holds non-finite values (nan or inf, in accs/0/0/0)' in err
+    assert _snapshot(tmp / 'out') == before
+
+
+def test_an_evaluate_checkpoint_with_a_nan_accuracy_is_refused(prepared_mnist, capsys):
+    tmp = prepared_mnist
+    x, y = toy_images(1, 10, 1, 28, seed=5)
+    torch.save(dict(images=x, labels=y), tmp / 'set.pt')
+    argv = ['--set', str(tmp / 'set.pt'), '--dataset', 'MNIST', '--data_path', str(tmp), '--save_path',
+            str(tmp / 'ev'), '--models', 'ConvNetW32', '--num_eval', '1', '--epoch_eval_train', '1', '--device', 'cpu',
+            '--no_progress', '--baseline', 'none']
+    evaluate.main(argv)
+    ckpt = next((tmp / 'ev').glob('*.ckpt.pt'))
+    state = torch.load(ckpt)
+    key = next(iter(state['done']))
+    state['done'][key][0] = float('nan')
+    torch.save(state, ckpt)
+    before = _snapshot(tmp / 'ev')
+    err = _error(evaluate.main, argv + ['--resume'], capsys)
+    assert f'holds non-finite values (nan or inf, in done/{key}/0)' in err
+    assert _snapshot(tmp / 'ev') == before
+
+
+def test_a_file_is_replaced_only_by_a_finite_one(tmp_path):
+    from condensation.common import UserError
+    atomic_save(dict(x=torch.ones(2), acc=[90.0]), tmp_path / 'c.pt')
+    before = (tmp_path / 'c.pt').read_bytes()
+    for bad in (dict(x=torch.tensor([1.0, float('inf')]), acc=[90.0]), dict(x=torch.ones(2), acc=[float('nan')])):
+        with pytest.raises(UserError, match='was not replaced: the values to save hold nan or inf'):
+            atomic_save(bad, tmp_path / 'c.pt')
+        assert (tmp_path / 'c.pt').read_bytes() == before and os.listdir(tmp_path) == ['c.pt']
+
+
+def test_stage_1_writes_last_pth_before_its_best_checkpoints_so_a_resume_point_always_exists(prepared_mnist,
+                                                                                           full_disk, capsys):
+    """A disk that fills while the first best checkpoint is written: last.pth is there, and --resume writes the
+    best checkpoints it had chosen from the generator it restores."""
+    tmp = prepared_mnist
+    argv = _dim(tmp, '--tag', 'g', '--epochs', '1', '--iters-per-epoch', '2', '--val_split', '2')
+    gen_condense.main(argv)
+    whole = {p.name: torch.load(p) for p in (tmp / 'results' / 'g').glob('*.pth')}
+    shutil.rmtree(tmp / 'results' / 'g')
+    full_disk('best_')
+    assert 'No space left on device' in _error(gen_condense.main, argv, capsys)
+    assert sorted(p.name for p in (tmp / 'results' / 'g').glob('*.pth')) == ['last.pth', 'model_dict_0.pth']
+    full_disk('no file has this name')  # the disk has room again
+    gen_condense.main(argv + ['--resume'])
+    again = {p.name: torch.load(p) for p in (tmp / 'results' / 'g').glob('*.pth')}
+    assert sorted(again) == sorted(whole)
+    for name in whole:
+        for k, v in whole[name]['generator'].items():
+            assert torch.equal(v, again[name]['generator'][k]), (name, k)
+
+
+# ---------------------------------------------------------------------------------------------- 20. ignored flags
+
+def test_a_flag_the_chosen_mode_ignores_is_reported_once_at_the_start():
+    """One rule everywhere (cli.USED_WHEN): a flag set to another value than its default in a mode that does not
+    use it is reported, once, among the run's opening warnings; at its default it says nothing."""
+    a = dim_stages.parse_dim_args(1, '', ['--beta', '0.5', '--device', 'cpu'])
+    assert a.notes == ('--beta 0.5 is ignored without --mix-p > 0 (mixing on)',)
+    assert dim_stages.parse_dim_args(1, '', ['--beta', '0.5', '--mix-p', '0.5', '--device', 'cpu']).notes == ()
+    a = dim_stages.parse_dim_args(2, '', ['--weight', 'w.pth', '--feat_from', '2', '--bias', '--device', 'cpu'])
+    assert a.notes == ('--bias is ignored without --match grad', '--feat_from 2 is ignored without --match feat')
+    a = dim_stages.parse_dim_args(3, '', ['--pretrain-weight', 'w.pth', '--num_exp', '3', '--device', 'cpu'])
+    assert a.notes == ('--num_exp 3 is ignored without --dim_eval fixed or both',)
+    notes = []
+    CL_DM.parse_args(['--dataset', 'MNIST', '--method', 'DM', '--gan_iters', '10', '--outer_loop', '3', '--device',
+                      'cpu'], notes)
+    assert notes == ['warning: --outer_loop 3 is ignored without --method DSA',
+                     'warning: --gan_iters 10 is ignored without --method DiM']
+    notes = []
+    main_DM.parse_args(['--eval_every', '5', '--eval_final_only', '--device', 'cpu'], notes)
+    assert notes == ['warning: --eval_every 5 is ignored without --eval_mode S or SS without --eval_final_only '
+                     '(otherwise only the last iteration is evaluated)']
+
+
+def test_an_ignored_flag_is_in_the_runs_log_once(prepared_mnist):
+    tmp = prepared_mnist
+    main_DM.main(dm_argv(tmp, '--eval_every', '2'))
+    log = (tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.log').read_text()
+    assert log.count('--eval_every 2 is ignored') == 1

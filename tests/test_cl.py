@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import subprocess
@@ -239,7 +240,7 @@ def test_a_rejected_rerun_keeps_the_earlier_log(tmp_path):
 @pytest.mark.parametrize('extra, message', [
     (['--steps', '3'], 'does not divide the 10 classes'),
     (['--method', 'gdumb'], "unknown method 'gdumb'"),
-    (['--ipc', '0'], '--ipc must be positive'),
+    (['--ipc', '0'], '--ipc must be >= 1'),
     (['--ipc', '7'], 'exceeds the smallest class'),
     (['--seeds', '0', '0'], 'distinct'),
     (['--feature_net', 'nowhere.pt', '--method', 'herding'], 'no such file'),
@@ -339,3 +340,19 @@ def test_fresh_replay_trains_on_new_draws_and_starts_each_network_alike(tmp_path
     torch.save(raw, cache)
     with pytest.raises(common.UserError, match='--dim_replay stored'):
         _run(tmp_path, *argv, '--save_path', str(tmp_path / 'stored'))
+
+
+def test_a_gpu_made_gan_state_continues_on_the_cpu(tmp_path):
+    """CL's generative memory continues the previous step's GAN state; one written on a GPU (capturable Adam) steps
+    on the CPU, and the step's memory is what it is from the same state written on the CPU."""
+    data = toy_data(8, 4, n_test=2)
+    args = _args(tmp_path, '--method', 'DiM', '--steps', '2', '--ipc', '2', '--gan_iters', '3', '--gan_batch', '8',
+                 '--gan_width', '8', '--gan_cond', 'embed', '--dim_noise', '16', *DIM_OWN)
+    _, state = continual.dim_memory(args, data, [0, 1, 2, 3], 0, 0, None, _quiet)
+    marked = copy.deepcopy(state)  # a load shares the state's tensors, which the steps then change
+    for key in ('optim_g', 'optim_d'):
+        marked[key] = dict(state[key], param_groups=[dict(g, capturable=True) for g in state[key]['param_groups']])
+    (a, la), _ = continual.dim_memory(args, data, [0, 1, 2, 3], 1, 0, copy.deepcopy(state), _quiet)
+    (b, lb), after_b = continual.dim_memory(args, data, [0, 1, 2, 3], 1, 0, marked, _quiet)
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    assert not after_b['optim_g']['param_groups'][0]['capturable']

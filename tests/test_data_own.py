@@ -175,7 +175,7 @@ def test_a_broken_folder_exits_2_before_writing_anything(tmp_path):
     (lambda raw: raw.update(classes=raw['classes'][:4]), 'labels_train must lie in 0..3'),
     (lambda raw: raw.update(images_val=raw['images_val'][:, :1]), 'images_val must be uint8 N×2×16×16'),
     (lambda raw: raw.update(labels_train=raw['labels_train'] % 4), 'class kind4 has no training images'),
-    (lambda raw: raw.update(mean=[0.5]), 'mean must hold one value per channel (2)'),
+    (lambda raw: raw.update(mean=[0.5]), 'mean must hold one finite value per channel (2)'),
 ])
 def test_an_inconsistent_tensor_file_is_refused(tmp_path, mutate, message):
     path = write_file(tmp_path / 'k.pt')

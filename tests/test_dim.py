@@ -582,7 +582,7 @@ def test_bad_inputs_are_one_line_errors(prepared_mnist, capsys):
         pool_match.main, _flags(tmp, 2, '--weight', str(tmp / 'g_only.pth')), capsys)
     ok = base + ['--pretrain-weight', str(tmp / 'g_only.pth')]
     assert "unknown model 'ResNet99'" in _cli_error(validate.main, ok + ['--eval-model', 'ResNet99'], capsys)
-    assert '--ipc must be positive' in _cli_error(validate.main, ok + ['--ipc', '0'], capsys)
+    assert '--ipc must be >= 1' in _cli_error(validate.main, ok + ['--ipc', '0'], capsys)
     assert '--auto_bs' in _cli_error(validate.main, ok + ['--batch-size', '128'], capsys)
     assert "unknown dataset" in _cli_error(validate.main, ok + ['--data', 'imagenet'], capsys)
     assert 'no checkpoint' in _cli_error(gen_condense.main, _flags(tmp, 1, '--tag', 'x', '--resume'), capsys)
@@ -603,3 +603,57 @@ def test_cli_exit_code_and_flag_spellings(prepared_mnist):
     assert _args(2).match_coeff == 0.01 and not _args(2, '--no-match-aug').match_aug
     c = _args(1)
     assert (c.lr, c.batch_size, c.epochs, c.seed, c.data_dir, c.protocol) == (1e-4, 128, 150, 3407, 'data', 'sound')
+
+
+# ------------------------------------------------------------------------------------------------ optimiser states
+
+def _as_if_made_on_a_gpu(path):
+    """Mark a GAN checkpoint's Adam states as a GPU run writes them: capturable, step counts as float tensors."""
+    ck = torch.load(path, weights_only=True)
+    for key in ('optim_g', 'optim_d'):
+        for group in ck[key]['param_groups']:
+            group['capturable'] = True
+    torch.save(ck, path)
+
+
+def test_an_adam_state_loads_for_the_device_it_runs_on_now():
+    """A state saved capturable (a GPU's) steps on the CPU after common.load_optimizer_state, where a plain
+    load_state_dict keeps the flag and the CPU's Adam refuses to step; an optimiser made capturable keeps its own
+    setting, with its step counts on the parameters' device."""
+    G, _ = networks.define_gan(1, 4, 28, dim_noise=16, cond='embed', width=8, generator=_gen(0))
+    gpu = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.9), capturable=True)
+    G(torch.randn(2, 16), torch.arange(2)).sum().backward()
+    for p in G.parameters():  # the state a GPU's first step leaves (the CPU cannot step a capturable Adam)
+        gpu.state[p] = dict(step=torch.tensor(1.0), exp_avg=p.grad.clone(), exp_avg_sq=p.grad.square())
+    saved = gpu.state_dict()
+    plain = gan.adam(G, 1e-3)
+    plain.load_state_dict(saved)
+    with pytest.raises((RuntimeError, AssertionError), match='capturable'):
+        plain.step()
+    cpu = gan.adam(G, 1e-3)
+    common.load_optimizer_state(cpu, saved)
+    assert not cpu.param_groups[0]['capturable']
+    before = G.fc1.weight.detach().clone()
+    cpu.step()
+    assert not torch.equal(before, G.fc1.weight) and all(s['step'] == 2 for s in cpu.state.values())
+    again = torch.optim.Adam(G.parameters(), lr=1e-3, capturable=True)
+    common.load_optimizer_state(again, cpu.state_dict())
+    assert again.param_groups[0]['capturable'] and all(s['step'].dtype == torch.float32 for s in again.state.values())
+
+
+def test_a_gpu_made_gan_checkpoint_continues_on_the_cpu(prepared_mnist):
+    """Stage 1's checkpoints marked as a GPU writes them (capturable Adam) are continued on the CPU by pool_match.py
+    and by --resume, each stepping the GAN."""
+    tmp = prepared_mnist
+    gen_condense.main(_flags(tmp, 1, '--tag', 'gpu', '--epochs', '1'))
+    for name in ('best.pth', 'last.pth'):
+        _as_if_made_on_a_gpu(tmp / 'results/gpu' / name)
+    first = torch.load(tmp / 'results/gpu/last.pth', weights_only=True)
+    gen_condense.main(_flags(tmp, 1, '--tag', 'gpu', '--epochs', '2', '--resume'))
+    resumed = torch.load(tmp / 'results/gpu/last.pth', weights_only=True)
+    assert not torch.equal(first['generator']['fc1.weight'], resumed['generator']['fc1.weight'])
+    assert not resumed['optim_g']['param_groups'][0]['capturable']
+    pool_match.main(_flags(tmp, 2, '--weight', str(tmp / 'results/gpu/best.pth'), '--epochs-match-train', '1',
+                           '--pool', 'convnet', '--tag', 'gpu_match', '--epochs', '1'))
+    matched = torch.load(tmp / 'results/gpu_match/last.pth', weights_only=True)
+    assert not torch.equal(matched['generator']['fc1.weight'], first['generator']['fc1.weight'])

@@ -135,7 +135,7 @@ def _refused(capsys, *args):
 
 
 @pytest.mark.parametrize('extra, message', [
-    (['--ipc', '0'], '--ipc must be positive'),
+    (['--ipc', '0'], '--ipc must be >= 1'),
     (['--ipc', '11'], 'exceeds the smallest class'),
     (['--dataset', 'ImageNet21k'], 'unknown dataset'),
     (['--model', 'ConvNetXL'], 'unknown model'),
@@ -154,7 +154,7 @@ def test_bad_input_is_one_line_and_exit_2(prepared_mnist, extra, message, capsys
 
 def test_the_script_itself_answers_bad_input_with_one_line(prepared_mnist):
     r = _cli('--dataset', 'MNIST', '--data_path', str(prepared_mnist), '--device', 'cpu', '--ipc', '0')
-    assert r.returncode == 2 and r.stderr.count('\n') == 1 and '--ipc must be positive' in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and '--ipc must be >= 1' in r.stderr, r.stderr
 
 
 def test_foreign_or_corrupt_checkpoint_is_rejected(prepared_mnist, capsys):

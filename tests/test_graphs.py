@@ -1,6 +1,7 @@
 """The steps replayed as CUDA graphs, checked on the CPU: the audit finds nothing in any of them that would stop a
 recording or make the host wait (the GPU path itself is exercised on the CPU), the networks redrawn in place are
 the networks a fresh build gives, the recording's control flow (warm-up, fallback), and a compiled DM step."""
+import contextlib
 import os
 import shutil
 import subprocess
@@ -195,47 +196,187 @@ def test_the_gpu_path_of_the_dm_step_learns_and_repeats(device_path):
 
 # ------------------------------------------------------------------------------------------------ control flow
 
-class _FakeGraph:
-    """Stands in for torch.cuda.CUDAGraph on the CPU: replay() re-runs what was recorded."""
+class FakeRecorder:
+    """Stands in for CUDA's recording on the CPU (graphs.RECORDER): a stand-in device context that every warm-up,
+    recording and replay must be inside, and a graph that replays by running the step again ('right'), replays
+    nothing ('nothing'), replays the draws of its recording ('stale'), works for `good` replays and then does
+    nothing ('stops'), or cannot be recorded ('fail')."""
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, mode='right', out=lambda: torch.zeros(()), good=0):
+        self.mode, self.make_out, self.good = mode, out, good
+        self.stack, self.events, self.released = [], [], 0
+
+    def accepts(self, generators):
+        return True
+
+    @contextlib.contextmanager
+    def device(self, device):
+        self.stack.append(torch.device(device))
+        try:
+            yield
+        finally:
+            self.stack.pop()
+
+    def _inside(self, what):
+        assert self.stack, f'{what} outside the step\'s device'
+        self.events.append((what, self.stack[-1]))
+
+    def side_stream(self, fn):
+        self._inside('warm-up')
+        return fn()
+
+    def record(self, fn, generators):
+        self._inside('recording')
+        if self.mode == 'fail':
+            raise RuntimeError('operation not permitted when stream is capturing\nmore')
+        graph = _FakeGraph(self, fn, generators, self.make_out())
+        return graph, graph.out
+
+    def replay(self, graph):
+        self._inside('replay')
+        graph.replay()
+
+    def release(self, graph):
+        self.released += 1
+
+
+class _FakeGraph:
+    def __init__(self, recorder, fn, generators, out):
+        self.recorder, self.fn, self.generators, self.out = recorder, fn, generators, out
+        self.states = [g.get_state() for g in generators]
+        self.replays = 0
 
     def replay(self):
-        self.fn()
+        self.replays += 1
+        mode = self.recorder.mode
+        if mode == 'nothing' or (mode == 'stops' and self.replays > self.recorder.good):
+            return None
+        if mode == 'stale':
+            for g, s in zip(self.generators, self.states):
+                g.set_state(s)
+        result = self.fn()
+        if isinstance(self.out, dict):  # the static outputs, overwritten by each replay
+            self.out.update(result)
+        else:
+            self.out.copy_(result)
 
 
-def test_recording_follows_the_warm_up_and_a_failed_one_runs_eagerly_with_one_warning(monkeypatch, capsys):
-    monkeypatch.setattr(graphs, '_on_side_stream', lambda fn: fn())
-    monkeypatch.setattr(torch.cuda, 'synchronize', lambda *a: None)
-    calls = []
+def _toy(recorder, monkeypatch, name='toy step'):
+    """A step that adds fresh draws to w, on the fake recorder; its eager twin."""
+    monkeypatch.setattr(graphs, 'RECORDER', recorder)
+    g, w = _gen(0), torch.zeros(3)
 
     def fn():
-        calls.append(1)
-        return len(calls)
+        w.add_(torch.rand(3, generator=g))
+        return w.sum()
+    return graphs.Graphed(fn, [g], enabled=True, name=name, state=(w,)), g, w
 
-    def record(self):
-        self.graph, self.out = _FakeGraph(self.fn), -1  # recording runs nothing; the replay does
 
-    monkeypatch.setattr(graphs.Graphed, '_record', record)
-    step = graphs.Graphed(fn, enabled=True, warmup=2)
-    assert [step() for _ in range(2)] == [1, 2] and not step.replaying  # warm-up: eager
-    assert step() == -1 and step.replaying and len(calls) == 3  # recorded, then replayed once
+def test_recording_follows_the_warm_up_and_every_part_runs_on_the_steps_device(monkeypatch, capsys):
+    recorder = FakeRecorder()
+    step, g, w = _toy(recorder, monkeypatch)
+    step.device = torch.device('cuda', 1)  # as a step whose generators are on cuda:1
+    calls = []
+    fn = step.fn
+    step.fn = lambda: calls.append(1) or fn()
+    for i in range(2):
+        step()
+        assert not step.replaying and len(calls) == i + 1  # warm-up: eager
     step()
-    assert len(calls) == 4
+    assert step.replaying and len(calls) == 4  # recorded, replayed, checked against an eager step
+    step()
+    assert len(calls) == 6  # the second replay checked too
+    step()
+    assert len(calls) == 7  # then plain replays
+    assert [e for e, _ in recorder.events] == ['warm-up', 'warm-up', 'recording'] + ['replay'] * 3
+    assert {d for _, d in recorder.events} == {torch.device('cuda', 1)}
     step.rerecord()
-    assert not step.replaying and step() == -1 and len(calls) == 5  # no second warm-up
+    assert not step.replaying and recorder.released == 1
+    step()
+    assert recorder.events[-2][0] == 'recording' and len(calls) == 9  # no second warm-up, the check again
+    assert capsys.readouterr().err == '' and step.enabled
 
-    def fail(self):
-        raise RuntimeError('operation not permitted when stream is capturing\nmore')
 
-    monkeypatch.setattr(graphs.Graphed, '_record', fail)
-    calls.clear()
-    step = graphs.Graphed(fn, enabled=True, warmup=1, name='toy step')
-    assert [step() for _ in range(4)] == [1, 2, 3, 4]  # never a lost or wrong call
+def test_a_step_enters_the_device_of_its_generators(monkeypatch):
+    recorder = FakeRecorder()
+    step, g, w = _toy(recorder, monkeypatch)
+    assert step.device == g.device
+    for _ in range(4):
+        step()
+    assert recorder.events and {d for _, d in recorder.events} == {g.device}
+
+
+def _eager_toy(calls):
+    g, w = _gen(0), torch.zeros(3)
+    for _ in range(calls):
+        w.add_(torch.rand(3, generator=g))
+    return w
+
+
+@pytest.mark.parametrize('mode,good', [('nothing', 0), ('stale', 0), ('stops', 3), ('fail', 0)])
+def test_a_replay_that_fails_its_check_gives_the_eager_result_with_one_warning(mode, good, monkeypatch, capsys):
+    """A graph that replays nothing, replays its recording's draws, stops working at a watched replay (the 4th),
+    or cannot be recorded: the step ends exactly where eager calls end, and says so once."""
+    recorder = FakeRecorder(mode, good=good)
+    step, g, w = _toy(recorder, monkeypatch, name=f'toy {mode}')
+    before = len(graphs.FALLBACKS)
+    outs = [float(step()) for _ in range(12)]
+    assert torch.equal(w, _eager_toy(12))
+    assert outs[-1] == float(_eager_toy(12).sum())
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and 'toy step' in err[0] and 'running it eagerly' in err[0]
-    assert not step.enabled
+    assert len(err) == 1 and f'toy {mode}' in err[0] and 'running it eagerly' in err[0], err
+    assert not step.enabled and not step.replaying and recorder.released >= 1
+    assert len(graphs.FALLBACKS) == before + 1 and graphs.FALLBACKS[-1][0] == f'toy {mode}'
+
+
+def _dm_run(recorder, monkeypatch, iters=6):
+    from condensation.methods import dm
+    if recorder is not None:
+        monkeypatch.setattr(graphs, 'RECORDER', recorder)
+        monkeypatch.setattr(dm, 'graphs_enabled', lambda *a: True)
+    data, args, image_syn, syn_cls, opt = _dm()
+    step = DMStep(args, data, image_syn, syn_cls, opt, resident=True)
+    losses = [step(0, (0, it)) for it in range(iters)]
+    monkeypatch.undo()
+    return image_syn.detach(), losses, step.graphed
+
+
+@pytest.mark.parametrize('mode', ['right', 'nothing', 'stale'])
+def test_a_checked_dm_step_is_the_eager_step(mode, monkeypatch, capsys, device_path):
+    """The first replays' check runs an eager DM step and puts its state back: with a graph that replays right
+    the run is the eager run bit for bit; with one that replays nothing or stale draws, the eager run too."""
+    eager, eager_losses, _ = _dm_run(None, monkeypatch)
+    monkeypatch.setattr(augment, '_group_on_host', lambda choice: False)
+    out = FakeRecorder(mode, out=lambda: torch.zeros(()))
+    graphed, losses, step = _dm_run(out, monkeypatch)
+    assert torch.equal(graphed, eager)
+    err = capsys.readouterr().err
+    if mode == 'right':
+        assert step.enabled and step.replaying and err == ''
+        assert all(torch.equal(a, b) for a, b in zip(losses, eager_losses))
+    else:
+        assert not step.enabled and err.count('warning: DM step') == 1, err
+
+
+@pytest.mark.parametrize('mode', ['right', 'stale'])
+def test_a_checked_gan_iteration_is_the_eager_one(mode, monkeypatch, capsys):
+    def run(recorder):
+        if recorder is not None:
+            monkeypatch.setattr(graphs, 'RECORDER', recorder)
+        G, D = networks.define_gan(1, 4, 28, dim_noise=16, cond='embed', width=8, generator=_gen(0))
+        ema = gan.GeneratorEMA(G, 0.99)
+        step = gan.GANStep(G, D, gan.adam(G, 1e-3), gan.adam(D, 1e-3), 4, 1, 1, 0.5, ema,
+                           graphs=recorder is not None)
+        step.use_stream(_gen(1))
+        x, y = torch.rand(8, 1, 28, 28, generator=_gen(2)) * 2 - 1, torch.arange(4).repeat(2)
+        for it in range(6):
+            step(it, x, y)
+        return [t.detach().clone() for m in (G, D, ema.G) for t in m.state_dict().values()], step
+    eager, _ = run(None)
+    graphed, step = run(FakeRecorder(mode, out=dict))
+    assert all(torch.equal(a, b) for a, b in zip(graphed, eager))
+    err = capsys.readouterr().err
+    assert err.count('warning: GAN iteration') == (mode == 'stale'), err
 
 
 def test_graphs_are_for_cuda_only():
@@ -276,6 +417,10 @@ def test_gpu_check_runs_on_the_cpu(tmp_path):
     report = (tmp_path / 'report.md').read_text()
     assert '**PASSED**' in report and 'audit' in report and '| DM ipc 1 fp32' in report
     assert 'skipped: CIFAR-10 not found' in report
+    # every check only a card settles is listed, and says so; the one the CPU can run passes
+    assert report.count('| needs CUDA |') == 7 and '| DM step on cuda:1 | needs two CUDA devices |' in report
+    assert '(its Adam state marked capturable, as a GPU writes it) continues on cpu | pass |' in report
+    assert 'on one H200: about' in report and 'within the 8 allowed: True' in report
 
 
 def test_host_overhead_measures_every_step():

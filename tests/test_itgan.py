@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from condensation.methods import itgan
-from condensation.common import UserError
+from condensation.common import UserError, non_finite, run_cli
+import evaluate
 import main_ITGAN
 from condensation import networks
 from condensation.augment import ParamDiffAug
@@ -155,6 +156,27 @@ def test_a_run_stores_latents_that_regenerate_the_evaluated_images(prepared_mnis
         main_ITGAN.main(_cli(tmp, '--generator', gen, '--resume', '--Iteration', '5'))
 
 
+def test_the_exported_images_evaluate_to_the_accuracy_the_run_recorded(prepared_mnist):
+    """res_<run>_images.pt: the IT-GAN set as images in the original layout, beside the latents; evaluate.py with
+    the run's protocol and seed trains the networks the run trained on it, and gets its accuracies."""
+    tmp = prepared_mnist
+    main_ITGAN.main(_cli(tmp, '--generator', _write_generator(str(tmp)), '--num_eval', '2'))
+    name = 'ITGAN_MNIST_ConvNetW32_2ipc'
+    res = torch.load(tmp / 'out' / f'res_{name}.pt')
+    exported = torch.load(tmp / 'out' / f'res_{name}_images.pt')  # plain torch.load
+    [[images, labels]] = exported['data']
+    assert images.shape == (20, 1, 28, 28) and torch.equal(labels, res['labels'])
+    assert exported['meta']['normalised'] and exported['accs_all_exps'] == res['accs']['itgan']
+    [row] = evaluate.main(['--set', str(tmp / 'out' / f'res_{name}_images.pt'), '--dataset', 'MNIST', '--data_path',
+                           str(tmp), '--save_path', str(tmp / 'ev'), '--models', 'ConvNetW32', '--num_eval', '2',
+                           '--epoch_eval_train', '2', '--device', 'cpu', '--no_progress', '--baseline', 'none'])
+    assert row['accuracy']['all'] == res['accs']['itgan']['ConvNetW32']
+    # the result file itself holds no images: evaluate.py names the file that does
+    with pytest.raises(UserError, match=f'{name}_images.pt'):
+        evaluate.main(['--set', str(tmp / 'out' / f'res_{name}.pt'), '--dataset', 'MNIST', '--data_path', str(tmp),
+                       '--save_path', str(tmp / 'ev2'), '--device', 'cpu'])
+
+
 def test_an_interrupted_run_resumes_to_the_same_latents(prepared_mnist, monkeypatch):
     tmp = prepared_mnist
     gen = _write_generator(str(tmp))
@@ -227,3 +249,20 @@ def test_a_generator_with_too_few_classes_is_refused():
     data.num_classes = 10
     with pytest.raises(itgan.UserError, match='does not take the 10 classes'):
         itgan.check_generator(_gan(num_classes=4), data, 'cpu')
+
+
+@pytest.mark.parametrize('lr', ['1e10', '3e38'])
+def test_diverging_latents_stop_the_run_and_the_last_checkpoint_stays_good(prepared_mnist, lr, capsys):
+    """Latents far beyond any standard normal draw, finite or not, stop IT-GAN at the step they appear, naming
+    --lr_latent; the checkpoint the inversion wrote stays as it was."""
+    tmp = prepared_mnist
+    argv = _cli(tmp, '--generator', _write_generator(str(tmp)), '--lr_latent', lr)
+    with pytest.raises(SystemExit) as e:
+        run_cli(lambda: main_ITGAN.main(argv))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1, err
+    assert 'lower --lr_latent' in err or 'lower the learning rates' in err, err
+    ckpt = next((tmp / 'out').glob('*.ckpt.pt'))
+    state = torch.load(ckpt)
+    assert state['it'] == 0 and 'z_itgan' not in state and non_finite(state) is None
+    assert not list((tmp / 'out').glob('res_*.pt'))

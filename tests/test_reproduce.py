@@ -19,7 +19,7 @@ import main_DM
 import main_ITGAN
 import reproduce
 from condensation.repro import driver
-from conftest import ROOT, toy_images, write_idx, write_prepared
+from conftest import ROOT, hold_lock_file, toy_images, write_idx, write_prepared
 from condensation.common import write_json
 
 PARSERS = {'main_DM.py': main_DM.parse_args, 'main.py': main.parse_args, 'CL_DM.py': CL_DM.parse_args,
@@ -89,7 +89,7 @@ def test_the_smoke_tier_runs_every_cell_and_writes_the_report(smoke):
             continue
         assert r['status'] == 'done', (c.id, r['verdict'])
         assert r['measured']['n'] >= 1 and 0 <= r['measured']['mean'] <= 100
-        assert r['verdict'] == 'no reference (none yet)'
+        assert r['verdict'].startswith('not comparable: cut budget')
         # the printed command is the one that ran: script and arguments as the stage's marker records them
         for s, command in zip(c.stages, r['commands']):
             marker = driver.read_marker(driver.stage_dir(out, s))
@@ -190,12 +190,18 @@ def test_the_list_prints_every_cell_with_its_source_and_estimates(capsys):
 
 def test_the_verdict_rule():
     paper = cells.Value(48.9, 0.6, None, 'paper')
-    assert driver.verdict(50.6, 0.2, paper).startswith('agrees')  # within 3 x 0.6
-    assert driver.verdict(50.8, 0.2, paper).startswith('disagrees')
-    assert driver.verdict(47.0, 1.0, paper).startswith('agrees')  # the measured std is the larger
-    assert driver.verdict(73.4, 0.1, cells.Value(72.6, None, None, 'paper')).startswith('agrees')  # at least 1 point
-    assert 'informative' in driver.verdict(39.0, 0.5, cells.Value(39.0, None, None, 'figure', True))
-    assert driver.verdict(50.0, 0.1, None) == 'no reference (none yet)'
+    assert driver.verdict(50.6, 0.2, paper, 'paper').startswith('agrees with the paper')  # within 3 x 0.6
+    assert driver.verdict(50.8, 0.2, paper, 'paper').startswith('disagrees with the paper')
+    assert driver.verdict(47.0, 1.0, paper, 'paper').startswith('agrees')  # the measured std is the larger
+    assert driver.verdict(73.4, 0.1, cells.Value(72.6, None, None, 'paper'), 'paper').startswith('agrees')  # >= 1 point
+    assert 'informative' in driver.verdict(39.0, 0.5, cells.Value(39.0, None, None, 'figure', True), 'paper')
+    assert driver.verdict(50.0, 0.1, None, 'paper') == 'no published value'
+    # Below the paper tier the word names the tier's own reference, never the paper six points away.
+    ref = cells.Value(83.6, 1.4, None, 'CPU, 2026-12-04')
+    for tier in ('smoke', 'cpu', 'quick'):
+        assert driver.verdict(83.0, 1.0, ref, tier).startswith("matches this tier's reference")
+        assert driver.verdict(60.0, 1.0, ref, tier).startswith("differs from this tier's reference")
+        assert driver.verdict(83.0, 1.0, None, tier).startswith('not comparable: cut budget')
 
 
 def test_a_stage_reruns_when_a_stage_it_reads_ran_after_it(tmp_path):
@@ -217,3 +223,70 @@ def test_a_stage_reruns_when_a_stage_it_reads_ran_after_it(tmp_path):
     assert driver.plan(stages, out, argvs, True, set()) == {'dim-mnist-gan': 'done', 'dim-mnist-test': 'fresh'}
     mark('dim-mnist-gan', 1.0, argv=['--other'])  # its command changed: it runs again, and so does validate.py
     assert driver.plan(stages, out, argvs, True, set()) == {s: 'fresh' for s in stages}
+
+
+@pytest.mark.skipif(not hasattr(os, 'killpg'), reason='POSIX signals')
+def test_a_second_reproduce_into_the_same_out_is_refused_and_the_first_finishes_whole(tmp_path, capsys):
+    """The first run is frozen while its stage runs; the second, into the same --out, is refused in one line naming
+    the first's pid and touches nothing; thawed, the first finishes with its stage log whole."""
+    data = write_fixtures(str(tmp_path / 'data'))
+    out = str(tmp_path / 'out')
+    argv = ['--tier', 'smoke', '--cells', 'dm-mnist-1', '--device', 'cpu', '--data_path', data, '--out', out]
+    first = subprocess.Popen([sys.executable, 'reproduce.py'] + argv, cwd=ROOT, start_new_session=True,
+                             env=dict(os.environ, OMP_NUM_THREADS='1'), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    marker = os.path.join(out, 'dm-mnist-1', driver.MARKER)
+    deadline = time.time() + 120
+    while not os.path.exists(marker) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        before = sorted(os.listdir(os.path.join(out, 'dm-mnist-1')))
+        with pytest.raises(SystemExit) as e:
+            reproduce.run_cli(lambda: reproduce.main(argv))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count('\n') == 1, err
+        assert f'another run (pid {first.pid}) is writing {out}' in err and 'pass another --out' in err
+        assert sorted(os.listdir(os.path.join(out, 'dm-mnist-1'))) == before
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    with open(os.path.join(out, 'dm-mnist-1', 'reproduce_console.log')) as f:
+        log = f.read()
+    lines = log.splitlines()  # (the first run of a fixture's data may open with the prepared file it wrote)
+    assert any(line.startswith('plan: ') for line in lines[:2]) and lines[-1].startswith('results: '), log
+    assert driver.read_marker(os.path.join(out, 'dm-mnist-1'))['status'] == 'done'
+    assert not os.path.exists(os.path.join(out, 'reproduce.lock'))  # released when it ended
+
+
+def test_a_stage_folder_another_process_writes_in_is_not_cleared(tmp_path):
+    folder = tmp_path / 'dm-mnist-1'
+    folder.mkdir()
+    write_json(str(folder / driver.MARKER), dict(status='running'))
+    holder = hold_lock_file(folder / 'DM_MNIST_ConvNet_1ipc.lock')  # a main_DM.py run writing there
+    try:
+        with pytest.raises(driver.UserError, match=f'another run \\(pid {holder.pid}\\) is writing {folder}'):
+            driver.clear(str(folder))
+        assert sorted(os.listdir(folder)) == ['DM_MNIST_ConvNet_1ipc.lock', driver.MARKER]
+    finally:
+        holder.kill()
+        holder.wait()
+    driver.clear(str(folder))  # a lock its killed holder left is no run
+    assert not folder.exists()
+
+
+def test_sigterm_stops_reproduce_and_releases_its_out(tmp_path):
+    data = write_fixtures(str(tmp_path / 'data'))
+    out = str(tmp_path / 'out')
+    argv = ['--tier', 'smoke', '--cells', 'dm-mnist-1', '--device', 'cpu', '--data_path', data, '--out', out]
+    proc = subprocess.Popen([sys.executable, 'reproduce.py'] + argv, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(out, 'dm-mnist-1', driver.MARKER)) and proc.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert not os.path.exists(os.path.join(out, 'reproduce.lock'))  # --out is free again

@@ -17,9 +17,12 @@ from condensation.common import UserError
 
 # ---------------------------------------------------------------------------------------------- datasets
 
-def test_mnist_idx_through_torchvision_then_prepared_cache(mnist_idx):
+def test_mnist_idx_through_torchvision_then_prepared_cache(mnist_idx, capsys):
     root, xtr, ytr = mnist_idx
     data = get_dataset('MNIST', str(root), download=False)
+    size = os.path.getsize(root / 'MNIST.pt') / 2 ** 20
+    assert capsys.readouterr().out == (f'wrote {root / "MNIST.pt"} ({size:.1f} MiB): the decoded data, read by later '
+                                       f'runs instead of the original files (delete it to decode them again)\n')
     assert data.images_train.shape == (60, 1, 28, 28) and data.images_test.shape == (20, 1, 28, 28)
     assert data.class_names == [str(i) for i in range(10)]
     expected = (xtr.float() / 255 - 0.1307) / 0.3081
@@ -30,7 +33,7 @@ def test_mnist_idx_through_torchvision_then_prepared_cache(mnist_idx):
     for f in os.listdir(root / 'MNIST' / 'raw'):
         os.unlink(root / 'MNIST' / 'raw' / f)
     again = get_dataset('mnist', str(root), download=False)
-    assert torch.equal(again.images_train, data.images_train)
+    assert torch.equal(again.images_train, data.images_train) and capsys.readouterr().out == ''  # read, not written
 
 
 def test_fashion_mnist_idx(tmp_path):
@@ -250,5 +253,81 @@ def test_png_grid_is_denormalised(tmp_path):
     x = torch.zeros(6, 3, 8, 8)  # standardised 0 is the mean: grey 0.5 after de-normalising
     save_image_grid(str(tmp_path / 'g.png'), x, mean, std, nrow=3)
     im = Image.open(tmp_path / 'g.png')
-    assert im.size == (3 * 8 + 4 * 2, 2 * 8 + 3 * 2)  # save_image's 2-pixel padding
-    assert abs(im.getpixel((5, 5))[0] - 128) <= 1
+    k = 8  # enlarged by a whole factor to at least 256 pixels across
+    assert im.size == (k * (3 * 8 + 4 * 2), k * (2 * 8 + 3 * 2))  # save_image's 2-pixel padding
+    assert abs(im.getpixel((k * 5, k * 5))[0] - 128) <= 1
+    assert im.getpixel((k * 1, k * 1))[0] == 0  # the padding
+
+
+def test_precision_is_chosen_on_cuda_and_stated_as_it_runs():
+    """--precision sets PyTorch's float32 switches on a CUDA device only, and precision_text reads back what they
+    are (the switches are flags: set and read without a GPU)."""
+    cpu, cuda = types.SimpleNamespace(device='cpu'), types.SimpleNamespace(device='cuda', amp='off')
+    assert common.precision_text(cpu) == 'IEEE fp32 (CPU)'
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if not hasattr(cudnn, 'conv'):
+        pytest.skip('torch before 2.9: the legacy allow_tf32 switches')
+    saved = cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, torch.get_float32_matmul_precision()
+    try:
+        common.set_precision('ieee', 'cpu')
+        assert common.precision_text(cuda) == 'convolutions TF32, matmuls IEEE fp32'  # as PyTorch starts
+        common.set_precision('default', 'cuda')  # the CPU and 'default': nothing chosen
+        assert common.precision_text(cuda) == 'convolutions TF32, matmuls IEEE fp32'
+        assert cudnn.allow_tf32 and not matmul.allow_tf32  # PyTorch's own switches still readable
+        common.set_precision('ieee', 'cuda')
+        assert common.precision_text(cuda) == 'convolutions IEEE fp32, matmuls IEEE fp32'
+        common.set_precision('tf32', 'cuda:1')
+        assert common.precision_text(cuda) == 'convolutions TF32, matmuls TF32'
+        assert cudnn.allow_tf32 and matmul.allow_tf32 and torch.get_float32_matmul_precision() == 'high'
+        assert common.precision_text(types.SimpleNamespace(device='cuda', amp='bf16')).startswith('bf16 autocast')
+    finally:
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
+
+
+def test_the_footprint_counts_the_cuda_graphs_memory_pools(monkeypatch):
+    """With CUDA graphs the estimate adds each recorded step's pool (its activations and the set's gradient) and
+    the check's two copies of the set and its momentum; without them (the CPU, --cuda_graphs off) it is unchanged."""
+    from condensation.device import footprint
+    data = types.SimpleNamespace(channel=1, im_size=(28, 28), num_classes=10)
+    args = types.SimpleNamespace(model='ConvNetW32', ipc=5, per_class=False, batch_real=8, batch_train=16,
+                                 device='cpu', cuda_graphs='on')
+    images = footprint.set_bytes(50, (1, 28, 28))
+    plain = {m: footprint.condensation_bytes(args, data, m) for m in ('DM', 'DC')}
+    monkeypatch.setattr(footprint, 'graphs_enabled', lambda device, mode: mode == 'on')
+    for method, steps in (('DM', 1), ('DC', 2)):
+        activations = plain[method] - 5 * images
+        assert footprint.condensation_bytes(args, data, method) == plain[method] + steps * (activations + images) \
+            + 4 * images
+    args.cuda_graphs = 'off'
+    assert footprint.condensation_bytes(args, data, 'DM') == plain['DM']
+
+
+def test_a_set_picture_is_a_grid_about_as_wide_as_high():
+    from condensation.run.runner import grid_columns
+    assert grid_columns(1, 10) == 5  # ipc 1 of 10 classes: 2 rows of 5, not a strip of 10
+    assert grid_columns(10, 10) == 10 and grid_columns(50, 10) == 50  # a row per class
+    assert grid_columns(2, 10) == 10 and grid_columns(1, 100) == 10 and grid_columns(1, 7) == 7
+
+
+def test_titled_blocks_stand_side_by_side_under_their_titles(tmp_path):
+    from PIL import Image
+    x = torch.zeros(8, 1, 28, 28)
+    save_image_grid(str(tmp_path / 'b.png'), x, [0.5], [0.5], nrow=2, titles=[('(a) real', 4), ('(b) IT-GAN', 4)])
+    im = Image.open(tmp_path / 'b.png').convert('L')
+    side = 2 * 28 + 3 * 2  # each block: 4 images, 2 a row
+    k = 3  # enlarged so that a block is as wide as its title needs (140 pixels)
+    assert im.size == (2 * k * side + 12, 22 + k * side)
+    assert min(im.getpixel((x_, y_)) for x_ in range(k * side) for y_ in range(22)) < 128  # a title drawn above
+
+
+def test_the_agreement_chart_gives_each_label_its_own_line():
+    from condensation.plots import _spread
+    ys = [40.0, 38.5, 41.0, 39.0, 300.0, 587.0, 589.0]  # cells at 97-99 % crowd the top, two the bottom edge
+    out = _spread(ys, 36, 590, 13)
+    placed = sorted(zip(ys, out))
+    assert [o for _, o in placed] == sorted(out)  # the order of the points is kept
+    assert all(b - a >= 13 - 1e-9 for (_, a), (_, b) in zip(placed, placed[1:]))
+    assert 36 <= min(out) and max(out) <= 590 and out[4] == 300.0  # a point alone keeps its height
+    many = _spread([100.0] * 60, 36, 590, 13)  # more than fit: evenly spaced over the height
+    assert min(many) >= 36 and max(many) <= 590 and len(set(many)) == 60

@@ -14,7 +14,7 @@ import torch
 
 import CL_DM
 from condensation import data as data_mod
-from condensation.run import cli
+from condensation.run import cli, dim_stages
 import gen_condense
 import main
 import main_DM
@@ -49,7 +49,8 @@ def _flags(argv):
 
 def test_the_next_stage_commands_dim_prints_run_as_printed(prepared_mnist):
     """Stage 1 with non-default GAN flags prints stage 2 and stage 3; stage 2 prints stage 3. Each runs: stage 3
-    exactly as printed, stage 2 with only its own budget flags added (none of which the printed command holds)."""
+    exactly as printed, stage 2 with only its own flags added (none of which the printed command holds). The budget
+    stage 1 was given (epochs, iterations per epoch, evaluation cadence) goes with the stage-2 command."""
     tmp = prepared_mnist
     gen_condense.main(_dim(tmp, '--data', 'mnist', '--tag', 'gan', '--gan_width', W, '--cond', 'embed', '--critic',
                            'projection', '--dim-noise', '16', '--g_ema', '0.9', '--seed', '5', '--batch-size', '8',
@@ -61,7 +62,9 @@ def test_the_next_stage_commands_dim_prints_run_as_printed(prepared_mnist):
     for flag in ('--data', '--data-dir', '--gan_width', '--cond', '--critic', '--dim-noise', '--g_ema', '--seed',
                  '--output-dir', '--logs-dir', '--ipc', '--epochs-eval', '--iters_per_epoch', '--val_split'):
         assert flag in stage2, flag
-    budget = ['--epochs', '1', '--batch-size', '8', '--epochs-match-train', '1', '--pool', 'convnet', '--no_progress']
+    for flag, value in (('--epochs', '1'), ('--iters_per_epoch', '2'), ('--eval-interval', '1')):
+        assert stage2[stage2.index(flag) + 1] == value, flag  # stage 1's budget, not the reference's 100 epochs
+    budget = ['--batch-size', '8', '--epochs-match-train', '1', '--pool', 'convnet', '--no_progress']
     assert not _flags(budget) & _flags(stage2)  # stage-specific flags: the printed command leaves them alone
     pool_match.main(stage2 + budget)
 
@@ -74,6 +77,21 @@ def test_the_next_stage_commands_dim_prints_run_as_printed(prepared_mnist):
     res = validate.main(stage3)
     assert res['dataset'] == 'MNIST' and len(res['onthefly']['models']['convnet']['final']['all']) == 5
     assert (tmp / 'results' / 'gan_match_test' / 'results.json').is_file()
+
+
+def test_a_stage_run_with_the_reference_budget_prints_the_next_stage_with_its_own(tmp_path):
+    """Only a budget the user chose travels: a stage 1 of the reference's 150 epochs is followed by a stage 2 of the
+    reference's 100, and validate.py takes no GAN budget at all."""
+    base = _dim(tmp_path, '--data', 'mnist', '--tag', 'gan')
+    stage2 = shlex.split(cli.next_command(dim_stages.parse_dim_args(1, '', base), 2, 'best.pth', 10))
+    assert '--epochs' not in stage2 and dim_stages.parse_dim_args(2, '', stage2[2:]).epochs == 100
+    short = dim_stages.parse_dim_args(1, '', base + ['--epochs', '3', '--iters-per-epoch', '4', '--eval-interval',
+                                                     '2'])
+    stage2 = shlex.split(cli.next_command(short, 2, 'best.pth', 10))
+    parsed = dim_stages.parse_dim_args(2, '', stage2[2:])
+    assert (parsed.epochs, parsed.iters_per_epoch, parsed.eval_interval) == (3, 4, 2)
+    stage3 = shlex.split(cli.next_command(short, 3, 'best.pth', 10))
+    assert '--epochs' not in stage3 and '--eval-interval' not in stage3
 
 
 # ------------------------------------------------------------------------------------ 2. IT-GAN on one's own folder

@@ -5,7 +5,8 @@ The estimates count what grows with the flags (images per class, batch sizes, im
 its gradient, optimiser state and copies, the activations autograd keeps for the backward pass (counted on the meta
 device, so exactly for the network at hand and without memory or compute), decoded images. What does not grow
 with the flags (the network's weights, the real data, which is loaded before) is left out, so an estimate is a
-lower bound and a refused run could not have fitted.
+lower bound and a refused run could not have fitted. With CUDA graphs (graphs_pool_bytes) each recorded step's
+private memory pool is counted too: an estimate (the step's activations and set-sized tensors), not a measurement.
 
 The limit is the environment variable CONDENSE_MEMORY_LIMIT when it is set (bytes, or a number with K, M, G or
 T), else the device's free memory: a GPU's as CUDA reports it, the CPU's available memory (MemAvailable, and a
@@ -16,9 +17,10 @@ import re
 
 import torch
 
-from condensation.device import parallel
-from condensation.networks import get_network
 from condensation.common import UserError
+from condensation.device import parallel
+from condensation.device.graphs import graphs_enabled
+from condensation.networks import get_network
 
 ENV = 'CONDENSE_MEMORY_LIMIT'
 _UNITS = {'': 1, 'K': 2 ** 10, 'M': 2 ** 20, 'G': 2 ** 30, 'T': 2 ** 40}
@@ -117,4 +119,16 @@ def condensation_bytes(args, data, method):
         per_image = activation_bytes(net, shape, '__call__')
     if getattr(args, 'amp', 'off') == 'bf16':
         per_image //= 2  # autocast keeps most activations in bfloat16
-    return 5 * set_bytes(data.num_classes * args.ipc, shape) + graph * per_image
+    images = set_bytes(data.num_classes * args.ipc, shape)
+    recorded = 1 if method == 'DM' else 2  # DC/DSA record the matching pass and the inner epochs apart
+    pools = graphs_pool_bytes(recorded, graph * per_image, images) if graphs_enabled(
+        args.device, getattr(args, 'cuda_graphs', 'on')) else 0
+    return 5 * images + graph * per_image + pools
+
+
+def graphs_pool_bytes(steps, activations, images):
+    """An estimate of what replaying `steps` recorded steps adds on CUDA: each graph's private pool keeps its
+    step's transient memory (about `activations`, plus the set's gradient) beside the blocks that the eager warm-up
+    left in the caching allocator, and the check of the first replays copies the set and its momentum twice (the
+    state before, the eager step's result)."""
+    return steps * (activations + images) + 4 * images

@@ -11,7 +11,7 @@ holding only the step's classes), and DiM (a class-conditional GAN trained on th
 samples of the old ones; the network trains on ipc generated images per seen class). Memories are cached per
 (method, dataset, model, ipc, steps, seed) in the original's memory-file layout (`data` = [[images, labels]] per
 step, plus `meta`) and extended step by step; the reference's released files are used when present. The loop over
-seeds and steps is CL_DM.py's; its table, CSV and plot are cl_report.py's.
+seeds and steps is CL_DM.py's; its table, CSV and plot are run/continual_report.py's.
 
 Randomness: the class orders come from a private numpy RandomState (as np.random.seed(s); np.random.permutation(K)
 would give, without touching numpy's global state), everything else from torch generators named by

@@ -176,8 +176,10 @@ class DCStep:
         self.strategy = args.dsa_strategy if args.dsa else None
         self.mine = parallel.share(data.num_classes)
         on = graphs_enabled(device, getattr(args, 'cuda_graphs', 'on'))  # with host-drawn streams: eager
-        self.match = Graphed(self._match, [self.g_batch], on, name='DC matching pass')
-        self.inner = Graphed(self._inner, [self.g_batch], on and args.inner_loop > 0, name='DC inner epochs')
+        state = (image_syn, optimizer, self.net, self.opt_net)  # what both passes change
+        self.match = Graphed(self._match, [self.g_batch], on, name='DC matching pass', state=state)
+        self.inner = Graphed(self._inner, [self.g_batch], on and args.inner_loop > 0, name='DC inner epochs',
+                             state=state)
 
     def __call__(self, seed, keys):
         self.g_net.manual_seed(derive_seed(seed, 'dc_net', *keys))

@@ -4,7 +4,7 @@ A class-conditional AC-WGAN-GP is trained on the real images (stage 1), fine-tun
 sees its samples as it sees real images (stage 2), and judged by classifiers trained from scratch on its samples
 (stage 3). This module holds the method: the data as the GAN sees it, the evaluation and pool classifiers, the
 pool matching, and the training of evaluation networks on generator samples. The GAN itself is gan.py; a stage's
-run (folder, checkpoints, selection) is dim_run.py; the stage loops are gen_condense.py, pool_match.py and
+run (folder, checkpoints, selection) is run/dim_stages.py; the stage loops are gen_condense.py, pool_match.py and
 validate.py.
 
 Image spaces. The GAN works in [-1, 1] (real images x/127.5 - 1, tanh output). Evaluation and pool networks see

@@ -191,7 +191,8 @@ class DMStep:
             if compiled:
                 self.twin.embed = torch.compile(self.twin.embed, dynamic=False)
         self.graphed = Graphed(self._step, [self.g_net, self.g_batch],
-                               graphs_enabled(device, getattr(args, 'cuda_graphs', 'on')), name='DM step')
+                               graphs_enabled(device, getattr(args, 'cuda_graphs', 'on')), name='DM step',
+                               state=(image_syn, optimizer, self.net, self.twin))
 
     def __call__(self, seed, keys):
         self.g_net.manual_seed(derive_seed(seed, 'dm_net', *keys))

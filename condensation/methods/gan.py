@@ -223,7 +223,9 @@ class GANStep:
         if form not in self.forms:
             self.forms[form] = Graphed(lambda: self._iteration(*form), [self.generator], self.graphs,
                                        name=f'GAN iteration ({"G and " if g_turn else ""}D step'
-                                            f'{", penalty" if gp_weight else ""})')
+                                            f'{", penalty" if gp_weight else ""})',
+                                       state=(self.G, self.D, self.opt_g, self.opt_d,
+                                              None if self.ema is None else self.ema.G))
         return self.forms[form]()
 
     def _iteration(self, g_turn, gp_weight):
@@ -306,9 +308,13 @@ def gan_state(G, D, opt_g, opt_d, ema=None):
 
 
 def load_into(model, state, flag, path, what):
-    """model.load_state_dict(state); UserError naming the file when it does not fit."""
+    """model.load_state_dict(state) (an optimiser's through common.load_optimizer_state, for the device it runs on
+    now); UserError naming the file when it does not fit."""
     try:
-        model.load_state_dict(state)
+        if isinstance(model, torch.optim.Optimizer):
+            common.load_optimizer_state(model, state)
+        else:
+            model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f'{flag} {path}: its {what} does not fit this GAN ({first[:150]})') from None

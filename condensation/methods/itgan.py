@@ -33,6 +33,11 @@ from condensation.data import standardise
 from condensation.methods.dm import dm_loss, embed_real, frozen_network, sample_real
 from condensation.common import UserError, class_means, make_generator
 
+# The latents start as N(0, 1) draws, and a standard normal does not pass 7 in a billion draws; an Adam step moves
+# an entry by about its learning rate, so inversion and IT-GAN (1000 steps at 0.1 and 0.001 in the paper) move
+# them by at most ~100. A latent beyond LATENT_LIMIT is the garbage of a diverged optimisation (docs/design.md).
+LATENT_LIMIT = 1e3
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # The frozen generator

@@ -443,7 +443,7 @@ STAGES, CELLS = build()
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Time estimates: seconds per unit of work on each kind of device (reproduction.workload counts the units of a
+# Time estimates: seconds per unit of work on each kind of device (driver.workload counts the units of a
 # stage). Images are counted in 32x32 equivalents (a 28x28 MNIST image is 0.77) and weighted by the network's cost
 # relative to ConvNet; a GAN image at width w counts (w/32)^2 of a 28x28 one at width 32. *: assumed, not measured.
 

@@ -26,7 +26,8 @@ from condensation.methods.dc import get_loops
 from condensation.evaluation import get_eval_pool
 from condensation.plots import plot_agreement
 from condensation.run.progress import duration
-from condensation.common import SCRIPTS_DIR, Terminated, UserError, atomic_write_text, mean_std, run_cli, write_json
+from condensation.common import (SCRIPTS_DIR, Terminated, UserError, atomic_write_text, mean_std, refuse_if_held,
+                                 run_cli, write_json)
 
 ROOT = SCRIPTS_DIR  # the entry scripts' folder: the stages run from there
 
@@ -263,10 +264,12 @@ def plan(stage_ids, out, argvs, resume, ran):
 
 
 def clear(folder):
-    """Empty a stage folder before a fresh run; only a folder reproduce.py wrote (it holds a marker)."""
+    """Empty a stage folder before a fresh run; only a folder reproduce.py wrote (it holds a marker), and never
+    while another process writes there."""
     if os.path.isdir(folder) and os.listdir(folder):
         if read_marker(folder) is None:
             raise UserError(f'{folder} holds files reproduce.py did not write; move them or pass another --out')
+        refuse_if_held(folder, folder, 'pass another --out')
         shutil.rmtree(folder)
 
 
@@ -404,13 +407,21 @@ def expected(cell, tier, kind):
     return (same or refs or [None])[0]
 
 
-def verdict(measured_mean, measured_std, target):
-    """'agrees' when |measured − expected| <= max(1 point, 3 x the larger std)."""
+# What a verdict compared with, in its words (agreeing, not agreeing): the paper at the paper tier; at the cut
+# budgets of the other tiers only this project's reference for the same command, the paper being out of reach.
+VERDICT_WORDS = {True: ('agrees with the paper', 'disagrees with the paper'),
+                 False: ("matches this tier's reference", "differs from this tier's reference")}
+
+
+def verdict(measured_mean, measured_std, target, tier):
+    """Whether |measured − expected| <= max(1 point, 3 x the larger std), in words that name what was compared
+    (expected(): the paper at the paper tier, this tier's reference elsewhere)."""
     if target is None:
-        return 'no reference (none yet)'
+        return 'no published value' if tier == 'paper' else 'not comparable: cut budget, and no reference for ' \
+                                                             'this tier yet'
     tol = max(1.0, 3 * max(target.std or 0.0, measured_std))
     diff = measured_mean - target.mean
-    word = 'agrees' if abs(diff) <= tol else 'disagrees'
+    word = VERDICT_WORDS[tier == 'paper'][abs(diff) > tol]
     note = '; informative only: the expected value is unconfirmed' if target.informative else ''
     return f'{word} ({diff:+.2f} points, tolerance {tol:.2f}{note})'
 
@@ -452,8 +463,10 @@ def report_markdown(meta, rows):
              f'{meta["started"]}; commit {meta["commit"]}; torch {meta["torch"]}; {meta["threads"]} torch thread(s). '
              f'Tier {meta["tier"]}: {cells.TIERS[meta["tier"]]}.', '',
              'Accuracies in %, mean ± population std over n networks (x experiments or seeds). A measurement '
-             '**agrees** when |measured − expected| ≤ max(1 point, 3 × the larger std), where expected is the paper '
-             'at the paper tier and this project\'s reference for the same command at the other tiers. The wall time '
+             'agrees when |measured − expected| ≤ max(1 point, 3 × the larger std), where expected is the paper '
+             'at the paper tier ("agrees with the paper") and this project\'s reference for the same command at the '
+             'other tiers, whose cut budgets the paper does not compare with ("matches this tier\'s reference"; '
+             'none yet: "not comparable: cut budget"). The wall time '
              'of a cell counts every run it reads, also one it shares with an earlier cell.', '',
              '| cell | paper | reference (this tier) | measured | verdict | wall | command |',
              '|---|---|---|---|---|---|---|']

@@ -15,13 +15,14 @@ import sys
 
 import torch
 
-from condensation.device import parallel
+from condensation import common
 from condensation.augment import ParamDiffAug, parse_strategy
+from condensation.common import SCRIPTS_DIR, Domain, UserError, check_device, check_output_folder, default_device, \
+    set_precision
 from condensation.data import canonical_dataset, dataset_info
+from condensation.device import parallel
 from condensation.evaluation import get_eval_pool
 from condensation.networks import DIM_CONDITIONINGS, DIM_CRITIC_HEADS, NETWORKS, get_network
-from condensation.common import (SCRIPTS_DIR, ArgumentParser, UserError, check_device, check_finite,
-                                 check_output_folder, check_positive, default_device)
 
 FLAGS = {
     'dataset': dict(default='CIFAR10', aliases=('--data',),
@@ -75,10 +76,16 @@ FLAGS = {
     'amp': dict(choices=['off', 'bf16'], default='off',
                 help="'bf16': the matching network's forward passes (DM) and the evaluation training in bfloat16 "
                      "autocast; faster on recent GPUs, float32 otherwise (docs/reference.md, GPU speed)"),
+    'precision': dict(choices=['default', 'tf32', 'ieee'], default='default',
+                      help="CUDA's float32 convolutions and matrix products: 'tf32' (TensorFloat-32, faster on "
+                           "Ampere and later), 'ieee' (full float32), 'default' (PyTorch's: TF32 convolutions, full "
+                           "float32 matrix products); --amp bf16 runs in bfloat16 where it applies. The log and the "
+                           "results record the precision that ran (docs/reference.md, GPU speed)"),
     'cuda_graphs': dict(choices=['on', 'off'], default='on',
-                        help="on CUDA, replay every hot step (the DM step, the DC/DSA passes, the evaluation epochs, "
-                             "the GAN iterations) as one CUDA graph; 'off' runs them eagerly (the same computation, "
-                             "float rounding aside; docs/reference.md, GPU speed)"),
+                        help="on CUDA, replay the DM step, the DC/DSA passes, the evaluation epochs (DSA or no "
+                             "augmentation) and the GAN iterations of DiM stage 1 and CL as CUDA graphs, each checked "
+                             "against an eager step on its first replays; 'off' runs them eagerly (the same "
+                             "computation, float rounding aside; docs/reference.md, GPU speed)"),
     'compile': dict(choices=['on', 'off'], default='off',
                     help="DM: 'on' compiles the matching network's forward with torch.compile (inductor), which fuses "
                          "each block's normalisation, activation and pooling; the first iterations wait for the "
@@ -129,7 +136,7 @@ FLAGS = {
                        help='checkpoints and pictures go to <output-dir>/<tag>'),
     'logs_dir': dict(default='./logs/',
                      help='logs.txt goes to <logs-dir>/<tag> (each run appends to it)'),
-    'tag': dict(default='test', help='run name'),
+    'tag': dict(default='test', help='run name: one folder name, inside --output-dir and --logs-dir'),
     'batch_size': dict(type=int, default=128, help='batch of the evaluation networks and of the GAN'),
     'epochs_eval': dict(type=int, default=1000, help='epochs of every evaluation network'),
     'eval_lr': dict(type=float, default=0.01, help='SGD lr of evaluation (and pool) networks'),
@@ -200,10 +207,85 @@ FLAGS = {
     'auto_bs': dict(action='store_true', help='shrink --batch-size to K*ipc instead of failing'),
 }
 
-# Flags that must be positive where a script has them (None means "the script's default" and passes).
-POSITIVE = ('im_size', 'ipc', 'num_exp', 'num_eval', 'epoch_eval_train', 'lr_img', 'lr_net', 'batch_real',
-            'batch_train',
-            'checkpoint_every', 'eval_every', 'real_chunk')
+# The domain of every numeric flag of every script, by destination; each script's parser checks the values it
+# parsed against it before any work (a flag declared without a domain stops the parser: none can be forgotten).
+# A default of None ("decided at run time") always passes. A list flag (--seeds, --curve_at) is checked value by
+# value.
+_D = {text: Domain(text) for text in ('> 0', '>= 0', '>= 1', '>= 2', '<= 1', '[0, 1)', '(0, 1e4]')}
+DOMAINS = {name: _D[text] for text, names in {
+    '> 0': ('lr_img', 'lr_net', 'gan_lr', 'lr', 'eval_lr', 'lr_invert', 'lr_latent', 'beta', 'max_minutes'),
+    '>= 0': ('seed', 'seeds', 'Iteration', 'inner_loop', 'feature_epochs', 'num_workers', 'mode_seeking',
+             'weight_decay', 'feat_weight', 'reg', 'feat_from'),
+    '>= 1': ('ipc', 'im_size', 'num_exp', 'num_eval', 'epoch_eval_train', 'batch_real', 'batch_train', 'eval_every',
+             'checkpoint_every', 'outer_loop', 'real_chunk', 'steps', 'gan_iters', 'gan_batch', 'dim_noise',
+             'gan_width', 'n_critic', 'gp_every', 'curve_at', 'invert_iters', 'invert_batch', 'batch_syn',
+             'batch_size', 'epochs_eval', 'test_interval', 'print_freq', 'eval_interval', 'epochs',
+             'epochs_match_train', 'val_split', 'iters_per_epoch', 'feat_to', 'full_epochs', 'full_num_eval'),
+    '>= 2': ('num_classes',),
+    # --mix-p: the probability of mixing a batch; any negative value switches mixing off (the reference's -1).
+    '<= 1': ('mix_p',),
+    # An exponential moving average's decay; 0 is off, 1 would never move.
+    '[0, 1)': ('g_ema', 'momentum'),
+    # The matching loss's weight against the GAN's losses, which are of order 1 (the reference: 0.01 or 0.001);
+    # beyond 1e4 the GAN's own terms vanish in float32 rounding and the generator learns the matching alone.
+    '(0, 1e4]': ('match_coeff',),
+}.items() for name in names}
+
+
+class ArgumentParser(common.ArgumentParser):
+    """Every script's parser: common.ArgumentParser checking the DOMAINS of its numeric flags."""
+    domains = DOMAINS
+
+
+# Flags that only some modes of a script use: {flag: (whether the parsed flags use it, the mode that does)}, per
+# script. One rule for them all: a flag given another value than its default in a mode that ignores it is reported
+# once, as a warning among the run's opening lines (unused_flags); the run goes on, as the flag changes nothing.
+def _dim_eval_fixed(a):
+    return a.dim_eval != 'onthefly'
+
+
+def _is(flag, *values):
+    return lambda a: getattr(a, flag) in values
+
+
+CONDENSE_USED_WHEN = {'eval_every': (lambda a: a.eval_mode in ('S', 'SS') and not a.eval_final_only,
+                                     '--eval_mode S or SS without --eval_final_only (otherwise only the last '
+                                     'iteration is evaluated)')}
+USED_WHEN = {
+    'main': dict(CONDENSE_USED_WHEN, dsa_strategy=(_is('method', 'DSA'), '--method DSA (DC augments only at '
+                                                   'evaluation, with get_daparam)')),
+    'main_DM': CONDENSE_USED_WHEN,
+    'evaluate': dict(dsa_strategy=(lambda a: not a.dc_aug, 'DSA evaluation (it is off with --dc_aug)')),
+    'CL_DM': dict(
+        **{f: (_is('method', 'DSA', 'DM'), '--method DSA or DM') for f in ('Iteration', 'lr_img', 'batch_real',
+                                                                          'checkpoint_every')},
+        **{f: (_is('method', 'DSA'), '--method DSA') for f in ('outer_loop', 'inner_loop', 'dis_metric')},
+        **{f: (_is('method', 'DM'), '--method DM') for f in ('per_class', 'real_chunk')},
+        **{f: (_is('method', 'DiM'), '--method DiM') for f in ('gan_iters', 'gan_batch', 'gan_lr', 'dim_noise',
+                                                               'gan_width', 'cond', 'critic', 'n_critic', 'gp_every',
+                                                               'mode_seeking', 'g_ema', 'dim_replay')},
+        **{f: (_is('method', 'herding', 'kcenter'), '--method herding or kcenter') for f in ('feature_net',
+                                                                                            'feature_epochs')}),
+    'dim': dict(
+        beta=(lambda a: a.mix_p > 0, '--mix-p > 0 (mixing on)'),
+        val_split=(lambda a: a.compat != 'reference', 'a --compat other than reference'),
+        **{f: (_is('match', 'feat'), '--match feat') for f in ('feat_from', 'feat_to')},
+        **{f: (_is('match', 'grad'), '--match grad') for f in ('metric', 'bias', 'fc')},
+        **{f: (_dim_eval_fixed, '--dim_eval fixed or both') for f in ('num_exp', 'dsa_strategy', 'batch_train')}),
+}
+
+
+def unused_flags(parser, args, script):
+    """The warnings, one per flag, for the flags that the mode chosen by the parsed `args` ignores (USED_WHEN)."""
+    notes = []
+    for action in parser._actions:
+        used, mode = USED_WHEN[script].get(action.dest, (None, None))
+        value = getattr(args, action.dest, None)
+        if used is not None and value != action.default and not used(args):
+            shown = '' if isinstance(value, bool) else ' ' + ' '.join(map(str, value if isinstance(value, list)
+                                                                          else [value]))
+            notes.append(f'warning: {action.option_strings[0]}{shown} is ignored without {mode}')
+    return notes
 
 
 def add_flags(group, names, helps=None, hyphens=False, aliases=None, ignored=None, **defaults):
@@ -252,39 +334,26 @@ def check_network(name, info=None):
 
 
 def resolve_device(device):
-    """--device as the run uses it: checked (utils.check_device), and under torchrun the process group joined and
+    """--device as the run uses it: checked (common.check_device), and under torchrun the process group joined and
     'cuda' made this process's own GPU, cuda:<rank>."""
     return parallel.start(check_device(device))
-
-
-def check_gan_flags(args, spelled=str):
-    """--mode_seeking >= 0 and --g_ema in [0, 1) (0: off), where the script has them; spelled(name): the flag as
-    the script's messages name it."""
-    if getattr(args, 'mode_seeking', 0.0) < 0:
-        raise UserError(f'--{spelled("mode_seeking")} must be >= 0 (0: off), got {args.mode_seeking}')
-    if not 0 <= getattr(args, 'g_ema', 0.0) < 1:
-        raise UserError(f'--{spelled("g_ema")} must be in [0, 1) (0: off), got {args.g_ema}')
 
 
 def check_args(args):
     """Validate the shared flags a script has; derive the dataset's canonical name, the device, `dsa` (is DSA on)
     and `dsa_param`. UserError (one line) for bad input."""
     has = vars(args)
-    check_finite(args)
     if 'dataset' in has:
         args.dataset = canonical_dataset(args.dataset)
     if 'save_path' in has:
         check_output_folder(args.save_path, '--save_path')
     if 'model' in has:
         check_network(args.model)
-    for name in POSITIVE:
-        if has.get(name) is not None:
-            check_positive(name, has[name])
-    if has.get('Iteration') is not None and args.Iteration < 0:
-        raise UserError(f'--Iteration must be >= 0, got {args.Iteration}')
     if 'no_progress' in has and (not sys.stderr.isatty() or not parallel.is_main()):
         args.no_progress = True  # carriage-return bar updates would fill a redirected log; one bar under torchrun
     args.device = resolve_device(args.device)
+    if 'precision' in has:
+        set_precision(args.precision, args.device)
     if 'dsa_strategy' in has:
         try:
             parse_strategy(args.dsa_strategy)
@@ -304,7 +373,8 @@ CONDENSE_ORIGINAL = ('dataset', 'model', 'ipc', 'eval_mode', 'num_exp', 'num_eva
 
 
 CONDENSE_ADDED = ('seed', 'im_size', 'eval_every', 'eval_final_only', 'device', 'resume', 'checkpoint_every',
-                  'align_corners', 'no_progress', 'compat', 'amp', 'eval_one_by_one', 'cuda_graphs', 's_mode_strict')
+                  'align_corners', 'no_progress', 'compat', 'amp', 'eval_one_by_one', 'cuda_graphs', 'precision',
+                  's_mode_strict')
 
 
 def condense_parser(description, helps=None, **defaults):
@@ -351,7 +421,8 @@ DIM_REFERENCE = {
     3: ('pretrain_weight',),
 }
 DIM_OWN = {
-    'all': ('device', 'cuda_graphs', 'compat', 'no_progress', 'im_size', 'resnet_stem', 'cond', 'gan_width', 'critic'),
+    'all': ('device', 'cuda_graphs', 'precision', 'compat', 'no_progress', 'im_size', 'resnet_stem', 'cond',
+            'gan_width', 'critic'),
     1: ('val_split', 'resume', 'iters_per_epoch', 'n_critic', 'gp_every', 'mode_seeking', 'g_ema', 'cas'),
     2: ('val_split', 'resume', 'iters_per_epoch', 'n_critic', 'gp_every', 'mode_seeking', 'g_ema', 'cas', 'pool',
         'match_reduce', 'match_joint_bn', 'match_norm', 'feat_from', 'feat_to'),
@@ -395,31 +466,43 @@ def dim_parser(stage, description, helps=None):
     return p
 
 
+def check_folder_name(name, flag):
+    """A run name that is one folder name: it is joined to an output folder, and a path (../x, /x) would put the
+    run's files outside it."""
+    if name in ('', '.', '..') or any(sep and sep in name for sep in (os.sep, os.altsep, '\0')):
+        raise UserError(f'{flag} {name!r} must be a single folder name (no {os.sep}, not empty, not . or ..); the '
+                        f'outputs go to a folder of that name inside the output folders')
+
+
 # What the command a stage prints for the next one carries over, where it differs from the next stage's default:
 # the data, the GAN's shape (a checkpoint made with other values is refused), where the outputs go, and the
-# experiment's evaluation protocol and GAN training options. Not carried: the run's own flags (tag, resume,
-# checkpoints), the stage-specific ones (batch size, epochs, lr: their defaults differ between stages) and what
-# the next stage ignores.
+# experiment's evaluation protocol and GAN training options. BUDGET: carried where the printing stage ran with
+# other than its own default (a 1-epoch stage 1 is followed by a 1-epoch stage 2, not by the reference's 100 epochs).
+# Not carried: the run's own flags (tag, resume, checkpoints), the stage-specific ones (batch size, lr: their
+# defaults differ between stages) and what the next stage ignores.
 CARRIED = ('data', 'num_classes', 'data_dir', 'im_size', 'output_dir', 'logs_dir', 'dim_noise', 'cond', 'gan_width',
            'critic', 'seed', 'compat', 'resnet_stem', 'ipc', 'eval_model', 'epochs_eval', 'eval_lr', 'momentum',
            'weight_decay', 'aug_type', 'mixup_net', 'mix_p', 'beta', 'test_interval', 'eval_interval', 'print_freq',
            'val_split', 'iters_per_epoch', 'n_critic', 'gp_every', 'mode_seeking', 'g_ema')
+BUDGET = ('epochs',)  # with iters_per_epoch, eval_interval, print_freq above: the length of a GAN stage
 NEXT_TAG = {2: 'match', 3: 'test'}  # the next stage's tag: this run's tag with this suffix
 
 
 def next_command(args, stage, weight, num_classes):
     """The command line of DiM stage `stage` (2 or 3) on this run's checkpoint `weight`, runnable as printed (from
-    the same directory): the script's path from there, CARRIED flags, the device when it is not the default, and
-    for validate.py --auto_bs when its default batch would exceed K*ipc."""
+    the same directory): the script's path from there, CARRIED flags, the BUDGET the printing stage was given, the
+    device when it is not the default, and for validate.py --auto_bs when its default batch would exceed K*ipc."""
     actions = {a.dest: a for a in dim_parser(stage, '')._actions}
     ignored = IGNORED + (STAGE3_IGNORED if stage == 3 else ())
+    # Only stage 1 prints a stage-2 command; stage 3 takes no GAN budget.
+    own = {a.dest: a.default for a in dim_parser(1, '')._actions if a.dest in BUDGET} if stage == 2 else {}
     script = os.path.join(SCRIPTS_DIR, f'{SCRIPTS[stage]}.py')
     relative = os.path.relpath(script)
     argv = ['python', script if relative.startswith('..') else relative, {2: '--weight', 3: '--pretrain-weight'}[stage],
             weight, '--tag', f'{args.tag}_{NEXT_TAG[stage]}']
-    for name in CARRIED:
+    for name in CARRIED + BUDGET:
         action, value = actions.get(name), getattr(args, name, None)
-        if action is None or name in ignored or value == action.default:
+        if action is None or name in ignored or value == own.get(name, action.default):
             continue
         argv += [action.option_strings[0], *map(str, value if isinstance(value, (list, tuple)) else [value])]
     device = args.device if parallel.world_size() == 1 else torch.device(args.device).type  # torchrun: cuda:<rank>

@@ -9,7 +9,7 @@ from condensation.device import parallel
 from condensation.methods.continual import class_order
 from condensation.data import file_label
 from condensation.plots import plot_curves
-from condensation.common import atomic_write_text, mean_std, sample_std, versions, write_json
+from condensation.common import atomic_write_text, mean_std, precision_text, sample_std, versions, write_json
 
 
 def summarise(args, state, data, recorded):
@@ -39,7 +39,7 @@ def summarise(args, state, data, recorded):
                 protocol=dict(epoch_eval_train=args.epoch_eval_train, lr_net=args.lr_net,
                               batch_train=args.batch_train, dsa_strategy=args.dsa_strategy, num_eval=args.num_eval,
                               head=f'{data.num_classes}-way'),
-                args=recorded, versions=versions(), world_size=parallel.world_size())
+                args=recorded, versions=versions(), precision=precision_text(args), world_size=parallel.world_size())
 
 
 def table_lines(summary):

@@ -28,40 +28,33 @@ from condensation.augment import DIM_TOKENS, parse_strategy
 from condensation.methods.dim import MATCH_COEFF, POOL, ClassScore, DiMData, check_model_name, default_pool, \
     epoch_batches
 from condensation.networks import resolve_stem
-from condensation.common import UserError, check_finite, check_output_folder, check_positive, make_generator
+from condensation.common import UserError, check_output_folder, make_generator
 
 # Arguments that a resumed run of stage 1 or 2 may change (the rest must be as in its last.pth).
 RESUMABLE = ('resume', 'device', 'no_progress', 'epochs', 'print_freq', 'num_workers', 'data_dir', 'output_dir',
-             'logs_dir', 'notes', 'cas', 'cuda_graphs')
+             'logs_dir', 'notes', 'cas', 'cuda_graphs', 'precision')
 
 # ----------------------------------------------------------------------------------------------------------------
 # A stage's flags (declared in cli.FLAGS; checked here, where DiM's tables are known)
 
-def check_dim_args(args, stage):
+def check_dim_args(args, stage, notes=()):
     """Validate the flags (UserError: one line) and derive everything the run needs from them: dataset name,
     device, protocol, ResNet stem, stage defaults, validate.py's batch size under --auto_bs, and `notes`, the
-    warnings the run's log opens with. Nothing writes to args after this."""
-    notes = []
+    warnings the run's log opens with (beginning with `notes`). Nothing writes to args after this. (The numbers'
+    domains were checked by the parser, cli.DOMAINS.)"""
+    notes = [n.removeprefix('warning: ') for n in notes]
     ignored = cli.IGNORED + (cli.STAGE3_IGNORED if stage == 3 else ())
     args.stage = stage
     args.dataset = data_mod.canonical_dataset(args.data)
     info = data_mod.dataset_info(args.dataset, args.data_dir, args.im_size)
     im_size, num_classes = info.im_size, info.num_classes
-    positive = ['ipc', 'batch_size', 'epochs_eval', 'eval_lr', 'dim_noise', 'test_interval', 'gan_width']
-    gan = ['epochs', 'lr', 'n_critic', 'gp_every', 'print_freq', 'eval_interval']
-    positive += {1: gan, 2: gan + ['epochs_match_train'], 3: ['num_eval', 'num_exp', 'batch_train']}[stage]
-    check_finite(args)
     check_output_folder(args.output_dir, '--output-dir')
     check_output_folder(args.logs_dir, '--logs-dir')
+    cli.check_folder_name(args.tag, '--tag')
     if not sys.stderr.isatty() or not parallel.is_main():
         args.no_progress = True  # carriage-return bar updates would fill a redirected log; one bar under torchrun
-    for name in positive:
-        check_positive(name.replace('_', '-'), getattr(args, name))
-    for name in ('val_split', 'iters_per_epoch', 'num_classes', 'im_size'):
-        if getattr(args, name, None) is not None and name not in ignored:
-            check_positive(name, getattr(args, name))
-    cli.check_gan_flags(args)
     args.device = cli.resolve_device(args.device)
+    common.set_precision(args.precision, args.device)
     try:
         parse_strategy(args.aug_type, valid=DIM_TOKENS)
     except ValueError as e:
@@ -109,7 +102,9 @@ def parse_dim_args(stage, description, argv=None):
     """Stage `stage`'s validated arguments (cli.Config) from argv (default: the command line)."""
     helps = dict(pool=f'pool architectures (default: {" ".join(POOL)}; without _ap on 28x28 data with the ImageNet '
                       f'stem, where they collapse)')
-    return cli.Config(check_dim_args(cli.dim_parser(stage, description, helps).parse_args(argv), stage))
+    parser = cli.dim_parser(stage, description, helps)
+    args = parser.parse_args(argv)
+    return cli.Config(check_dim_args(args, stage, cli.unused_flags(parser, args, 'dim')))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,8 +214,9 @@ class StageRun(runner.Run):
         describes the files beside it: a run that fails at its first step leaves an earlier run's config alone."""
         if not self._config_written:
             common.write_json(self.path('config.json'), dict(args=config(self.args), protocol=protocol_label(self.args),
-                                                            versions=common.versions(),
-                                                            world_size=parallel.world_size()))
+                                                             versions=common.versions(),
+                                                             precision=common.precision_text(self.args),
+                                                             world_size=parallel.world_size()))
             self._config_written = True
 
     def save_gan(self, name, epoch, **extra):
@@ -254,7 +250,7 @@ class StageRun(runner.Run):
             self.log(f'torchrun: {parallel.world_size()} processes, data parallel: each takes its share of every '
                      f'epoch\'s batches of {args.batch_size} and the gradients are averaged (effective batch '
                      f'{parallel.world_size() * args.batch_size}); rank 0 writes')
-        self.log(f'protocol: {protocol_label(args)}')
+        self.log(f'protocol: {protocol_label(args)}; precision: {common.precision_text(args)}')
         if data.val_idx is not None:
             self.log(f'validation split: {data.val_per_class} images per class held out of the training set '
                      f'({len(data.train_idx)} left for training)')
@@ -359,17 +355,18 @@ def keep_best(run, state, scores, epoch):
     """After a validation (scores: dim.validate_generator's), recorded in the state's history: best_<model>.pth
     for every model whose score improved (stage 2 also names it model_dict_<model>.pth, the reference's name), and
     best.pth when the mean score over the models improved (the first model's best_<model>.pth when it is the only
-    model). A log line per model."""
+    model). A log line per model. The files are listed in state['pending'], for write_pending after last.pth."""
     args = run.args
     state['history'].append(dict(epoch=epoch, scores={m: s['score'] for m, s in scores.items()}))
+    pending = state['pending'] = []  # [file, epoch, the selection to record | the file it is a second name of]
     for name, s in scores.items():
         best = state['best'].get(name)
         if best is None or s['score'] > best['score']:
             state['best'][name] = best = dict(score=s['score'], epoch=epoch)
-            run.save_gan(f'best_{name}.pth', epoch, selection=dict(model=name, split=s['split'], top1=s['score'],
-                                                              protocol=args.protocol))
+            pending.append([f'best_{name}.pth', epoch, dict(model=name, split=s['split'], top1=s['score'],
+                                                            protocol=args.protocol)])
             if args.stage == 2:
-                run.link(f'best_{name}.pth', f'model_dict_{name}.pth')
+                pending.append([f'model_dict_{name}.pth', epoch, f'best_{name}.pth'])
         run.log(f'epoch {epoch}: {name} {s["split"]} accuracy {100 * s["score"]:.2f}% (top-5 '
                 f'{100 * s["top5"]:.2f}%); best {100 * best["score"]:.2f}% at epoch {best["epoch"]}')
     mean = float(np.mean([s['score'] for s in scores.values()]))
@@ -377,12 +374,21 @@ def keep_best(run, state, scores, epoch):
         return
     state['best_all'] = dict(score=mean, epoch=epoch)
     split = list(scores.values())[-1]['split']  # the same for every model
-    if len(scores) == 1:
-        run.link(f'best_{args.eval_model[0]}.pth', 'best.pth')
-    else:
-        run.save_gan('best.pth', epoch, selection=dict(model='mean of ' + ', '.join(scores), split=split, top1=mean,
-                                                   protocol=args.protocol))
+    pending.append(['best.pth', epoch, f'best_{args.eval_model[0]}.pth' if len(scores) == 1 else dict(
+        model='mean of ' + ', '.join(scores), split=split, top1=mean, protocol=args.protocol)])
     run.log(f'epoch {epoch}: new best.pth (mean {split} accuracy {100 * mean:.2f}%)')
+
+
+def write_pending(run, state):
+    """Write the best checkpoints keep_best chose, after last.pth: then a resume point exists whatever fails when,
+    and a run resumed from a last.pth whose best files were not all written writes them first, from the GAN it
+    restored, which is the one they select."""
+    for name, epoch, what in state.get('pending', ()):
+        if isinstance(what, str):
+            run.link(what, name)
+        else:
+            run.save_gan(name, epoch, selection=what)
+    state['pending'] = []
 
 
 def log_best(run, state):

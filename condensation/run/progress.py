@@ -45,13 +45,15 @@ class Progress:
 
     log: the run's log (a line goes to its file and to stdout); desc: what the loop is (the bar's label and the
     progress lines'); where ('{it}' is the iteration), advice and diverged: the divergence message's place,
-    remedy and diagnosis; shown: the loss names the bar shows (default: all); clock and stream: for tests (a fake
-    clock, a redirected stdout)."""
+    remedy and diagnosis; check(where, advice): a further test of the learned state at every read (a set's values
+    within the data's range), raising UserError; shown: the loss names the bar shows (default: all); clock and
+    stream: for tests (a fake clock, a redirected stdout)."""
 
     def __init__(self, log, total, *, start=0, desc='', bar=True, read_every=10, checkpoint_every=None,
-                 where='', advice='', diverged='the training diverged', shown=None, leave=True, clock=None,
-                 stream=None):
+                 where='', advice='', diverged='the training diverged', check=None, shown=None, leave=True,
+                 clock=None, stream=None):
         self.log, self.total, self.start, self.desc, self.diverged = log, total, start, desc, diverged
+        self.check = check
         self.read_every, self.checkpoint_every = read_every, checkpoint_every
         self.where, self.advice, self.shown, self.clock = where, advice, shown, clock or CLOCK
         stream = sys.stdout if stream is None else stream
@@ -94,6 +96,8 @@ class Progress:
             return None
         parts = {k: float(v) for k, v in losses.items()} if isinstance(losses, dict) else {'': float(losses)}
         check_losses(parts, self.where.format(it=it), self.advice, self.diverged)
+        if self.check is not None:
+            self.check(self.where.format(it=it), f'{self.diverged}; {self.advice}')
         shown = {k: v for k, v in parts.items() if self.shown is None or k in self.shown}
         self.bar.set_postfix({k or 'loss': f'{v:.4f}' for k, v in shown.items()})
         return parts if isinstance(losses, dict) else parts['']

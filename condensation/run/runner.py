@@ -23,14 +23,15 @@ import time
 
 import torch
 
+from condensation.common import (Log, UserError, atomic_save, check_within, hold_lock, load_optimizer_state,
+                                 make_generator, mean_std, precision_text, refuse_non_finite, release_lock,
+                                 remove_stale_temps, sample_std, unreadable, versions, write_json)
+from condensation.data import denormalise, file_label, value_limit
 from condensation.device import parallel
-from condensation.data import denormalise, file_label
-from condensation.evaluation import evaluate_pool, progress_lines
 from condensation.device.footprint import check_fits, condensation_bytes
+from condensation.evaluation import evaluate_pool, progress_lines
+from condensation.plots import save_grids
 from condensation.run.progress import Progress
-from condensation.common import (Log, UserError, atomic_save, atomic_write, hold_lock, make_generator, mean_std,
-                                 refuse_non_finite, release_lock, remove_stale_temps, sample_std, unreadable,
-                                 versions, write_json)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,13 +123,22 @@ def save_results(path, data, accs_all_exps, meta=None, accs_iters=None):
     atomic_save(res, path)
 
 
-def save_image_grid(path, images, mean, std, nrow):
-    """De-normalise standardised images and write them as a PNG grid, nrow images per row."""
-    from torchvision.utils import save_image
+def save_image_grid(path, images, mean, std, nrow, titles=None):
+    """De-normalise standardised images and write them as a PNG grid, nrow images per row, enlarged to be seen
+    (plots.save_grids). titles: [(title, count)]: consecutive blocks of the images, each titled."""
     grid = denormalise(images.detach().float().cpu(), mean, std)
     if grid.shape[1] not in (1, 3):
         grid = grid[:, :1]  # a PNG holds 1 or 3 channels: other data is shown by its first channel
-    atomic_write(path, lambda f: save_image(grid, f, nrow=nrow, format='png'))
+    counts = [n for _, n in titles] if titles else [len(grid)]
+    save_grids(path, list(zip([t for t, _ in titles] if titles else [None], grid.split(counts))), nrow)
+
+
+def grid_columns(ipc, num_classes):
+    """Images a row in the picture of a set with ipc images per class (class-major): the images of c whole classes,
+    c the smallest divisor of K with c ≥ √(K / ipc), for a picture about as wide as high (ipc 1 of 10 classes: 2
+    rows of 5; ipc 10: a row per class)."""
+    c = next(c for c in range(1, num_classes + 1) if num_classes % c == 0 and c * c * ipc >= num_classes)
+    return c * ipc
 
 
 def run_files(folder, stem):
@@ -217,16 +227,21 @@ class SyntheticSet:
         self.images.requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=lr_img, momentum=0.5)
         if state is not None:
-            self.optimizer.load_state_dict(state['optimizer'])
+            load_optimizer_state(self.optimizer, state['optimizer'])
         self.num_classes, self.lr_img, self.diverged = data.num_classes, lr_img, diverged
+        self.limit = value_limit(data.mean, data.std)
 
     def state_dict(self):
         return dict(image_syn=self.images.detach().cpu(), optimizer=self.optimizer.state_dict())
 
     def progress(self, log, total, where, **kw):
-        """The bookkeeping (Progress) of a loop that learns this set, with its divergence message."""
+        """The bookkeeping (Progress) of a loop that learns this set, with its divergence message; at every read
+        of the loss the images are checked too: values beyond any the data can produce (data.value_limit) are a
+        divergence that stays finite."""
+        def check(place, advice):
+            check_within(self.images, self.limit, f'{place}: the synthetic images', advice)
         return Progress(log, total, where=f'{where} iteration {{it}}', diverged=self.diverged,
-                        advice=f'lower --lr_img (now {self.lr_img})', **kw)
+                        advice=f'lower --lr_img (now {self.lr_img})', check=check, **kw)
 
 
 def eval_iterations(args, reference_every):
@@ -267,7 +282,7 @@ class CondensationRun(Run):
         self.log(f'plan: {args.num_exp} experiment(s) x {args.Iteration} iterations on '
                  f'{args.device}{parallel.processes()}; at each of '
                  f'{len(self.eval_its)} evaluation point(s), {args.num_eval} network(s) x {len(recipes)} '
-                 f'architecture(s) trained {"/".join(map(str, epochs))} epochs')
+                 f'architecture(s) trained {"/".join(map(str, epochs))} epochs; precision: {precision_text(args)}')
         self.log(f'{method} {self.name}: {data}; device {args.device}; seed {args.seed}; evaluation at iterations '
                  f'{self.eval_its}')
         self.log(f'hyper-parameters: {self.fingerprint}')
@@ -315,7 +330,7 @@ class CondensationRun(Run):
                              label=f'exp {exp} iter {it}', on_epoch=progress)
         keep = (torch.arange(len(labels)) % args.ipc < 50).nonzero()[:, 0]  # ≤ 50 per class in a picture
         save_image_grid(os.path.join(args.save_path, f'vis_{self.name}_exp{exp}_iter{it}.png'), images[keep],
-                        data.mean, data.std, nrow=min(args.ipc, 50))
+                        data.mean, data.std, nrow=grid_columns(min(args.ipc, 50), data.num_classes))
         state['accs_iters'][f'{exp}/{it}'] = accs
         state['t_eval'] += time.time() - t0
         if it == args.Iteration:
@@ -351,7 +366,8 @@ class CondensationRun(Run):
         acc = {arch: dict(zip(('mean', 'std'), mean_std(a)), std_ddof1=sample_std(a), all=a)
                for arch, a in state['accs_all_exps'].items()}
         summary = dict(run=self.name, dataset=self.data.name, accuracy=acc, accs_iters=state['accs_iters'],
-                       times=state['times'], args=self.fingerprint, versions=versions())
+                       times=state['times'], args=self.fingerprint, versions=versions(),
+                       precision=precision_text(args))
         write_json(self.summary_path, summary)
         for arch, s in acc.items():
             self.log(f'Run {args.num_exp} experiments, train on {args.model}, evaluate {len(s["all"])} random '
@@ -365,6 +381,6 @@ class CondensationRun(Run):
         return dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean,
                     std=data.std, classes=data.class_names, normalised=True, method=self.method, model=args.model,
                     ipc=args.ipc, args=self.fingerprint, seed=args.seed, versions=versions(),
-                    world_size=parallel.world_size(),
+                    precision=precision_text(args), world_size=parallel.world_size(),
                     protocol=dict(epoch_eval_train=args.epoch_eval_train, eval_mode=args.eval_mode, dsa=args.dsa,
                                   dsa_strategy=args.dsa_strategy), **(extra or {}))
