@@ -148,10 +148,12 @@ class DMStep:
 
     Every draw comes from the streams (seed, 'dm_net' | 'dm_batch', *keys), so a resumed run repeats it. The
     network is built once and its weights are redrawn in place at every step, with the draws a new network would
-    make (the same weights). resident (default: off the CPU) draws on the device with generators there, so that
-    nothing is read back to the host inside a step; such a step is replayed as one CUDA graph on CUDA
-    (graphs.Graphed; --cuda_graphs off runs it eagerly). channels_last (default: on the CPU, where oneDNN's
-    convolutions are faster) stores the network's weights channels-last.
+    make (the same weights). The device options are composed around the method, each in one place:
+    resident (default: off the CPU) draws on the device with generators there, so that nothing is read back to the
+    host inside a step; such a step is replayed as one CUDA graph on CUDA (graphs.Graphed; --cuda_graphs off runs
+    it eagerly); channels_last (default: on the CPU, where oneDNN's convolutions are faster) stores the network's
+    weights channels-last; the real images may go through a twin of the network (real_twin: bf16, compiled); under
+    torchrun a process matches its share of the classes (ClassShare).
     """
 
     def __init__(self, args, data, image_syn, syn_cls, optimizer, resident=None, channels_last=None):
@@ -164,32 +166,10 @@ class DMStep:
         if device.type == 'cpu' if channels_last is None else channels_last:
             # oneDNN's convolutions run faster on channels-last weights (the inputs follow); same math, float rounding.
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.classes = parallel.share(data.num_classes)
-        # Under torchrun each process matches its share of the classes (every process draws the whole batch, so the
-        # streams stay aligned). L = Σ_c L_c and class c's images enter L_c alone: the processes' gradients summed
-        # are the joint gradient. The rows of a process's classes are the same at every step.
-        split = parallel.world_size() > 1
-        real_cls = real_classes(data, args.batch_real)
-        real_rows = _rows_of(real_cls, self.classes) if split else slice(None)
-        syn_rows = _rows_of(syn_cls, self.classes) if split else slice(None)
-        real_cls, syn_cls = real_cls[real_rows], syn_cls[syn_rows]
-        self.real_rows = _on(real_rows, gen_device) if split else None
-        self.syn_rows = _on(syn_rows, image_syn.device)
-        self.syn_cls = syn_cls.to(gen_device)
-        self.class_rows = class_rows(real_cls, syn_cls, self.classes, device, gen_device) if args.per_class else None
-        # The real images (nearly all of a step's work) may go through a twin of the network, refreshed from its
-        # weights at every step: in bfloat16 and channels-last with --amp bf16 on CUDA (embed_real), compiled with
-        # --compile on (inductor fuses each block's normalisation, activation and pooling; the synthetic images,
-        # which need a backward, stay eager).
-        bf16 = getattr(args, 'amp', 'off') == 'bf16' and device.type == 'cuda'
-        compiled = getattr(args, 'compile', 'off') == 'on'
-        self.twin = None
-        if bf16 or compiled:
-            self.twin = copy.deepcopy(self.net)
-            if bf16:
-                self.twin = self.twin.to(torch.bfloat16).to(memory_format=torch.channels_last)
-            if compiled:
-                self.twin.embed = torch.compile(self.twin.embed, dynamic=False)
+        self.share = ClassShare(data, args.batch_real, syn_cls, gen_device, image_syn.device)
+        self.class_rows = class_rows(self.share.real_cls, self.share.syn_cls_host, self.share.classes, device,
+                                     gen_device) if args.per_class else None
+        self.twin = real_twin(self.net, args, device)
         self.graphed = Graphed(self._step, [self.g_net, self.g_batch],
                                graphs_enabled(device, getattr(args, 'cuda_graphs', 'on')), name='DM step',
                                state=(image_syn, optimizer, self.net, self.twin))
@@ -200,25 +180,66 @@ class DMStep:
         return self.graphed().clone()  # a replay overwrites its outputs
 
     def _step(self):
-        args, data, image_syn = self.args, self.data, self.image_syn
+        """The method: a new network, a real batch and DSA parameters, the loss, one step on the images."""
+        args, data, image_syn, share = self.args, self.data, self.image_syn, self.share
         init_weights(self.net, self.g_net)
         if self.twin is not None:
             torch._foreach_copy_(list(self.twin.parameters()), list(self.net.parameters()))
         idx, real_cls = (pick_real_resident if self.resident else pick_real)(data, args.batch_real, self.g_batch)
         params = sample_dsa_params(args.dsa_strategy, data.num_classes, self.g_batch, args.dsa_param) if args.dsa \
             else None
-        if self.real_rows is not None:
-            idx, real_cls = idx[self.real_rows], real_cls[self.real_rows]
-        real, syn = data.images(idx), image_syn[self.syn_rows]
+        idx, real_cls = share.real(idx, real_cls)
+        real, syn = data.images(idx), image_syn[share.syn_rows]
         self.optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=image_syn.device)  # a process without classes (more processes than classes)
-        if len(self.classes):
-            loss = dm_backward(self.net, real, real_cls, syn, self.syn_cls, data.num_classes, params, args.dsa_param,
+        if len(share.classes):
+            loss = dm_backward(self.net, real, real_cls, syn, share.syn_cls, data.num_classes, params, args.dsa_param,
                                args.real_chunk, self.class_rows, getattr(args, 'amp', 'off'), self.twin)
         parallel.sum_grad(image_syn)
         parallel.sum_(loss)
         self.optimizer.step()
         return loss
+
+
+class ClassShare:
+    """The classes this process matches (all of them in one process) and the rows of the real batch and of the
+    synthetic set that hold them. Under torchrun every process draws the whole batch, so the streams stay aligned,
+    and matches its share: L = Σ_c L_c and class c's images enter L_c alone, so the processes' gradients summed are
+    the joint gradient. The rows of a process's classes are the same at every step."""
+
+    def __init__(self, data, batch_real, syn_cls, gen_device, syn_device):
+        self.classes = parallel.share(data.num_classes)
+        split = parallel.world_size() > 1
+        real_cls = real_classes(data, batch_real)
+        real_rows = _rows_of(real_cls, self.classes) if split else slice(None)
+        syn_rows = _rows_of(syn_cls, self.classes) if split else slice(None)
+        self.real_cls, self.syn_cls_host = real_cls[real_rows], syn_cls[syn_rows]  # host copies (class_rows)
+        self.real_rows = _on(real_rows, gen_device) if split else None
+        self.syn_rows = _on(syn_rows, syn_device)
+        self.syn_cls = self.syn_cls_host.to(gen_device)
+
+    def real(self, idx, real_cls):
+        """A drawn batch's indices and classes, cut to this process's classes."""
+        if self.real_rows is None:
+            return idx, real_cls
+        return idx[self.real_rows], real_cls[self.real_rows]
+
+
+def real_twin(net, args, device):
+    """The network the real images (nearly all of a step's work) go through, refreshed from net's weights at every
+    step, or None for net itself: in bfloat16 and channels-last with --amp bf16 on CUDA (embed_real), compiled with
+    --compile on (inductor fuses each block's normalisation, activation and pooling; the synthetic images, which
+    need a backward, stay eager)."""
+    bf16 = getattr(args, 'amp', 'off') == 'bf16' and device.type == 'cuda'
+    compiled = getattr(args, 'compile', 'off') == 'on'
+    if not (bf16 or compiled):
+        return None
+    twin = copy.deepcopy(net)
+    if bf16:
+        twin = twin.to(torch.bfloat16).to(memory_format=torch.channels_last)
+    if compiled:
+        twin.embed = torch.compile(twin.embed, dynamic=False)
+    return twin
 
 
 def dm_step(args, data, image_syn, syn_cls, optimizer, seed, keys, **options):
