@@ -210,25 +210,13 @@ class GANStep:
 
     def __call__(self, it, x, y):
         g_turn, gp_weight = it % self.n_critic == 0, lazy_penalty(it, self.gp_every)
-        if self.graphs:
-            if self.x is None or self.x.shape != x.shape or self.y.shape != y.shape:
-                self.forms, self.x, self.y = {}, torch.empty_like(x), torch.empty_like(y)  # new static inputs
-            self.x.copy_(x)
-            self.y.copy_(y)
-        else:
-            self.x, self.y = x, y
+        self._take(x, y)
         if g_turn and self.ema is not None:
             self.ema.advance()
-        form = (g_turn, gp_weight)
-        if form not in self.forms:
-            self.forms[form] = Graphed(lambda: self._iteration(*form), [self.generator], self.graphs,
-                                       name=f'GAN iteration ({"G and " if g_turn else ""}D step'
-                                            f'{", penalty" if gp_weight else ""})',
-                                       state=(self.G, self.D, self.opt_g, self.opt_d,
-                                              None if self.ema is None else self.ema.G))
-        return self.forms[form]()
+        return self._form(g_turn, gp_weight)()
 
     def _iteration(self, g_turn, gp_weight):
+        """The method: [a generator step and the average's update;] a critic step."""
         parts = {}
         if g_turn:
             extra = None if self.extra is None else (lambda fake: self.extra(self.x, self.y, fake))
@@ -239,6 +227,30 @@ class GANStep:
         parts.update(critic_step(self.G, self.D, self.opt_d, self.x, self.y, self.num_classes, self.generator,
                                  gp_weight))
         return parts
+
+    # The device options around it: the batch in static inputs and each form of the iteration a Graphed step.
+
+    def _take(self, x, y):
+        """The batch as the iteration reads it: with graphs copied into static inputs (new ones, and new
+        recordings, when the shapes change), else the tensors themselves."""
+        if not self.graphs:
+            self.x, self.y = x, y
+            return
+        if self.x is None or self.x.shape != x.shape or self.y.shape != y.shape:
+            self.forms, self.x, self.y = {}, torch.empty_like(x), torch.empty_like(y)
+        self.x.copy_(x)
+        self.y.copy_(y)
+
+    def _form(self, g_turn, gp_weight):
+        """The Graphed step of one form of the iteration (with or without the generator step and the penalty)."""
+        form = (g_turn, gp_weight)
+        if form not in self.forms:
+            self.forms[form] = Graphed(lambda: self._iteration(*form), [self.generator], self.graphs,
+                                       name=f'GAN iteration ({"G and " if g_turn else ""}D step'
+                                            f'{", penalty" if gp_weight else ""})',
+                                       state=(self.G, self.D, self.opt_g, self.opt_d,
+                                              None if self.ema is None else self.ema.G))
+        return self.forms[form]
 
 
 class GeneratorEMA:
