@@ -15,8 +15,6 @@ import argparse
 import os
 import time
 
-from tqdm import tqdm
-
 from condensation.methods import continual
 from condensation.run import continual_report
 from condensation.device import parallel
@@ -25,6 +23,7 @@ from condensation.data import dataset_info, get_dataset
 from condensation.methods.dc import get_loops
 from condensation.evaluation import EvalRecipe, evaluate_networks
 from condensation.networks import get_network
+from condensation.run.progress import Progress
 from condensation.run.runner import Run, run_files
 from condensation.common import (UserError, cpu_state, derive_seed, make_generator, mean_std, precision_text,
                                  remove_stale_temps, run_cli)
@@ -252,14 +251,15 @@ def main(argv=None):
 
     # For each seed (a class order), step by step: the memory of the step's new classes (built, or read from the
     # cache), then --num_eval networks trained on every memory so far and tested on the classes seen so far.
-    bar = tqdm(total=len(args.seeds) * args.steps, desc=f'CL {args.method}', disable=args.no_progress,
-               dynamic_ncols=True)
+    progress = Progress(log, len(args.seeds) * args.steps, desc=f'CL {args.method}', unit='steps',
+                        bar=not args.no_progress,
+                        start=sum(min(len(state['accs'].get(str(s), [])), args.steps) for s in args.seeds))
+    progress.begin()
     for seed in args.seeds:
         order = continual.class_order(seed, data.num_classes)
         log(f'seed {seed}: class order {order}')
         done = state['accs'].setdefault(str(seed), [])
         memories, nets = None, None
-        bar.update(len(done))
         for step in range(len(done), args.steps):  # the steps a resumed run has not finished
             memories = memories or continual.Memories(args, data, seed, order, log)
             seen = continual.seen_classes(order, args.steps, step)
@@ -285,8 +285,8 @@ def main(argv=None):
                 state['nets'], state['nets_seed'] = net_states(nets), seed
             run.save(state)
             continual_report.write_outputs(args, state, data, paths, run.fingerprint)
-            bar.update(1)
-    bar.close()
+            progress.advance()  # the bar; redirected, a line with the rate and the time left
+    progress.close()
     summary = continual_report.write_outputs(args, state, data, paths, run.fingerprint)
     for line in continual_report.table_lines(summary):
         log(line)

@@ -38,8 +38,9 @@ from condensation.augment import get_daparam
 from condensation.common import (UserError, atomic_write_text, make_generator, mean_pm, mean_std, precision_text,
                                  run_cli, sample_std, versions, write_json)
 from condensation.data import IMAGE_EXTENSIONS, _read_image, canonical_dataset, get_dataset
-from condensation.evaluation import EvalRecipe, evaluate_pool, get_eval_pool, progress_lines
+from condensation.evaluation import EvalRecipe, evaluate_pool, get_eval_pool
 from condensation.methods.dc import recommended_dsa_strategy
+from condensation.run.progress import epoch_lines
 from condensation.run.cli import ArgumentParser, Config, add_flags, check_args, check_network, unused_flags
 from condensation.run.runner import Run, run_files
 
@@ -504,7 +505,7 @@ class Pools:
     def pool(self, recipe, arch, images, labels, keys, label, n=None):
         """The accuracies of n (default --num_eval) networks of arch on (images, labels)."""
         args = self.args
-        progress = progress_lines(self.log, recipe.epoch_eval_train) if self.on_cpu else None
+        progress = epoch_lines(self.log, recipe.epoch_eval_train) if self.on_cpu else None
         return evaluate_pool({arch: recipe}, n or args.num_eval, self.data, images, labels, args.seed, keys, self.log,
                              label=label, on_epoch=progress)[arch]
 

@@ -161,8 +161,10 @@ def run_cells(args, chosen, argv):
                 threads=torch.get_num_threads(), wall_s=0.0)
     rows = [rp.row(c, args.tier, out, data_path, args.device) for c in chosen]
     t0, ran, failed = time.time(), set(), {}
-    print(f'reproduce.py: {len(chosen)} cell(s) of tier {args.tier} on {args.device}; report in '
-          f'{os.path.join(out, "reproduce.md")}')
+    stages = sorted({s for c in chosen for s in c.stages})
+    print(f'reproduce.py: {len(chosen)} cell(s) of tier {args.tier} on {args.device}, estimated total '
+          f'{rp.duration(rp.estimate(stages, args.tier, kind))} ({len(stages)} runs, less what --resume finds done); '
+          f'report in {os.path.join(out, "reproduce.md")}')
     try:
         for i, (cell, r) in enumerate(zip(chosen, rows)):
             missing = rp.missing_dataset(cell, args.data_path)
@@ -210,7 +212,9 @@ def run_cells(args, chosen, argv):
                 r.update(status='done', expected=None if target is None else target._asdict(),
                          verdict=rp.verdict(r['measured']['mean'], r['measured']['std'], target, args.tier))
             shown = rp.value_text(rp.as_value(r['measured'])) if r['measured'] else ''
-            print(f'[{i + 1}/{len(chosen)}] {cell.id}: {shown} {r["verdict"]} ({rp.duration(r["wall_s"])})')
+            left = sorted({s for c in chosen[i + 1:] for s in c.stages} - ran - set(failed))
+            print(f'[{i + 1}/{len(chosen)}] {cell.id}: {shown} {r["verdict"]} ({rp.duration(r["wall_s"])}; elapsed '
+                  f'{rp.duration(time.time() - t0)}, about {rp.duration(rp.estimate(left, args.tier, kind))} left)')
             meta['wall_s'] = time.time() - t0
             rp.write_report(args.out, meta, rows)
     except KeyboardInterrupt:

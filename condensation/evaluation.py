@@ -229,17 +229,6 @@ def test_accuracy(net, testloader, device, top5=False, train_mode=False):
     return (correct / total, correct5 / total) if top5 else correct / total
 
 
-def progress_lines(log, epochs, lines=5):
-    """An on_epoch hook for evaluate_pool that logs `lines` times while a network trains (a 1000-epoch network
-    takes minutes on a CPU: without it the log is silent until it ends)."""
-    every = max(1, (epochs + 1) // lines)
-
-    def hook(arch, i, ep, net):
-        if ep and ep % every == 0 and ep < epochs:
-            log(f'  {arch} #{i}: epoch {ep}/{epochs}')
-    return hook
-
-
 def evaluate_pool(recipes, num_eval, data, images, labels, seed, keys, log, label='', on_epoch=None):
     """num_eval fresh networks per architecture of `recipes` ({arch: EvalRecipe}) trained on (images, labels) and
     tested on data's test set: {arch: [accuracies]}. Network i of arch draws its weights and its batches from the

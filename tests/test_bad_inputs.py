@@ -336,15 +336,6 @@ def test_one_vocabulary_across_scripts(prepared_mnist):
     assert defaults == {'data'}
 
 
-def test_a_long_evaluation_network_reports_its_progress():
-    from condensation.evaluation import progress_lines
-    lines = []
-    hook = progress_lines(lines.append, 1000)
-    for ep in range(1001):
-        hook('ConvNet', 0, ep, None)
-    assert lines == [f'  ConvNet #0: epoch {e}/1000' for e in (200, 400, 600, 800)]
-
-
 # ---------------------------------------------------------------------------------------------- 12. numbers, devices
 
 @pytest.mark.parametrize('script, argv', [

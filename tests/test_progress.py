@@ -93,3 +93,32 @@ def test_a_redirected_dm_run_writes_progress_lines_to_its_log_and_stdout(prepare
     assert lines and 'estimated total' in lines[0] and all('left' in line for line in lines)
     log = (prepared_mnist / 'out' / 'DM_MNIST_ConvNetW32_1ipc.log').read_text()
     assert all(line in log for line in lines)
+
+
+def test_an_evaluation_network_reports_its_epochs_at_the_time_cadence_in_a_terminal_too():
+    """epoch_lines: the hook of evaluate_pool; the rate counts from the end of the first epoch, the first line
+    states the estimated total, and no bar shows an evaluation, so the lines come whatever stdout is."""
+    clock, lines = FakeClock(), []
+    hook = progress_mod.epoch_lines(lines.append, 100, clock=clock)
+    for i in range(2):  # two networks, each timed on its own
+        for ep in range(101):
+            clock.now += 0.5 if ep else 30.0  # a slow first epoch (recording, caches) is not in the rate
+            hook('ConvNet', i, ep, None)
+    first = int(FIRST_S / 0.5) + 1  # epochs done when the first line comes
+    assert lines[0] == (f'  ConvNet #0: {first}/101 epochs, 2 epochs/s, elapsed {duration(FIRST_S)}, estimated '
+                        f'total {duration(50)} ({duration(50 - FIRST_S)} left)')
+    assert [line.split(':')[0] for line in lines] == ['  ConvNet #0'] * 2 + ['  ConvNet #1'] * 2
+
+
+def test_a_loop_of_slow_units_counts_them_by_hand_and_says_seconds_per_unit():
+    """CL's seeds x steps: begin(), advance() after each unit; a resumed run's done units are not in the rate."""
+    clock, lines = FakeClock(), []
+    progress = Progress(lines.append, 10, start=4, desc='CL DM', unit='steps', clock=clock, stream=io.StringIO())
+    progress.begin()
+    for _ in range(6):
+        clock.now += 40.0
+        progress.advance()
+    progress.close()
+    assert lines[0] == f'CL DM: 5/10 steps, 40 s per step, elapsed 40 s, estimated total {duration(240)} (3 min 20 s ' \
+                       f'left)'
+    assert lines[-1].startswith('CL DM: 10/10 steps') and lines[-1].endswith('about 0 s left')

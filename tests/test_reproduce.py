@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -122,7 +123,11 @@ def test_a_killed_cell_resumes_to_the_same_numbers(smoke, tmp_path, capsys, monk
     # --resume continues the interrupted stage from its checkpoint, here as the printed command (--isolate)
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
     resumed = reproduce.main(argv + ['--resume', '--isolate'])['rows'][0]
-    assert 'continuing CL_DM.py' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert 'continuing CL_DM.py' in printed
+    # the opening line states the estimated total; each cell's line the time elapsed and the estimate of the rest
+    assert re.search(r'^reproduce.py: 1 cell\(s\) of tier smoke on cpu, estimated total \d', printed, re.M)
+    assert re.search(rf'^\[1/1\] {cell}: .*; elapsed [^,]+, about 0 s left\)$', printed, re.M), printed
     assert driver.read_marker(os.path.join(out, cell))['resumed']
     assert resumed['measured']['all'] == rows[cell]['measured']['all']
 

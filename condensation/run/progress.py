@@ -43,34 +43,52 @@ class Progress:
                                                    # checked for divergence; None in between
         if progress.checkpoint_due(it): ...        # every checkpoint_every iterations
 
-    log: the run's log (a line goes to its file and to stdout); desc: what the loop is (the bar's label and the
-    progress lines'); where ('{it}' is the iteration), advice and diverged: the divergence message's place,
-    remedy and diagnosis; check(where, advice): a further test of the learned state at every read (a set's values
-    within the data's range), raising UserError; shown: the loss names the bar shows (default: all); clock and
-    stream: for tests (a fake clock, a redirected stdout)."""
+    A loop that is not a plain `for` (CL's seeds x steps) calls begin() before its first unit, advance() after each
+    and close() at the end.
 
-    def __init__(self, log, total, *, start=0, desc='', bar=True, read_every=10, checkpoint_every=None,
-                 where='', advice='', diverged='the training diverged', check=None, shown=None, leave=True,
-                 clock=None, stream=None):
+    log: the run's log (a line goes to its file and to stdout); desc: what the loop is (the bar's label and the
+    progress lines'); unit: what it counts; lines: the time-cadence lines on (True) or off (False) whatever stdout
+    is (default: when stdout is not a terminal); where ('{it}' is the iteration), advice and diverged: the
+    divergence message's place, remedy and diagnosis; check(where, advice): a further test of the learned state at
+    every read (a set's values within the data's range), raising UserError; shown: the loss names the bar shows
+    (default: all); clock and stream: for tests (a fake clock, a redirected stdout)."""
+
+    def __init__(self, log, total, *, start=0, desc='', unit='iterations', bar=True, read_every=10,
+                 checkpoint_every=None, where='', advice='', diverged='the training diverged', check=None, shown=None,
+                 leave=True, lines=None, clock=None, stream=None):
         self.log, self.total, self.start, self.desc, self.diverged = log, total, start, desc, diverged
-        self.check = check
+        self.check, self.unit = check, unit
         self.read_every, self.checkpoint_every = read_every, checkpoint_every
         self.where, self.advice, self.shown, self.clock = where, advice, shown, clock or CLOCK
         stream = sys.stdout if stream is None else stream
-        self.lines = not stream.isatty() and parallel.is_main()  # time-cadence lines instead of a bar
+        # time-cadence lines instead of a bar
+        self.lines = (not stream.isatty() if lines is None else lines) and parallel.is_main()
         self.bar = tqdm(range(start, total), desc=desc, initial=start, total=total, leave=leave, dynamic_ncols=True,
                         disable=not bar or self.lines)
         self._t0 = self._last = None
         self._next = FIRST_S
 
     def __iter__(self):
-        self._t0 = self.clock()
+        self.begin()
         try:
             for it in self.bar:
                 yield it
                 self.tick(it + 1)
         finally:
-            self.bar.close()
+            self.close()
+
+    def begin(self):
+        self._t0 = self.clock()
+        self._done = self.start
+
+    def advance(self):
+        """One unit done (a loop that is not a plain `for`): the bar and, when due, a line."""
+        self._done += 1
+        self.bar.update(1)
+        self.tick(self._done)
+
+    def close(self):
+        self.bar.close()
 
     def tick(self, done):
         """After `done` iterations: a progress line when the cadence says so (redirected output only)."""
@@ -83,7 +101,9 @@ class Progress:
         left = (self.total - done) / rate
         first = self._last is None
         self._last, self._next = elapsed, elapsed + EVERY_S
-        self.log(f'{self.desc}: {done}/{self.total} iterations, {rate:.3g} it/s, elapsed {duration(elapsed)}, '
+        speed = f'{rate:.3g} it/s' if self.unit == 'iterations' else \
+            f'{rate:.3g} {self.unit}/s' if rate >= 1 else f'{1 / rate:.3g} s per {self.unit.rstrip("s")}'
+        self.log(f'{self.desc}: {done}/{self.total} {self.unit}, {speed}, elapsed {duration(elapsed)}, '
                  + (f'estimated total {duration(elapsed + left)} ({duration(left)} left)' if first
                     else f'about {duration(left)} left'))
 
@@ -104,3 +124,20 @@ class Progress:
 
     def checkpoint_due(self, it):
         return self.checkpoint_every is not None and (it + 1) % self.checkpoint_every == 0
+
+
+def epoch_lines(log, epochs, clock=None):
+    """An on_epoch hook for evaluation.evaluate_pool (epochs: the networks' epoch_eval_train): while a network
+    trains (a 1000-epoch network takes minutes on a CPU), lines at the time cadence above with its rate and time
+    left, the first with the estimated total, whether stdout is a terminal or not (no bar shows an evaluation).
+    The rate is measured from the end of the first epoch (which records the graphs and warms the caches)."""
+    current = {}
+
+    def hook(arch, i, ep, net):
+        if ep == 0:
+            current[arch, i] = Progress(log, epochs + 1, start=1, desc=f'  {arch} #{i}', unit='epochs', bar=False,
+                                        lines=True, clock=clock)
+            current[arch, i].begin()
+        elif (arch, i) in current:
+            current[arch, i].tick(ep + 1)
+    return hook

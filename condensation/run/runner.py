@@ -29,9 +29,9 @@ from condensation.common import (Log, UserError, atomic_save, check_within, hold
 from condensation.data import denormalise, file_label, value_limit
 from condensation.device import parallel
 from condensation.device.footprint import check_fits, condensation_bytes
-from condensation.evaluation import evaluate_pool, progress_lines
+from condensation.evaluation import evaluate_pool
 from condensation.plots import save_grids
-from condensation.run.progress import Progress
+from condensation.run.progress import Progress, epoch_lines
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ class CondensationRun(Run):
         t0 = time.time()
         args, data, state = self.args, self.data, self.state
         # Progress lines while each network trains, on a CPU (on a GPU the networks train together, in seconds).
-        progress = None if torch.device(args.device).type != 'cpu' else progress_lines(
+        progress = None if torch.device(args.device).type != 'cpu' else epoch_lines(
             self.log, max(r.epoch_eval_train for r in self.recipes.values()))
         accs = evaluate_pool(self.recipes, args.num_eval, data, images, labels, args.seed, (exp, it), self.log,
                              label=f'exp {exp} iter {it}', on_epoch=progress)
