@@ -24,9 +24,9 @@ from condensation.data import canonical_dataset, file_label, get_dataset, value_
 from condensation.methods.dc import recommended_dsa_strategy
 from condensation.evaluation import EvalRecipe, evaluate_pool, test_accuracy
 from condensation.run.progress import Progress
-from condensation.run.runner import Run, fingerprint, run_files, save_image_grid
+from condensation.run.runner import Run, fingerprint, results_meta, run_files, save_image_grid
 from condensation.common import (UserError, atomic_save, check_within, load_optimizer_state, make_generator,
-                                 mean_pm, mean_std, precision_text, run_cli, versions, write_json)
+                                 mean_pm, mean_std, precision_text, run_cli, write_json)
 
 SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this order
 TITLES = {'real': '(a) real', 'random': '(b) random latents', 'inverted': '(c) inverted latents', 'itgan': '(d) IT-GAN'}
@@ -250,13 +250,10 @@ def write_results(args, data, run, state, name, result, itgan_images):
     summary = {s: {arch: dict(zip(('mean', 'std'), mean_std(a)), all=a) for arch, a in accs[s].items()} for s in SETS}
     curve_means = {s: {arch: [mean_std([c[j] for c in cs])[0] for j in range(len(cs[0]))]
                        for arch, cs in curves[s].items()} for s in SETS}
-    meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean, std=data.std,
-                method='ITGAN', model=args.model, ipc=args.ipc, args=dict(run.fingerprint, **state['eval_fingerprint']),
-                seed=args.seed, world_size=parallel.world_size(),
-                versions=versions(), precision=precision_text(args),
-                render='standardise((G(z, y) + 1) / 2), G in eval mode, chunks of 500',
-                protocol=dict(epoch_eval_train=args.epoch_eval_train, dsa_strategy=args.dsa_strategy,
-                              eval_model=args.eval_model, curve_epochs=args.curve_at + [args.epoch_eval_train + 1]))
+    meta = results_meta(data, args, 'ITGAN', args.model, dict(run.fingerprint, **state['eval_fingerprint']),
+                        dict(epoch_eval_train=args.epoch_eval_train, dsa_strategy=args.dsa_strategy,
+                             eval_model=args.eval_model, curve_epochs=args.curve_at + [args.epoch_eval_train + 1]),
+                        images=False, render='standardise((G(z, y) + 1) / 2), G in eval mode, chunks of 500')
     path = functools.partial(os.path.join, args.save_path)
     gen, size = result['generator'], result['storage']
     atomic_save(dict(latents=result['latents'], labels=result['labels'], real_index=result['real_index'],

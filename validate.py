@@ -99,13 +99,9 @@ def evaluate_fixed(G, args, data, run):
         runner.save_image_grid(run.path(f'vis_{stem}_{args.ipc}ipc_exp{exp}.png'), images[keep], real.mean, real.std,
                                nrow=runner.grid_columns(min(args.ipc, 50), data.num_classes))
     path = run.path(f'res_{stem}_GAN_{args.ipc}ipc.pt')
-    meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=real.mean, std=real.std,
-                classes=real.class_names, normalised=True, method='DiM', model='GAN', ipc=args.ipc,
-                args=dim_stages.config(args),
-                seed=args.seed, versions=common.versions(), precision=common.precision_text(args),
-                world_size=parallel.world_size(),
-                protocol=dict(mode='fixed', label=label, epoch_eval_train=args.epochs_eval, dsa=True,
-                              dsa_strategy=strategy, generator=args.pretrain_weight))
+    meta = runner.results_meta(data, args, 'DiM', 'GAN', dim_stages.config(args),
+                               dict(mode='fixed', label=label, epoch_eval_train=args.epochs_eval, dsa=True,
+                                    dsa_strategy=strategy, generator=args.pretrain_weight), stats=real)
     runner.save_results(path, sets, accs, meta)
     out = dict(mode='fixed', label=label, results_file=path, models={})
     for name, a in accs.items():

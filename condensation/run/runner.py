@@ -112,6 +112,21 @@ def check_same_data(args, paths, remedy):
             raise UserError(f'{path} holds a run on {words[0]}, this run is on {words[1]}; {remedy}')
 
 
+def results_meta(data, args, method, model, recorded, protocol, stats=None, images=True, **extra):
+    """The `meta` of a results file, one builder for every method: the data's name and shape, its standardisation
+    (mean, std: `stats`' when given, e.g. DiM's real data, else data's), with images=True (the file holds
+    standardised sets) the class names and normalised=True, what made it (method, model, ipc), the recorded
+    arguments, seed, library versions, precision and process count, `extra` (what only one method has), and the
+    evaluation protocol last."""
+    stats = stats or data
+    meta = dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=stats.mean, std=stats.std)
+    if images:
+        meta.update(classes=stats.class_names, normalised=True)
+    meta.update(method=method, model=model, ipc=args.ipc, args=recorded, seed=args.seed, versions=versions(),
+                precision=precision_text(args), world_size=parallel.world_size())
+    return dict(meta, **extra, protocol=protocol)
+
+
 def save_results(path, data, accs_all_exps, meta=None, accs_iters=None):
     """The original results layout, `data` = [[images, labels]] per experiment and `accs_all_exps` =
     {arch: [accuracies]}, plus `meta` (arguments, seed, versions, protocol), per-architecture mean/std and the
@@ -377,10 +392,8 @@ class CondensationRun(Run):
         return summary
 
     def meta(self, extra=None):
-        args, data = self.args, self.data
-        return dict(dataset=data.name, im_size=list(data.im_size), channel=data.channel, mean=data.mean,
-                    std=data.std, classes=data.class_names, normalised=True, method=self.method, model=args.model,
-                    ipc=args.ipc, args=self.fingerprint, seed=args.seed, versions=versions(),
-                    precision=precision_text(args), world_size=parallel.world_size(),
-                    protocol=dict(epoch_eval_train=args.epoch_eval_train, eval_mode=args.eval_mode, dsa=args.dsa,
-                                  dsa_strategy=args.dsa_strategy), **(extra or {}))
+        args = self.args
+        meta = results_meta(self.data, args, self.method, args.model, self.fingerprint,
+                            dict(epoch_eval_train=args.epoch_eval_train, eval_mode=args.eval_mode, dsa=args.dsa,
+                                 dsa_strategy=args.dsa_strategy))
+        return dict(meta, **(extra or {}))
