@@ -204,7 +204,7 @@ sys.stdout.buffer.write(x.grad.numpy().tobytes())
 
 
 def test_kept_freed_memory_changes_no_result():
-    # env.py makes glibc keep freed blocks for reuse (docs/design.md, section 9); what a step computes must not move
+    # env.py makes glibc keep freed blocks for reuse (docs/design.md, section 10); what a step computes must not move
     outs = [subprocess.run([sys.executable, '-c', _KEPT_MEMORY_STEP], cwd=ROOT, capture_output=True, check=True,
                            env={**os.environ, 'ENV_MALLOC': mode}).stdout for mode in ('default', 'keep')]
     assert len(outs[0]) == 96 * 3 * 32 * 32 * 4 and outs[0] == outs[1]
