@@ -188,3 +188,24 @@ def test_results_open_with_a_plain_torch_load(prepared_mnist):
     _run(prepared_mnist)
     res = torch.load(prepared_mnist / 'out' / 'res_DM_MNIST_ConvNetW32_2ipc.pt')  # weights_only=True by default
     assert isinstance(res['meta']['versions']['torch'], str) and len(res['data'][0][0]) == 20
+
+
+_KEPT_MEMORY_STEP = """
+from condensation import env  # first: glibc told to keep freed memory (unless ENV_MALLOC=default)
+import sys, torch
+from networks import get_network
+g = torch.Generator().manual_seed(0)
+net = get_network('ConvNet', 3, 10, (32, 32), generator=g).requires_grad_(False)
+x = torch.randn(96, 3, 32, 32, generator=g, requires_grad=True)  # 50 MB activations: above glibc's mmap threshold
+for _ in range(2):  # the second step runs in memory the first one freed
+    x.grad = None
+    (net.embed(x) ** 2).sum().backward()
+sys.stdout.buffer.write(x.grad.numpy().tobytes())
+"""
+
+
+def test_kept_freed_memory_changes_no_result():
+    # env.py makes glibc keep freed blocks for reuse (docs/design.md, section 11); what a step computes must not move
+    outs = [subprocess.run([sys.executable, '-c', _KEPT_MEMORY_STEP], cwd=ROOT, capture_output=True, check=True,
+                           env={**os.environ, 'ENV_MALLOC': mode}).stdout for mode in ('default', 'keep')]
+    assert len(outs[0]) == 96 * 3 * 32 * 32 * 4 and outs[0] == outs[1]
