@@ -19,6 +19,7 @@ from condensation import env  # noqa: F401  (first: the environment PyTorch read
 
 import dataclasses
 import math
+
 import torch
 
 from condensation.augment import ParamDiffAug, parse_strategy
@@ -35,8 +36,8 @@ __all__ = ['dataset', 'condense', 'evaluate', 'Condensed', 'UserError', 'FULL_DS
 FULL_DSA = 'color_crop_cutout_flip_scale_rotate'  # the DSA strategy DM synthesises and DM/DSA sets are evaluated with
 
 # Each method: its step, and the defaults of its entry script (main_DM.py; main.py --method DC / DSA). 'dsa':
-# whether the step augments; a DSA strategy of None is the method's default (for DSA, the one main.py picks for
-# the dataset's name: no flipping for MNIST and SVHN).
+# whether the method must augment (True), must not (False) or may (None); 'strategy': the DSA strategy it takes
+# when none is given, by the dataset's name (DSA: main.py's, no flipping for MNIST and SVHN).
 METHODS = {
     'DM': dict(step=DMStep, lr_img=1.0, init='real', dsa=None, strategy=lambda name: FULL_DSA),
     'DC': dict(step=DCStep, lr_img=0.1, init='noise', dsa=False, strategy=lambda name: None),
