@@ -12,12 +12,10 @@ with one Siamese DSA transform A_c per class, shared by its real batch R_c and i
 """
 from condensation import env  # first: the environment PyTorch reads when it starts (env.py)
 
-import torch
-
 from condensation.device import parallel
 from condensation.run.cli import Config, add_flags, check_condense_args, condense_parser, unused_flags
 from condensation.data import get_dataset
-from condensation.methods.dm import DMStep
+from condensation.methods.dm import DMStep, default_real_chunk
 from condensation.evaluation import EvalRecipe, get_eval_pool
 from condensation.run.runner import CondensationRun
 from condensation.common import UserError, run_cli
@@ -50,10 +48,8 @@ def parse_args(argv=None, notes=None):
     if bn and parallel.world_size() > 1:
         raise UserError(f"{args.model}'s BatchNorm normalises over all classes at once, so its classes cannot be "
                         f"split across torchrun processes; run it in one process or use a model without BN")
-    if args.real_chunk is None and not bn and torch.device(args.device).type == 'cpu':
-        # One forward of K·batch_real images makes activations of gigabytes that spill every cache; 256 at a
-        # time is 1.5x faster on CPU (docs/benchmarks.md) and exact, every row being independent without BN.
-        args.real_chunk = 256
+    if args.real_chunk is None:
+        args.real_chunk = default_real_chunk(args.model, args.device)
     return Config(args)
 
 

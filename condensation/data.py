@@ -196,21 +196,24 @@ class TensorLoader:
 
 
 def standardise(images, mean, std, device='cpu'):
-    """uint8 N×C×H×W in [0, 255] -> float (x/255 - mean)/std on `device` (ToTensor + Normalize)."""
+    """uint8 N×C×H×W in [0, 255] -> float (x/255 - mean)/std on `device` (ToTensor + Normalize); float images are
+    taken as already scaled (x - mean)/std, and never written to (they may be the caller's own tensor)."""
     x = images.to(device)
-    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+    uint8 = x.dtype == torch.uint8
+    x = x.float().div_(255) if uint8 else x.float()
     shape = (1, -1, 1, 1)
     mean, std = (torch.as_tensor(v, dtype=torch.float32, device=x.device).view(shape) for v in (mean, std))
-    return x.sub_(mean).div_(std)
+    return (x.sub_(mean) if uint8 else x - mean).div_(std)
 
 
 def channel_stats(images, chunk=4096):
-    """(mean, std) per channel of uint8 N×C×H×W images scaled to [0, 1], in float64 over every pixel (the
-    population std, as the published constants are computed), a chunk of images at a time."""
+    """(mean, std) per channel of uint8 N×C×H×W images scaled to [0, 1] (float images as they are), in float64 over
+    every pixel (the population std, as the published constants are computed), a chunk of images at a time."""
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
     for i in range(0, len(images), chunk):
-        x = images[i:i + chunk].to('cpu', torch.float64).div_(255)
+        x = images[i:i + chunk].detach().to('cpu', torch.float64)
+        x = x.div_(255) if images.dtype == torch.uint8 else x  # a float chunk may be the caller's own tensor
         total += x.sum((0, 2, 3))
         squares += x.square().sum((0, 2, 3))
     n = images.numel() // images.shape[1]

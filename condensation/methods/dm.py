@@ -129,6 +129,13 @@ def class_rows(real_cls, syn_cls, classes, device='cpu', param_device='cpu'):
              torch.tensor([c], device=param_device)) for c in classes]
 
 
+def default_real_chunk(model, device):
+    """How many real images a DM step embeds at a time unless told: 256 on the CPU for a model without BN, where one
+    forward of K·batch_real images makes activations of gigabytes that spill every cache (256 at a time is 1.5x
+    faster, docs/benchmarks.md, and exact: every row is independent without BN); otherwise all at once (None)."""
+    return 256 if 'BN' not in model and torch.device(device).type == 'cpu' else None
+
+
 def frozen_network(model, data, device, generator):
     """A freshly initialised network that is never trained: train mode (BN normalises with the batch's own
     statistics) and no gradient for its weights, only for its inputs."""
