@@ -25,10 +25,11 @@ import torch
 from condensation.augment import ParamDiffAug, parse_strategy
 from condensation.common import UserError, check_device, default_device, make_generator
 from condensation.data import Data, DatasetInfo, channel_stats, denormalise
-from condensation.evaluation import EvalRecipe, evaluate_pool, progress_lines
+from condensation.evaluation import EvalRecipe, evaluate_pool
 from condensation.methods.dc import DCStep, get_loops, recommended_dsa_strategy
 from condensation.methods.dm import DMStep, default_real_chunk
 from condensation.run.cli import Config, check_network
+from condensation.run.progress import epoch_lines
 from condensation.run.runner import SyntheticSet
 
 __all__ = ['dataset', 'condense', 'evaluate', 'Condensed', 'UserError', 'FULL_DSA']
@@ -275,7 +276,7 @@ def evaluate(data, images, labels, *, model='ConvNet', num_eval=5, epochs=1000, 
     _check_model(model, data)
     recipe = EvalRecipe(epoch_eval_train=epochs, lr_net=lr, batch_train=batch, device=str(data.device),
                         **_augmentation(augment))
-    hook = progress_lines(log, epochs) if log is not None and data.device.type == 'cpu' else None
+    hook = epoch_lines(log, epochs) if log is not None and data.device.type == 'cpu' else None
     accs = evaluate_pool({model: recipe}, num_eval, data, images, labels, seed, tuple(streams), log or _quiet,
                          label='evaluate', on_epoch=hook)
     return accs[model]
