@@ -45,6 +45,16 @@ def test_a_redirected_loop_writes_lines_at_the_time_cadence_with_the_time_left()
     assert lines[3].endswith(f'elapsed {duration(3 * n)}, about {duration(300 - 3 * n)} left')
 
 
+def test_the_first_iterations_one_off_work_is_left_out_of_the_rate():
+    # the first iteration evaluates the initial set (25 s), the others take 3 s: the estimate follows the 3 s
+    clock, lines = FakeClock(), []
+    progress = Progress(lines.append, 100, desc='DM exp 0', clock=clock, stream=io.StringIO())
+    for it in progress:
+        clock.now += 25.0 if it == 0 else 3.0
+    assert lines[0] == (f'DM exp 0: 2/100 iterations, 0.333 it/s, elapsed {duration(28)}, '
+                        f'estimated total {duration(28 + 98 * 3)} ({duration(98 * 3)} left)')
+
+
 def test_a_resumed_loop_estimates_from_its_own_iterations():
     lines = _run(100, 2.0, start=60)  # 40 iterations left at 2 s each
     assert lines[0].startswith(f'DM exp 0: {60 + int(-(-FIRST_S // 2))}/100 iterations, 0.5 it/s')
@@ -119,6 +129,7 @@ def test_a_loop_of_slow_units_counts_them_by_hand_and_says_seconds_per_unit():
         clock.now += 40.0
         progress.advance()
     progress.close()
-    assert lines[0] == f'CL DM: 5/10 steps, 40 s per step, elapsed 40 s, estimated total {duration(240)} (3 min 20 s ' \
-                       f'left)'
+    # the first line waits for a second unit: the first one's time may hold one-off work
+    assert lines[0] == f'CL DM: 6/10 steps, 40 s per step, elapsed 1 min 20 s, estimated total {duration(240)} ' \
+                       f'(2 min 40 s left)'
     assert lines[-1].startswith('CL DM: 10/10 steps') and lines[-1].endswith('about 0 s left')

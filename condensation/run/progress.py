@@ -5,7 +5,8 @@ Progress shows where a run is wherever its output goes. In a terminal it is a tq
 when stdout is not a terminal (`nohup`, a scheduler, `> log`) the bar would fill the file with carriage returns,
 so instead a line goes to the log and to stdout at a time cadence: iteration, rate, elapsed time and the time
 left. The first such line comes after FIRST_S seconds and states the estimated total time; then one every
-EVERY_S seconds.
+EVERY_S seconds. The rate is measured from the end of the first iteration, which carries one-off work (an
+evaluation of the initial set, lazy set-up) that would otherwise inflate every estimate.
 
 The loss is read back to the host (which makes it wait for the device) only every `read_every` iterations and
 when a checkpoint or the end follows; a loss that is not finite stops the run there, before a diverged state
@@ -80,6 +81,7 @@ class Progress:
     def begin(self):
         self._t0 = self.clock()
         self._done = self.start
+        self._first = None  # (elapsed, done) at the end of the first iteration: the rate counts from there
 
     def advance(self):
         """One unit done (a loop that is not a plain `for`): the bar and, when due, a line."""
@@ -95,9 +97,15 @@ class Progress:
         if not self.lines:
             return
         elapsed = self.clock() - self._t0
+        if self._first is None and done > self.start:
+            self._first = elapsed, done
         if elapsed < self._next or done <= self.start:
             return
-        rate = (done - self.start) / elapsed
+        since, first_done = self._first
+        if done == first_done and done < self.total:
+            return  # only the first iteration has run: no rate without its one-off work yet
+        rate = (done - first_done) / (elapsed - since) if done > first_done and elapsed > since \
+            else (done - self.start) / elapsed
         left = (self.total - done) / rate
         first = self._last is None
         self._last, self._next = elapsed, elapsed + EVERY_S
