@@ -26,6 +26,7 @@ import os
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -421,12 +422,13 @@ def cache_write(folder, key, accs, log):
 
 
 def cached(folder, key, train, log):
+    """The accuracies cached under key; when none are, train()'s, cached (train None: nothing is trained, None)."""
     accs = cache_read(folder, key)
-    if accs is None:
+    if accs is not None:
+        log(f'{key["what"]} {key["architecture"]}: {mean_pm(accs, "%")} from {cache_path(folder, key)}')
+    elif train is not None:
         accs = train()
         cache_write(folder, key, accs, log)
-    else:
-        log(f'{key["what"]} {key["architecture"]}: {mean_pm(accs, "%")} from {cache_path(folder, key)}')
     return accs
 
 
@@ -500,7 +502,11 @@ class Pools:
         self.args, self.data, self.run, self.log = args, data, run, run.log
         self.done = run.resumed['done'] if run.resumed else {}
         self.on_cpu = torch.device(args.device).type == 'cpu'
-        self.digest = data_digest(data)
+
+    @functools.cached_property
+    def digest(self):
+        # hashed when a cache key first needs it: a run with no baseline and no full data reads no dataset bytes
+        return data_digest(self.data)
 
     def pool(self, recipe, arch, images, labels, keys, label, n=None):
         """The accuracies of n (default --num_eval) networks of arch on (images, labels)."""
@@ -539,12 +545,13 @@ class Pools:
             key = cache_key('full_data', data, self.digest, arch, r, args, args.full_num_eval)
             what = (f'{arch}: {args.full_num_eval} network(s) of {r.epoch_eval_train} epochs on the '
                     f'{len(data.x_train)} training images')
-            if args.full_data == 'auto' and cache_read(args.cache_dir, key) is None:
+            train = None if args.full_data == 'auto' else lambda: self.pool(
+                r, arch, data.images_train, data.labels_train, ('full_data',), 'full data', args.full_num_eval)
+            accs = cached(args.cache_dir, key, train, self.log)
+            if accs is None:
                 notes.append(f'full data {what}: not in the cache; --full_data train trains them once ({cache_words})')
                 continue
-            full[arch] = cached(args.cache_dir, key, lambda: self.pool(r, arch, data.images_train, data.labels_train,
-                                                                       ('full_data',), 'full data', args.full_num_eval),
-                                self.log)
+            full[arch] = accs
             notes.append(f'full data {what}: {mean_pm(full[arch], "%")}; {cache_words}')
         notes.append(f'recovered: the share of the full-data accuracy; LRS, ARS: DD-Ranking\'s label- and '
                      f'augmentation-robust scores, weight {SCORE_WEIGHT} (docs/design.md, section 1.5)')
