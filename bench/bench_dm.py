@@ -9,9 +9,10 @@
 Reports, per device: ms per DM iteration at each ipc and precision (fp32; bf16 = --amp bf16), images embedded
 per second, achieved TFLOP/s (FLOPs of one iteration counted once with torch.utils.flop_counter) next to the
 device's measured float32 and bfloat16 matmul rates, and the peak GPU memory, then the ipc-50 step over the ipc-10
-step; seconds to train 20 evaluation networks for 1000 epochs (trained together and one by one; measured on fewer
-networks at two run lengths, whose difference gives the cost of an epoch without the one-off costs); seconds per
-DC/DSA outer iteration. The data are random uint8 images: the cost does not depend on
+step (the DM cases alternate, round after round, and each reports its median round, so that a shared machine's
+drift does not fall on one ipc); seconds to train 20 evaluation networks for 1000 epochs (trained together and one
+by one; measured on fewer networks at two run lengths, whose difference gives the cost of an epoch without the
+one-off costs); seconds per DC/DSA outer iteration. The data are random uint8 images: the cost does not depend on
 them.
 """
 import os
@@ -101,7 +102,8 @@ def fake_cifar(device, num_classes=10, n_per_class=500):
                 device)
 
 
-def bench_dm(data, device, ipc, batch_real, iters, model, variant, per_class=False):
+def dm_case(data, device, ipc, batch_real, model, variant, per_class=False):
+    """A warmed-up DM step on a fresh synthetic set, and the FLOPs of one of its iterations."""
     flags, options = VARIANTS[variant]
     args = main_DM.parse_args(['--dataset', 'CIFAR10', '--model', model, '--ipc', str(ipc), '--device', device,
                                '--batch_real', str(batch_real), '--dsa_strategy', STRATEGY, *flags]
@@ -111,18 +113,34 @@ def bench_dm(data, device, ipc, batch_real, iters, model, variant, per_class=Fal
     opt = torch.optim.SGD([image_syn], lr=1.0, momentum=0.5)
     with FlopCounterMode(display=False) as counter:
         dm_step(args, data, image_syn, syn_cls, opt, args.seed, (0, 0), **options)
-    flops = counter.get_total_flops()
     step = DMStep(args, data, image_syn, syn_cls, opt, **options)
     for it in range(3):  # warm-up: kernels chosen, allocator filled, the CUDA graph recorded
         step(args.seed, (0, 1 + it))
-    peak_reset(device)
-    # the loop as main_DM.py runs it: the loss is read once every 10 iterations
-    losses = []
-    t = timed(device, lambda: losses.extend(step(args.seed, (0, 4 + it)) for it in range(iters)))
-    float(losses[-1])
-    s = t / iters
-    return dict(ms=1e3 * s, img_per_s=data.num_classes * (batch_real + ipc) / s, tflops=flops / s / 1e12,
-                gflop=flops / 1e9, peak=peak_gib(device))
+    return dict(step=step, seed=args.seed, flops=counter.get_total_flops(),
+                images=data.num_classes * (batch_real + ipc))
+
+
+def bench_dm(cases, device, iters, rounds):
+    """Seconds per iteration of every case: `rounds` rounds, each timing `iters` iterations of every case in turn
+    (the cases alternate, so that a machine's drift falls on all of them alike), the median round per case."""
+    times = {key: [] for key in cases}
+    peaks = dict.fromkeys(cases, float('nan'))
+    for r in range(rounds):
+        for key, case in cases.items():
+            step, first = case['step'], 4 + r * iters
+            peak_reset(device)
+            # the loop as main_DM.py runs it: the loss is read once every 10 iterations
+            losses = []
+            t = timed(device, lambda: losses.extend(step(case['seed'], (0, first + it)) for it in range(iters)))
+            float(losses[-1])
+            times[key].append(t / iters)
+            peaks[key] = max(peak_gib(device), peaks[key]) if r else peak_gib(device)
+    results = {}
+    for key, case in cases.items():
+        s = statistics.median(times[key])
+        results[key] = dict(ms=1e3 * s, img_per_s=case['images'] / s, tflops=case['flops'] / s / 1e12,
+                            gflop=case['flops'] / 1e9, peak=peaks[key])
+    return results
 
 
 def bench_eval(data, device, ipc, models, epochs, together, amp='off'):
@@ -159,17 +177,20 @@ def report(args, device, out):
     out(f'\n## {name}; torch {torch.__version__}; {time.strftime("%Y-%m-%d")}; square matmul: fp32 {f32:.3g} '
         f'TFLOP/s, bf16 {b16:.3g} TFLOP/s\n')
     data = fake_cifar(device)
-    out(f'| DM {args.model}, batch_real {args.batch_real}, {args.iters} iterations | ms/iteration | images embedded/s '
+    rounds = args.rounds or (1 if device.startswith('cuda') else 3)
+    out(f'| DM {args.model}, batch_real {args.batch_real}, median of {rounds} rounds × {args.iters} iterations '
+        f'| ms/iteration | images embedded/s '
         f'| GFLOP/iteration | achieved TFLOP/s | % of matmul | peak GPU memory (GiB) |')
     out('|---|---|---|---|---|---|---|')
+    cases = {(variant, ipc): dm_case(data, device, ipc, args.batch_real, args.model, variant, args.per_class)
+             for variant in args.variants for ipc in args.ipc}
+    results = bench_dm(cases, device, args.iters, rounds)
     ms = {}
-    for variant in args.variants:
-        for ipc in args.ipc:
-            r = bench_dm(data, device, ipc, args.batch_real, args.iters, args.model, variant, args.per_class)
-            ms[variant, ipc] = r['ms']
-            peak = b16 if 'bf16' in variant else f32
-            out(f'| CIFAR10 ipc {ipc}, {variant} | {r["ms"]:.1f} | {r["img_per_s"]:.0f} | {r["gflop"]:.1f} | '
-                f'{r["tflops"]:.3g} | {100 * r["tflops"] / peak:.0f} % | {r["peak"]:.2f} |')
+    for (variant, ipc), r in results.items():
+        ms[variant, ipc] = r['ms']
+        peak = b16 if 'bf16' in variant else f32
+        out(f'| CIFAR10 ipc {ipc}, {variant} | {r["ms"]:.1f} | {r["img_per_s"]:.0f} | {r["gflop"]:.1f} | '
+            f'{r["tflops"]:.3g} | {100 * r["tflops"] / peak:.0f} % | {r["peak"]:.2f} |')
     # what 400 more synthetic images cost: the synthetic side's share of a step (target on a CPU: at most 1.3)
     for variant in args.variants:
         if (variant, 10) in ms and (variant, 50) in ms:
@@ -204,7 +225,10 @@ def main():
     p.add_argument('--devices', nargs='+', default=['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     p.add_argument('--ipc', type=int, nargs='+', default=[1, 10, 50])
     p.add_argument('--batch_real', type=int, default=256)
-    p.add_argument('--iters', type=int, default=5)
+    p.add_argument('--iters', type=int, default=5, help='DM iterations timed per case and round')
+    p.add_argument('--rounds', type=int, default=None,
+                   help='rounds over the DM cases, which alternate within a round; each case reports its median '
+                        'round (default: 3 on a CPU, 1 on CUDA)')
     p.add_argument('--model', default='ConvNet')
     p.add_argument('--variants', nargs='+', default=['fp32'], choices=list(VARIANTS))
     p.add_argument('--eval_ipc', type=int, nargs='*', default=[10, 50])

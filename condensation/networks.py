@@ -38,9 +38,150 @@ def _check_map(net, h, w, im_size):
 
 
 def instance_norm(c):
-    # GroupNorm with one group per channel is instance norm (biased var, eps 1e-5). On CPU it measured faster
-    # than nn.InstanceNorm2d and F.instance_norm (which reshape to a batch-norm call), with the same numbers.
-    return nn.GroupNorm(c, c, affine=True)
+    return InstanceNorm(c)
+
+
+class InstanceNorm(nn.GroupNorm):
+    """GroupNorm with one group per channel: instance norm (biased variance, eps 1e-5), with GroupNorm's parameters
+    and state-dict keys, as the reference builds it. On CPU GroupNorm measured faster than nn.InstanceNorm2d and
+    F.instance_norm (which reshape to a batch-norm call), with the same numbers.
+
+    A channels-last float32 CPU map (the DM step's network on a CPU) goes through channels_last_instance_norm:
+    ATen's channels-last group-norm kernels vectorise along the channels of a group, one channel here, so they
+    run one float at a time. Every other map, NCHW ones included, takes GroupNorm's own kernel.
+    """
+
+    def __init__(self, c):
+        super().__init__(c, c, affine=True)
+
+    def forward(self, x):
+        if x.device.type == 'cpu' and x.dtype == torch.float32 and _channels_last(x):
+            return channels_last_instance_norm(x, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+def _channels_last(x):
+    """A 4-d map in channels-last memory (N, H, W, C) and not also NCHW, read from its strides: under
+    torch.func.vmap (networks trained together) a tensor cannot be asked whether it is contiguous in another
+    memory format."""
+    if x.dim() != 4:
+        return False
+    n, c, h, w = x.shape
+    dense = (h * w * c, 1, w * c, c)
+    return c > 1 and h * w > 1 and all(s == d for s, d, size in zip(x.stride(), dense, x.shape) if size > 1)
+
+
+def channels_last_instance_norm(x, weight, bias, eps=1e-5):
+    """Instance norm of a channels-last N x C x H x W CPU tensor, differentiable in x, weight and bias: the numbers
+    of F.group_norm(x, C, weight, bias, eps) to float rounding, several times faster there (docs/benchmarks.md)."""
+    return _ChannelsLastInstanceNorm.apply(x, weight, bias, eps)
+
+
+def _rows(x):
+    """Channels-last N x C x H x W memory seen as N x HW x C (a view): a reduction over dim 1 runs vectorised
+    along the channels."""
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(n, h * w, c)
+
+
+# From this many pixels per map on, ATen's channels-last forward parallelises over the pixels and is fast
+_ATEN_FROM_HW = 1024
+
+
+class _ChannelsLastInstanceNorm(torch.autograd.Function):
+    """y = (x − μ) · rstd · γ + β per image and channel, μ and rstd over H×W.
+
+    Backward, with g = ∂L/∂y, s1 = Σ g and s2 = Σ g (x − μ) over H×W, a = rstd · γ:
+        ∂L/∂x = a g − a rstd² s2 / HW · (x − μ) − a s1 / HW,   ∂L/∂γ = Σ_n rstd s2,   ∂L/∂β = Σ_n s1.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        n, c, h, w = x.shape
+        if h * w >= _ATEN_FROM_HW:
+            y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, h * w, c, eps)
+        else:
+            rows, y = _rows(x), torch.empty_like(x)  # y a tensor of its own, not a view: ReLU works in place on it
+            mean = rows.mean(1)
+            d = torch.sub(rows, mean[:, None], out=_rows(y))
+            rstd = torch.linalg.vecdot(d, d, dim=1).div_(h * w).add_(eps).rsqrt_()
+            d.mul_((rstd * weight)[:, None]).add_(bias)
+        ctx.save_for_backward(x, mean, rstd, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, mean, rstd, weight = ctx.saved_tensors
+        n, c, h, w = x.shape
+        g, rows, hw = _rows(grad.contiguous(memory_format=torch.channels_last)), _rows(x), h * w
+        s1 = g.sum(1)
+        s2 = torch.linalg.vecdot(g, rows, dim=1) - mean * s1
+        a = rstd * weight
+        coef_x = -a * rstd.square() * s2 / hw
+        grad_x = torch.addcmul((-a * s1 / hw - coef_x * mean)[:, None], g, a[:, None])
+        grad_x.addcmul_(rows, coef_x[:, None])
+        grad_w = (rstd * s2).sum(0) if ctx.needs_input_grad[1] else None
+        grad_b = s1.sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x.view(n, h, w, c).permute(0, 3, 1, 2), grad_w, grad_b, None
+
+
+def _fusable(layers, i, x):
+    """Whether layers[i], layers[i + 1] are an in-place ReLU and a 2x2 average pool that relu_avg_pool can run on
+    x: a channels-last float32 CPU map of even size that needs a gradient (without one there is no backward to
+    save)."""
+    if (i + 1 >= len(layers) or type(layers[i]) is not nn.ReLU or not layers[i].inplace
+            or type(layers[i + 1]) is not nn.AvgPool2d):
+        return False
+    pool = layers[i + 1]
+    return (_pair(pool.kernel_size) == (2, 2) and _pair(pool.stride or pool.kernel_size) == (2, 2)
+            and _pair(pool.padding) == (0, 0) and not pool.ceil_mode and pool.divisor_override is None
+            and torch.is_grad_enabled() and x.requires_grad and x.device.type == 'cpu' and x.dtype == torch.float32
+            and _channels_last(x) and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0)
+
+
+def run_layers(layers, x):
+    """x through layers in turn, a ReLU followed by a 2x2 average pool run as relu_avg_pool where _fusable."""
+    i = 0
+    while i < len(layers):
+        if _fusable(layers, i, x):
+            x, i = relu_avg_pool(x), i + 2
+        else:
+            x, i = layers[i](x), i + 1
+    return x
+
+
+def relu_avg_pool(z):
+    """avg_pool2d(relu(z), 2), the ReLU in place on z as nn.ReLU(inplace=True) does, for a channels-last CPU map z.
+    The same numbers forward and backward as the two layers; the backward is one pass over the map instead of
+    three (the pool's zero-filled gradient, its scatter, the ReLU's mask), docs/benchmarks.md."""
+    return _ReLUAvgPool.apply(z)[1]
+
+
+class _ReLUAvgPool(torch.autograd.Function):
+    """r = relu(z) in place, p = 2x2 average of r. Windows do not overlap, so ∂L/∂z at a position is [r > 0] times
+    a quarter of ∂L/∂p at its window: a quarter is exact in floating point, as the pool's own backward divides by 4.
+    r is returned because autograd requires a tensor modified in place to be an output; nothing reads it."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.set_materialize_grads(False)
+        ctx.mark_dirty(z)
+        r = z.relu_()
+        ctx.save_for_backward(r)
+        return r, F.avg_pool2d(r, 2, 2)
+
+    @staticmethod
+    def backward(ctx, grad_r, grad_p):
+        r, = ctx.saved_tensors
+        n, c, h, w = r.shape
+        quarter = (grad_p * 0.25).contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        windows = (n, h // 2, 2, w // 2, 2, c)  # channels-last memory of r, each 2x2 window on dims 2 and 4
+        grad = torch.ops.aten.threshold_backward(quarter.view(n, h // 2, 1, w // 2, 1, c).expand(windows),
+                                                 r.permute(0, 2, 3, 1).view(windows), 0)
+        grad = grad.view(n, h, w, c).permute(0, 3, 1, 2)
+        if grad_r is not None:
+            grad = grad + torch.ops.aten.threshold_backward(grad_r, r, 0)
+        return grad
 
 
 def _norm2d(kind, c, hw=None):
@@ -104,14 +245,13 @@ class ConvNet(nn.Module):
         """Output of every block (DiM's per-block features)."""
         outs, start = [], 0
         for end in self.block_ends:
-            for layer in self.features[start:end]:
-                x = layer(x)
+            x = run_layers(self.features[start:end], x)
             outs.append(x)
             start = end
         return outs
 
     def embed(self, x):
-        return self.features(x).flatten(1)
+        return run_layers(self.features, x).flatten(1)
 
     def forward(self, x):
         return self.classifier(self.embed(x))

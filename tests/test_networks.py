@@ -276,3 +276,131 @@ def test_instance_norm_models_ignore_train_eval():
         x = torch.randn(2, 3, 32, 32, generator=gen(1))
         with torch.no_grad():
             torch.testing.assert_close(m.train()(x), m.eval()(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the channels-last CPU paths (the DM step's network on a CPU): instance norm and the fused ReLU + 2x2 average pool
+
+CL = torch.channels_last
+
+
+@pytest.mark.parametrize('aten_from_hw', [10 ** 9, 1])  # our statistics (small maps), ATen's (large maps)
+def test_channels_last_instance_norm_gradients_are_exact(monkeypatch, aten_from_hw):
+    # gradcheck in float64 against finite differences: x, weight and bias, both forward kernels
+    monkeypatch.setattr(networks, '_ATEN_FROM_HW', aten_from_hw)
+    x = (torch.randn(2, 3, 4, 5, generator=gen(1), dtype=torch.float64) * 2 + 1).contiguous(memory_format=CL)
+    w = torch.rand(3, generator=gen(2), dtype=torch.float64) + 0.5
+    b = torch.randn(3, generator=gen(3), dtype=torch.float64)
+    inputs = tuple(t.requires_grad_(True) for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda *a: networks.channels_last_instance_norm(*a, 1e-5), inputs)
+
+
+@pytest.mark.parametrize('hw', [32, 16, 7])  # 32 x 32 = 1024 pixels: ATen's forward kernel; fewer: ours
+def test_instance_norm_on_channels_last_maps_matches_group_norm(hw):
+    # the module's fast path against GroupNorm's own kernel in float64: values and all three gradients
+    norm = networks.InstanceNorm(6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=gen(2))
+        norm.bias.normal_(generator=gen(3))
+    x = (torch.randn(5, 6, hw, hw, generator=gen(4)) * 3 + 1).contiguous(memory_format=CL)
+    grad = torch.randn(5, 6, hw, hw, generator=gen(5))
+
+    def run(module, inp):
+        inp = inp.detach().requires_grad_(True)
+        module.zero_grad()
+        out = module(inp)
+        out.backward(grad.to(out.dtype))
+        return [out.detach(), inp.grad, module.weight.grad, module.bias.grad], out
+
+    got, out = run(norm, x)
+    reference = nn.GroupNorm(6, 6).double()
+    reference.load_state_dict(norm.state_dict())
+    ref, _ = run(reference, x.double())
+    assert out.is_contiguous(memory_format=CL) and got[1].is_contiguous(memory_format=CL)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g.double(), r, rtol=1e-5, atol=1e-5 * float(r.abs().max()))
+
+
+def test_instance_norm_takes_group_norms_kernel_off_the_channels_last_cpu_path():
+    # NCHW maps (evaluation, DC, DiM) and float64 go through GroupNorm itself: bit for bit its numbers
+    norm = networks.InstanceNorm(4)
+    with torch.no_grad():
+        norm.bias.normal_(generator=gen(1))
+    for x in (torch.randn(3, 4, 8, 8, generator=gen(2)),
+              torch.randn(3, 4, 8, 8, generator=gen(3), dtype=torch.float64).contiguous(memory_format=CL)):
+        assert torch.equal(norm.to(x.dtype)(x), F.group_norm(x, 4, norm.weight, norm.bias, 1e-5))
+
+
+def _convnet_pair():
+    """The same ConvNet twice, channels-last (fast paths) and NCHW (the layers' own kernels)."""
+    fast = get_network('ConvNet', 3, K, 32, generator=gen()).to(memory_format=CL)
+    plain = get_network('ConvNet', 3, K, 32, generator=gen())
+    return fast, plain
+
+
+def test_channels_last_convnet_matches_the_plain_one_forward_and_backward():
+    fast, plain = _convnet_pair()
+    x0 = torch.randn(6, 3, 32, 32, generator=gen(1))
+    outs = []
+    for net in (fast, plain):
+        x = x0.clone().requires_grad_(True)
+        out = net(x)
+        out.square().sum().backward()
+        conv_biases = {f'features.{i}.bias' for i, m in enumerate(net.features) if isinstance(m, nn.Conv2d)}
+        outs.append([out.detach(), x.grad] + [p.grad for n, p in net.named_parameters() if n not in conv_biases])
+    for a, b in zip(*outs):  # a conv bias before a norm has no gradient (0 ± rounding): left out
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))
+
+
+def _relu_pool_layers():
+    return nn.Sequential(nn.ReLU(inplace=True), nn.AvgPool2d(2, 2))
+
+
+@pytest.mark.parametrize('hw', [32, 8])
+def test_fused_relu_avg_pool_is_bit_for_bit_the_two_layers(hw):
+    z0 = torch.randn(4, 5, hw, hw, generator=gen(1)).contiguous(memory_format=CL)
+    grad = torch.randn(4, 5, hw // 2, hw // 2, generator=gen(2))
+    results = []
+    for fuse in (True, False):
+        z = z0.clone().requires_grad_(True)
+        pre = z * 1.0  # a non-leaf map, as a norm's output, so that the ReLU may work in place
+        out = networks.run_layers(_relu_pool_layers(), pre) if fuse else _relu_pool_layers()(pre)
+        assert (out.grad_fn.name() == '_ReLUAvgPoolBackward') == fuse
+        out.backward(grad)
+        results.append((out.detach(), z.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize('case', ['no grad', 'NCHW', 'odd size', 'max pool', 'stride 1', 'ReLU not in place'])
+def test_relu_avg_pool_fuses_only_where_it_is_exact(case):
+    layers = _relu_pool_layers()
+    x = torch.randn(2, 3, 8, 8, generator=gen(1), requires_grad=True).contiguous(memory_format=CL) * 1.0
+    if case == 'NCHW':
+        x = x.contiguous()
+    elif case == 'odd size':
+        x = x[:, :, :7, :7].contiguous(memory_format=CL)
+    elif case == 'max pool':
+        layers[1] = nn.MaxPool2d(2, 2)
+    elif case == 'stride 1':
+        layers[1] = nn.AvgPool2d(2, 1)
+    elif case == 'ReLU not in place':
+        layers[0] = nn.ReLU()
+    if case == 'no grad':
+        with torch.no_grad():
+            assert not networks._fusable(layers, 0, x)
+    else:
+        assert not networks._fusable(layers, 0, x)
+    assert networks._fusable(_relu_pool_layers(), 0, torch.randn(2, 3, 8, 8, requires_grad=True).contiguous(
+        memory_format=CL) * 1.0)
+
+
+def test_channels_last_is_read_from_strides_even_under_vmap():
+    x = torch.randn(2, 3, 4, 4)
+    assert networks._channels_last(x.contiguous(memory_format=CL)) and not networks._channels_last(x)
+    assert not networks._channels_last(torch.randn(2, 1, 4, 4).contiguous(memory_format=CL))  # NCHW as well
+    # networks trained together (torch.func.vmap) take the layers' own kernels, without asking is_contiguous
+    net = get_network('ConvNet', 3, K, 32, generator=gen())
+    params = {k: torch.stack([v, v]) for k, v in net.named_parameters()}
+    xb = torch.randn(4, 3, 32, 32, generator=gen(1))
+    out = torch.func.vmap(lambda p, x: torch.func.functional_call(net, p, (x,)))(params, torch.stack([xb, xb]))
+    torch.testing.assert_close(out, torch.stack([net(xb), net(xb)]).detach())
