@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from condensation import env  # the environment PyTorch reads when it starts (env.py), before torch
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -120,13 +121,16 @@ def dm_case(data, device, ipc, batch_real, model, variant, per_class=False):
                 images=data.num_classes * (batch_real + ipc))
 
 
-def bench_dm(cases, device, iters, rounds):
-    """Seconds per iteration of every case: `rounds` rounds, each timing `iters` iterations of every case in turn
-    (the cases alternate, so that a machine's drift falls on all of them alike), the median round per case."""
-    times = {key: [] for key in cases}
-    peaks = dict.fromkeys(cases, float('nan'))
+def bench_dm(make_cases, device, iters, rounds):
+    """Seconds per iteration of every case (make_cases: key -> a function that builds it with dm_case). One round:
+    each case is built, timed over `iters` iterations and dropped in turn, and its peak GPU memory is its own.
+    Several: all cases are built first and alternate, round after round, so that a machine's drift falls on all of
+    them alike; each reports its median round, and no peak memory (the other cases' memory would count)."""
+    times, size, peaks = {key: [] for key in make_cases}, {}, dict.fromkeys(make_cases, float('nan'))
+    cases = {key: make() for key, make in make_cases.items()} if rounds > 1 else {}
     for r in range(rounds):
-        for key, case in cases.items():
+        for key in make_cases:
+            case = cases[key] if rounds > 1 else make_cases[key]()
             step, first = case['step'], 4 + r * iters
             peak_reset(device)
             # the loop as main_DM.py runs it: the loss is read once every 10 iterations
@@ -134,12 +138,15 @@ def bench_dm(cases, device, iters, rounds):
             t = timed(device, lambda: losses.extend(step(case['seed'], (0, first + it)) for it in range(iters)))
             float(losses[-1])
             times[key].append(t / iters)
-            peaks[key] = max(peak_gib(device), peaks[key]) if r else peak_gib(device)
+            size[key] = case['images'], case['flops']
+            if rounds == 1:
+                peaks[key] = peak_gib(device)
+            case = step = losses = None  # one round: the case's memory goes before the next is built
     results = {}
-    for key, case in cases.items():
-        s = statistics.median(times[key])
-        results[key] = dict(ms=1e3 * s, img_per_s=case['images'] / s, tflops=case['flops'] / s / 1e12,
-                            gflop=case['flops'] / 1e9, peak=peaks[key])
+    for key, runs in times.items():
+        s, (images, flops) = statistics.median(runs), size[key]
+        results[key] = dict(ms=1e3 * s, img_per_s=images / s, tflops=flops / s / 1e12, gflop=flops / 1e9,
+                            peak=peaks[key])
     return results
 
 
@@ -182,7 +189,8 @@ def report(args, device, out):
         f'| ms/iteration | images embedded/s '
         f'| GFLOP/iteration | achieved TFLOP/s | % of matmul | peak GPU memory (GiB) |')
     out('|---|---|---|---|---|---|---|')
-    cases = {(variant, ipc): dm_case(data, device, ipc, args.batch_real, args.model, variant, args.per_class)
+    cases = {(variant, ipc): functools.partial(dm_case, data, device, ipc, args.batch_real, args.model, variant,
+                                               args.per_class)
              for variant in args.variants for ipc in args.ipc}
     results = bench_dm(cases, device, args.iters, rounds)
     ms = {}
@@ -228,7 +236,7 @@ def main():
     p.add_argument('--iters', type=int, default=5, help='DM iterations timed per case and round')
     p.add_argument('--rounds', type=int, default=None,
                    help='rounds over the DM cases, which alternate within a round; each case reports its median '
-                        'round (default: 3 on a CPU, 1 on CUDA)')
+                        'round, and no peak GPU memory when there are several (default: 3 on a CPU, 1 on CUDA)')
     p.add_argument('--model', default='ConvNet')
     p.add_argument('--variants', nargs='+', default=['fp32'], choices=list(VARIANTS))
     p.add_argument('--eval_ipc', type=int, nargs='*', default=[10, 50])

@@ -2,6 +2,9 @@
 the device-resident DM step computes today's loss and gradient, --amp bf16 runs."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -170,3 +173,16 @@ def test_cl_and_dim_fixed_set_evaluations_train_together_where_a_gpu_would(tmp_p
     together = cl_accs() + dim_accs('together')
     # Both test on 30 images; float rounding (test_networks_trained_together_equal_one_by_one) may tip a near-tie.
     assert groups == [3, 3] and all(abs(a - b) <= 1 / 30 + 1e-9 for a, b in zip(alone, together)), (alone, together)
+
+
+def test_bench_dm_alternates_its_cases_and_reports_the_ipc_ratio():
+    # the ratio docs/benchmarks.md quotes, at toy sizes (a one-block network, 8 real images per class)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join('bench', 'bench_dm.py'), '--devices', 'cpu', '--ipc', '10', '50',
+                        '--iters', '1', '--rounds', '2', '--eval_ipc', '--batch_real', '8', '--model', 'ConvNetD1'],
+                       cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith('| CIFAR10 ipc')]
+    assert len(rows) == 2 and 'median of 2 rounds' in r.stdout
+    ratio = float(r.stdout.split('ipc-50 step / ipc-10 step = ')[1].split()[0])
+    assert ratio == pytest.approx(float(rows[1].split('|')[2]) / float(rows[0].split('|')[2]), abs=0.01)
