@@ -256,6 +256,8 @@ def main():
                         'epochs together at ipc 10, fewer where one by one (under 8 minutes on an H100)')
     p.add_argument('--out', default=None, help='also write the tables to this markdown file')
     args = p.parse_args()
+    if args.rounds is not None and args.rounds < 1:
+        p.error(f'--rounds must be at least 1, got {args.rounds}')
     if args.gpu:
         args.devices, args.iters, args.variants = ['cuda'], 20, list(VARIANTS)
         args.eval_models, args.eval_epochs = 20, 100

@@ -133,7 +133,7 @@ def _fusable(layers, i, x):
             or type(layers[i + 1]) is not nn.AvgPool2d):
         return False
     pool = layers[i + 1]
-    return (_pair(pool.kernel_size) == (2, 2) and _pair(pool.stride or pool.kernel_size) == (2, 2)
+    return (_pair(pool.kernel_size) == (2, 2) and _pair(pool.stride) == (2, 2)
             and _pair(pool.padding) == (0, 0) and not pool.ceil_mode and pool.divisor_override is None
             and torch.is_grad_enabled() and x.requires_grad and x.device.type == 'cpu' and x.dtype == torch.float32
             and _channels_last(x) and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0)
