@@ -274,23 +274,35 @@ class _ConvNormReLUPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_p):
         s, r, p, mean, rstd, conv_w, conv_b, gamma, beta = ctx.saved_tensors
-        n, c, h, w = r.shape
-        g = _rows(_relu_avg_pool_grad(grad_p, r))  # N x HW x C
-        s1 = g.sum(1)
-        t = torch.linalg.vecdot(_rows(grad_p.contiguous(memory_format=torch.channels_last)), _rows(p), dim=1)
-        t -= beta * s1
-        a = rstd * gamma
-        coef = torch.where(gamma != 0, rstd.square() * t / (h * w), 0)
-        wm = conv_w.permute(0, 2, 3, 1).reshape(c, -1)  # C x K, K ordered (kernel row, kernel column, channel)
-        bias = torch.zeros_like(beta) if conv_b is None else conv_b
-        const = ((bias - mean) * coef + a * s1 / (h * w)) @ wm  # N x K
-        cols = torch.baddbmm(-const[:, None], _patches(s, conv_w.shape[2:], ctx.padding),
-                             (wm.t() * coef[:, None, :]) @ wm, alpha=-1)
-        cols = torch.baddbmm(cols, g, a[:, :, None] * wm)  # N x HW x K
-        _, cin, kh, kw = conv_w.shape
-        one_hot = torch.eye(kh * kw * cin, dtype=cols.dtype).view(-1, kh, kw, cin).permute(0, 3, 1, 2)
-        grad_s = F.conv_transpose2d(cols.view(n, h, w, -1).permute(0, 3, 1, 2), one_hot, padding=ctx.padding)
-        return grad_s, None, None, None, None, None, None
+        # every image's gradient is its own: in chunks, each chunk's maps stay in the cache between the passes
+        # (measured faster than all images at once, and no map-sized temporaries)
+        grad_s = [_conv_norm_relu_pool_grad(*(t[i:i + _BLOCK_CHUNK] for t in (grad_p, s, r, p, mean, rstd)),
+                                            conv_w, conv_b, gamma, beta, ctx.padding)
+                  for i in range(0, len(s), _BLOCK_CHUNK)]
+        return torch.cat(grad_s), None, None, None, None, None, None
+
+
+_BLOCK_CHUNK = 32  # images per chunk of _ConvNormReLUPool's backward
+
+
+def _conv_norm_relu_pool_grad(grad_p, s, r, p, mean, rstd, conv_w, conv_b, gamma, beta, padding):
+    """∂L/∂s of _ConvNormReLUPool for a chunk of images (formula in its docstring)."""
+    n, c, h, w = r.shape
+    g = _rows(_relu_avg_pool_grad(grad_p, r))  # N x HW x C
+    s1 = g.sum(1)
+    t = torch.linalg.vecdot(_rows(grad_p.contiguous(memory_format=torch.channels_last)), _rows(p), dim=1)
+    t -= beta * s1
+    a = rstd * gamma
+    coef = torch.where(gamma != 0, rstd.square() * t / (h * w), 0)
+    wm = conv_w.permute(0, 2, 3, 1).reshape(c, -1)  # C x K, K ordered (kernel row, kernel column, channel)
+    bias = torch.zeros_like(beta) if conv_b is None else conv_b
+    const = ((bias - mean) * coef + a * s1 / (h * w)) @ wm  # N x K
+    cols = torch.baddbmm(-const[:, None], _patches(s, conv_w.shape[2:], padding),
+                         (wm.t() * coef[:, None, :]) @ wm, alpha=-1)
+    cols = torch.baddbmm(cols, g, a[:, :, None] * wm)  # N x HW x K
+    _, cin, kh, kw = conv_w.shape
+    one_hot = torch.eye(kh * kw * cin, dtype=cols.dtype).view(-1, kh, kw, cin).permute(0, 3, 1, 2)
+    return F.conv_transpose2d(cols.view(n, h, w, -1).permute(0, 3, 1, 2), one_hot, padding=padding)
 
 
 def _patches(s, kernel_size, padding):

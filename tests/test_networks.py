@@ -434,9 +434,11 @@ BLOCK_CASES = [(3, 1, 32, True), (1, 3, 28, True), (3, 1, 16, False)]  # RGB, gr
 
 @pytest.mark.parametrize('channel,padding,size,bias', BLOCK_CASES, ids=['rgb', 'grey', 'no-bias'])
 @pytest.mark.parametrize('norm_seed', [None, 5])
-def test_frozen_first_block_forward_is_the_layers_and_its_gradient_is_exact(channel, padding, size, bias,
-                                                                            norm_seed):
+@pytest.mark.parametrize('chunk', [32, 4])  # the backward's chunks of images: one, or 4 + 2
+def test_frozen_first_block_forward_is_the_layers_and_its_gradient_is_exact(monkeypatch, channel, padding, size,
+                                                                            bias, norm_seed, chunk):
     # forward: bit for bit the four layers; the input gradient: a different formula, checked against float64
+    monkeypatch.setattr(networks, '_BLOCK_CHUNK', chunk)
     block = _frozen_block(channel, padding, bias, norm_seed)
     s0 = torch.randn(6, channel, size, size, generator=gen(2)) * 2 + 0.5
     out_size = size + 2 * padding - 2
