@@ -146,7 +146,7 @@ def bench_dm(make_cases, device, iters, rounds):
     for key, runs in times.items():
         s, (images, flops) = statistics.median(runs), size[key]
         results[key] = dict(ms=1e3 * s, img_per_s=images / s, tflops=flops / s / 1e12, gflop=flops / 1e9,
-                            peak=peaks[key])
+                            peak=peaks[key], rounds=runs)
     return results
 
 
@@ -199,10 +199,17 @@ def report(args, device, out):
         peak = b16 if 'bf16' in variant else f32
         out(f'| CIFAR10 ipc {ipc}, {variant} | {r["ms"]:.1f} | {r["img_per_s"]:.0f} | {r["gflop"]:.1f} | '
             f'{r["tflops"]:.3g} | {100 * r["tflops"] / peak:.0f} % | {r["peak"]:.2f} |')
-    # what 400 more synthetic images cost: the synthetic side's share of a step (target on a CPU: at most 1.3)
+    # what 400 more synthetic images cost: the synthetic side's share of a step (target on a CPU: at most 1.3).
+    # With several rounds, also the ratio within each round (the two cases timed back to back): a drift of the
+    # machine between rounds moves both alike.
     for variant in args.variants:
         if (variant, 10) in ms and (variant, 50) in ms:
-            out(f'\n{variant}: ipc-50 step / ipc-10 step = {ms[variant, 50] / ms[variant, 10]:.2f}')
+            line = f'\n{variant}: ipc-50 step / ipc-10 step = {ms[variant, 50] / ms[variant, 10]:.2f}'
+            if rounds > 1:
+                paired = [a / b for a, b in zip(results[variant, 50]['rounds'], results[variant, 10]['rounds'])]
+                line += (f' (of the medians); within a round: median {statistics.median(paired):.2f}, '
+                         f'{min(paired):.2f}–{max(paired):.2f}')
+            out(line)
     # An epoch's cost is the difference of two run lengths (E and 2E epochs), so that the one-off costs (building the
     # networks, the test pass) are counted once in the 20 × 1000 figure instead of being scaled with the epochs.
     e1, e2 = args.eval_epochs, 2 * args.eval_epochs

@@ -64,11 +64,14 @@ def _channels_last(x):
     """A 4-d map in channels-last memory (N, H, W, C) and not also NCHW, read from its strides: under
     torch.func.vmap (networks trained together) a tensor cannot be asked whether it is contiguous in another
     memory format."""
-    if x.dim() != 4:
-        return False
+    return x.dim() == 4 and x.shape[1] > 1 and x.shape[2] * x.shape[3] > 1 and _dense_channels_last(x)
+
+
+def _dense_channels_last(x):
+    """The strides of a dense channels-last 4-d tensor, on every dimension of size > 1."""
     n, c, h, w = x.shape
     dense = (h * w * c, 1, w * c, c)
-    return c > 1 and h * w > 1 and all(s == d for s, d, size in zip(x.stride(), dense, x.shape) if size > 1)
+    return all(s == d for s, d, size in zip(x.stride(), dense, x.shape) if size > 1)
 
 
 def channels_last_instance_norm(x, weight, bias, eps=1e-5):
@@ -88,6 +91,19 @@ def _rows(x):
 _ATEN_FROM_HW = 1024
 
 
+def _instance_norm_forward(x, weight, bias, eps):
+    """(y, μ, rstd) of instance norm on a channels-last map, μ and rstd N x C."""
+    n, c, h, w = x.shape
+    if h * w >= _ATEN_FROM_HW:
+        return torch.native_group_norm(x, weight, bias, n, c, h * w, c, eps)
+    rows, y = _rows(x), torch.empty_like(x)  # y a tensor of its own, not a view: ReLU works in place on it
+    mean = rows.mean(1)
+    d = torch.sub(rows, mean[:, None], out=_rows(y))
+    rstd = torch.linalg.vecdot(d, d, dim=1).div_(h * w).add_(eps).rsqrt_()
+    d.mul_((rstd * weight)[:, None]).add_(bias)
+    return y, mean, rstd
+
+
 class _ChannelsLastInstanceNorm(torch.autograd.Function):
     """y = (x − μ) · rstd · γ + β per image and channel, μ and rstd over H×W.
 
@@ -97,15 +113,7 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        n, c, h, w = x.shape
-        if h * w >= _ATEN_FROM_HW:
-            y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, h * w, c, eps)
-        else:
-            rows, y = _rows(x), torch.empty_like(x)  # y a tensor of its own, not a view: ReLU works in place on it
-            mean = rows.mean(1)
-            d = torch.sub(rows, mean[:, None], out=_rows(y))
-            rstd = torch.linalg.vecdot(d, d, dim=1).div_(h * w).add_(eps).rsqrt_()
-            d.mul_((rstd * weight)[:, None]).add_(bias)
+        y, mean, rstd = _instance_norm_forward(x, weight, bias, eps)
         ctx.save_for_backward(x, mean, rstd, weight)
         return y
 
@@ -125,25 +133,65 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
         return grad_x.view(n, h, w, c).permute(0, 3, 1, 2), grad_w, grad_b, None
 
 
-def _fusable(layers, i, x):
-    """Whether layers[i], layers[i + 1] are an in-place ReLU and a 2x2 average pool that relu_avg_pool can run on
-    x: a channels-last float32 CPU map of even size that needs a gradient (without one there is no backward to
-    save)."""
+def _relu_pool_at(layers, i):
+    """Whether layers[i], layers[i + 1] are an in-place ReLU and a 2x2 average pool (stride 2, no padding)."""
     if (i + 1 >= len(layers) or type(layers[i]) is not nn.ReLU or not layers[i].inplace
             or type(layers[i + 1]) is not nn.AvgPool2d):
         return False
     pool = layers[i + 1]
     return (_pair(pool.kernel_size) == (2, 2) and _pair(pool.stride) == (2, 2)
-            and _pair(pool.padding) == (0, 0) and not pool.ceil_mode and pool.divisor_override is None
-            and torch.is_grad_enabled() and x.requires_grad and x.device.type == 'cpu' and x.dtype == torch.float32
-            and _channels_last(x) and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0)
+            and _pair(pool.padding) == (0, 0) and not pool.ceil_mode and pool.divisor_override is None)
+
+
+def _cpu_map_needing_grad(x):
+    """A float32 CPU tensor that needs a gradient here (without one there is no backward to save), outside
+    torch.func's transforms (a custom autograd function there needs rules of its own)."""
+    return (torch.is_grad_enabled() and x.requires_grad and x.device.type == 'cpu' and x.dtype == torch.float32
+            and not torch._C._functorch.is_functorch_wrapped_tensor(x))
+
+
+def _fusable(layers, i, x):
+    """Whether layers[i], layers[i + 1] are an in-place ReLU and a 2x2 average pool that relu_avg_pool can run on
+    x: a channels-last float32 CPU map of even size that needs a gradient."""
+    return (_relu_pool_at(layers, i) and _cpu_map_needing_grad(x) and _channels_last(x)
+            and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0)
+
+
+# conv_norm_relu_pool handles a convolution with at most this many inputs per output (in channels x kernel area):
+# its backward multiplies matrices of this width per image (a network's first convolution: 27 for RGB, 9 for grey)
+_BLOCK_MAX_PATCH = 64
+
+
+def _block_fusable(layers, i, x):
+    """Whether layers[i : i + 4] are conv -> InstanceNorm -> in-place ReLU -> 2x2 average pool that
+    conv_norm_relu_pool can run on x: no parameter needs a gradient (a frozen network, as the DM step's), a
+    stride-1 zero-padded convolution with few inputs per output and channels-last weights (so that its output is
+    channels-last, as the unfused layers' would be), an input that needs a gradient, an even-sized output, and no
+    autocast (which would run the convolution in bfloat16)."""
+    if (i + 3 >= len(layers) or type(layers[i]) is not nn.Conv2d or type(layers[i + 1]) is not InstanceNorm
+            or not _relu_pool_at(layers, i + 2)):
+        return False
+    conv, norm = layers[i], layers[i + 1]
+    (kh, kw), weight = conv.kernel_size, conv.weight
+    if (conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != 'zeros'
+            or isinstance(conv.padding, str) or conv.in_channels * kh * kw > _BLOCK_MAX_PATCH
+            or any(p.requires_grad for p in (*conv.parameters(), *norm.parameters()))):
+        return False
+    if not (_cpu_map_needing_grad(x) and x.dim() == 4 and weight.dtype == torch.float32
+            and weight.stride(1) == 1 and _dense_channels_last(weight) and not torch.is_autocast_enabled('cpu')):
+        return False
+    h, w = (_conv_out(s, k, 1, p) for s, k, p in zip(x.shape[2:], conv.kernel_size, conv.padding))
+    return h % 2 == 0 and w % 2 == 0 and h * w > 1
 
 
 def run_layers(layers, x):
-    """x through layers in turn, a ReLU followed by a 2x2 average pool run as relu_avg_pool where _fusable."""
+    """x through layers in turn; where the pattern and the map allow it, a frozen conv -> instance norm -> ReLU ->
+    2x2 average pool runs as conv_norm_relu_pool and a ReLU followed by a 2x2 average pool as relu_avg_pool."""
     i = 0
     while i < len(layers):
-        if _fusable(layers, i, x):
+        if _block_fusable(layers, i, x):
+            x, i = conv_norm_relu_pool(x, layers[i], layers[i + 1]), i + 4
+        elif _fusable(layers, i, x):
             x, i = relu_avg_pool(x), i + 2
         else:
             x, i = layers[i](x), i + 1
@@ -173,15 +221,100 @@ class _ReLUAvgPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_r, grad_p):
         r, = ctx.saved_tensors
-        n, c, h, w = r.shape
-        quarter = (grad_p * 0.25).contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-        windows = (n, h // 2, 2, w // 2, 2, c)  # channels-last memory of r, each 2x2 window on dims 2 and 4
-        grad = torch.ops.aten.threshold_backward(quarter.view(n, h // 2, 1, w // 2, 1, c).expand(windows),
-                                                 r.permute(0, 2, 3, 1).view(windows), 0)
-        grad = grad.view(n, h, w, c).permute(0, 3, 1, 2)
+        grad = _relu_avg_pool_grad(grad_p, r)
         if grad_r is not None:
             grad = grad + torch.ops.aten.threshold_backward(grad_r, r, 0)
         return grad
+
+
+def _relu_avg_pool_grad(grad_p, r):
+    """∂L/∂z for p = avg_pool2d(relu(z), 2) from ∂L/∂p and r = relu(z), a channels-last map: [r > 0] times a
+    quarter of ∂L/∂p at its window, in one pass (threshold_backward on r seen as windows, ∂L/∂p broadcast)."""
+    n, c, h, w = r.shape
+    quarter = (grad_p * 0.25).contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    windows = (n, h // 2, 2, w // 2, 2, c)  # channels-last memory of r, each 2x2 window on dims 2 and 4
+    grad = torch.ops.aten.threshold_backward(quarter.view(n, h // 2, 1, w // 2, 1, c).expand(windows),
+                                             r.permute(0, 2, 3, 1).view(windows), 0)
+    return grad.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def conv_norm_relu_pool(s, conv, norm):
+    """avg_pool2d(relu(norm(conv(s))), 2) for a frozen conv with few inputs per output and an InstanceNorm (the
+    DM step's network on a CPU, its first block), differentiable in s alone: the layers' own forward, the same
+    numbers, and a backward that works on each image's patches instead of ATen's convolution backward and
+    instance norm's (docs/benchmarks.md), nor does it keep the convolution's output."""
+    return _ConvNormReLUPool.apply(s, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, conv.padding)
+
+
+class _ConvNormReLUPool(torch.autograd.Function):
+    """p = avg_pool2d(r, 2), r = relu(y), y = (x − μ) · rstd · γ + β per channel of each image (instance norm),
+    x = conv(s): x = P Wᵀ + b over the map, P the image's patches (HW x K, K = in channels x kernel area), W the
+    C x K weight matrix. Only s needs a gradient.
+
+    Backward, with g = ∂L/∂y (relu_avg_pool's, from r), a = rstd · γ, and per image and channel s1 = Σ g and
+    t = Σ ∂L/∂p · p − β s1 (= γ rstd Σ g (x − μ): y = r wherever g ≠ 0, and Σ g r = Σ ∂L/∂p · p over the pooled
+    map; 0 where γ = 0):
+        ∂L/∂x = a g − c (x − μ) − a s1 / HW,   c = rstd² t / HW   (instance norm's backward),
+    and ∂L/∂s is the transposed convolution of ∂L/∂x, the fold of ∂L/∂x · W, where x − μ = P Wᵀ + b − μ gives
+        ∂L/∂x · W = g diag(a) W − P (Wᵀ diag(c) W) − (c (b − μ) + a s1 / HW) W
+    per image: one product with a C x K matrix over the map, the rest K x K. The fold is a transposed convolution
+    with a one-hot kernel.
+    """
+
+    @staticmethod
+    def forward(ctx, s, conv_w, conv_b, gamma, beta, eps, padding):
+        x = F.conv2d(s, conv_w, conv_b, padding=padding)
+        y, mean, rstd = _instance_norm_forward(x.contiguous(memory_format=torch.channels_last), gamma, beta, eps)
+        r = y.relu_()
+        ctx.padding = padding
+        p = F.avg_pool2d(r, 2, 2)
+        ctx.save_for_backward(s, r, p, mean, rstd, conv_w, conv_b, gamma, beta)
+        return p
+
+    @staticmethod
+    def backward(ctx, grad_p):
+        s, r, p, mean, rstd, conv_w, conv_b, gamma, beta = ctx.saved_tensors
+        # every image's gradient is its own: in chunks, each chunk's maps stay in the cache between the passes
+        # (measured faster than all images at once, and no map-sized temporaries)
+        grad_s = [_conv_norm_relu_pool_grad(*(t[i:i + _BLOCK_CHUNK] for t in (grad_p, s, r, p, mean, rstd)),
+                                            conv_w, conv_b, gamma, beta, ctx.padding)
+                  for i in range(0, len(s), _BLOCK_CHUNK)]
+        return torch.cat(grad_s), None, None, None, None, None, None
+
+
+_BLOCK_CHUNK = 32  # images per chunk of _ConvNormReLUPool's backward
+
+
+def _conv_norm_relu_pool_grad(grad_p, s, r, p, mean, rstd, conv_w, conv_b, gamma, beta, padding):
+    """∂L/∂s of _ConvNormReLUPool for a chunk of images (formula in its docstring)."""
+    n, c, h, w = r.shape
+    g = _rows(_relu_avg_pool_grad(grad_p, r))  # N x HW x C
+    s1 = g.sum(1)
+    t = torch.linalg.vecdot(_rows(grad_p.contiguous(memory_format=torch.channels_last)), _rows(p), dim=1)
+    t -= beta * s1
+    a = rstd * gamma
+    coef = torch.where(gamma != 0, rstd.square() * t / (h * w), 0)
+    wm = conv_w.permute(0, 2, 3, 1).reshape(c, -1)  # C x K, K ordered (kernel row, kernel column, channel)
+    bias = torch.zeros_like(beta) if conv_b is None else conv_b
+    const = ((bias - mean) * coef + a * s1 / (h * w)) @ wm  # N x K
+    cols = torch.baddbmm(-const[:, None], _patches(s, conv_w.shape[2:], padding),
+                         (wm.t() * coef[:, None, :]) @ wm, alpha=-1)
+    cols = torch.baddbmm(cols, g, a[:, :, None] * wm)  # N x HW x K
+    _, cin, kh, kw = conv_w.shape
+    one_hot = torch.eye(kh * kw * cin, dtype=cols.dtype).view(-1, kh, kw, cin).permute(0, 3, 1, 2)
+    return F.conv_transpose2d(cols.view(n, h, w, -1).permute(0, 3, 1, 2), one_hot, padding=padding)
+
+
+def _patches(s, kernel_size, padding):
+    """The kh x kw patches of each image of s (N x C x H x W) at every position of a stride-1 convolution with
+    this zero padding: N x positions x (kh · kw · C), ordered (kernel row, kernel column, channel). A strided view
+    of the padded channels-last images, copied once (F.unfold's channel-first order measured slower here)."""
+    (kh, kw), (ph, pw) = kernel_size, padding
+    padded = F.pad(s, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()
+    n, hp, wp, c = padded.shape
+    ho, wo = hp - kh + 1, wp - kw + 1
+    view = padded.as_strided((n, ho, wo, kh, kw, c), (hp * wp * c, wp * c, c, wp * c, c, 1))
+    return view.reshape(n, ho * wo, kh * kw * c)
 
 
 def _norm2d(kind, c, hw=None):

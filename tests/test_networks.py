@@ -404,3 +404,106 @@ def test_channels_last_is_read_from_strides_even_under_vmap():
     xb = torch.randn(4, 3, 32, 32, generator=gen(1))
     out = torch.func.vmap(lambda p, x: torch.func.functional_call(net, p, (x,)))(params, torch.stack([xb, xb]))
     torch.testing.assert_close(out, torch.stack([net(xb), net(xb)]).detach())
+
+
+# the frozen first block (conv -> instance norm -> ReLU -> 2x2 average pool) of the DM step's network on a CPU
+
+def _frozen_block(channel, padding, bias=True, norm_seed=None):
+    """A frozen conv(channel -> 8, 3x3) -> InstanceNorm -> ReLU -> 2x2 average pool, channels-last weights;
+    norm_seed: random γ (some exactly 0, some negative) and β instead of the default 1 and 0."""
+    block = nn.Sequential(nn.Conv2d(channel, 8, 3, padding=padding, bias=bias), networks.InstanceNorm(8),
+                          nn.ReLU(inplace=True), nn.AvgPool2d(2, 2))
+    init_weights(block, gen(1))
+    if norm_seed is not None:
+        with torch.no_grad():
+            block[1].weight.normal_(generator=gen(norm_seed))[::3] = 0
+            block[1].bias.normal_(generator=gen(norm_seed + 1))
+    return block.to(memory_format=CL).requires_grad_(False)
+
+
+def _run_block(block, s0, grad, fuse):
+    s = s0.detach().clone().requires_grad_(True)
+    out = networks.run_layers(block, s) if fuse else block(s)
+    assert (out.grad_fn.name() == '_ConvNormReLUPoolBackward') == fuse
+    out.backward(grad.to(out.dtype))
+    return out.detach(), s.grad
+
+
+BLOCK_CASES = [(3, 1, 32, True), (1, 3, 28, True), (3, 1, 16, False)]  # RGB, grey padded to 32, no conv bias
+
+
+@pytest.mark.parametrize('channel,padding,size,bias', BLOCK_CASES, ids=['rgb', 'grey', 'no-bias'])
+@pytest.mark.parametrize('norm_seed', [None, 5])
+@pytest.mark.parametrize('chunk', [32, 4])  # the backward's chunks of images: one, or 4 + 2
+def test_frozen_first_block_forward_is_the_layers_and_its_gradient_is_exact(monkeypatch, channel, padding, size,
+                                                                            bias, norm_seed, chunk):
+    # forward: bit for bit the four layers; the input gradient: a different formula, checked against float64
+    monkeypatch.setattr(networks, '_BLOCK_CHUNK', chunk)
+    block = _frozen_block(channel, padding, bias, norm_seed)
+    s0 = torch.randn(6, channel, size, size, generator=gen(2)) * 2 + 0.5
+    out_size = size + 2 * padding - 2
+    grad = torch.randn(6, 8, out_size // 2, out_size // 2, generator=gen(3))
+    fused, layers = _run_block(block, s0, grad, True), _run_block(block, s0, grad, False)
+    ref = _run_block(_frozen_block(channel, padding, bias, norm_seed).double(), s0.double(), grad, False)
+    assert torch.equal(fused[0], layers[0])
+    scale = float(ref[1].abs().max())
+    for got in (fused, layers):
+        torch.testing.assert_close(got[1].double(), ref[1], rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_frozen_first_block_gradcheck():
+    # finite differences in float64 on a small map (our statistics), γ with a zero and a negative entry
+    block = _frozen_block(2, 1, norm_seed=7).double()
+    s = (torch.randn(2, 2, 6, 6, generator=gen(4), dtype=torch.float64) * 2).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: networks.conv_norm_relu_pool(x, block[0], block[1]), (s,))
+
+
+@pytest.mark.parametrize('case', ['no grad', 'trained weights', 'NCHW weights', 'stride 2', 'batch norm',
+                                  'wide patches', 'odd size', 'max pool', 'autocast'])
+def test_first_block_fuses_only_where_it_applies(case):
+    channel, size = (8 if case == 'wide patches' else 3), (9 if case == 'odd size' else 8)
+    block = _frozen_block(channel, 1)
+    s = torch.randn(2, channel, size, size, generator=gen(1), requires_grad=True)
+    assert case == 'odd size' or networks._block_fusable(_frozen_block(channel, 1), 0, s) == (case != 'wide patches')
+    if case == 'trained weights':
+        block[0].weight.requires_grad_(True)
+    elif case == 'NCHW weights':
+        block = block.to(memory_format=torch.contiguous_format)
+    elif case == 'stride 2':
+        block[0].stride = (2, 2)
+    elif case == 'batch norm':
+        block[1] = nn.BatchNorm2d(8).requires_grad_(False)
+    elif case == 'max pool':
+        block[3] = nn.MaxPool2d(2, 2)
+    if case == 'no grad':
+        with torch.no_grad():
+            assert not networks._block_fusable(block, 0, s)
+    elif case == 'autocast':
+        with torch.autocast('cpu', torch.bfloat16):
+            assert not networks._block_fusable(block, 0, s)
+    else:
+        assert not networks._block_fusable(block, 0, s)
+
+
+def test_frozen_convnet_takes_the_fused_first_block_with_the_same_embedding():
+    # the DM step's network on a CPU: channels-last, frozen; embed runs the first block fused, then the rest
+    fast, plain = _convnet_pair()
+    for net in (fast, plain):
+        net.requires_grad_(False)
+    x0 = torch.randn(4, 3, 32, 32, generator=gen(1))
+    got, ref = [], []
+    for net, out in ((fast, got), (plain, ref)):
+        x = x0.clone().requires_grad_(True)
+        emb = net.embed(x)
+        emb.square().sum().backward()
+        out += [emb.detach(), x.grad]
+    seen, stack = set(), [fast.embed(x0.clone().requires_grad_(True)).grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack += [f for f, _ in node.next_functions]
+    names = [node.name() for node in seen]
+    assert names.count('_ConvNormReLUPoolBackward') == 1 and names.count('_ReLUAvgPoolBackward') == 2
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))

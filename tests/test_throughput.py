@@ -184,5 +184,10 @@ def test_bench_dm_alternates_its_cases_and_reports_the_ipc_ratio():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = [line for line in r.stdout.splitlines() if line.startswith('| CIFAR10 ipc')]
     assert len(rows) == 2 and 'median of 2 rounds' in r.stdout
-    ratio = float(r.stdout.split('ipc-50 step / ipc-10 step = ')[1].split()[0])
+    line = r.stdout.split('ipc-50 step / ipc-10 step = ')[1].splitlines()[0]
+    ratio = float(line.split()[0])
     assert ratio == pytest.approx(float(rows[1].split('|')[2]) / float(rows[0].split('|')[2]), abs=0.01)
+    # and the ratio within each round: its median lies between the two rounds' ratios
+    median, spread = line.split('within a round: median ')[1].split(', ')
+    low, high = (float(v) for v in spread.split('–'))
+    assert low <= float(median) <= high
