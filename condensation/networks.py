@@ -264,6 +264,7 @@ class _ConvNormReLUPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s, conv_w, conv_b, gamma, beta, eps, padding):
         x = F.conv2d(s, conv_w, conv_b, padding=padding)
+        # channels-last already (the weights are, _block_fusable); _instance_norm_forward relies on it
         y, mean, rstd = _instance_norm_forward(x.contiguous(memory_format=torch.channels_last), gamma, beta, eps)
         r = y.relu_()
         ctx.padding = padding
@@ -274,10 +275,14 @@ class _ConvNormReLUPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_p):
         s, r, p, mean, rstd, conv_w, conv_b, gamma, beta = ctx.saved_tensors
+        c, cin, kh, kw = conv_w.shape
+        wm = conv_w.permute(0, 2, 3, 1).reshape(c, -1)  # C x K, K ordered (kernel row, kernel column, channel)
+        bias = torch.zeros_like(beta) if conv_b is None else conv_b
+        one_hot = torch.eye(kh * kw * cin, dtype=wm.dtype).view(-1, kh, kw, cin).permute(0, 3, 1, 2)  # the fold
         # every image's gradient is its own: in chunks, each chunk's maps stay in the cache between the passes
         # (measured faster than all images at once, and no map-sized temporaries)
         grad_s = [_conv_norm_relu_pool_grad(*(t[i:i + _BLOCK_CHUNK] for t in (grad_p, s, r, p, mean, rstd)),
-                                            conv_w, conv_b, gamma, beta, ctx.padding)
+                                            wm, bias, gamma, beta, one_hot, ctx.padding)
                   for i in range(0, len(s), _BLOCK_CHUNK)]
         return torch.cat(grad_s), None, None, None, None, None, None
 
@@ -285,8 +290,9 @@ class _ConvNormReLUPool(torch.autograd.Function):
 _BLOCK_CHUNK = 32  # images per chunk of _ConvNormReLUPool's backward
 
 
-def _conv_norm_relu_pool_grad(grad_p, s, r, p, mean, rstd, conv_w, conv_b, gamma, beta, padding):
-    """∂L/∂s of _ConvNormReLUPool for a chunk of images (formula in its docstring)."""
+def _conv_norm_relu_pool_grad(grad_p, s, r, p, mean, rstd, wm, bias, gamma, beta, one_hot, padding):
+    """∂L/∂s of _ConvNormReLUPool for a chunk of images (formula in its docstring); wm: the weight as a C x K
+    matrix, one_hot: the transposed convolution's kernel that folds K-wide columns back into images."""
     n, c, h, w = r.shape
     g = _rows(_relu_avg_pool_grad(grad_p, r))  # N x HW x C
     s1 = g.sum(1)
@@ -294,14 +300,10 @@ def _conv_norm_relu_pool_grad(grad_p, s, r, p, mean, rstd, conv_w, conv_b, gamma
     t -= beta * s1
     a = rstd * gamma
     coef = torch.where(gamma != 0, rstd.square() * t / (h * w), 0)
-    wm = conv_w.permute(0, 2, 3, 1).reshape(c, -1)  # C x K, K ordered (kernel row, kernel column, channel)
-    bias = torch.zeros_like(beta) if conv_b is None else conv_b
     const = ((bias - mean) * coef + a * s1 / (h * w)) @ wm  # N x K
-    cols = torch.baddbmm(-const[:, None], _patches(s, conv_w.shape[2:], padding),
+    cols = torch.baddbmm(-const[:, None], _patches(s, one_hot.shape[2:], padding),
                          (wm.t() * coef[:, None, :]) @ wm, alpha=-1)
     cols = torch.baddbmm(cols, g, a[:, :, None] * wm)  # N x HW x K
-    _, cin, kh, kw = conv_w.shape
-    one_hot = torch.eye(kh * kw * cin, dtype=cols.dtype).view(-1, kh, kw, cin).permute(0, 3, 1, 2)
     return F.conv_transpose2d(cols.view(n, h, w, -1).permute(0, 3, 1, 2), one_hot, padding=padding)
 
 
