@@ -191,3 +191,11 @@ def test_bench_dm_alternates_its_cases_and_reports_the_ipc_ratio():
     median, spread = line.split('within a round: median ')[1].split(', ')
     low, high = (float(v) for v in spread.split('–'))
     assert low <= float(median) <= high
+
+
+def test_bench_dm_times_together_only_where_the_evaluation_trains_together():
+    # on a CPU evaluate_pool trains one by one whatever the recipe asks, so a 'together' row would be mislabelled
+    from bench.bench_dm import eval_modes
+    modes = ['one by one', 'together', 'together bf16']
+    assert eval_modes('cpu', modes) == (['one by one'], ['together', 'together bf16'])
+    assert eval_modes('cuda', modes) == (modes, [])  # decided from the recipe's device; no GPU needed
