@@ -21,7 +21,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from condensation import env  # the environment PyTorch reads when it starts (env.py), before torch
 
-import argparse
 import functools
 import statistics
 import time
@@ -31,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import main as main_dc
 import main_DM
+from condensation.common import ArgumentParser, run_cli
 from condensation.data import Data
 from condensation.methods.dc import DCStep
 from condensation.methods.dm import DMStep, dm_step
@@ -249,7 +249,9 @@ def report(args, device, out):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.split('\n')[0], domains={
+        'ipc': '>= 1', 'batch_real': '>= 1', 'iters': '>= 1', 'rounds': '>= 1', 'eval_ipc': '>= 1',
+        'eval_models': '>= 1', 'eval_epochs': '>= 1', 'dc_ipc': '>= 0', 'dc_outer_loop': '>= 1', 'threads': '>= 1'})
     p.add_argument('--devices', nargs='+', default=['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     p.add_argument('--ipc', type=int, nargs='+', default=[1, 10, 50])
     p.add_argument('--batch_real', type=int, default=256)
@@ -278,8 +280,6 @@ def main():
                         'epochs together at ipc 10, fewer where one by one (under 8 minutes on an H100)')
     p.add_argument('--out', default=None, help='also write the tables to this markdown file')
     args = p.parse_args()
-    if args.rounds is not None and args.rounds < 1:
-        p.error(f'--rounds must be at least 1, got {args.rounds}')
     if args.gpu:
         args.devices, args.iters, args.variants = ['cuda'], 20, list(VARIANTS)
         args.eval_models, args.eval_epochs = 20, 100
@@ -294,4 +294,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main, resumable=False)
