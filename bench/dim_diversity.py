@@ -28,7 +28,10 @@ from condensation.networks import get_network
 from condensation.common import ArgumentParser, make_generator, run_cli
 
 
-def main():
+K = 10  # MNIST's classes
+
+
+def parse_args():
     p = ArgumentParser(description=__doc__.split('\n')[0], domains={
         'n_critic': '>= 1', 'gp_every': '>= 1', 'mode_seeking': '>= 0', 'ema': '[0, 1)', 'iters': '>= 1',
         'eval_at': '>= 1', 'lr': '> 0', 'batch': '>= 1', 'width': '>= 1', 'seed': '>= 0'})
@@ -47,33 +50,27 @@ def main():
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--tag', default='x')
     p.add_argument('--extra', nargs='*', default=[], help='more gen_condense.py flags')
-    a = p.parse_args()
+    return p.parse_args()
 
-    args = dim_stages.parse_dim_args(1, 'exp', ['--data', 'mnist', '--data-dir', a.data_dir, '--gan_width',
-                                                str(a.width), '--cond', a.cond, '--batch-size', str(a.batch), '--lr',
-                                                str(a.lr), '--device', 'cpu', '--seed', str(a.seed), '--val_split',
-                                                '100'] + a.extra)
-    data = dim_stages.load_data(args)
-    G, D = gan.build_gan(data, 100, a.cond, a.width, 'cpu', make_generator(a.seed, 'gan_init'), critic=a.critic)
-    opt_g, opt_d = gan.adam(G, a.lr), gan.adam(D, a.lr)
-    ema = gan.GeneratorEMA(G, a.ema)
-    stream = dim.CyclingBatches(len(data.train_idx), a.batch, a.seed, 'exp')
-    rng = make_generator(a.seed, 'exp_train')
-    t0 = time.time()
-    cas = dim.ClassScore(data, a.seed)
-    t_cas = time.time() - t0
-    K = 10
-    xt = data.real.x_test.float().div(127.5).sub(1)
-    yt = data.real.labels_test
-    # real within-class spread for the diversity ratio
-    real_spread = []
-    for c in range(K):
-        idx = data.real.indices_class[c][:100]
-        x = data.real.x_train[idx].float().div(127.5).sub(1).flatten(1)
-        real_spread.append(torch.pdist(x).mean())
-    real_spread = torch.stack(real_spread)
 
-    def train_net(sample_fn, steps=300, bs=100, seed=1):
+class Scorer:
+    """The four scores of a generator (the module's docstring), against the real test images and the real
+    within-class spread."""
+
+    def __init__(self, data, seed):
+        self.seed = seed
+        t0 = time.time()
+        self.cas = dim.ClassScore(data, seed)
+        self.cas_seconds = time.time() - t0
+        self.xt = data.real.x_test.float().div(127.5).sub(1)
+        self.yt = data.real.labels_test
+        spread = []
+        for c in range(K):
+            x = data.real.x_train[data.real.indices_class[c][:100]].float().div(127.5).sub(1).flatten(1)
+            spread.append(torch.pdist(x).mean())
+        self.real_spread = torch.stack(spread)
+
+    def train_net(self, sample_fn, steps=300, seed=1):
         g = make_generator(seed, 'net')
         net = get_network('ConvNetW32', 1, K, (28, 28), generator=g)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -86,29 +83,42 @@ def main():
             opt.step()
         net.eval()
         with torch.no_grad():
-            pairs = zip(xt[:2000].split(500), yt[:2000].split(500))
+            pairs = zip(self.xt[:2000].split(500), self.yt[:2000].split(500))
             return sum((net(xb).argmax(1) == yb).sum().item() for xb, yb in pairs) / 2000
 
     @torch.no_grad()
-    def score(Gs):
+    def __call__(self, Gs):
         Gs.eval()
-        g = make_generator(a.seed, 'fixed')
+        g = make_generator(self.seed, 'fixed')
         y = torch.arange(K).repeat_interleave(100)
         x = gan.generate(Gs, y, g)
         spread = torch.stack([torch.pdist(x[y == c].flatten(1)).mean() for c in range(K)])
-        div = (spread / real_spread).mean().item()
+        div = (spread / self.real_spread).mean().item()
         with torch.enable_grad():
-            fixed = train_net(lambda s, g: (x[(idx := torch.randint(1000, (100,), generator=g))], y[idx]))
+            fixed = self.train_net(lambda s, g: (x[(idx := torch.randint(1000, (100,), generator=g))], y[idx]))
 
             def fresh(s, g):
                 yy = torch.randint(K, (100,), generator=g)
                 with torch.no_grad():
                     return gan.generate(Gs, yy, g), yy
-            otf = train_net(fresh)
-        return dict(cas=cas.score(Gs), div=div, fixed=fixed, otf=otf)
+            otf = self.train_net(fresh)
+        return dict(cas=self.cas.score(Gs), div=div, fixed=fixed, otf=otf)
 
 
-    print(json.dumps(dict(tag=a.tag, cfg=vars(a), cas_net_s=round(t_cas, 1))), flush=True)
+def main():
+    a = parse_args()
+    args = dim_stages.parse_dim_args(1, 'exp', ['--data', 'mnist', '--data-dir', a.data_dir, '--gan_width',
+                                                str(a.width), '--cond', a.cond, '--batch-size', str(a.batch), '--lr',
+                                                str(a.lr), '--device', 'cpu', '--seed', str(a.seed), '--val_split',
+                                                '100'] + a.extra)
+    data = dim_stages.load_data(args)
+    G, D = gan.build_gan(data, 100, a.cond, a.width, 'cpu', make_generator(a.seed, 'gan_init'), critic=a.critic)
+    opt_g, opt_d = gan.adam(G, a.lr), gan.adam(D, a.lr)
+    ema = gan.GeneratorEMA(G, a.ema)
+    stream = dim.CyclingBatches(len(data.train_idx), a.batch, a.seed, 'exp')
+    rng = make_generator(a.seed, 'exp_train')
+    score = Scorer(data, a.seed)
+    print(json.dumps(dict(tag=a.tag, cfg=vars(a), cas_net_s=round(score.cas_seconds, 1))), flush=True)
     train_time = 0.0
     for it in range(a.iters):
         t = time.time()
