@@ -18,13 +18,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from condensation import env  # the environment PyTorch reads when it starts (env.py), before torch
 
-import argparse
 import statistics
 import time
 
 import torch
 
 from bench_dm import markdown_writer, sync
+from condensation.common import ArgumentParser, run_cli
 from condensation.methods.gan import adam, critic_step, generator_step, gradient_penalty, lazy_penalty
 from condensation.networks import define_gan
 
@@ -77,7 +77,8 @@ def bench_shape(device, channel, size, width, batch, iters, warmup, critic='ac',
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.split('\n')[0], domains={
+        'gp_every': '>= 1', 'mode_seeking': '>= 0', 'iters': '>= 1', 'warmup': '>= 0', 'threads': '>= 1'})
     p.add_argument('--devices', nargs='+', default=['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     p.add_argument('--shapes', nargs='+', default=list(SHAPES), choices=list(SHAPES))
     p.add_argument('--critic', default='ac', choices=['ac', 'projection'], help='critic head (dim.py)')
@@ -111,4 +112,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main, resumable=False)

@@ -17,7 +17,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_dm import STRATEGY, fake_cifar, timed
 
-import argparse
 import resource
 import statistics
 import time
@@ -25,6 +24,7 @@ import time
 import torch
 
 import main_DM
+from condensation.common import ArgumentParser, run_cli
 from condensation.device import parallel
 from condensation.methods.dm import DMStep
 from condensation.run.runner import init_synset
@@ -47,7 +47,8 @@ def peak_gib(device):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.split('\n')[0],
+                       domains={'ipc': '>= 1', 'batch_real': '>= 1', 'iters': '>= 1', 'warmup': '>= 0'})
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu',
                    help="cpu or cuda (under torchrun each process takes cuda:<LOCAL_RANK>)")
     p.add_argument('--dataset-shape', choices=list(SHAPES), default='cifar10')
@@ -94,4 +95,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main, resumable=False)

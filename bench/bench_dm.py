@@ -10,10 +10,10 @@ Reports, per device: ms per DM iteration at each ipc and precision (fp32; bf16 =
 per second, achieved TFLOP/s (FLOPs of one iteration counted once with torch.utils.flop_counter) next to the
 device's measured float32 and bfloat16 matmul rates, and the peak GPU memory, then the ipc-50 step over the ipc-10
 step (the DM cases alternate, round after round, and each reports its median round, so that a shared machine's
-drift does not fall on one ipc); seconds to train 20 evaluation networks for 1000 epochs (trained together and one
-by one; measured on fewer networks at two run lengths, whose difference gives the cost of an epoch without the
-one-off costs); seconds per DC/DSA outer iteration. The data are random uint8 images: the cost does not depend on
-them.
+drift does not fall on one ipc); seconds to train 20 evaluation networks for 1000 epochs (one by one, and on a GPU
+also together, as the evaluation trains them there; measured on fewer networks at two run lengths, whose difference
+gives the cost of an epoch without the one-off costs); seconds per DC/DSA outer iteration. The data are random
+uint8 images: the cost does not depend on them.
 """
 import os
 import sys
@@ -21,7 +21,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from condensation import env  # the environment PyTorch reads when it starts (env.py), before torch
 
-import argparse
 import functools
 import statistics
 import time
@@ -31,10 +30,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import main as main_dc
 import main_DM
+from condensation.common import ArgumentParser, run_cli
 from condensation.data import Data
 from condensation.methods.dc import DCStep
 from condensation.methods.dm import DMStep, dm_step
-from condensation.evaluation import EvalRecipe, evaluate_pool
+from condensation.evaluation import EvalRecipe, evaluate_pool, trains_together
 from condensation.run.runner import init_synset
 
 STRATEGY = 'color_crop_cutout_flip_scale_rotate'
@@ -161,6 +161,15 @@ def bench_eval(data, device, ipc, models, epochs, together, amp='off'):
     return t, peak_gib(device)
 
 
+def eval_modes(device, modes):
+    """(the requested evaluation modes this device runs, those it does not): the evaluation trains networks
+    together only where evaluation.trains_together says so (not on a CPU), so a 'together' row there would time
+    one-by-one training under another name."""
+    together = trains_together(EvalRecipe(epoch_eval_train=1, device=device))
+    return ([m for m in modes if together or m == 'one by one'],
+            [m for m in modes if not (together or m == 'one by one')])
+
+
 def bench_dc(data, device, ipc, method, outer_loop):
     argv = ['--dataset', 'CIFAR10', '--model', 'ConvNet', '--ipc', str(ipc), '--device', device, '--method', method]
     if method == 'DSA':
@@ -217,8 +226,9 @@ def report(args, device, out):
         f'{e1} and × {e2} epochs) | seconds | s/network/epoch | one-off s/network (test pass included) '
         f'| peak GPU memory (GiB) |')
     out('|---|---|---|---|---|')
+    modes, skipped = eval_modes(device, args.eval_modes)
     for ipc in args.eval_ipc:
-        for mode in args.eval_modes:
+        for mode in modes:
             together, amp = mode != 'one by one', 'bf16' if 'bf16' in mode else 'off'
             t1, _ = bench_eval(data, device, ipc, args.eval_models, e1, together, amp)
             t2, peak = bench_eval(data, device, ipc, args.eval_models, e2, together, amp)
@@ -226,6 +236,9 @@ def report(args, device, out):
             once = max(t1 / args.eval_models - (e1 + 1) * per_epoch, 0.0)
             out(f'| CIFAR10 ipc {ipc}, {mode} | {20 * (once + 1001 * per_epoch):.1f} | {per_epoch:.4f} | {once:.2f} '
                 f'| {peak:.2f} |')
+    if skipped and args.eval_ipc:
+        out(f'\nNo {" or ".join(repr(m) for m in skipped)} rows: on {device} the evaluation trains its networks one '
+            f'by one.')
     dc_ipc = args.dc_ipc if args.dc_ipc is not None else 10 if device.startswith('cuda') else 0
     if dc_ipc:
         out('\n| DC/DSA, ConvNet | outer_loop × inner_loop | seconds per outer iteration | peak GPU memory (GiB) |')
@@ -236,7 +249,9 @@ def report(args, device, out):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.split('\n')[0], domains={
+        'ipc': '>= 1', 'batch_real': '>= 1', 'iters': '>= 1', 'rounds': '>= 1', 'eval_ipc': '>= 1',
+        'eval_models': '>= 1', 'eval_epochs': '>= 1', 'dc_ipc': '>= 0', 'dc_outer_loop': '>= 1', 'threads': '>= 1'})
     p.add_argument('--devices', nargs='+', default=['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     p.add_argument('--ipc', type=int, nargs='+', default=[1, 10, 50])
     p.add_argument('--batch_real', type=int, default=256)
@@ -251,7 +266,9 @@ def main():
     p.add_argument('--eval_epochs', type=int, default=2,
                    help='epochs of the shorter of the two measured runs (the other: twice as many)')
     p.add_argument('--eval_modes', nargs='+', default=['one by one', 'together'],
-                   choices=['one by one', 'together', 'together bf16'])
+                   choices=['one by one', 'together', 'together bf16'],
+                   help="how the evaluation networks train; the together modes only on a GPU, where the evaluation "
+                        "trains them together (on a CPU it trains them one by one)")
     p.add_argument('--dc_ipc', type=int, default=None,
                    help='ipc of the DC/DSA rows; 0: none (default: 10 on CUDA, none on a CPU, where one ipc-10 outer '
                         'iteration takes about 20 minutes)')
@@ -263,8 +280,6 @@ def main():
                         'epochs together at ipc 10, fewer where one by one (under 8 minutes on an H100)')
     p.add_argument('--out', default=None, help='also write the tables to this markdown file')
     args = p.parse_args()
-    if args.rounds is not None and args.rounds < 1:
-        p.error(f'--rounds must be at least 1, got {args.rounds}')
     if args.gpu:
         args.devices, args.iters, args.variants = ['cuda'], 20, list(VARIANTS)
         args.eval_models, args.eval_epochs = 20, 100
@@ -279,4 +294,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main, resumable=False)

@@ -43,7 +43,7 @@ from condensation.device import graphs
 import main as main_dc
 import main_DM
 from bench_dm import STRATEGY, fake_cifar, markdown_writer, sync
-from condensation.common import make_generator, precision_text, set_precision
+from condensation.common import ArgumentParser, make_generator, precision_text, set_precision
 from condensation.data import dataset_available
 from condensation.device.graphs import audited
 from condensation.evaluation import EvalRecipe, evaluate_networks
@@ -570,7 +570,7 @@ def accuracy(c, device, data_path, out_dir, smoke):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.split('\n')[0], domains={})
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--smoke', action='store_true', help='tiny shapes and counts: checks that the script runs')
     p.add_argument('--data_path', default='data', help='where CIFAR10.pt (or the torchvision CIFAR-10) is')

@@ -6,13 +6,18 @@ writes cifar5/train/<class>/<index>.png and cifar5/test/<class>/<index>.png: eve
 chosen classes, losslessly, named by their index in the file (so the folder's sorted order is the file's order).
 The folder is what a user of their own data would have: the runs then read it through the folder loader alone.
 """
-import argparse
 import os
+import shutil
+import sys
+import tempfile
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from condensation.common import ArgumentParser, UserError, run_cli
 
 
 def write_folder(raw, out, classes):
@@ -27,15 +32,29 @@ def write_folder(raw, out, classes):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.split('\n')[0], domains={'classes': '>= 0'})
     p.add_argument('source', help='a prepared tensor file (classes, images_train, labels_train, images_val, ...)')
     p.add_argument('out', help='the folder to write')
     p.add_argument('--classes', type=int, nargs='+', default=[0, 1, 2, 3, 4], help='class indices to write')
     a = p.parse_args()
     if os.path.exists(a.out):
-        raise SystemExit(f'{a.out} exists; choose a new folder')
+        raise UserError(f'{a.out} exists; choose a new folder')
     raw = torch.load(a.source, map_location='cpu', weights_only=True)
-    write_folder(raw, a.out, a.classes)
+    bad = [c for c in a.classes if not c < len(raw['classes'])]
+    if bad:
+        raise UserError(f'--classes {bad[0]}: {a.source} has {len(raw["classes"])} classes (0 to '
+                        f'{len(raw["classes"]) - 1})')
+    # written beside the target and renamed when whole: an interrupted run leaves no half folder under its name
+    partial = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.normpath(a.out))}.',
+                               dir=os.path.dirname(os.path.abspath(a.out)))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o777 & ~umask)  # a folder's usual mode, not mkdtemp's private one
+    try:
+        write_folder(raw, partial, a.classes)
+        os.rename(partial, a.out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     n = sum(len(files) for _, _, files in os.walk(a.out))
     print(f'{a.out}: {n} PNG files, classes {", ".join(raw["classes"][c] for c in a.classes)}; '
           f'mean of the chosen training images {np.round(_mean(raw, a.classes), 4).tolist()}')
@@ -47,4 +66,4 @@ def _mean(raw, classes):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main, resumable=False)

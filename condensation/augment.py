@@ -266,19 +266,19 @@ def _apply_token(x, token, p, param):
 
 
 def _grouped(x, p, group, fn):
-    """Apply fn(g, x_g, p_g) to each group of images (group: CPU long tensor, N) and reassemble in order."""
-    ids = group.unique().tolist()
+    """Apply fn(g, x_g, p_g) to each group of images (group: CPU long tensor, N) and reassemble in order: one
+    gather puts the groups side by side and one puts the images back (in the backward two index_adds, not one
+    index_put per group)."""
+    ids, counts = group.unique(return_counts=True)
     if len(ids) == 1:
-        return fn(ids[0], x, p)
-    outs, order = [], []
-    for g in ids:
-        idx = (group == g).nonzero().squeeze(1)
-        outs.append(fn(g, x[idx.to(x.device)], select_params(p, idx)))
-        order.append(idx)
-    order = torch.cat(order)
+        return fn(ids.item(), x, p)
+    order = torch.argsort(group, stable=True)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order))
-    return torch.cat(outs)[inverse.to(x.device)]
+    sizes = counts.tolist()
+    parts = zip(ids.tolist(), x.index_select(0, order.to(x.device)).split(sizes), order.split(sizes))
+    outs = [fn(g, part, select_params(p, idx)) for g, part, idx in parts]
+    return torch.cat(outs).index_select(0, inverse.to(x.device))
 
 
 def _expand_to_batch(params, N, what):

@@ -48,12 +48,15 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr and exit code 2 (no usage dump), defaults shown in --help,
     and values such as -1e-4 parse as numbers (argparse takes them for flags), so that the flag's own check can
     say what is wrong with them. No abbreviations: --Iter for --Iteration, or another script's flag that happens
-    to be a prefix of one of ours (--num), would silently mean something else."""
+    to be a prefix of one of ours (--num), would silently mean something else. domains: {destination: domain
+    text} for a parser of its own (bench/), in place of the class's table."""
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a, domains=None, **kw):
         kw.setdefault('formatter_class', HelpFormatter)
         kw['allow_abbrev'] = False
         super().__init__(*a, **kw)
+        if domains is not None:
+            self.domains = {dest: Domain(text) for dest, text in domains.items()}
         self._negative_number_matcher = re.compile(r'^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$', re.I)
 
     def error(self, message):

@@ -832,3 +832,53 @@ def test_an_ignored_flag_is_in_the_runs_log_once(prepared_mnist):
     main_DM.main(dm_argv(tmp, '--eval_every', '2'))
     log = (tmp / 'out' / 'DM_MNIST_ConvNetW32_1ipc.log').read_text()
     assert log.count('--eval_every 2 is ignored') == 1
+
+
+@pytest.mark.parametrize('script, argv, message', [
+    ('bench_dm', ['--rounds', '0'], '--rounds must be >= 1, got 0'),
+    ('bench_dm', ['--eval_modes', 'alone'], "invalid choice: 'alone'"),
+    ('bench_dim', ['--gp_every', '0'], '--gp_every must be >= 1, got 0'),
+    ('bench_dist', ['--warmup', '-1'], '--warmup must be >= 0, got -1'),
+    ('dim_diversity', ['--ema', '1'], '--ema must be in [0, 1), got 1.0'),
+    ('gpu_check', ['--part', 'speed'], 'unrecognized arguments: --part'),
+    ('make_image_folder', ['src.pt', 'out', '--classes', '-1'], '--classes must be >= 0, got -1'),
+])
+def test_the_bench_scripts_answer_a_bad_flag_with_one_line(script, argv, message, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, 'bench'))
+    module = __import__(script)
+    monkeypatch.setattr(sys, 'argv', [f'{script}.py', *argv])
+    with pytest.raises(SystemExit) as e:
+        run_cli(module.main, resumable=False)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count('\n') == 1 and message in err, err
+
+
+def test_make_image_folder_writes_the_folder_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, 'bench'))
+    import make_image_folder
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    torch.save({'classes': ['a', 'b'], 'images_train': images, 'labels_train': torch.tensor([0, 1, 0, 1]),
+                'images_val': images[:2], 'labels_val': torch.tensor([0, 1])}, tmp_path / 'src.pt')
+
+    def run(*argv):
+        monkeypatch.setattr(sys, 'argv', ['make_image_folder.py', str(tmp_path / 'src.pt'), str(tmp_path / 'out'),
+                                          *argv])
+        run_cli(make_image_folder.main, resumable=False)
+
+    with pytest.raises(SystemExit) as e:
+        run('--classes', '0', '2')  # the file has 2 classes: found before anything is written
+    assert e.value.code == 2 and '--classes 2' in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ['src.pt']
+    monkeypatch.setattr(make_image_folder, 'write_folder', lambda raw, out, classes: (_ for _ in ()).throw(
+        KeyboardInterrupt))
+    with pytest.raises(SystemExit):
+        run('--classes', '0')  # interrupted while writing: no half folder under the name, no temporary left
+    assert sorted(os.listdir(tmp_path)) == ['src.pt']
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(os.path.join(ROOT, 'bench'))
+    run('--classes', '0', '1')
+    written = sorted(os.path.relpath(os.path.join(d, f), tmp_path / 'out') for d, _, fs in os.walk(tmp_path / 'out')
+                     for f in fs)
+    assert written == ['test/a/00000.png', 'test/b/00001.png', 'train/a/00000.png', 'train/a/00002.png',
+                       'train/b/00001.png', 'train/b/00003.png']
+    assert sorted(os.listdir(tmp_path)) == ['out', 'src.pt']

@@ -62,7 +62,7 @@ def test_networks_trained_together_equal_one_by_one(aug):
 def test_token_choice_on_the_gpu_path_equals_grouping_images_by_token():
     x = torch.randn(12, 3, 16, 16, requires_grad=True)
     p = sample_dsa_params(STRATEGY, 12, torch.Generator().manual_seed(3), ParamDiffAug())
-    assert len(p['choice'].unique()) > 2
+    assert len(p['choice'].unique()) > 2 and not torch.equal(p['choice'].sort().values, p['choice'])  # interleaved
     grouped = apply_dsa(x, p)
     (ga,) = torch.autograd.grad(grouped.square().sum(), x)
     chosen = augment._by_choice(x, p, p['tokens'], ParamDiffAug())
@@ -191,3 +191,11 @@ def test_bench_dm_alternates_its_cases_and_reports_the_ipc_ratio():
     median, spread = line.split('within a round: median ')[1].split(', ')
     low, high = (float(v) for v in spread.split('–'))
     assert low <= float(median) <= high
+
+
+def test_bench_dm_times_together_only_where_the_evaluation_trains_together():
+    # on a CPU evaluate_pool trains one by one whatever the recipe asks, so a 'together' row would be mislabelled
+    from bench.bench_dm import eval_modes
+    modes = ['one by one', 'together', 'together bf16']
+    assert eval_modes('cpu', modes) == (['one by one'], ['together', 'together bf16'])
+    assert eval_modes('cuda', modes) == (modes, [])  # decided from the recipe's device; no GPU needed
