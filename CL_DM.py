@@ -21,6 +21,7 @@ from condensation.device import parallel
 from condensation.run.cli import ArgumentParser, Config, add_flags, check_args, check_network, unused_flags
 from condensation.data import dataset_info, get_dataset
 from condensation.methods.dc import get_loops
+from condensation.methods.dm import default_real_chunk
 from condensation.evaluation import EvalRecipe, evaluate_networks
 from condensation.networks import get_network
 from condensation.run.progress import Progress
@@ -136,6 +137,8 @@ def validate(args):
         if bn and (args.per_class or args.real_chunk):
             raise UserError(f'--per_class and --real_chunk change the batch statistics of {args.model}; use '
                             f'--no-per_class or a model without BN')
+        if args.real_chunk is None:
+            args.real_chunk = default_real_chunk(args.model, args.device)
     if args.method == 'DiM' and args.cond == 'overwrite':
         k = num_classes
         noise = continual.dim_noise(args, k)

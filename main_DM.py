@@ -22,7 +22,7 @@ from condensation.common import UserError, run_cli
 
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'num_exp', 'cuda_graphs',
-             'compile', 'precision')
+             'compile', 'precision', 'real_chunk')
 
 
 def parse_args(argv=None, notes=None):

@@ -122,6 +122,31 @@ def test_resume_after_interruption_gives_the_same_set(prepared_mnist, monkeypatc
     assert full['accs_all_exps'] == resumed['accs_all_exps']
 
 
+def test_a_run_resumes_under_another_real_chunk(prepared_mnist, monkeypatch):
+    """The default --real_chunk follows the thread count, so a run resumed with other threads (or on another
+    machine) meets another chunk: it resumes, and since every real image's embedding is its own the set is the
+    uninterrupted run's (to float rounding: a convolution library may pick other kernels for other batch sizes)."""
+    full = _run(prepared_mnist, '--real_chunk', '40')
+    real_step = main_DM.DMStep
+    monkeypatch.setattr(main_DM, 'DMStep', interrupt_at(real_step, 3))
+    with pytest.raises(KeyboardInterrupt):
+        _run(prepared_mnist, '--real_chunk', '40')
+    monkeypatch.setattr(main_DM, 'DMStep', real_step)
+    resumed = _run(prepared_mnist, '--resume', '--real_chunk', '3')
+    torch.testing.assert_close(full['data'][0][0], resumed['data'][0][0], rtol=1e-4, atol=1e-4)
+
+
+def test_the_default_real_chunk_is_sixteen_images_per_cpu_thread():
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            assert dm.default_real_chunk('ConvNet', 'cpu') == 16 * n
+    finally:
+        torch.set_num_threads(threads)
+    assert dm.default_real_chunk('ConvNetBN', 'cpu') is None and dm.default_real_chunk('ConvNet', 'cuda') is None
+
+
 def _cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, os.path.join(ROOT, 'main_DM.py'), *args], capture_output=True, text=True,
                           cwd=cwd)
