@@ -72,7 +72,8 @@ FLAGS = {
                            "gradient for models without BN; default: off)"),
     'real_chunk': dict(type=int, default=None,
                        help='DM: embed the real images in chunks of this many (exact for models without BN; saves '
-                            'memory; default: 16 per torch thread on a CPU, where it is also faster, all at once on CUDA)'),
+                            'memory; default: 16 per torch thread on a CPU, where it is also faster, all at once on '
+                            'CUDA)'),
     'amp': dict(choices=['off', 'bf16'], default='off',
                 help="'bf16': the matching network's forward passes (DM) and the evaluation training in bfloat16 "
                      "autocast; faster on recent GPUs, float32 otherwise (docs/reference.md, GPU speed)"),
