@@ -22,6 +22,7 @@ from condensation.device import parallel
 from condensation.run.cli import ArgumentParser, Config, add_flags, check_args, check_network
 from condensation.data import canonical_dataset, file_label, get_dataset, value_limit
 from condensation.methods.dc import recommended_dsa_strategy
+from condensation.methods.dm import default_real_chunk
 from condensation.evaluation import EvalRecipe, evaluate_pool, test_accuracy
 from condensation.run.progress import Progress
 from condensation.run.runner import Run, fingerprint, results_meta, run_files, save_image_grid
@@ -32,7 +33,7 @@ SETS = ('real', 'random', 'inverted', 'itgan')  # (a) to (d), evaluated in this 
 TITLES = {'real': '(a) real', 'random': '(b) random latents', 'inverted': '(c) inverted latents', 'itgan': '(d) IT-GAN'}
 # Flags that may change between a run and its --resume.
 RESUMABLE = ('resume', 'device', 'no_progress', 'save_path', 'data_path', 'checkpoint_every', 'generator',
-             'cuda_graphs', 'precision')
+             'cuda_graphs', 'precision', 'real_chunk')
 # Flags of the evaluation only: a --resume with other values keeps the latents and evaluates them anew.
 EVAL_FLAGS = ('num_eval', 'epoch_eval_train', 'eval_model', 'curve_at', 'lr_net', 'batch_train')
 
@@ -83,6 +84,8 @@ def parse_args(argv=None):
     if args.dsa_strategy is None:  # no flipped digits, as the DSA papers recommend
         args.dsa_strategy = recommended_dsa_strategy(canonical_dataset(args.dataset))
     check_args(args)
+    if args.real_chunk is None:
+        args.real_chunk = default_real_chunk(args.model, args.device)
     for name in args.eval_model:
         check_network(name)
     args.curve_at = sorted({e for e in args.curve_at if 0 < e < args.epoch_eval_train + 1})
