@@ -7,9 +7,7 @@ chosen classes, losslessly, named by their index in the file (so the folder's so
 The folder is what a user of their own data would have: the runs then read it through the folder loader alone.
 """
 import os
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -17,7 +15,7 @@ from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from condensation.common import ArgumentParser, UserError, run_cli
+from condensation.common import ArgumentParser, UserError, atomic_write_folder, run_cli
 
 
 def write_folder(raw, out, classes):
@@ -44,17 +42,7 @@ def main():
     if bad:
         raise UserError(f'--classes {bad[0]}: {a.source} has {len(raw["classes"])} classes (0 to '
                         f'{len(raw["classes"]) - 1})')
-    # written beside the target and renamed when whole: an interrupted run leaves no half folder under its name
-    partial = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.normpath(a.out))}.',
-                               dir=os.path.dirname(os.path.abspath(a.out)))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(partial, 0o777 & ~umask)  # a folder's usual mode, not mkdtemp's private one
-    try:
-        write_folder(raw, partial, a.classes)
-        os.rename(partial, a.out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+    atomic_write_folder(a.out, lambda folder: write_folder(raw, folder, a.classes))
     n = sum(len(files) for _, _, files in os.walk(a.out))
     print(f'{a.out}: {n} PNG files, classes {", ".join(raw["classes"][c] for c in a.classes)}; '
           f'mean of the chosen training images {np.round(_mean(raw, a.classes), 4).tolist()}')

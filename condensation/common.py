@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -432,6 +433,22 @@ def atomic_write(path, write):
             # OSError: raise that, naming the file, so that run_cli gives its one line and advice.
             raise OSError(cause.errno, cause.strerror or str(cause), path) from None
         raise
+
+
+def atomic_write_folder(path, write):
+    """write(folder) into a temporary folder beside `path`, then rename it to `path` (which must not exist): an
+    interrupted write leaves neither a half folder under that name nor the temporary one. The folder gets the
+    permissions of an ordinary mkdir (mkdtemp's are 0700). Under torchrun only rank 0 writes."""
+    if not is_main():
+        return
+    path = os.path.abspath(path)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix='.' + os.path.basename(path) + '.')
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        write(tmp)
+        os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _os_error(e):
