@@ -9,7 +9,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-# Tiny tensors gain nothing from a second thread, and on a busy machine the threads wait on each other.
+# Tiny tensors gain nothing from a second thread, and on a busy machine the threads wait on each other: the suite's
+# parallelism is its workers instead (pytest -n auto, one per core, README).
 torch.set_num_threads(1)
 
 
