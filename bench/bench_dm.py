@@ -10,10 +10,10 @@ Reports, per device: ms per DM iteration at each ipc and precision (fp32; bf16 =
 per second, achieved TFLOP/s (FLOPs of one iteration counted once with torch.utils.flop_counter) next to the
 device's measured float32 and bfloat16 matmul rates, and the peak GPU memory, then the ipc-50 step over the ipc-10
 step (the DM cases alternate, round after round, and each reports its median round, so that a shared machine's
-drift does not fall on one ipc); seconds to train 20 evaluation networks for 1000 epochs (one by one, and on a GPU
-also together, as the evaluation trains them there; measured on fewer networks at two run lengths, whose difference
-gives the cost of an epoch without the one-off costs); seconds per DC/DSA outer iteration. The data are random
-uint8 images: the cost does not depend on them.
+drift does not fall on one ipc) next to the ratio of their FLOPs; seconds to train 20 evaluation networks for 1000
+epochs (one by one, and on a GPU also together, as the evaluation trains them there; measured on fewer networks at
+two run lengths, whose difference gives the cost of an epoch without the one-off costs); seconds per DC/DSA outer
+iteration. The data are random uint8 images: the cost does not depend on them.
 """
 import os
 import sys
@@ -202,15 +202,16 @@ def report(args, device, out):
                                                args.per_class)
              for variant in args.variants for ipc in args.ipc}
     results = bench_dm(cases, device, args.iters, rounds)
-    ms = {}
+    ms, gflop = {}, {}
     for (variant, ipc), r in results.items():
-        ms[variant, ipc] = r['ms']
+        ms[variant, ipc], gflop[variant, ipc] = r['ms'], r['gflop']
         peak = b16 if 'bf16' in variant else f32
         out(f'| CIFAR10 ipc {ipc}, {variant} | {r["ms"]:.1f} | {r["img_per_s"]:.0f} | {r["gflop"]:.1f} | '
             f'{r["tflops"]:.3g} | {100 * r["tflops"] / peak:.0f} % | {r["peak"]:.2f} |')
     # what 400 more synthetic images cost: the synthetic side's share of a step (target on a CPU: at most 1.3).
     # With several rounds, also the ratio within each round (the two cases timed back to back): a drift of the
-    # machine between rounds moves both alike.
+    # machine between rounds moves both alike. The FLOP ratio is the time ratio of a step that ran every FLOP at
+    # one rate: a synthetic image costs its forward and its input gradients, about twice a real image's forward.
     for variant in args.variants:
         if (variant, 10) in ms and (variant, 50) in ms:
             line = f'\n{variant}: ipc-50 step / ipc-10 step = {ms[variant, 50] / ms[variant, 10]:.2f}'
@@ -218,7 +219,7 @@ def report(args, device, out):
                 paired = [a / b for a, b in zip(results[variant, 50]['rounds'], results[variant, 10]['rounds'])]
                 line += (f' (of the medians); within a round: median {statistics.median(paired):.2f}, '
                          f'{min(paired):.2f}–{max(paired):.2f}')
-            out(line)
+            out(line + f'; FLOPs: {gflop[variant, 50] / gflop[variant, 10]:.2f} (the ratio at one FLOP rate)')
     # An epoch's cost is the difference of two run lengths (E and 2E epochs), so that the one-off costs (building the
     # networks, the test pass) are counted once in the 20 × 1000 figure instead of being scaled with the epochs.
     e1, e2 = args.eval_epochs, 2 * args.eval_epochs

@@ -189,8 +189,12 @@ def test_bench_dm_alternates_its_cases_and_reports_the_ipc_ratio():
     assert ratio == pytest.approx(float(rows[1].split('|')[2]) / float(rows[0].split('|')[2]), abs=0.01)
     # and the ratio within each round: its median lies between the two rounds' ratios
     median, spread = line.split('within a round: median ')[1].split(', ')
-    low, high = (float(v) for v in spread.split('–'))
+    low, high = (float(v) for v in spread.split(';')[0].split('–'))
     assert low <= float(median) <= high
+    # and the FLOP ratio, from the rows' GFLOP/iteration: more synthetic images, more work
+    flops = float(line.split('FLOPs: ')[1].split()[0])
+    g10, g50 = (float(row.split('|')[4]) for row in rows)  # printed to 0.1 GFLOP
+    assert (g50 - 0.05) / (g10 + 0.05) - 0.01 <= flops <= (g50 + 0.05) / (g10 - 0.05) + 0.01 and flops > 1
 
 
 def test_bench_dm_times_together_only_where_the_evaluation_trains_together():
