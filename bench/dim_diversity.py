@@ -35,8 +35,9 @@ def parse_args():
     p = ArgumentParser(description=__doc__.split('\n')[0], domains={
         'n_critic': '>= 1', 'gp_every': '>= 1', 'mode_seeking': '>= 0', 'ema': '[0, 1)', 'iters': '>= 1',
         'eval_at': '>= 1', 'lr': '> 0', 'batch': '>= 1', 'width': '>= 1', 'seed': '>= 0'})
-    p.add_argument('--data-dir', default='data', help="dataset folder, as the DiM scripts' (MNIST is decoded into a "
-                   'cache file there on first use: copy a read-only or shared folder first)')
+    p.add_argument('--data-dir', '--data_path', dest='data_dir', default='data',
+                   help="dataset folder, as the DiM scripts' (MNIST is decoded into a cache file there on first use: "
+                        'copy a read-only or shared folder first)')
     p.add_argument('--critic', default='ac')
     p.add_argument('--cond', default='embed')
     p.add_argument('--n_critic', type=int, default=1)
