@@ -240,9 +240,10 @@ def _relu_avg_pool_grad(grad_p, r):
 
 def conv_norm_relu_pool(s, conv, norm):
     """avg_pool2d(relu(norm(conv(s))), 2) for a frozen conv with few inputs per output and an InstanceNorm (the
-    DM step's network on a CPU, its first block), differentiable in s alone: the layers' own forward, the same
-    numbers, and a backward that works on each image's patches instead of ATen's convolution backward and
-    instance norm's (docs/benchmarks.md), nor does it keep the convolution's output."""
+    DM step's network on a CPU, its first block), differentiable in s alone: the layers' own forward on chunks of
+    images, the same numbers, and a backward that works on each image's patches instead of ATen's convolution
+    backward and instance norm's (docs/benchmarks.md). The convolution's output, as large as the block's saved
+    ReLU output, lives for one chunk at a time, never for the whole batch."""
     return _ConvNormReLUPool.apply(s, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, conv.padding)
 
 
@@ -263,34 +264,41 @@ class _ConvNormReLUPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s, conv_w, conv_b, gamma, beta, eps, padding):
-        x = F.conv2d(s, conv_w, conv_b, padding=padding)
-        # channels-last already (the weights are, _block_fusable); _instance_norm_forward relies on it
-        y, mean, rstd = _instance_norm_forward(x.contiguous(memory_format=torch.channels_last), gamma, beta, eps)
-        r = y.relu_()
+        # every image is its own, forward and backward: in chunks, a chunk's maps stay in the cache from one pass
+        # to the next (measured faster than all images at once) and no temporary is the size of the batch's maps
+        chunks = [_conv_norm_relu_pool_forward(part, conv_w, conv_b, gamma, beta, eps, padding)
+                  for part in s.split(_BLOCK_CHUNK)]
+        rs, ps, means, rstds = zip(*chunks)
+        p, mean, rstd = torch.cat(ps), torch.cat(means), torch.cat(rstds)
         ctx.padding = padding
-        p = F.avg_pool2d(r, 2, 2)
-        ctx.save_for_backward(s, r, p, mean, rstd, conv_w, conv_b, gamma, beta)
+        ctx.save_for_backward(s, p, mean, rstd, conv_w, conv_b, gamma, beta, *rs)
         return p
 
     @staticmethod
     def backward(ctx, grad_p):
-        s, r, p, mean, rstd, conv_w, conv_b, gamma, beta = ctx.saved_tensors
+        s, p, mean, rstd, conv_w, conv_b, gamma, beta, *rs = ctx.saved_tensors
         c, cin, kh, kw = conv_w.shape
         wm = conv_w.permute(0, 2, 3, 1).reshape(c, -1)  # C x K, K ordered (kernel row, kernel column, channel)
         bias = torch.zeros_like(beta) if conv_b is None else conv_b
         one_hot = torch.eye(kh * kw * cin, dtype=wm.dtype).view(-1, kh, kw, cin).permute(0, 3, 1, 2)  # the fold
-        # every image's gradient is its own: in chunks, each chunk's maps stay in the cache between the passes
-        # (measured faster than all images at once, and no map-sized temporaries)
-        grad_s = [_conv_norm_relu_pool_grad(*(t[i:i + _BLOCK_CHUNK] for t in (grad_p, s, r, p, mean, rstd)),
-                                            wm, bias, gamma, beta, one_hot, ctx.padding)
-                  for i in range(0, len(s), _BLOCK_CHUNK)]
+        grad_s = [_conv_norm_relu_pool_grad(*parts, r, wm, bias, gamma, beta, one_hot, ctx.padding)
+                  for *parts, r in zip(*(t.split(_BLOCK_CHUNK) for t in (grad_p, s, p, mean, rstd)), rs)]
         return torch.cat(grad_s), None, None, None, None, None, None
 
 
-_BLOCK_CHUNK = 32  # images per chunk of _ConvNormReLUPool's backward
+_BLOCK_CHUNK = 32  # images per chunk of _ConvNormReLUPool's forward and backward
 
 
-def _conv_norm_relu_pool_grad(grad_p, s, r, p, mean, rstd, wm, bias, gamma, beta, one_hot, padding):
+def _conv_norm_relu_pool_forward(s, conv_w, conv_b, gamma, beta, eps, padding):
+    """The four layers on a chunk of images: (r, p, μ, rstd), r the ReLU's output and p the pooled map."""
+    x = F.conv2d(s, conv_w, conv_b, padding=padding)
+    # channels-last already (the weights are, _block_fusable); _instance_norm_forward relies on it
+    y, mean, rstd = _instance_norm_forward(x.contiguous(memory_format=torch.channels_last), gamma, beta, eps)
+    r = y.relu_()
+    return r, F.avg_pool2d(r, 2, 2), mean, rstd
+
+
+def _conv_norm_relu_pool_grad(grad_p, s, p, mean, rstd, r, wm, bias, gamma, beta, one_hot, padding):
     """∂L/∂s of _ConvNormReLUPool for a chunk of images (formula in its docstring); wm: the weight as a C x K
     matrix, one_hot: the transposed convolution's kernel that folds K-wide columns back into images."""
     n, c, h, w = r.shape
