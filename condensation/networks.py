@@ -166,8 +166,8 @@ def _block_fusable(layers, i, x):
     """Whether layers[i : i + 4] are conv -> InstanceNorm -> in-place ReLU -> 2x2 average pool that
     conv_norm_relu_pool can run on x: no parameter needs a gradient (a frozen network, as the DM step's), a
     stride-1 zero-padded convolution with few inputs per output and channels-last weights (so that its output is
-    channels-last, as the unfused layers' would be), an input that needs a gradient, an even-sized output, and no
-    autocast (which would run the convolution in bfloat16)."""
+    channels-last, as the unfused layers' would be), a non-empty batch that needs a gradient, an even-sized
+    output, and no autocast (which would run the convolution in bfloat16)."""
     if (i + 3 >= len(layers) or type(layers[i]) is not nn.Conv2d or type(layers[i + 1]) is not InstanceNorm
             or not _relu_pool_at(layers, i + 2)):
         return False
@@ -177,7 +177,7 @@ def _block_fusable(layers, i, x):
             or isinstance(conv.padding, str) or conv.in_channels * kh * kw > _BLOCK_MAX_PATCH
             or any(p.requires_grad for p in (*conv.parameters(), *norm.parameters()))):
         return False
-    if not (_cpu_map_needing_grad(x) and x.dim() == 4 and weight.dtype == torch.float32
+    if not (_cpu_map_needing_grad(x) and x.dim() == 4 and len(x) and weight.dtype == torch.float32
             and weight.stride(1) == 1 and _dense_channels_last(weight) and not torch.is_autocast_enabled('cpu')):
         return False
     h, w = (_conv_out(s, k, 1, p) for s, k, p in zip(x.shape[2:], conv.kernel_size, conv.padding))

@@ -487,6 +487,15 @@ def test_first_block_fuses_only_where_it_applies(case):
         assert not networks._block_fusable(block, 0, s)
 
 
+def test_frozen_convnet_embeds_an_empty_batch():
+    # the layers' own path (the fused block's matrices have no shape without images): an empty gradient
+    net = _convnet_pair()[0].requires_grad_(False)
+    x = torch.zeros(0, 3, 32, 32, requires_grad=True)
+    emb = net.embed(x)
+    emb.sum().backward()
+    assert emb.shape == (0, 2048) and x.grad.shape == x.shape
+
+
 def test_frozen_convnet_takes_the_fused_first_block_with_the_same_embedding():
     # the DM step's network on a CPU: channels-last, frozen; embed runs the first block fused, then the rest
     fast, plain = _convnet_pair()
