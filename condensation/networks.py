@@ -400,6 +400,15 @@ class ConvNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
+def cpu_channels_last(net):
+    """Whether `net` trains and tests faster with channels-last weights on a CPU: a ConvNet with pooling whose
+    normalisation is instance norm, batch norm or none (up to ~25 % faster, bench/eval_layout.py: oneDNN's
+    channels-last convolutions, and InstanceNorm's and relu_avg_pool's channels-last paths). Layer norm and the
+    ResNets measured slower; group norm, the unpooled ConvNet and the other architectures not reliably faster."""
+    return (isinstance(net, ConvNet) and any(isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)) for m in net.features)
+            and not any(type(m) in (nn.LayerNorm, nn.GroupNorm) for m in net.features))
+
+
 class MLP(nn.Module):
     def __init__(self, channel, num_classes, im_size=(32, 32)):
         super().__init__()

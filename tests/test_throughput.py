@@ -197,6 +197,32 @@ def test_bench_dm_alternates_its_cases_and_reports_the_ipc_ratio():
     assert (g50 - 0.05) / (g10 + 0.05) - 0.01 <= flops <= (g50 + 0.05) / (g10 - 0.05) + 0.01 and flops > 1
 
 
+def _bench_rows(*flags):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, os.path.join('bench', 'eval_layout.py'), '--rounds', '2', *flags],
+                       cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'median of 2 alternating rounds' in r.stdout
+    rows = [[cell.strip() for cell in line.split('|')[1:-1]] for line in r.stdout.splitlines()
+            if line.startswith('| ') and not line.startswith('| case')]
+    for _, nchw, cl, ratios in rows:  # two medians, and the range of the rounds' ratios
+        low, high = (float(v) for v in ratios.split('–'))
+        assert float(nchw) > 0 and float(cl) > 0 and 0 < low <= high
+    return rows
+
+
+def test_bench_eval_layout_times_both_layouts_of_the_evaluation():
+    rows = _bench_rows('--ipc', '1', '2', '--epochs', '1', '--test_images', '20', '--model', 'ConvNetD1',
+                       '--shape', '1', '28', '28')
+    assert [r[0] for r in rows] == ['ConvNetD1, ipc 1, s per epoch', 'ConvNetD1, ipc 2, s per epoch',
+                                    'ConvNetD1, test pass of 20 images, s']
+    rows = _bench_rows('--steps', '--models', 'ConvNetD1', 'LeNet', '--shape', '1', '28', '28')
+    assert [r[0] for r in rows] == ['ConvNetD1 (channels-last in evaluation: yes), training step, ms',
+                                    'ConvNetD1, test batch, ms',
+                                    'LeNet (channels-last in evaluation: no), training step, ms',
+                                    'LeNet, test batch, ms']
+
+
 def test_bench_dm_times_together_only_where_the_evaluation_trains_together():
     # on a CPU evaluate_pool trains one by one whatever the recipe asks, so a 'together' row would be mislabelled
     from bench.bench_dm import eval_modes

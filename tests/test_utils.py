@@ -3,13 +3,14 @@ import types
 
 import pytest
 import torch
+from torch.nn.utils import parameters_to_vector
 
 from condensation import common
 from condensation.augment import ParamDiffAug
 from condensation.data import TensorLoader, build_tinyimagenet, get_dataset, standardise
 from condensation import evaluation
 from condensation.evaluation import evaluate_synset, get_eval_pool
-from condensation.networks import NETWORKS, get_network
+from condensation.networks import NETWORKS, cpu_channels_last, get_network
 from condensation.run.runner import save_image_grid, save_results
 from conftest import over_seeds, toy_images, write_idx, write_prepared
 from condensation.common import UserError
@@ -220,6 +221,36 @@ def test_evaluate_synset_schedule_and_eval_mode(monkeypatch):
     assert all(s[1:3] == (0.9, 5e-4) for s in steps)
     assert [s[3] for s in steps] == [False] * 4 + [True]
     assert seen == dict(grad=False, training=False)
+
+
+@pytest.mark.parametrize('name,fast', [('ConvNetW32', True), ('ConvNetBN', True), ('ConvNetNN', True),
+                                       ('ConvNetMP', True), ('ConvNetLN', False), ('ConvNetGN', False),
+                                       ('ConvNetNP', False), ('LeNet', False), ('ResNet18', False)])
+def test_cpu_channels_last_takes_the_convnets_measured_faster(name, fast):
+    assert cpu_channels_last(get_network(name, 1, 10, (28, 28), device='meta')) == fast
+
+
+def test_evaluate_synset_trains_a_convnet_channels_last_on_the_cpu_as_it_would_nchw(monkeypatch):
+    # the same draws and updates in either layout, so the weights agree to float rounding: about 1e-4 of the way
+    # training moved them, 3e-3 at most over 8 seeds and up to 21 epochs (rounding may tip a ReLU or a crop's edge);
+    # other draws would end a whole training's way off. The net comes back in the layout it came in.
+    layouts = []
+    real_train = evaluation._train
+
+    def spy(params, *a, **kw):
+        w = next(p for p in params if p.dim() == 4 and p.shape[1] > 1)
+        layouts.append('channels-last' if not w.is_contiguous() else 'NCHW')
+        return real_train(params, *a, **kw)
+    monkeypatch.setattr(evaluation, '_train', spy)
+    fast = _toy_eval(0, epoch_eval_train=6)
+    monkeypatch.setattr(evaluation, 'cpu_channels_last', lambda net: False)
+    plain = _toy_eval(0, epoch_eval_train=6)
+    assert layouts == ['channels-last', 'NCHW']
+    start = get_network('ConvNetW32', 1, 10, (28, 28), generator=torch.Generator().manual_seed(0))
+    p0, p, q = (parameters_to_vector(net.parameters()) for net in (start, fast[0], plain[0]))
+    assert (p - q).norm() <= 0.02 * (p - p0).norm(), ((p - q).norm() / (p - p0).norm()).item()
+    assert abs(fast[1] - plain[1]) <= 1 / 50 and abs(fast[2] - plain[2]) <= 1 / 100
+    assert all(t.is_contiguous() for t in fast[0].parameters())
 
 
 def test_mean_std_is_population_std_in_percent():
