@@ -83,7 +83,8 @@ def evaluate_synset(it_eval, net, images_train, labels_train, testloader, args, 
     """
     device = torch.device(args.device)
     net = net.to(device).train()
-    channels_last = (device.type == 'cpu' and cpu_channels_last(net)
+    # measured in float32 only: under bfloat16 autocast the norms would take ATen's slow channels-last kernels
+    channels_last = (device.type == 'cpu' and getattr(args, 'amp', 'off') == 'off' and cpu_channels_last(net)
                      and all(p.is_contiguous() for p in net.parameters()))
     if channels_last:
         net = net.to(memory_format=torch.channels_last)

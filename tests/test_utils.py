@@ -243,9 +243,10 @@ def test_evaluate_synset_trains_a_convnet_channels_last_on_the_cpu_as_it_would_n
         return real_train(params, *a, **kw)
     monkeypatch.setattr(evaluation, '_train', spy)
     fast = _toy_eval(0, epoch_eval_train=6)
+    _toy_eval(0, epoch_eval_train=1, amp='bf16')  # measured in float32 only: bfloat16 autocast keeps NCHW
     monkeypatch.setattr(evaluation, 'cpu_channels_last', lambda net: False)
     plain = _toy_eval(0, epoch_eval_train=6)
-    assert layouts == ['channels-last', 'NCHW']
+    assert layouts == ['channels-last', 'NCHW', 'NCHW']
     start = get_network('ConvNetW32', 1, 10, (28, 28), generator=torch.Generator().manual_seed(0))
     p0, p, q = (parameters_to_vector(net.parameters()) for net in (start, fast[0], plain[0]))
     assert (p - q).norm() <= 0.02 * (p - p0).norm(), ((p - q).norm() / (p - p0).norm()).item()
