@@ -202,9 +202,9 @@ def report(args, device, out):
                                                args.per_class)
              for variant in args.variants for ipc in args.ipc}
     results = bench_dm(cases, device, args.iters, rounds)
-    ms, gflop = {}, {}
+    ms = {}
     for (variant, ipc), r in results.items():
-        ms[variant, ipc], gflop[variant, ipc] = r['ms'], r['gflop']
+        ms[variant, ipc] = r['ms']
         peak = b16 if 'bf16' in variant else f32
         out(f'| CIFAR10 ipc {ipc}, {variant} | {r["ms"]:.1f} | {r["img_per_s"]:.0f} | {r["gflop"]:.1f} | '
             f'{r["tflops"]:.3g} | {100 * r["tflops"] / peak:.0f} % | {r["peak"]:.2f} |')
@@ -219,7 +219,8 @@ def report(args, device, out):
                 paired = [a / b for a, b in zip(results[variant, 50]['rounds'], results[variant, 10]['rounds'])]
                 line += (f' (of the medians); within a round: median {statistics.median(paired):.2f}, '
                          f'{min(paired):.2f}–{max(paired):.2f}')
-            out(line + f'; FLOPs: {gflop[variant, 50] / gflop[variant, 10]:.2f} (the ratio at one FLOP rate)')
+            flops = results[variant, 50]['gflop'] / results[variant, 10]['gflop']
+            out(line + f'; FLOPs: {flops:.2f} (the ratio at one FLOP rate)')
     # An epoch's cost is the difference of two run lengths (E and 2E epochs), so that the one-off costs (building the
     # networks, the test pass) are counted once in the 20 × 1000 figure instead of being scaled with the epochs.
     e1, e2 = args.eval_epochs, 2 * args.eval_epochs

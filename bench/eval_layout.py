@@ -20,7 +20,6 @@ from condensation import env  # the environment PyTorch reads when it starts (en
 
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -59,12 +58,11 @@ def row(what, times, scale=1.0):
             f'{min(ratios):.2f}–{max(ratios):.2f} |')
 
 
-def epochs(args, shape):
+def epochs(args):
     """Rows for evaluation epochs at each ipc, and the test pass."""
-    recipe = SimpleNamespace(device='cpu', epoch_eval_train=args.epochs - 1, batch_train=256, lr_net=0.01, dsa=True,
-                             dsa_strategy='color_crop_cutout_flip_scale_rotate', dsa_param=ParamDiffAug(),
-                             dc_aug_param=None, amp='off', cuda_graphs='off')
-    g = torch.Generator().manual_seed(0)
+    recipe = evaluation.EvalRecipe(epoch_eval_train=args.epochs - 1, dsa=True,
+                                   dsa_strategy='color_crop_cutout_flip_scale_rotate', dsa_param=ParamDiffAug())
+    shape, g = args.shape, torch.Generator().manual_seed(0)
     rows = []
     for ipc in args.ipc:
         x, y = torch.randn(10 * ipc, *shape, generator=g), torch.arange(10).repeat_interleave(ipc)
@@ -87,9 +85,9 @@ def epochs(args, shape):
     return rows
 
 
-def steps(args, shape):
+def steps(args):
     """Rows for one training step (batch of 256, SGD) and one test batch per architecture, in ms."""
-    g = torch.Generator().manual_seed(0)
+    shape, g = args.shape, torch.Generator().manual_seed(0)
     x, y = torch.randn(256, *shape, generator=g), torch.randint(0, 10, (256,), generator=g)
     rows = []
     for model in args.models:
@@ -117,7 +115,8 @@ def steps(args, shape):
 
 
 def main():
-    p = ArgumentParser(description=__doc__.split('\n')[0])
+    p = ArgumentParser(description=__doc__.split('\n')[0], domains={
+        'ipc': '>= 1', 'epochs': '>= 1', 'rounds': '>= 1', 'test_images': '>= 1', 'shape': '>= 1', 'threads': '>= 1'})
     p.add_argument('--model', default='ConvNet', choices=list(NETWORKS), help='the network of the epoch rows')
     p.add_argument('--ipc', type=int, nargs='+', default=[10, 50])
     p.add_argument('--epochs', type=int, default=10, help='epochs per timed block')
@@ -130,11 +129,9 @@ def main():
                    help='the architectures of --steps (default: all)')
     p.add_argument('--threads', type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args()
-    if min(args.ipc + [args.epochs, args.rounds, args.test_images]) < 1:
-        p.error('--ipc, --epochs, --rounds and --test_images take positive integers')
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = steps(args, args.shape) if args.steps else epochs(args, args.shape)
+    rows = steps(args) if args.steps else epochs(args)
     print(f'CPU, {torch.get_num_threads()} threads; torch {torch.__version__}; shape {tuple(args.shape)}; '
           f'median of {args.rounds} alternating rounds\n')
     print('| case | NCHW | channels-last | channels-last / NCHW per round |')

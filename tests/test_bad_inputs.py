@@ -840,6 +840,8 @@ def test_an_ignored_flag_is_in_the_runs_log_once(prepared_mnist):
     ('bench_dim', ['--gp_every', '0'], '--gp_every must be >= 1, got 0'),
     ('bench_dist', ['--warmup', '-1'], '--warmup must be >= 0, got -1'),
     ('dim_diversity', ['--ema', '1'], '--ema must be in [0, 1), got 1.0'),
+    ('eval_layout', ['--rounds', '0'], '--rounds must be >= 1, got 0'),
+    ('eval_layout', ['--shape', '3', '0', '32'], '--shape must be >= 1, got 0'),
     ('gpu_check', ['--part', 'speed'], 'unrecognized arguments: --part'),
     ('make_image_folder', ['src.pt', 'out', '--classes', '-1'], '--classes must be >= 0, got -1'),
 ])
